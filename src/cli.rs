@@ -1,0 +1,201 @@
+//! The command line: what the user typed (clap) apart from what it resolves
+//! to (a [`Query`] and output settings), and the dispatch to commands.
+
+use std::ffi::OsString;
+use std::io::{IsTerminal, Write};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::error::Error;
+use crate::exit::{self, ExitStatus};
+use crate::inspect::{self, DEFAULT_PORTS, Query};
+use crate::report::{Report, human};
+
+const ABOUT: &str = "Can this loopback address go to a new server right now, and if not, who holds it?";
+
+const AFTER_HELP: &str = "\
+Verdicts, most severe first:
+  foreign      a wildcard listener (0.0.0.0, or [::] dual-stack) covers the address
+  busy         a listener bound to the address (or ::ffff:ADDR) holds a port
+  conflict     the canary bind fails, but no listener explains it
+  unavailable  the address is not local (EADDRNOTAVAIL)
+  free         nothing covers it and the canary bind succeeds on every port
+
+Environment:
+  SOCKCHECK_PORTS  ports when --ports is not given (default 9925,9926)
+  NO_COLOR         disables colour when set and not empty
+";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sockcheck",
+    version,
+    about = ABOUT,
+    args_conflicts_with_subcommands = true,
+    after_help = AFTER_HELP,
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    check: CheckArgs,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Inspect addresses (the default command).
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// Addresses to inspect: 127.0.0.2, ::1, [::1].
+    #[arg(value_name = "ADDRESS")]
+    addresses: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct CommonArgs {
+    /// Comma-separated TCP ports [default: $SOCKCHECK_PORTS, else 9925,9926]
+    #[arg(long, global = true, value_name = "P,..")]
+    ports: Option<String>,
+    /// One JSON document on stdout (schema in the README).
+    #[arg(long, global = true)]
+    json: bool,
+    /// When to colour the output.
+    #[arg(long, global = true, value_name = "WHEN", default_value = "auto")]
+    color: ColorChoice,
+    /// Show every source's status, every socket, and what was tried.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    /// Never run the SO_REUSEPORT bind probe.
+    #[arg(long, global = true)]
+    no_probe: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+/// Output settings resolved from the command line and the environment.
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    pub json: bool,
+    pub color: bool,
+    pub verbose: bool,
+}
+
+/// Parses the command line and runs the command. Errors are returned for
+/// `main` to print once.
+pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Result<ExitStatus, Error> {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                print!("{e}");
+                if e.kind() == ErrorKind::DisplayHelp {
+                    println!("\n{}", exit::HELP);
+                }
+                return Ok(ExitStatus::Free);
+            }
+            return Err(Error::Usage(first_line(&e.to_string())));
+        }
+    };
+    let ports = resolve_ports(cli.common.ports.as_deref())?;
+    let output = Output {
+        json: cli.common.json,
+        color: use_color(cli.common.color),
+        verbose: cli.common.verbose,
+    };
+    let addresses = match cli.command {
+        Some(Command::Check(args)) => args.addresses,
+        None => cli.check.addresses,
+    };
+    check(&addresses, ports, !cli.common.no_probe, output)
+}
+
+fn check(
+    addresses: &[String],
+    ports: Vec<u16>,
+    probe: bool,
+    output: Output,
+) -> Result<ExitStatus, Error> {
+    if addresses.is_empty() {
+        return Err(Error::Usage(
+            "no address given (usage: sockcheck [OPTIONS] ADDRESS...)".into(),
+        ));
+    }
+    let addresses = addresses
+        .iter()
+        .map(|a| inspect::parse_address(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let report = inspect::inspect(&Query {
+        addresses,
+        ports,
+        reuseport_probe: probe,
+    })?;
+    emit(&report, output)?;
+    Ok(if report.all_free() {
+        ExitStatus::Free
+    } else {
+        ExitStatus::NotFree
+    })
+}
+
+/// Writes the report as JSON or for people.
+pub fn emit(report: &Report, output: Output) -> Result<(), Error> {
+    let text = if output.json {
+        let mut text = serde_json::to_string_pretty(report).expect("a report always serializes");
+        text.push('\n');
+        text
+    } else {
+        human::render(report, human::Style { color: output.color }, output.verbose)
+    };
+    write_stdout(&text)
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error.
+pub fn write_stdout(text: &str) -> Result<(), Error> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Error::syscall("write to stdout", e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `--ports`, else SOCKCHECK_PORTS, else 9925,9926.
+fn resolve_ports(flag: Option<&str>) -> Result<Vec<u16>, Error> {
+    match flag {
+        Some(text) => inspect::parse_ports(text, "--ports"),
+        None => match std::env::var("SOCKCHECK_PORTS") {
+            Ok(text) if !text.trim().is_empty() => inspect::parse_ports(&text, "SOCKCHECK_PORTS"),
+            _ => Ok(DEFAULT_PORTS.to_vec()),
+        },
+    }
+}
+
+fn use_color(choice: ColorChoice) -> bool {
+    match choice {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => {
+            std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                && std::env::var_os("TERM").is_none_or(|t| t != "dumb")
+                && std::io::stdout().is_terminal()
+        }
+    }
+}
+
+/// clap's first line, without its `error: ` prefix.
+fn first_line(message: &str) -> String {
+    let line = message.lines().next().unwrap_or(message);
+    line.strip_prefix("error: ").unwrap_or(line).to_string()
+}

@@ -1,0 +1,115 @@
+//! Errors of the inspection itself. A missing privilege is not an error: it is
+//! an observation carried in the report.
+
+use std::io;
+
+/// Something went wrong that stops the inspection (exit status 3), or the
+/// input was bad (exit status 2).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A netlink syscall failed.
+    #[error("{what} failed: {}", io_name(source))]
+    Netlink {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel's reply could not be trusted (truncated, out of sequence,
+    /// NLMSG_ERROR).
+    #[error("{what}: {detail}")]
+    NetlinkReply { what: String, detail: String },
+    /// /proc could not be read at all.
+    #[error("reading {path} failed: {}", io_name(source))]
+    Proc {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    /// A value given on the command line or in the environment is malformed.
+    #[error("{0}")]
+    Usage(String),
+    /// Any other failed system call.
+    #[error("{call} failed: {}", io_name(source))]
+    Syscall {
+        call: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn netlink(call: &str, source: io::Error) -> Error {
+        Error::Netlink {
+            what: call.to_string(),
+            source,
+        }
+    }
+
+    pub(crate) fn netlink_for(what: String, call: &str, source: io::Error) -> Error {
+        Error::Netlink {
+            what: format!("{what} ({call})"),
+            source,
+        }
+    }
+
+    pub fn syscall(call: impl Into<String>, source: io::Error) -> Error {
+        Error::Syscall {
+            call: call.into(),
+            source,
+        }
+    }
+
+    /// Whether this error is the user's (exit 2) rather than the system's (exit 3).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Error::Usage(_))
+    }
+}
+
+/// `EADDRINUSE` rather than "Address already in use (os error 98)": the
+/// name is what people search for and what ss/strace print.
+pub fn io_name(error: &io::Error) -> String {
+    match error.raw_os_error() {
+        Some(code) => errno_name(code).to_string(),
+        None => error.to_string(),
+    }
+}
+
+/// The symbolic name of an errno value.
+pub fn errno_name(code: i32) -> &'static str {
+    match code {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::ESRCH => "ESRCH",
+        libc::EINTR => "EINTR",
+        libc::EBADF => "EBADF",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENOMEM => "ENOMEM",
+        libc::EACCES => "EACCES",
+        libc::EBUSY => "EBUSY",
+        libc::EINVAL => "EINVAL",
+        libc::EMFILE => "EMFILE",
+        libc::ENFILE => "ENFILE",
+        libc::ENOSYS => "ENOSYS",
+        libc::ENOTSOCK => "ENOTSOCK",
+        libc::EPROTONOSUPPORT => "EPROTONOSUPPORT",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::EAFNOSUPPORT => "EAFNOSUPPORT",
+        libc::EADDRINUSE => "EADDRINUSE",
+        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::ENOBUFS => "ENOBUFS",
+        libc::EISCONN => "EISCONN",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        _ => "errno",
+    }
+}
+
+/// The errno name of an io error, with the number when the name is unknown.
+pub fn errno_label(error: &io::Error) -> String {
+    match error.raw_os_error() {
+        Some(code) if errno_name(code) != "errno" => errno_name(code).to_string(),
+        Some(code) => format!("errno {code}"),
+        None => error.to_string(),
+    }
+}

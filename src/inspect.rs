@@ -1,0 +1,415 @@
+//! One inspection: sock_diag, then /proc only if some socket needs an owner,
+//! then reuseport evidence, the canary, and the verdict.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
+use crate::canary;
+use crate::diag::{DiagSocket, Family, SockDiag, TCP_LISTEN};
+use crate::error::Error;
+use crate::owners::{self, FdScan, ProcessInfo};
+use crate::report::{
+    AddressReport, Coverage, ListenerReport, OtherSocket, OtherSockets, Owner, PortReport, Report,
+    SCHEMA, SourceStatus, Sources,
+};
+use crate::reuseport::{self, Subject};
+use crate::verdict;
+
+/// What to inspect.
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub addresses: Vec<IpAddr>,
+    pub ports: Vec<u16>,
+    /// Whether the SO_REUSEPORT bind probe may run.
+    pub reuseport_probe: bool,
+}
+
+/// Every socket on the queried ports, per family, as the kernel showed it.
+#[derive(Debug, Default, Clone)]
+pub struct KernelView {
+    pub listeners: Vec<DiagSocket>,
+    pub others: Vec<DiagSocket>,
+    /// Why a family could not be dumped (IPv6 disabled, …).
+    pub notes: Vec<String>,
+}
+
+/// Dumps listeners and other sockets on `ports`, for IPv4 and IPv6.
+pub fn kernel_view(ports: &[u16]) -> Result<KernelView, Error> {
+    let mut diag = SockDiag::open()?;
+    let mut view = KernelView::default();
+    for &port in ports {
+        for family in [Family::Inet, Family::Inet6] {
+            match diag.listeners(family, port) {
+                Ok(found) => view.listeners.extend(found),
+                // No IPv6 in this kernel: the AF_INET6 handler is absent.
+                Err(Error::NetlinkReply { detail, .. })
+                    if family == Family::Inet6 && detail.contains("ENOENT") =>
+                {
+                    view.notes.push("IPv6 sock_diag is not available (no IPv6?)".into());
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            view.others.extend(diag.others(family, port)?);
+        }
+    }
+    view.notes.dedup();
+    Ok(view)
+}
+
+/// How `local` (with its v6only flag) relates to `target`, if it covers it.
+pub fn coverage(target: IpAddr, local: IpAddr, v6only: Option<bool>) -> Option<Coverage> {
+    match (target, local) {
+        (IpAddr::V4(t), IpAddr::V4(l)) if l == t => Some(Coverage::Exact),
+        (IpAddr::V4(_), IpAddr::V4(l)) if l.is_unspecified() => Some(Coverage::Wildcard),
+        (IpAddr::V4(t), IpAddr::V6(l)) => match l.to_ipv4_mapped() {
+            Some(m) if m == t => Some(Coverage::Mapped),
+            Some(m) if m.is_unspecified() => Some(Coverage::Wildcard),
+            None if l.is_unspecified() && v6only != Some(true) => Some(Coverage::Wildcard),
+            _ => None,
+        },
+        (IpAddr::V6(t), IpAddr::V6(l)) if l == t => Some(Coverage::Exact),
+        (IpAddr::V6(_), IpAddr::V6(l)) if l.is_unspecified() => Some(Coverage::Wildcard),
+        _ => None,
+    }
+}
+
+/// Runs the whole inspection.
+pub fn inspect(query: &Query) -> Result<Report, Error> {
+    let view = kernel_view(&query.ports)?;
+    Ok(inspect_view(query, &view))
+}
+
+/// The inspection after the kernel dump: everything that follows from a
+/// [`KernelView`].
+pub fn inspect_view(query: &Query, view: &KernelView) -> Report {
+    // Which sockets cover which (address, port).
+    let mut needed: HashSet<u64> = HashSet::new();
+    let mut plan = Vec::new();
+    for &address in &query.addresses {
+        let mut ports = Vec::new();
+        for &port in &query.ports {
+            let listeners: Vec<(&DiagSocket, Coverage)> = view
+                .listeners
+                .iter()
+                .filter(|s| s.local.port() == port)
+                .filter_map(|s| coverage(address, s.local.ip(), s.v6only).map(|c| (s, c)))
+                .collect();
+            let others: Vec<&DiagSocket> = view
+                .others
+                .iter()
+                .filter(|s| s.local.port() == port && s.state.0 != TCP_LISTEN)
+                .filter(|s| coverage(address, s.local.ip(), s.v6only).is_some())
+                .collect();
+            needed.extend(listeners.iter().map(|(s, _)| s.inode).filter(|&i| i != 0));
+            needed.extend(others.iter().map(|s| s.inode).filter(|&i| i != 0));
+            ports.push((port, listeners, others));
+        }
+        plan.push((address, ports));
+    }
+
+    // The /proc scan, only when some socket needs an owner.
+    let (scan, proc_status) = if needed.is_empty() {
+        (
+            FdScan::default(),
+            SourceStatus::new("skipped", "no socket needed an owner"),
+        )
+    } else {
+        match owners::scan(&needed) {
+            Ok(scan) => {
+                let status = if scan.unreadable.is_empty() {
+                    SourceStatus::new(
+                        "used",
+                        format!("{} processes, {} fds read", scan.processes, scan.fds),
+                    )
+                } else {
+                    SourceStatus::new(
+                        "partial",
+                        format!(
+                            "{} processes read, {} could not be read (not ours; needs root or \
+                             CAP_SYS_PTRACE)",
+                            scan.processes,
+                            scan.unreadable.len()
+                        ),
+                    )
+                };
+                (scan, status)
+            }
+            Err(e) => (FdScan::default(), SourceStatus::new("unavailable", e.to_string())),
+        }
+    };
+    let proc_ok = proc_status.status != "unavailable";
+
+    let mut described: HashMap<u32, ProcessInfo> = HashMap::new();
+    let mut owners_of = |inode: u64, uid: u32| -> (Vec<Owner>, bool) {
+        let mut list = Vec::new();
+        if let Some(pids) = scan.holders.get(&inode) {
+            for (&pid, fds) in pids {
+                let info = described.entry(pid).or_insert_with(|| owners::describe(pid));
+                list.push(Owner::visible(info.clone(), fds.clone()));
+            }
+        }
+        let complete = proc_ok && scan.unreadable.is_empty();
+        if list.is_empty() && !complete {
+            list.push(Owner::hidden(uid, scan.hidden_candidates(uid)));
+        }
+        (list, complete)
+    };
+
+    let mut pidfd_used = false;
+    let mut probe_used = false;
+    let mut addresses = Vec::new();
+    for (address, ports) in plan {
+        let mut port_reports = Vec::new();
+        for (port, listeners, others) in ports {
+            let crowded = view
+                .others
+                .iter()
+                .any(|s| s.local.port() == port && s.state.name() != "TIME_WAIT");
+            let mut listener_reports = Vec::new();
+            for (socket, coverage) in listeners {
+                let (owners, complete) = owners_of(socket.inode, socket.uid);
+                let group_size = view
+                    .listeners
+                    .iter()
+                    .filter(|s| s.local == socket.local && s.family == socket.family)
+                    .count();
+                let holders: Vec<(u32, Option<u32>, u32)> = scan
+                    .holders
+                    .get(&socket.inode)
+                    .into_iter()
+                    .flat_map(|pids| pids.iter())
+                    .flat_map(|(&pid, fds)| {
+                        fds.iter().map(move |r| (pid, r.via_tids.first().copied(), r.fd))
+                    })
+                    .collect();
+                let (reuseport, evidence) = reuseport::resolve(&Subject {
+                    local: socket.local,
+                    inode: socket.inode,
+                    uid: socket.uid,
+                    v6only: socket.v6only,
+                    group_size,
+                    kernel_bit: None,
+                    holders: &holders,
+                    probe_crowded: crowded || group_size > 1,
+                    allow_probe: query.reuseport_probe,
+                });
+                pidfd_used |= evidence.source == "pidfd_getfd";
+                probe_used |= evidence.source == "bind_probe";
+                listener_reports.push(ListenerReport {
+                    local: socket.local,
+                    family: socket.family,
+                    coverage,
+                    inode: socket.inode,
+                    cookie: socket.cookie,
+                    uid: socket.uid,
+                    cgroup_id: socket.cgroup_id,
+                    accept_queue: socket.recv_queue,
+                    backlog: socket.send_queue,
+                    v6only: socket.v6only,
+                    group_size,
+                    reuseport,
+                    reuseport_evidence: evidence,
+                    owners,
+                    owners_complete: complete,
+                });
+            }
+            let mut other = OtherSockets::default();
+            for socket in others {
+                other.total += 1;
+                *other.by_state.entry(socket.state.name()).or_default() += 1;
+                let owners = if socket.inode == 0 {
+                    Vec::new()
+                } else {
+                    owners_of(socket.inode, socket.uid).0
+                };
+                other.sockets.push(OtherSocket {
+                    state: socket.state.name(),
+                    local: socket.local,
+                    remote: socket.remote,
+                    inode: socket.inode,
+                    uid: socket.uid,
+                    owners,
+                });
+            }
+            port_reports.push(PortReport {
+                port,
+                canary: canary::bind(SocketAddr::new(address, port)),
+                listeners: listener_reports,
+                other_sockets: other,
+            });
+        }
+        let decision = verdict::decide(address, &port_reports);
+        let mut notes = decision.notes;
+        notes.extend(v6only_notes(address, &query.ports, view));
+        addresses.push(AddressReport {
+            address,
+            verdict: decision.verdict,
+            reasons: decision.reasons,
+            notes,
+            ports: port_reports,
+        });
+    }
+
+    let euid = rustix::process::geteuid().as_raw();
+    let sources = Sources {
+        sock_diag: SourceStatus::new(
+            "used",
+            if view.notes.is_empty() {
+                "TCP listeners and other sockets on the ports, IPv4 and IPv6".to_string()
+            } else {
+                view.notes.join("; ")
+            },
+        ),
+        proc: proc_status,
+        pidfd_getfd: if pidfd_used {
+            SourceStatus::new("used", "SO_REUSEPORT read from an owner's fd")
+        } else {
+            SourceStatus::new("skipped", "not needed or not permitted")
+        },
+        bind_probe: if probe_used {
+            SourceStatus::new("used", format!("SO_REUSEPORT bind probe as euid {euid}"))
+        } else if !query.reuseport_probe {
+            SourceStatus::new("skipped", "disabled by --no-probe")
+        } else {
+            SourceStatus::new("skipped", "not needed or could not tell")
+        },
+        bpf: SourceStatus::new("unavailable", "not built into this version"),
+    };
+    Report {
+        schema: SCHEMA,
+        sockcheck: env!("CARGO_PKG_VERSION"),
+        ports: query.ports.clone(),
+        addresses,
+        sources,
+    }
+}
+
+/// A v6only `[::]` listener does not cover an IPv4 address; say so, since
+/// people expect it to.
+fn v6only_notes(address: IpAddr, ports: &[u16], view: &KernelView) -> Vec<String> {
+    if !address.is_ipv4() {
+        return Vec::new();
+    }
+    let mut notes = Vec::new();
+    let mut seen = BTreeMap::new();
+    for socket in &view.listeners {
+        if ports.contains(&socket.local.port())
+            && socket.local.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+            && socket.v6only == Some(true)
+            && seen.insert(socket.local.port(), ()).is_none()
+        {
+            notes.push(format!(
+                "[::]:{} is listening with IPV6_V6ONLY, so it does not cover {address}",
+                socket.local.port()
+            ));
+        }
+    }
+    notes
+}
+
+/// Parses an address as a user typed it: `127.0.0.2`, `::1`, `[::1]`.
+/// An IPv4-mapped IPv6 address is taken as the IPv4 address it maps.
+pub fn parse_address(text: &str) -> Result<IpAddr, Error> {
+    let inner = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    match inner.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => Ok(v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6))),
+        Ok(v4) => Ok(v4),
+        Err(_) => {
+            let hint = if text.parse::<SocketAddr>().is_ok()
+                || text.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok() && !text.contains("::"))
+            {
+                " (give the address alone; ports go in --ports)"
+            } else if text.chars().any(|c| c.is_ascii_alphabetic()) && !text.contains(':') {
+                " (host names are not resolved; give an IP address)"
+            } else {
+                ""
+            };
+            Err(Error::Usage(format!("'{text}' is not an IP address{hint}")))
+        }
+    }
+}
+
+/// Parses `9925,9926` (from `--ports` or SOCKCHECK_PORTS, named by `source`).
+pub fn parse_ports(text: &str, source: &str) -> Result<Vec<u16>, Error> {
+    let mut ports = Vec::new();
+    for item in text.split(',') {
+        let item = item.trim();
+        let port = match item.parse::<u32>() {
+            Ok(n) if (1..=65535).contains(&n) => n as u16,
+            Ok(n) => {
+                return Err(Error::Usage(format!(
+                    "{source}: port {n} is out of range (1-65535)"
+                )));
+            }
+            Err(_) if item.is_empty() => {
+                return Err(Error::Usage(format!("{source}: empty port in '{text}'")));
+            }
+            Err(_) => {
+                return Err(Error::Usage(format!("{source}: '{item}' is not a port number")));
+            }
+        };
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
+    Ok(ports)
+}
+
+/// The default ports: 9925 (operations) and 9926 (HTTP).
+pub const DEFAULT_PORTS: [u16; 2] = [9925, 9926];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn coverage_rules() {
+        let t = ip("127.0.0.2");
+        assert_eq!(coverage(t, ip("127.0.0.2"), None), Some(Coverage::Exact));
+        assert_eq!(coverage(t, ip("127.0.0.3"), None), None);
+        assert_eq!(coverage(t, ip("0.0.0.0"), None), Some(Coverage::Wildcard));
+        assert_eq!(coverage(t, ip("::ffff:127.0.0.2"), Some(false)), Some(Coverage::Mapped));
+        assert_eq!(coverage(t, ip("::"), Some(false)), Some(Coverage::Wildcard));
+        assert_eq!(coverage(t, ip("::"), Some(true)), None);
+        assert_eq!(coverage(t, ip("::1"), Some(false)), None);
+        let six = ip("::1");
+        assert_eq!(coverage(six, ip("::1"), Some(false)), Some(Coverage::Exact));
+        assert_eq!(coverage(six, ip("::"), Some(true)), Some(Coverage::Wildcard));
+        assert_eq!(coverage(six, ip("::"), Some(false)), Some(Coverage::Wildcard));
+        assert_eq!(coverage(six, ip("0.0.0.0"), None), None);
+    }
+
+    #[test]
+    fn addresses_parse_or_name_the_bad_value() {
+        assert_eq!(parse_address("127.0.0.2").unwrap(), ip("127.0.0.2"));
+        assert_eq!(parse_address("[::1]").unwrap(), ip("::1"));
+        assert_eq!(parse_address("::ffff:127.0.0.2").unwrap(), ip("127.0.0.2"));
+        let e = parse_address("127.0.0.256").unwrap_err().to_string();
+        assert_eq!(e, "'127.0.0.256' is not an IP address");
+        let e = parse_address("localhost:80").unwrap_err().to_string();
+        assert!(e.contains("'localhost:80'") && e.contains("--ports"), "{e}");
+        let e = parse_address("localhost").unwrap_err().to_string();
+        assert!(e.contains("host names"), "{e}");
+    }
+
+    #[test]
+    fn ports_parse_or_name_the_bad_value() {
+        assert_eq!(parse_ports("9925,9926", "--ports").unwrap(), vec![9925, 9926]);
+        assert_eq!(parse_ports("9926, 9926", "--ports").unwrap(), vec![9926]);
+        for (bad, needle) in [("0", "port 0"), ("70000", "port 70000"), ("abc", "'abc'"), ("1,,2", "empty")] {
+            let e = parse_ports(bad, "--ports").unwrap_err().to_string();
+            assert!(e.starts_with("--ports: ") && e.contains(needle), "{bad}: {e}");
+        }
+    }
+}

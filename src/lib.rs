@@ -1,0 +1,22 @@
+//! sockcheck: can this loopback address go to a new server right now, and if
+//! not, who holds it?
+//!
+//! The library does the work; the binary is a thin shell around [`cli::run`].
+//! Tests and the CI-gate commands call [`inspect::inspect`] directly.
+
+pub mod canary;
+pub mod cli;
+pub mod diag;
+pub mod error;
+pub mod exit;
+pub mod inspect;
+pub mod owners;
+pub mod report;
+pub mod reuseport;
+pub mod text;
+pub mod verdict;
+
+pub use error::Error;
+pub use inspect::{Query, inspect};
+pub use report::Report;
+pub use verdict::Verdict;

@@ -1,0 +1,439 @@
+//! Who holds a socket: inode → processes, read from /proc.
+//!
+//! The hot part is the fd scan: every /proc/PID/fd entry is a symlink, and the
+//! only way to learn which socket it is, is readlink. This loop uses raw
+//! `openat` + `getdents64` + `readlinkat` with reused buffers (no path
+//! allocation and no stat per fd), and reads fd tables in parallel on every
+//! core. Thread fd tables (/proc/PID/task/TID/fd) are read only for a
+//! process whose thread-group leader is a zombie: then /proc/PID/fd is empty
+//! although the live threads still hold the shared table — the shape that ss
+//! -p, lsof, fuser and netstat all miss.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rustix::fs::{AtFlags, Mode, OFlags, RawDir};
+use rustix::io::Errno;
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::text::Bytes;
+
+/// Where one process keeps one of the sockets asked about.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct FdRef {
+    /// The fd number.
+    pub fd: u32,
+    /// The threads through whose fd table it was seen, when it was read
+    /// from /proc/PID/task/TID/fd (the leader is a zombie). Empty when it
+    /// was read from /proc/PID/fd.
+    pub via_tids: Vec<u32>,
+}
+
+/// A process whose fd table could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Unreadable {
+    pub pid: u32,
+    /// The owner of /proc/PID: the process's effective uid.
+    pub uid: Option<u32>,
+}
+
+/// What a scan of /proc found.
+#[derive(Debug, Default, Clone)]
+pub struct FdScan {
+    /// inode → pid → where.
+    pub holders: BTreeMap<u64, BTreeMap<u32, Vec<FdRef>>>,
+    /// Processes whose fd tables this user may not read.
+    pub unreadable: Vec<Unreadable>,
+    /// How many processes were read.
+    pub processes: usize,
+    /// How many fd entries were read.
+    pub fds: usize,
+}
+
+impl FdScan {
+    /// Processes that may hold `inode` but could not be read: the unreadable
+    /// processes whose uid is the socket's uid (a socket's uid is the fsuid
+    /// of the process that created it).
+    pub fn hidden_candidates(&self, uid: u32) -> Vec<u32> {
+        self.unreadable
+            .iter()
+            .filter(|u| u.uid == Some(uid))
+            .map(|u| u.pid)
+            .collect()
+    }
+}
+
+/// Finds every process (and, for zombie leaders, every thread) that holds
+/// one of `inodes`. Never call this with an empty set: a free address must
+/// not pay for a /proc scan.
+pub fn scan(inodes: &HashSet<u64>) -> Result<FdScan, Error> {
+    let proc_dir = open_dir(rustix::fs::CWD, c"/proc").map_err(|e| Error::Proc {
+        path: "/proc".into(),
+        source: e.into(),
+    })?;
+    let pids = list_numeric(&proc_dir).map_err(|e| Error::Proc {
+        path: "/proc".into(),
+        source: e.into(),
+    })?;
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8)
+        .min(pids.len().max(1));
+    let next = AtomicUsize::new(0);
+    let merged = Mutex::new(FdScan::default());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                let mut local = FdScan::default();
+                let mut scanner = Scanner::new(&proc_dir, inodes);
+                loop {
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&pid) = pids.get(index) else { break };
+                    scanner.process(pid, &mut local);
+                }
+                let mut all = merged.lock().unwrap_or_else(|p| p.into_inner());
+                all.processes += local.processes;
+                all.fds += local.fds;
+                all.unreadable.extend(local.unreadable);
+                for (inode, pids) in local.holders {
+                    all.holders.entry(inode).or_default().extend(pids);
+                }
+            });
+        }
+    });
+    let mut scan = merged.into_inner().unwrap_or_else(|p| p.into_inner());
+    scan.unreadable.sort_by_key(|u| u.pid);
+    Ok(scan)
+}
+
+struct Scanner<'a> {
+    proc_dir: &'a OwnedFd,
+    inodes: &'a HashSet<u64>,
+    dirents: Vec<MaybeUninit<u8>>,
+    link: [MaybeUninit<u8>; 64],
+    path: String,
+}
+
+impl<'a> Scanner<'a> {
+    fn new(proc_dir: &'a OwnedFd, inodes: &'a HashSet<u64>) -> Self {
+        Scanner {
+            proc_dir,
+            inodes,
+            dirents: vec![MaybeUninit::uninit(); 32 * 1024],
+            link: [MaybeUninit::uninit(); 64],
+            path: String::with_capacity(64),
+        }
+    }
+
+    fn process(&mut self, pid: u32, out: &mut FdScan) {
+        use std::fmt::Write;
+        self.path.clear();
+        let _ = write!(self.path, "{pid}/fd");
+        let dir = match open_dir(self.proc_dir, self.path.as_str()) {
+            Ok(dir) => dir,
+            Err(Errno::ACCESS) | Err(Errno::PERM) => {
+                let uid = rustix::fs::statat(self.proc_dir, pid.to_string(), AtFlags::empty())
+                    .ok()
+                    .map(|st| st.st_uid);
+                out.unreadable.push(Unreadable { pid, uid });
+                return;
+            }
+            // The process is gone, or is a kernel thread that exited.
+            Err(_) => return,
+        };
+        out.processes += 1;
+        let mut found = Vec::new();
+        let entries = self.read_fd_table(&dir, &mut found);
+        out.fds += entries;
+        if entries == 0 {
+            // An empty table: a kernel thread, a zombie, or a zombie leader
+            // whose other threads live on with the shared table.
+            self.zombie_leader_threads(pid, out);
+            return;
+        }
+        for (inode, fd) in found {
+            push(out, inode, pid, fd, None);
+        }
+    }
+
+    /// Reads one fd directory; returns how many entries it had, and the
+    /// sockets of interest in `found`.
+    fn read_fd_table(&mut self, dir: &OwnedFd, found: &mut Vec<(u64, u32)>) -> usize {
+        let mut entries = 0;
+        let mut raw = RawDir::new(dir, &mut self.dirents);
+        while let Some(entry) = raw.next() {
+            let Ok(entry) = entry else { break };
+            let name = entry.file_name();
+            let Some(fd) = parse_u32(name.to_bytes()) else {
+                continue;
+            };
+            entries += 1;
+            let Ok((link, _)) = rustix::fs::readlinkat_raw(dir, name, &mut self.link[..]) else {
+                continue;
+            };
+            if let Some(inode) = socket_inode(link)
+                && self.inodes.contains(&inode)
+            {
+                found.push((inode, fd));
+            }
+        }
+        entries
+    }
+
+    fn zombie_leader_threads(&mut self, pid: u32, out: &mut FdScan) {
+        let Ok(process) = procfs::process::Process::new(pid as i32) else {
+            return;
+        };
+        let Ok(stat) = process.stat() else { return };
+        if stat.state != 'Z' || stat.num_threads <= 1 {
+            return;
+        }
+        use std::fmt::Write;
+        self.path.clear();
+        let _ = write!(self.path, "{pid}/task");
+        let Ok(tasks) = open_dir(self.proc_dir, self.path.as_str()) else {
+            return;
+        };
+        let Ok(tids) = list_numeric(&tasks) else {
+            return;
+        };
+        for tid in tids.into_iter().filter(|&tid| tid != pid) {
+            self.path.clear();
+            let _ = write!(self.path, "{tid}/fd");
+            let dir = match open_dir(&tasks, self.path.as_str()) {
+                Ok(dir) => dir,
+                Err(Errno::ACCESS) | Err(Errno::PERM) => {
+                    out.unreadable.push(Unreadable {
+                        pid,
+                        uid: process.uid().ok(),
+                    });
+                    return;
+                }
+                Err(_) => continue,
+            };
+            let mut found = Vec::new();
+            out.fds += self.read_fd_table(&dir, &mut found);
+            for (inode, fd) in found {
+                push(out, inode, pid, fd, Some(tid));
+            }
+        }
+    }
+}
+
+fn push(out: &mut FdScan, inode: u64, pid: u32, fd: u32, tid: Option<u32>) {
+    let refs = out.holders.entry(inode).or_default().entry(pid).or_default();
+    match refs.iter_mut().find(|r| r.fd == fd) {
+        Some(existing) => existing.via_tids.extend(tid),
+        None => refs.push(FdRef {
+            fd,
+            via_tids: tid.into_iter().collect(),
+        }),
+    }
+}
+
+fn open_dir<P: rustix::path::Arg>(at: impl AsFd, path: P) -> Result<OwnedFd, Errno> {
+    rustix::fs::openat(
+        at,
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// The numeric names in a directory (pids in /proc, tids in task/).
+fn list_numeric(dir: &OwnedFd) -> Result<Vec<u32>, Errno> {
+    let mut buffer = vec![MaybeUninit::uninit(); 32 * 1024];
+    let mut raw = RawDir::new(dir, &mut buffer);
+    let mut out = Vec::new();
+    while let Some(entry) = raw.next() {
+        let entry = entry?;
+        if let Some(n) = parse_u32(entry.file_name().to_bytes()) {
+            out.push(n);
+        }
+    }
+    Ok(out)
+}
+
+fn parse_u32(bytes: &[u8]) -> Option<u32> {
+    if bytes.is_empty() || bytes.len() > 10 {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &b in bytes {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + u64::from(b - b'0');
+    }
+    u32::try_from(n).ok()
+}
+
+/// The inode of a `socket:[N]` link target.
+pub fn socket_inode(link: &[u8]) -> Option<u64> {
+    let digits = link.strip_prefix(b"socket:[")?.strip_suffix(b"]")?;
+    if digits.is_empty() || digits.len() > 20 {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &b in digits {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    }
+    Some(n)
+}
+
+/// What a person wants to know about a holder process.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessInfo {
+    /// Serialized by the owner that carries it.
+    #[serde(skip)]
+    pub pid: u32,
+    pub comm: Bytes,
+    pub cmdline: Vec<Bytes>,
+    /// `running`, `sleeping`, `disk-sleep`, `stopped`, `tracing-stop`,
+    /// `zombie`, `zombie-leader`, `dead`, `idle`.
+    pub state: &'static str,
+    /// Live threads (for a zombie leader: the threads that live on).
+    pub tids: Vec<u32>,
+    pub uid: Option<u32>,
+    pub ppid: Option<u32>,
+    /// Start time, seconds since the Unix epoch.
+    pub start_time: Option<u64>,
+    /// Seconds since it started.
+    pub age_seconds: Option<u64>,
+}
+
+/// Reads the details of a holder. The process may have exited since the
+/// scan; then what could be read is returned.
+pub fn describe(pid: u32) -> ProcessInfo {
+    let process = procfs::process::Process::new(pid as i32).ok();
+    let stat = process.as_ref().and_then(|p| p.stat().ok());
+    let tids: Vec<u32> = process
+        .as_ref()
+        .and_then(|p| p.tasks().ok())
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter_map(|task| {
+                    let tid = task.tid as u32;
+                    match task.stat() {
+                        Ok(st) if st.state == 'Z' || st.state == 'X' => None,
+                        _ => Some(tid),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let state = match stat.as_ref().map(|s| s.state) {
+        Some('Z') if !tids.is_empty() => "zombie-leader",
+        Some(c) => state_name(c),
+        None => "gone",
+    };
+    // procfs reads cmdline into a String (failing on non-UTF-8) and comm
+    // lossily; a holder's name is chosen by the process and may be any
+    // bytes, so these two are read raw and carried losslessly.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| Bytes(a.to_vec()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let comm = std::fs::read(format!("/proc/{pid}/comm"))
+        .map(|mut raw| {
+            if raw.last() == Some(&b'\n') {
+                raw.pop();
+            }
+            Bytes(raw)
+        })
+        .unwrap_or_else(|_| Bytes(stat.as_ref().map(|s| s.comm.clone()).unwrap_or_default().into_bytes()));
+    let start_time = stat.as_ref().and_then(|s| {
+        let boot = procfs::boot_time_secs().ok()?;
+        Some(boot + s.starttime / procfs::ticks_per_second())
+    });
+    let age_seconds = start_time.and_then(|start| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs();
+        now.checked_sub(start)
+    });
+    ProcessInfo {
+        pid,
+        comm,
+        cmdline,
+        state,
+        tids,
+        uid: process.as_ref().and_then(|p| p.uid().ok()),
+        ppid: stat.as_ref().map(|s| s.ppid as u32),
+        start_time,
+        age_seconds,
+    }
+}
+
+fn state_name(c: char) -> &'static str {
+    match c {
+        'R' => "running",
+        'S' => "sleeping",
+        'D' => "disk-sleep",
+        'T' => "stopped",
+        't' => "tracing-stop",
+        'Z' => "zombie",
+        'X' | 'x' => "dead",
+        'I' => "idle",
+        'P' => "parked",
+        'W' => "waking",
+        'K' => "wakekill",
+        _ => "unknown",
+    }
+}
+
+/// The set of distinct holder pids across `inodes`.
+pub fn holder_pids(scan: &FdScan) -> BTreeSet<u32> {
+    scan.holders.values().flat_map(|p| p.keys().copied()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_inode_parses_only_sockets() {
+        assert_eq!(socket_inode(b"socket:[12345]"), Some(12345));
+        assert_eq!(socket_inode(b"socket:[]"), None);
+        assert_eq!(socket_inode(b"pipe:[12345]"), None);
+        assert_eq!(socket_inode(b"/dev/null"), None);
+        assert_eq!(socket_inode(b"socket:[99999999999999999999999]"), None);
+    }
+
+    #[test]
+    fn parse_u32_rejects_non_digits() {
+        assert_eq!(parse_u32(b"123"), Some(123));
+        assert_eq!(parse_u32(b"self"), None);
+        assert_eq!(parse_u32(b""), None);
+        assert_eq!(parse_u32(b"99999999999"), None);
+    }
+
+    #[test]
+    fn scan_finds_a_socket_of_this_process() {
+        use std::os::unix::fs::MetadataExt;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+        let inode = std::fs::metadata(format!("/proc/self/fd/{fd}"))
+            .unwrap()
+            .ino();
+        let scan = scan(&HashSet::from([inode])).unwrap();
+        let me = std::process::id();
+        let refs = &scan.holders[&inode][&me];
+        assert_eq!(refs[0].fd, fd as u32);
+        assert!(refs[0].via_tids.is_empty());
+    }
+}

@@ -1,0 +1,214 @@
+//! What sockcheck found, as data: the one structure both the human output and
+//! the JSON document are made from.
+//!
+//! The JSON is this structure serialized; its `schema` number changes only
+//! when a field is removed or changes meaning (fields may be added).
+
+pub mod human;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Serialize, Serializer};
+
+use crate::canary::Canary;
+use crate::diag::Family;
+use crate::owners::{FdRef, ProcessInfo};
+use crate::reuseport::Reuseport;
+use crate::verdict::{Reason, Verdict};
+
+/// The JSON schema version. Bump on any incompatible change.
+pub const SCHEMA: u32 = 1;
+
+/// The answer for every address asked about.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub schema: u32,
+    pub sockcheck: &'static str,
+    pub ports: Vec<u16>,
+    pub addresses: Vec<AddressReport>,
+    pub sources: Sources,
+}
+
+impl Report {
+    /// True when every address is free.
+    pub fn all_free(&self) -> bool {
+        self.addresses.iter().all(|a| a.verdict == Verdict::Free)
+    }
+}
+
+/// One address's verdict, its reasons, and the evidence per port.
+#[derive(Debug, Clone, Serialize)]
+pub struct AddressReport {
+    pub address: IpAddr,
+    pub verdict: Verdict,
+    /// Why, most severe first. Empty only for a free address.
+    pub reasons: Vec<Reason>,
+    /// Things worth knowing that do not change the verdict.
+    pub notes: Vec<String>,
+    pub ports: Vec<PortReport>,
+}
+
+/// One port of one address.
+#[derive(Debug, Clone, Serialize)]
+pub struct PortReport {
+    pub port: u16,
+    pub canary: Canary,
+    /// Listeners that cover this address on this port.
+    pub listeners: Vec<ListenerReport>,
+    pub other_sockets: OtherSockets,
+}
+
+/// How a listener's local address relates to the address asked about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Coverage {
+    /// Bound to the address itself.
+    Exact,
+    /// Bound to the IPv4-mapped IPv6 form `::ffff:ADDR`.
+    Mapped,
+    /// A wildcard (`0.0.0.0`, or `[::]`) that covers every local address.
+    Wildcard,
+}
+
+/// A listening socket that covers the address.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenerReport {
+    #[serde(serialize_with = "display")]
+    pub local: SocketAddr,
+    pub family: Family,
+    pub coverage: Coverage,
+    pub inode: u64,
+    pub cookie: u64,
+    /// The socket's uid.
+    pub uid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
+    /// Connections waiting for accept().
+    pub accept_queue: u32,
+    /// The backlog given to listen().
+    pub backlog: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub v6only: Option<bool>,
+    /// How many listeners share this exact address and port (a reuseport
+    /// group when more than one).
+    pub group_size: usize,
+    /// `true`, `false`, or `null` when unknown.
+    pub reuseport: Option<bool>,
+    pub reuseport_evidence: Reuseport,
+    pub owners: Vec<Owner>,
+    /// False when some processes could not be read, so a further owner may
+    /// be hidden.
+    pub owners_complete: bool,
+}
+
+/// A process that holds a socket, or a placeholder for one that may hold it
+/// but could not be read.
+#[derive(Debug, Clone, Serialize)]
+pub struct Owner {
+    /// Null for a hidden owner.
+    pub pid: Option<u32>,
+    /// True when the owner is hidden by permissions: it exists (the socket
+    /// has no visible owner and unreadable processes of its uid exist), but
+    /// it could not be read.
+    pub hidden: bool,
+    /// The fds through which it holds the socket.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fds: Vec<FdRef>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessInfo>,
+    /// For a hidden owner: its uid (the socket's) and the pids it may be.
+    /// (A visible owner's uid comes with its process fields.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<u32>,
+}
+
+impl Owner {
+    pub fn visible(info: ProcessInfo, fds: Vec<FdRef>) -> Owner {
+        Owner {
+            pid: Some(info.pid),
+            hidden: false,
+            fds,
+            process: Some(info),
+            uid: None,
+            candidates: Vec::new(),
+        }
+    }
+
+    pub fn hidden(uid: u32, candidates: Vec<u32>) -> Owner {
+        Owner {
+            pid: None,
+            hidden: true,
+            fds: Vec::new(),
+            process: None,
+            uid: Some(uid),
+            candidates,
+        }
+    }
+
+    /// `pid 4242 (node)` or `hidden (uid 1001)`.
+    pub fn label(&self) -> String {
+        match (&self.pid, &self.process) {
+            (Some(pid), Some(p)) => format!("pid {pid} ({})", p.comm.escaped()),
+            (Some(pid), None) => format!("pid {pid}"),
+            _ => format!("an owner hidden by permissions (uid {})", self.uid.unwrap_or(0)),
+        }
+    }
+}
+
+/// Sockets on ADDR:PORT that are not listening.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OtherSockets {
+    pub total: usize,
+    /// Count per TCP state name (`ESTABLISHED`, `TIME_WAIT`, `BOUND_INACTIVE`, …).
+    pub by_state: BTreeMap<&'static str, usize>,
+    pub sockets: Vec<OtherSocket>,
+}
+
+/// One non-listening socket on ADDR:PORT.
+#[derive(Debug, Clone, Serialize)]
+pub struct OtherSocket {
+    pub state: &'static str,
+    #[serde(serialize_with = "display")]
+    pub local: SocketAddr,
+    #[serde(serialize_with = "display")]
+    pub remote: SocketAddr,
+    /// Zero for sockets without a file (TIME_WAIT): the kernel owns those.
+    pub inode: u64,
+    pub uid: u32,
+    pub owners: Vec<Owner>,
+}
+
+/// Which sources of evidence were used, and why any was not.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sources {
+    pub sock_diag: SourceStatus,
+    pub proc: SourceStatus,
+    pub pidfd_getfd: SourceStatus,
+    pub bind_probe: SourceStatus,
+    pub bpf: SourceStatus,
+}
+
+/// Whether a source was used, and what a person should know about it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceStatus {
+    /// `used`, `partial`, `skipped` or `unavailable`.
+    pub status: &'static str,
+    pub detail: String,
+}
+
+impl SourceStatus {
+    pub fn new(status: &'static str, detail: impl Into<String>) -> SourceStatus {
+        SourceStatus {
+            status,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// `127.0.0.2:9926`, `[::]:9926`: the forms people type.
+fn display<T: std::fmt::Display, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
+}

@@ -1,0 +1,299 @@
+//! The verdict: a pure function of what was observed. No I/O here, so every
+//! rule is unit-tested without a kernel.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::report::{Coverage, ListenerReport, Owner, PortReport};
+
+/// What a pool should do with an address. Ordered by severity: when several
+/// apply, the most severe wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Nothing covers ADDR on any port and every canary bind succeeds.
+    Free,
+    /// ADDR is not a local address: no server can bind it here.
+    Unavailable,
+    /// The canary fails but no listener explains it (a bound client socket,
+    /// a bound-but-inactive socket, or something the kernel does not show).
+    Conflict,
+    /// A listener bound to ADDR itself (or `::ffff:ADDR`) holds a port.
+    /// Waiting for it to go away may help.
+    Busy,
+    /// A wildcard listener covers ADDR. Waiting will not help.
+    Foreign,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Free => "free",
+            Verdict::Unavailable => "unavailable",
+            Verdict::Conflict => "conflict",
+            Verdict::Busy => "busy",
+            Verdict::Foreign => "foreign",
+        }
+    }
+}
+
+/// Why an address is not free, in a form programs can match on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasonCode {
+    /// A listener bound to ADDR holds the port.
+    Listener,
+    /// A listener bound to `::ffff:ADDR` holds the port.
+    MappedListener,
+    /// A wildcard listener covers ADDR.
+    Wildcard,
+    /// ADDR is not local (the canary got EADDRNOTAVAIL).
+    NotLocal,
+    /// The canary failed and no listener explains it.
+    CanaryFailed,
+    /// The kernel shows a covering listener, yet the canary bound.
+    Disagreement,
+}
+
+/// One reason, tied to the port it is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reason {
+    pub code: ReasonCode,
+    /// Null when the reason is about the address as a whole.
+    pub port: Option<u16>,
+    pub verdict: Verdict,
+    pub message: String,
+}
+
+/// The verdict, its reasons (most severe first) and notes that do not change
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub reasons: Vec<Reason>,
+    pub notes: Vec<String>,
+}
+
+/// Decides what `address` is, from what was observed on each port.
+pub fn decide(address: IpAddr, ports: &[PortReport]) -> Decision {
+    let mut reasons = Vec::new();
+    let mut notes = Vec::new();
+    let not_local = ports.iter().filter(|p| p.canary.is(libc::EADDRNOTAVAIL)).count();
+    if !ports.is_empty() && not_local == ports.len() {
+        reasons.push(Reason {
+            code: ReasonCode::NotLocal,
+            port: None,
+            verdict: Verdict::Unavailable,
+            message: format!(
+                "{address} is not a local address: the canary bind fails with EADDRNOTAVAIL"
+            ),
+        });
+    }
+    for port in ports {
+        for listener in &port.listeners {
+            reasons.push(listener_reason(address, port.port, listener));
+        }
+        let canary = &port.canary;
+        if !port.listeners.is_empty() && canary.is_ok() {
+            reasons.push(Reason {
+                code: ReasonCode::Disagreement,
+                port: Some(port.port),
+                verdict: Verdict::Conflict,
+                message: format!(
+                    "the kernel shows a listener covering {} but the canary bind succeeded; \
+                     the listener may have closed in between, or it is bound in a way the \
+                     canary cannot see",
+                    join(address, port.port)
+                ),
+            });
+        }
+        if port.listeners.is_empty() && !canary.is_ok() && !canary.is(libc::EADDRNOTAVAIL) {
+            reasons.push(Reason {
+                code: ReasonCode::CanaryFailed,
+                port: Some(port.port),
+                verdict: Verdict::Conflict,
+                message: canary_failure(address, port),
+            });
+        }
+        if port.listeners.is_empty() && canary.is(libc::EADDRNOTAVAIL) && not_local < ports.len() {
+            reasons.push(Reason {
+                code: ReasonCode::NotLocal,
+                port: Some(port.port),
+                verdict: Verdict::Unavailable,
+                message: format!("the canary bind of {} fails with EADDRNOTAVAIL", join(address, port.port)),
+            });
+        }
+        if canary.is_ok() && port.other_sockets.total > 0 {
+            notes.push(format!(
+                "{} on {} {} not block a server that sets SO_REUSEADDR",
+                state_counts(port),
+                join(address, port.port),
+                if port.other_sockets.total == 1 { "does" } else { "do" },
+            ));
+        }
+    }
+    reasons.sort_by(|a, b| b.verdict.cmp(&a.verdict));
+    let verdict = reasons.first().map(|r| r.verdict).unwrap_or(Verdict::Free);
+    Decision {
+        verdict,
+        reasons,
+        notes,
+    }
+}
+
+fn listener_reason(address: IpAddr, port: u16, listener: &ListenerReport) -> Reason {
+    let holders = describe_owners(&listener.owners, listener.owners_complete);
+    let group = match (listener.group_size, listener.reuseport) {
+        (n, _) if n > 1 => format!(
+            "; it is one of a reuseport group of {n}: a new server that sets SO_REUSEPORT \
+             would join it and the kernel would split connections between them"
+        ),
+        (_, Some(true)) => "; it has SO_REUSEPORT: a new server that sets SO_REUSEPORT \
+                            would co-bind and the kernel would split connections"
+            .to_string(),
+        _ => String::new(),
+    };
+    let (code, verdict, what) = match listener.coverage {
+        Coverage::Exact => (
+            ReasonCode::Listener,
+            Verdict::Busy,
+            format!("{} is held by a listener", listener.local),
+        ),
+        Coverage::Mapped => (
+            ReasonCode::MappedListener,
+            Verdict::Busy,
+            format!(
+                "{} is held by a listener on its IPv4-mapped form {}",
+                join(address, port),
+                listener.local
+            ),
+        ),
+        Coverage::Wildcard => (
+            ReasonCode::Wildcard,
+            Verdict::Foreign,
+            format!(
+                "the wildcard listener {}{} covers every local address, {address} included; \
+                 waiting will not free it",
+                listener.local,
+                if listener.v6only == Some(false) { " (dual-stack)" } else { "" },
+            ),
+        ),
+    };
+    Reason {
+        code,
+        port: Some(port),
+        verdict,
+        message: format!("{what} (inode {}) of {holders}{group}", listener.inode),
+    }
+}
+
+/// `pid 4242 (node)`, `pid 4242 (node), a zombie leader whose threads 4245,
+/// 4246 live on`, `no process (…)`.
+pub fn describe_owners(owners: &[Owner], complete: bool) -> String {
+    if owners.is_empty() {
+        return if complete {
+            "no process: no fd table holds it".to_string()
+        } else {
+            "no visible process; some processes could not be read".to_string()
+        };
+    }
+    let mut parts: Vec<String> = owners
+        .iter()
+        .map(|owner| {
+            let mut text = owner.label();
+            if let Some(process) = &owner.process {
+                match process.state {
+                    "zombie-leader" => text.push_str(&format!(
+                        ", a zombie leader whose {} {} live on",
+                        plural(process.tids.len(), "thread", "threads"),
+                        list(&process.tids)
+                    )),
+                    "stopped" | "tracing-stop" => text.push_str(", stopped"),
+                    _ => {}
+                }
+            }
+            if owner.hidden && !owner.candidates.is_empty() {
+                text.push_str(&format!(
+                    ", one of {} unreadable {}",
+                    owner.candidates.len(),
+                    if owner.candidates.len() == 1 { "process" } else { "processes" }
+                ));
+            }
+            text
+        })
+        .collect();
+    if !complete && owners.iter().all(|o| !o.hidden) {
+        parts.push("maybe others that could not be read".to_string());
+    }
+    parts.join(" and ")
+}
+
+fn canary_failure(address: IpAddr, port: &PortReport) -> String {
+    let here = join(address, port.port);
+    let others = &port.other_sockets;
+    let blocking: Vec<String> = others
+        .sockets
+        .iter()
+        .filter(|s| s.state != "TIME_WAIT")
+        .map(|s| {
+            let who = if s.inode == 0 {
+                "no process".to_string()
+            } else {
+                describe_owners(&s.owners, !s.owners.iter().any(|o| o.hidden))
+            };
+            format!("a {} socket {} → {} of {who}", s.state, s.local, s.remote)
+        })
+        .collect();
+    let hint = match port.canary.errno {
+        Some(libc::EACCES) => format!(
+            "; port {} is below the unprivileged port range and needs CAP_NET_BIND_SERVICE",
+            port.port
+        ),
+        _ => String::new(),
+    };
+    if blocking.is_empty() {
+        format!(
+            "the canary bind of {here} fails with {} although the kernel shows no listener \
+             covering it{}{hint}",
+            port.canary.result,
+            if others.total > 0 {
+                format!(" (only {})", state_counts(port))
+            } else {
+                String::new()
+            }
+        )
+    } else {
+        format!(
+            "the canary bind of {here} fails with {}: no listener, but {}",
+            port.canary.result,
+            blocking.join("; ")
+        )
+    }
+}
+
+fn state_counts(port: &PortReport) -> String {
+    port.other_sockets
+        .by_state
+        .iter()
+        .map(|(state, n)| format!("{n} {state}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `127.0.0.2:9926` or `[::1]:9926`.
+pub fn join(address: IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(address, port).to_string()
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{}", if n == 1 { one } else { many })
+}
+
+fn list(values: &[u32]) -> String {
+    values
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
