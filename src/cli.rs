@@ -73,6 +73,9 @@ struct CommonArgs {
     /// Never run the SO_REUSEPORT bind probe.
     #[arg(long, global = true)]
     no_probe: bool,
+    /// Never duplicate an owner's fd (pidfd_getfd) to read SO_REUSEPORT.
+    #[arg(long, global = true)]
+    no_pidfd: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -117,13 +120,24 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Result<ExitStatus, Erro
         Some(Command::Check(args)) => args.addresses,
         None => cli.check.addresses,
     };
-    check(&addresses, ports, !cli.common.no_probe, output)
+    let sources = Sources {
+        pidfd: !cli.common.no_pidfd,
+        probe: !cli.common.no_probe,
+    };
+    check(&addresses, ports, sources, output)
+}
+
+/// Which optional sources of evidence may be used.
+#[derive(Debug, Clone, Copy)]
+struct Sources {
+    pidfd: bool,
+    probe: bool,
 }
 
 fn check(
     addresses: &[String],
     ports: Vec<u16>,
-    probe: bool,
+    sources: Sources,
     output: Output,
 ) -> Result<ExitStatus, Error> {
     if addresses.is_empty() {
@@ -138,7 +152,8 @@ fn check(
     let report = inspect::inspect(&Query {
         addresses,
         ports,
-        reuseport_probe: probe,
+        reuseport_pidfd: sources.pidfd,
+        reuseport_probe: sources.probe,
     })?;
     emit(&report, output)?;
     Ok(if report.all_free() {

@@ -30,6 +30,8 @@ const INET_DIAG_CGROUP_ID: u16 = 21;
 pub const TCP_BOUND_INACTIVE: u8 = 13;
 /// `TCP_LISTEN`.
 pub const TCP_LISTEN: u8 = 10;
+/// `TCP_CLOSE`.
+const TCP_CLOSE: u8 = 7;
 
 /// Address family of a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -272,7 +274,13 @@ fn socket_from_response(response: &InetResponse) -> DiagSocket {
     }
     DiagSocket {
         family,
-        state: TcpState(header.state),
+        // A CLOSE socket is in no lookup table but the bind hash, so it can
+        // only have come from the TCP_BOUND_INACTIVE walk: name it so.
+        state: TcpState(if header.state == TCP_CLOSE {
+            TCP_BOUND_INACTIVE
+        } else {
+            header.state
+        }),
         local: SocketAddr::new(id.source_address, id.source_port),
         remote: SocketAddr::new(id.destination_address, id.destination_port),
         uid: header.uid,

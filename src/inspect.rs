@@ -20,6 +20,9 @@ use crate::verdict;
 pub struct Query {
     pub addresses: Vec<IpAddr>,
     pub ports: Vec<u16>,
+    /// Whether an owner's fd may be duplicated (pidfd_getfd) to read
+    /// SO_REUSEPORT.
+    pub reuseport_pidfd: bool,
     /// Whether the SO_REUSEPORT bind probe may run.
     pub reuseport_probe: bool,
 }
@@ -192,6 +195,7 @@ pub fn inspect_view(query: &Query, view: &KernelView) -> Report {
                     kernel_bit: None,
                     holders: &holders,
                     probe_crowded: crowded || group_size > 1,
+                    allow_pidfd: query.reuseport_pidfd,
                     allow_probe: query.reuseport_probe,
                 });
                 pidfd_used |= evidence.source == "pidfd_getfd";
@@ -264,6 +268,8 @@ pub fn inspect_view(query: &Query, view: &KernelView) -> Report {
         proc: proc_status,
         pidfd_getfd: if pidfd_used {
             SourceStatus::new("used", "SO_REUSEPORT read from an owner's fd")
+        } else if !query.reuseport_pidfd {
+            SourceStatus::new("skipped", "disabled by --no-pidfd")
         } else {
             SourceStatus::new("skipped", "not needed or not permitted")
         },

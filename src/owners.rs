@@ -339,7 +339,12 @@ pub fn describe(pid: u32) -> ProcessInfo {
     // procfs reads cmdline into a String (failing on non-UTF-8) and comm
     // lossily; a holder's name is chosen by the process and may be any
     // bytes, so these two are read raw and carried losslessly.
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+    // A zombie leader has no mm of its own; its live threads still do.
+    let cmdline_path = match (state, tids.first()) {
+        ("zombie-leader", Some(tid)) => format!("/proc/{pid}/task/{tid}/cmdline"),
+        _ => format!("/proc/{pid}/cmdline"),
+    };
+    let cmdline = std::fs::read(cmdline_path)
         .map(|raw| {
             raw.split(|&b| b == 0)
                 .filter(|a| !a.is_empty())

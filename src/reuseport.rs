@@ -51,6 +51,7 @@ pub struct Subject<'a> {
     /// True when other sockets on the same port could make a bind probe
     /// fail for reasons other than this listener.
     pub probe_crowded: bool,
+    pub allow_pidfd: bool,
     pub allow_probe: bool,
 }
 
@@ -80,10 +81,16 @@ pub fn resolve(subject: &Subject<'_>) -> (Option<bool>, Reuseport) {
             ),
         );
     }
-    if subject.holders.is_empty() {
+    let holders = if subject.allow_pidfd {
+        subject.holders
+    } else {
+        tried.push("pidfd_getfd: disabled (--no-pidfd)".to_string());
+        &[]
+    };
+    if subject.allow_pidfd && holders.is_empty() {
         tried.push("pidfd_getfd: no visible owner to take the fd from".to_string());
     }
-    for &(pid, tid, fd) in subject.holders {
+    for &(pid, tid, fd) in holders {
         match getsockopt_via_pidfd(pid, tid, fd, subject.inode) {
             Ok(bit) => {
                 let through = match tid {

@@ -91,8 +91,17 @@ pub fn decide(address: IpAddr, ports: &[PortReport]) -> Decision {
         });
     }
     for port in ports {
+        // One reason per local address: the listeners of a reuseport group
+        // are one holder to a person.
+        let mut groups: Vec<Vec<&ListenerReport>> = Vec::new();
         for listener in &port.listeners {
-            reasons.push(listener_reason(address, port.port, listener));
+            match groups.iter_mut().find(|g| g[0].local == listener.local) {
+                Some(group) => group.push(listener),
+                None => groups.push(vec![listener]),
+            }
+        }
+        for group in groups {
+            reasons.push(listener_reason(address, port.port, &group));
         }
         let canary = &port.canary;
         if !port.listeners.is_empty() && canary.is_ok() {
@@ -142,41 +151,60 @@ pub fn decide(address: IpAddr, ports: &[PortReport]) -> Decision {
     }
 }
 
-fn listener_reason(address: IpAddr, port: u16, listener: &ListenerReport) -> Reason {
-    let holders = describe_owners(&listener.owners, listener.owners_complete);
-    let group = match (listener.group_size, listener.reuseport) {
-        (n, _) if n > 1 => format!(
-            "; it is one of a reuseport group of {n}: a new server that sets SO_REUSEPORT \
-             would join it and the kernel would split connections between them"
-        ),
-        (_, Some(true)) => "; it has SO_REUSEPORT: a new server that sets SO_REUSEPORT \
-                            would co-bind and the kernel would split connections"
-            .to_string(),
-        _ => String::new(),
+fn listener_reason(address: IpAddr, port: u16, group: &[&ListenerReport]) -> Reason {
+    let first = group[0];
+    let mut owners: Vec<Owner> = Vec::new();
+    for listener in group {
+        for owner in &listener.owners {
+            if !owners.iter().any(|o| o.pid.is_some() && o.pid == owner.pid) {
+                owners.push(owner.clone());
+            }
+        }
+    }
+    let complete = group.iter().all(|l| l.owners_complete);
+    let holders = describe_owners(&owners, complete);
+    let inodes = group
+        .iter()
+        .map(|l| l.inode.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let what = if group.len() > 1 {
+        format!(
+            "a reuseport group of {} listeners (inodes {inodes}); a new server that sets \
+             SO_REUSEPORT would join it and the kernel would split connections between them",
+            group.len()
+        )
+    } else if first.reuseport == Some(true) {
+        format!(
+            "a listener (inode {inodes}) with SO_REUSEPORT; a new server that sets SO_REUSEPORT \
+             would co-bind and the kernel would split connections between them"
+        )
+    } else {
+        format!("a listener (inode {inodes})")
     };
-    let (code, verdict, what) = match listener.coverage {
+    let (code, verdict, message) = match first.coverage {
         Coverage::Exact => (
             ReasonCode::Listener,
             Verdict::Busy,
-            format!("{} is held by a listener", listener.local),
+            format!("{} is held by {holders}: {what}", first.local),
         ),
         Coverage::Mapped => (
             ReasonCode::MappedListener,
             Verdict::Busy,
             format!(
-                "{} is held by a listener on its IPv4-mapped form {}",
+                "{} is held through its IPv4-mapped form {} by {holders}: {what}",
                 join(address, port),
-                listener.local
+                first.local
             ),
         ),
         Coverage::Wildcard => (
             ReasonCode::Wildcard,
             Verdict::Foreign,
             format!(
-                "the wildcard listener {}{} covers every local address, {address} included; \
-                 waiting will not free it",
-                listener.local,
-                if listener.v6only == Some(false) { " (dual-stack)" } else { "" },
+                "the wildcard {}{} of {holders} covers every local address, {address} included, \
+                 so waiting will not free it: {what}",
+                first.local,
+                if first.v6only == Some(false) { " (dual-stack)" } else { "" },
             ),
         ),
     };
@@ -184,7 +212,7 @@ fn listener_reason(address: IpAddr, port: u16, listener: &ListenerReport) -> Rea
         code,
         port: Some(port),
         verdict,
-        message: format!("{what} (inode {}) of {holders}{group}", listener.inode),
+        message,
     }
 }
 
@@ -286,8 +314,8 @@ pub fn join(address: IpAddr, port: u16) -> String {
     std::net::SocketAddr::new(address, port).to_string()
 }
 
-fn plural(n: usize, one: &str, many: &str) -> String {
-    format!("{}", if n == 1 { one } else { many })
+fn plural<'a>(n: usize, one: &'a str, many: &'a str) -> &'a str {
+    if n == 1 { one } else { many }
 }
 
 fn list(values: &[u32]) -> String {

@@ -1,0 +1,370 @@
+//! Each shape of holder is a real process; sockcheck must give the right
+//! verdict and name the right pids (and tids for the lingering shape).
+//! Addresses 127.91.0.x and ports 45101-45199 belong to this file.
+
+mod util;
+
+use util::{Holder, check, owner_pids, port, sockcheck, sockcheck_as_nobody};
+
+#[test]
+fn free_address_needs_no_proc_scan() {
+    let (address, status) = check("127.91.0.1", "45101,45102");
+    assert_eq!(status, 0);
+    assert_eq!(address["verdict"], "free");
+    assert_eq!(address["reasons"].as_array().unwrap().len(), 0);
+    for p in [45101, 45102] {
+        assert_eq!(port(&address, p)["canary"]["result"], "ok");
+    }
+    let run = sockcheck(&["--json", "--ports", "45101", "127.91.0.1"]);
+    assert_eq!(run.json()["sources"]["proc"]["status"], "skipped");
+}
+
+#[test]
+fn plain_listener_is_busy_and_named() {
+    let holder = Holder::start("plain", "127.91.0.2", 45103, &[]);
+    let (address, status) = check("127.91.0.2", "45103,45104");
+    assert_eq!(status, 1);
+    assert_eq!(address["verdict"], "busy");
+    assert_eq!(address["reasons"][0]["code"], "listener");
+    let p = port(&address, 45103);
+    assert_eq!(p["canary"]["result"], "EADDRINUSE");
+    assert_eq!(owner_pids(p), vec![u64::from(holder.pid)]);
+    let listener = &p["listeners"][0];
+    assert_eq!(listener["local"], "127.91.0.2:45103");
+    assert_eq!(listener["coverage"], "exact");
+    assert_eq!(listener["owners"][0]["comm"], "sockcheck-holde");
+    assert_eq!(listener["owners"][0]["state"], "sleeping");
+    assert_eq!(listener["backlog"], 128);
+    assert!(listener["inode"].as_u64().unwrap() > 0);
+    // Exact from the owner's own fd, since root may pidfd_getfd anything.
+    assert_eq!(listener["reuseport"], false);
+    assert_eq!(listener["reuseport_evidence"]["source"], "pidfd_getfd");
+    assert_eq!(port(&address, 45104)["canary"]["result"], "ok");
+}
+
+#[test]
+fn reuseport_group_in_one_process() {
+    let holder = Holder::start("group", "127.91.0.3", 45105, &["3"]);
+    let (address, _) = check("127.91.0.3", "45105");
+    assert_eq!(address["verdict"], "busy");
+    let p = port(&address, 45105);
+    let listeners = p["listeners"].as_array().unwrap();
+    assert_eq!(listeners.len(), 3);
+    for l in listeners {
+        assert_eq!(l["reuseport"], true);
+        assert_eq!(l["reuseport_evidence"]["source"], "group");
+        assert_eq!(l["group_size"], 3);
+    }
+    assert_eq!(owner_pids(p), vec![u64::from(holder.pid)]);
+    // One reason for the group, not one per listener.
+    assert_eq!(address["reasons"].as_array().unwrap().len(), 1);
+    let message = address["reasons"][0]["message"].as_str().unwrap();
+    assert!(message.contains("reuseport group of 3"), "{message}");
+}
+
+#[test]
+fn single_reuseport_listener_is_known_from_its_fd() {
+    let _holder = Holder::start("reuseport", "127.91.0.4", 45106, &[]);
+    let (address, _) = check("127.91.0.4", "45106");
+    let listener = &port(&address, 45106)["listeners"][0];
+    assert_eq!(listener["reuseport"], true);
+    assert_eq!(listener["reuseport_evidence"]["source"], "pidfd_getfd");
+}
+
+#[test]
+fn lingering_workers_after_the_main_thread_exited() {
+    let holder = Holder::start("lingering", "127.91.0.5", 45107, &["3"]);
+    let (address, status) = check("127.91.0.5", "45107");
+    assert_eq!(status, 1);
+    assert_eq!(address["verdict"], "busy");
+    let p = port(&address, 45107);
+    assert_eq!(p["listeners"].as_array().unwrap().len(), 3);
+    assert_eq!(owner_pids(p), vec![u64::from(holder.pid)]);
+    let owner = &p["listeners"][0]["owners"][0];
+    assert_eq!(owner["state"], "zombie-leader");
+    let tids: Vec<u32> = owner["tids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(tids, holder.tids);
+    // Found through the threads' fd tables: /proc/PID/fd is empty.
+    let via: Vec<u32> = owner["fds"][0]["via_tids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(via, holder.tids);
+    // The command line is read through a live thread.
+    assert!(owner["cmdline"][1] == "lingering", "{owner}");
+    let message = address["reasons"][0]["message"].as_str().unwrap();
+    assert!(message.contains("zombie leader"), "{message}");
+    assert!(message.contains(&holder.pid.to_string()), "{message}");
+}
+
+#[test]
+fn lingering_single_worker_reuseport_through_a_thread_pidfd() {
+    let holder = Holder::start("lingering", "127.91.0.6", 45108, &["1"]);
+    let (address, _) = check("127.91.0.6", "45108");
+    let listener = &port(&address, 45108)["listeners"][0];
+    assert_eq!(listener["owners"][0]["pid"], holder.pid);
+    assert_eq!(listener["reuseport"], true);
+    assert_eq!(listener["reuseport_evidence"]["source"], "pidfd_getfd");
+    let detail = listener["reuseport_evidence"]["detail"].as_str().unwrap();
+    assert!(detail.contains(&format!("thread {}", holder.tids[0])), "{detail}");
+}
+
+#[test]
+fn listener_inherited_by_a_forked_child_whose_parent_exited() {
+    let mut holder = Holder::start("forked", "127.91.0.7", 45109, &[]);
+    holder.wait_exit();
+    let child = holder.forked.unwrap();
+    let (address, _) = check("127.91.0.7", "45109");
+    assert_eq!(address["verdict"], "busy");
+    let p = port(&address, 45109);
+    assert_eq!(owner_pids(p), vec![u64::from(child)]);
+    assert_ne!(p["listeners"][0]["owners"][0]["ppid"], holder.pid);
+}
+
+#[test]
+fn stopped_owner() {
+    let holder = Holder::start("stopped", "127.91.0.8", 45110, &[]);
+    // Wait until the kernel shows it stopped.
+    for _ in 0..200 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", holder.pid)).unwrap();
+        if stat.contains(") T ") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let (address, _) = check("127.91.0.8", "45110");
+    let owner = &port(&address, 45110)["listeners"][0]["owners"][0];
+    assert_eq!(owner["pid"], holder.pid);
+    assert_eq!(owner["state"], "stopped");
+    assert!(address["reasons"][0]["message"].as_str().unwrap().contains("stopped"));
+}
+
+#[test]
+fn ipv4_wildcard_is_foreign() {
+    let holder = Holder::start("wildcard", "-", 45111, &[]);
+    let (address, status) = check("127.91.0.9", "45111");
+    assert_eq!(status, 1);
+    assert_eq!(address["verdict"], "foreign");
+    assert_eq!(address["reasons"][0]["code"], "wildcard");
+    let p = port(&address, 45111);
+    assert_eq!(p["listeners"][0]["local"], "0.0.0.0:45111");
+    assert_eq!(p["listeners"][0]["coverage"], "wildcard");
+    assert_eq!(owner_pids(p), vec![u64::from(holder.pid)]);
+}
+
+#[test]
+fn dual_stack_wildcard_is_foreign_for_ipv4_and_ipv6() {
+    let holder = Holder::start("dualstack", "-", 45112, &[]);
+    for target in ["127.91.0.10", "::1"] {
+        let (address, _) = check(target, "45112");
+        assert_eq!(address["verdict"], "foreign", "{target}");
+        let listener = &port(&address, 45112)["listeners"][0];
+        assert_eq!(listener["local"], "[::]:45112");
+        assert_eq!(listener["v6only"], false);
+        assert_eq!(owner_pids(port(&address, 45112)), vec![u64::from(holder.pid)]);
+    }
+}
+
+#[test]
+fn v6only_wildcard_does_not_cover_ipv4() {
+    let _holder = Holder::start("v6only", "-", 45113, &[]);
+    let (address, status) = check("127.91.0.11", "45113");
+    assert_eq!(address["verdict"], "free");
+    assert_eq!(status, 0);
+    let note = address["notes"][0].as_str().unwrap();
+    assert!(note.contains("IPV6_V6ONLY"), "{note}");
+    let (six, _) = check("::1", "45113");
+    assert_eq!(six["verdict"], "foreign");
+}
+
+#[test]
+fn ipv4_mapped_listener_is_busy() {
+    let holder = Holder::start("mapped", "127.91.0.12", 45114, &[]);
+    let (address, _) = check("127.91.0.12", "45114");
+    assert_eq!(address["verdict"], "busy");
+    assert_eq!(address["reasons"][0]["code"], "mapped_listener");
+    let listener = &port(&address, 45114)["listeners"][0];
+    assert_eq!(listener["local"], "[::ffff:127.91.0.12]:45114");
+    assert_eq!(listener["coverage"], "mapped");
+    assert_eq!(listener["owners"][0]["pid"], holder.pid);
+    // Asking with the mapped form is the same question.
+    let (again, _) = check("::ffff:127.91.0.12", "45114");
+    assert_eq!(again["address"], "127.91.0.12");
+    assert_eq!(again["verdict"], "busy");
+}
+
+#[test]
+fn ipv6_loopback_listener_is_busy() {
+    let holder = Holder::start("plain", "::1", 45115, &[]);
+    let (address, _) = check("::1", "45115");
+    assert_eq!(address["verdict"], "busy");
+    assert_eq!(owner_pids(port(&address, 45115)), vec![u64::from(holder.pid)]);
+    // ...and does not touch IPv4.
+    let (v4, _) = check("127.91.0.13", "45115");
+    assert_eq!(v4["verdict"], "free");
+}
+
+#[test]
+fn bound_client_socket_is_a_conflict_with_its_owner() {
+    let holder = Holder::start("client", "127.91.0.14", 45116, &[]);
+    let (address, status) = check("127.91.0.14", "45116");
+    assert_eq!(status, 1);
+    assert_eq!(address["verdict"], "conflict");
+    let p = port(&address, 45116);
+    assert_eq!(p["canary"]["result"], "EADDRINUSE");
+    assert_eq!(p["listeners"].as_array().unwrap().len(), 0);
+    assert_eq!(p["other_sockets"]["by_state"]["ESTABLISHED"], 1);
+    let socket = &p["other_sockets"]["sockets"][0];
+    assert_eq!(socket["owners"][0]["pid"], holder.pid);
+    let message = address["reasons"][0]["message"].as_str().unwrap();
+    assert!(message.contains("ESTABLISHED") && message.contains(&holder.pid.to_string()), "{message}");
+}
+
+#[test]
+fn bound_inactive_socket_is_a_conflict_with_its_owner() {
+    let holder = Holder::start("bound", "127.91.0.15", 45117, &[]);
+    let (address, _) = check("127.91.0.15", "45117");
+    assert_eq!(address["verdict"], "conflict");
+    let p = port(&address, 45117);
+    assert_eq!(p["other_sockets"]["by_state"]["BOUND_INACTIVE"], 1);
+    assert_eq!(p["other_sockets"]["sockets"][0]["owners"][0]["pid"], holder.pid);
+}
+
+#[test]
+fn time_wait_alone_does_not_block() {
+    let mut holder = Holder::start("timewait", "127.91.0.16", 45118, &[]);
+    holder.wait_exit();
+    let (address, status) = check("127.91.0.16", "45118");
+    assert_eq!(address["verdict"], "free");
+    assert_eq!(status, 0);
+    let p = port(&address, 45118);
+    assert_eq!(p["other_sockets"]["by_state"]["TIME_WAIT"], 1);
+    assert_eq!(p["other_sockets"]["sockets"][0]["inode"], 0);
+    assert_eq!(p["canary"]["result"], "ok");
+    assert!(address["notes"][0].as_str().unwrap().contains("TIME_WAIT"));
+}
+
+#[test]
+fn non_local_address_is_unavailable() {
+    let (address, status) = check("192.0.2.1", "45119");
+    assert_eq!(status, 1);
+    assert_eq!(address["verdict"], "unavailable");
+    assert_eq!(address["reasons"][0]["code"], "not_local");
+    assert_eq!(port(&address, 45119)["canary"]["result"], "EADDRNOTAVAIL");
+}
+
+#[test]
+fn several_addresses_get_one_verdict_each() {
+    let _holder = Holder::start("plain", "127.91.0.17", 45120, &[]);
+    let run = sockcheck(&["--json", "--ports", "45120", "127.91.0.17", "127.91.0.18", "::1"]);
+    assert_eq!(run.status, 1);
+    let json = run.json();
+    let verdicts: Vec<&str> = json["addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["verdict"].as_str().unwrap())
+        .collect();
+    assert_eq!(verdicts, ["busy", "free", "free"]);
+    assert_eq!(json["schema"], 1);
+}
+
+#[test]
+fn human_output_names_the_lingering_pid_and_threads() {
+    let holder = Holder::start("lingering", "127.91.0.19", 45121, &["2"]);
+    let run = sockcheck(&["--ports", "45121", "127.91.0.19"]);
+    assert_eq!(run.status, 1);
+    let out = &run.stdout;
+    assert!(out.starts_with("127.91.0.19  busy\n"), "{out}");
+    assert!(out.contains(&format!("owner: pid {}", holder.pid)), "{out}");
+    let tids = format!("live threads {},{}", holder.tids[0], holder.tids[1]);
+    assert!(out.contains(&tids), "{out}");
+    assert!(!out.contains('\x1b'), "NO_COLOR must disable colour: {out}");
+}
+
+#[test]
+fn unprivileged_run_marks_hidden_owners_and_unknown_reuseport() {
+    if !util::is_root() {
+        eprintln!("skipped: needs root to start a holder of another uid");
+        return;
+    }
+    let holder = Holder::start("plain", "127.91.0.20", 45122, &[]);
+    let run = sockcheck_as_nobody(&["--json", "--ports", "45122", "127.91.0.20"]);
+    assert_eq!(run.status, 1, "{}", run.stderr);
+    let json = run.json();
+    let address = &json["addresses"][0];
+    assert_eq!(address["verdict"], "busy");
+    let listener = &port(address, 45122)["listeners"][0];
+    let owner = &listener["owners"][0];
+    assert_eq!(owner["hidden"], true);
+    assert_eq!(owner["pid"], serde_json::Value::Null);
+    assert_eq!(owner["uid"], 0);
+    assert!(
+        owner["candidates"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(holder.pid)),
+        "{owner}"
+    );
+    assert_eq!(listener["owners_complete"], false);
+    assert_eq!(listener["reuseport"], serde_json::Value::Null);
+    assert_eq!(listener["reuseport_evidence"]["source"], "none");
+    assert_eq!(json["sources"]["proc"]["status"], "partial");
+    let message = address["reasons"][0]["message"].as_str().unwrap();
+    assert!(message.contains("hidden by permissions"), "{message}");
+}
+
+#[test]
+fn unprivileged_run_still_sees_a_reuseport_group() {
+    if !util::is_root() {
+        eprintln!("skipped: needs root to start a holder of another uid");
+        return;
+    }
+    let _holder = Holder::start("lingering", "127.91.0.21", 45123, &["2"]);
+    let run = sockcheck_as_nobody(&["--json", "--ports", "45123", "127.91.0.21"]);
+    let json = run.json();
+    let listener = &port(&json["addresses"][0], 45123)["listeners"][0];
+    assert_eq!(json["addresses"][0]["verdict"], "busy");
+    assert_eq!(listener["reuseport"], true);
+    assert_eq!(listener["reuseport_evidence"]["source"], "group");
+    assert_eq!(listener["owners"][0]["hidden"], true);
+}
+
+#[test]
+fn unprivileged_free_address_is_free() {
+    let run = sockcheck_as_nobody(&["--ports", "45124", "127.91.0.22"]);
+    assert_eq!(run.status, 0, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.starts_with("127.91.0.22  free"));
+}
+
+#[test]
+fn bind_probe_tells_a_plain_listener_without_pidfd() {
+    // As root, with pidfd_getfd ruled out by --no-pidfd the probe decides;
+    // here it is reached through a listener whose owner cannot be seen.
+    let _holder = Holder::start("plain", "127.91.0.23", 45125, &[]);
+    let run = sockcheck(&["--json", "--no-pidfd", "--ports", "45125", "127.91.0.23"]);
+    let json = run.json();
+    let listener = &port(&json["addresses"][0], 45125)["listeners"][0];
+    assert_eq!(listener["reuseport"], false);
+    assert_eq!(listener["reuseport_evidence"]["source"], "bind_probe");
+}
+
+#[test]
+fn bind_probe_joins_a_reuseport_listener_and_leaves_it_alone() {
+    let _holder = Holder::start("reuseport", "127.91.0.24", 45126, &[]);
+    let run = sockcheck(&["--json", "--no-pidfd", "--ports", "45126", "127.91.0.24"]);
+    let json = run.json();
+    let listener = &port(&json["addresses"][0], 45126)["listeners"][0];
+    assert_eq!(listener["reuseport"], true);
+    assert_eq!(listener["reuseport_evidence"]["source"], "bind_probe");
+    // The probe never listened: the group is still one listener.
+    let again = sockcheck(&["--json", "--ports", "45126", "127.91.0.24"]).json();
+    assert_eq!(port(&again["addresses"][0], 45126)["listeners"].as_array().unwrap().len(), 1);
+}

@@ -1,0 +1,167 @@
+//! Real processes holding real sockets, and sockcheck run against them.
+//!
+//! Every test uses its own loopback address and its own ports, so tests
+//! never meet each other or other software on the machine, and every process
+//! a test starts is killed by pid when its guard drops.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+pub const SOCKCHECK: &str = env!("CARGO_BIN_EXE_sockcheck");
+pub const HOLDER: &str = env!("CARGO_BIN_EXE_sockcheck-holder");
+
+/// A holder process (and its forked child, if any). Killed by pid on drop.
+pub struct Holder {
+    child: Child,
+    pub pid: u32,
+    pub tids: Vec<u32>,
+    pub forked: Option<u32>,
+}
+
+impl Holder {
+    /// Starts `sockcheck-holder SHAPE ADDR PORT [N]` and waits for its
+    /// `ready` line.
+    pub fn start(shape: &str, address: &str, port: u16, extra: &[&str]) -> Holder {
+        let mut child = Command::new(HOLDER)
+            .arg(shape)
+            .arg(address)
+            .arg(port.to_string())
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn sockcheck-holder");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("ready "), "holder {shape} did not start: {line:?}");
+        let mut holder = Holder {
+            pid: child.id(),
+            child,
+            tids: Vec::new(),
+            forked: None,
+        };
+        for field in line.split_whitespace().skip(1) {
+            let (key, value) = field.split_once('=').unwrap();
+            match key {
+                "pid" => assert_eq!(value.parse::<u32>().unwrap(), holder.pid),
+                "tids" => holder.tids = value.split(',').map(|t| t.parse().unwrap()).collect(),
+                "child" => holder.forked = Some(value.parse().unwrap()),
+                _ => {}
+            }
+        }
+        holder
+    }
+
+    /// Waits for a holder that exits by itself (`forked`'s parent, `timewait`).
+    pub fn wait_exit(&mut self) {
+        let status = self.child.wait().unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        if let Some(child) = self.forked {
+            kill(child);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn kill(pid: u32) {
+    // SAFETY: kill has no memory effects.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+    // Not our child: wait until it is gone so the next test starts clean.
+    for _ in 0..200 {
+        if std::fs::metadata(format!("/proc/{pid}")).is_err() {
+            return;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.contains(") Z ") {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// What one sockcheck run gave.
+pub struct Run {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
+    }
+}
+
+/// Runs the sockcheck binary.
+pub fn sockcheck(args: &[&str]) -> Run {
+    run(Command::new(SOCKCHECK).args(args).env_remove("SOCKCHECK_PORTS"))
+}
+
+/// Runs the sockcheck binary as `nobody`, through setpriv.
+pub fn sockcheck_as_nobody(args: &[&str]) -> Run {
+    run(Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(SOCKCHECK)
+        .args(args)
+        .env_remove("SOCKCHECK_PORTS"))
+}
+
+fn run(command: &mut Command) -> Run {
+    let output = command.env("NO_COLOR", "1").output().expect("run sockcheck");
+    Run {
+        status: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// `sockcheck --json --ports PORT ADDR`: the address's JSON object and the
+/// exit status.
+pub fn check(address: &str, ports: &str) -> (Value, i32) {
+    let run = sockcheck(&["--json", "--ports", ports, address]);
+    let json = run.json();
+    (json["addresses"][0].clone(), run.status)
+}
+
+/// The port object for `port` of an address object.
+pub fn port(address: &Value, port: u16) -> &Value {
+    address["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == port)
+        .unwrap_or_else(|| panic!("no port {port} in {address}"))
+}
+
+/// The pids of every owner of every listener of a port object.
+pub fn owner_pids(port: &Value) -> Vec<u64> {
+    let mut pids: Vec<u64> = port["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|l| l["owners"].as_array().unwrap().iter())
+        .filter_map(|o| o["pid"].as_u64())
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
