@@ -11,7 +11,8 @@ use crate::exit::{self, ExitStatus};
 use crate::inspect::{self, DEFAULT_PORTS, Query};
 use crate::report::{Report, human};
 
-const ABOUT: &str = "Can this loopback address go to a new server right now, and if not, who holds it?";
+const ABOUT: &str =
+    "Can this loopback address go to a new server right now, and if not, who holds it?";
 
 const AFTER_HELP: &str = "\
 Verdicts, most severe first:
@@ -170,7 +171,13 @@ pub fn emit(report: &Report, output: Output) -> Result<(), Error> {
         text.push('\n');
         text
     } else {
-        human::render(report, human::Style { color: output.color }, output.verbose)
+        human::render(
+            report,
+            human::Style {
+                color: output.color,
+            },
+            output.verbose,
+        )
     };
     write_stdout(&text)
 }
@@ -178,7 +185,10 @@ pub fn emit(report: &Report, output: Output) -> Result<(), Error> {
 /// Writes to stdout; a closed pipe (`| head`) is not an error.
 pub fn write_stdout(text: &str) -> Result<(), Error> {
     let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
             Err(Error::syscall("write to stdout", e))
         }

@@ -15,7 +15,9 @@ use netlink_packet_sock_diag::{
     AF_INET, AF_INET6, IPPROTO_TCP, SockDiagMessage,
     inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, nlas::Nla},
 };
-use netlink_sys::{Socket as NetlinkSocket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIAG};
+use netlink_sys::{
+    Socket as NetlinkSocket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIAG,
+};
 use serde::Serialize;
 
 use crate::error::{Error, errno_name};
@@ -121,7 +123,7 @@ const RECV_BUFFER: usize = 64 * 1024;
 
 impl SockDiag {
     pub fn open() -> Result<SockDiag, Error> {
-        let mut socket = NetlinkSocket::new(NETLINK_SOCK_DIAG as isize)
+        let mut socket = NetlinkSocket::new(NETLINK_SOCK_DIAG)
             .map_err(|e| Error::netlink("socket(AF_NETLINK, NETLINK_SOCK_DIAG)", e))?;
         socket
             .bind_auto()

@@ -48,7 +48,8 @@ pub fn kernel_view(ports: &[u16]) -> Result<KernelView, Error> {
                 Err(Error::NetlinkReply { detail, .. })
                     if family == Family::Inet6 && detail.contains("ENOENT") =>
                 {
-                    view.notes.push("IPv6 sock_diag is not available (no IPv6?)".into());
+                    view.notes
+                        .push("IPv6 sock_diag is not available (no IPv6?)".into());
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -138,7 +139,10 @@ pub fn inspect_view(query: &Query, view: &KernelView) -> Report {
                 };
                 (scan, status)
             }
-            Err(e) => (FdScan::default(), SourceStatus::new("unavailable", e.to_string())),
+            Err(e) => (
+                FdScan::default(),
+                SourceStatus::new("unavailable", e.to_string()),
+            ),
         }
     };
     let proc_ok = proc_status.status != "unavailable";
@@ -148,7 +152,9 @@ pub fn inspect_view(query: &Query, view: &KernelView) -> Report {
         let mut list = Vec::new();
         if let Some(pids) = scan.holders.get(&inode) {
             for (&pid, fds) in pids {
-                let info = described.entry(pid).or_insert_with(|| owners::describe(pid));
+                let info = described
+                    .entry(pid)
+                    .or_insert_with(|| owners::describe(pid));
                 list.push(Owner::visible(info.clone(), fds.clone()));
             }
         }
@@ -183,7 +189,8 @@ pub fn inspect_view(query: &Query, view: &KernelView) -> Report {
                     .into_iter()
                     .flat_map(|pids| pids.iter())
                     .flat_map(|(&pid, fds)| {
-                        fds.iter().map(move |r| (pid, r.via_tids.first().copied(), r.fd))
+                        fds.iter()
+                            .map(move |r| (pid, r.via_tids.first().copied(), r.fd))
                     })
                     .collect();
                 let (reuseport, evidence) = reuseport::resolve(&Subject {
@@ -329,7 +336,9 @@ pub fn parse_address(text: &str) -> Result<IpAddr, Error> {
         Ok(v4) => Ok(v4),
         Err(_) => {
             let hint = if text.parse::<SocketAddr>().is_ok()
-                || text.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok() && !text.contains("::"))
+                || text
+                    .rsplit_once(':')
+                    .is_some_and(|(_, p)| p.parse::<u16>().is_ok() && !text.contains("::"))
             {
                 " (give the address alone; ports go in --ports)"
             } else if text.chars().any(|c| c.is_ascii_alphabetic()) && !text.contains(':') {
@@ -358,7 +367,9 @@ pub fn parse_ports(text: &str, source: &str) -> Result<Vec<u16>, Error> {
                 return Err(Error::Usage(format!("{source}: empty port in '{text}'")));
             }
             Err(_) => {
-                return Err(Error::Usage(format!("{source}: '{item}' is not a port number")));
+                return Err(Error::Usage(format!(
+                    "{source}: '{item}' is not a port number"
+                )));
             }
         };
         if !ports.contains(&port) {
@@ -385,14 +396,23 @@ mod tests {
         assert_eq!(coverage(t, ip("127.0.0.2"), None), Some(Coverage::Exact));
         assert_eq!(coverage(t, ip("127.0.0.3"), None), None);
         assert_eq!(coverage(t, ip("0.0.0.0"), None), Some(Coverage::Wildcard));
-        assert_eq!(coverage(t, ip("::ffff:127.0.0.2"), Some(false)), Some(Coverage::Mapped));
+        assert_eq!(
+            coverage(t, ip("::ffff:127.0.0.2"), Some(false)),
+            Some(Coverage::Mapped)
+        );
         assert_eq!(coverage(t, ip("::"), Some(false)), Some(Coverage::Wildcard));
         assert_eq!(coverage(t, ip("::"), Some(true)), None);
         assert_eq!(coverage(t, ip("::1"), Some(false)), None);
         let six = ip("::1");
         assert_eq!(coverage(six, ip("::1"), Some(false)), Some(Coverage::Exact));
-        assert_eq!(coverage(six, ip("::"), Some(true)), Some(Coverage::Wildcard));
-        assert_eq!(coverage(six, ip("::"), Some(false)), Some(Coverage::Wildcard));
+        assert_eq!(
+            coverage(six, ip("::"), Some(true)),
+            Some(Coverage::Wildcard)
+        );
+        assert_eq!(
+            coverage(six, ip("::"), Some(false)),
+            Some(Coverage::Wildcard)
+        );
         assert_eq!(coverage(six, ip("0.0.0.0"), None), None);
     }
 
@@ -411,11 +431,22 @@ mod tests {
 
     #[test]
     fn ports_parse_or_name_the_bad_value() {
-        assert_eq!(parse_ports("9925,9926", "--ports").unwrap(), vec![9925, 9926]);
+        assert_eq!(
+            parse_ports("9925,9926", "--ports").unwrap(),
+            vec![9925, 9926]
+        );
         assert_eq!(parse_ports("9926, 9926", "--ports").unwrap(), vec![9926]);
-        for (bad, needle) in [("0", "port 0"), ("70000", "port 70000"), ("abc", "'abc'"), ("1,,2", "empty")] {
+        for (bad, needle) in [
+            ("0", "port 0"),
+            ("70000", "port 70000"),
+            ("abc", "'abc'"),
+            ("1,,2", "empty"),
+        ] {
             let e = parse_ports(bad, "--ports").unwrap_err().to_string();
-            assert!(e.starts_with("--ports: ") && e.contains(needle), "{bad}: {e}");
+            assert!(
+                e.starts_with("--ports: ") && e.contains(needle),
+                "{bad}: {e}"
+            );
         }
     }
 }

@@ -226,7 +226,12 @@ impl<'a> Scanner<'a> {
 }
 
 fn push(out: &mut FdScan, inode: u64, pid: u32, fd: u32, tid: Option<u32>) {
-    let refs = out.holders.entry(inode).or_default().entry(pid).or_default();
+    let refs = out
+        .holders
+        .entry(inode)
+        .or_default()
+        .entry(pid)
+        .or_default();
     match refs.iter_mut().find(|r| r.fd == fd) {
         Some(existing) => existing.via_tids.extend(tid),
         None => refs.push(FdRef {
@@ -359,7 +364,14 @@ pub fn describe(pid: u32) -> ProcessInfo {
             }
             Bytes(raw)
         })
-        .unwrap_or_else(|_| Bytes(stat.as_ref().map(|s| s.comm.clone()).unwrap_or_default().into_bytes()));
+        .unwrap_or_else(|_| {
+            Bytes(
+                stat.as_ref()
+                    .map(|s| s.comm.clone())
+                    .unwrap_or_default()
+                    .into_bytes(),
+            )
+        });
     let start_time = stat.as_ref().and_then(|s| {
         let boot = procfs::boot_time_secs().ok()?;
         Some(boot + s.starttime / procfs::ticks_per_second())
@@ -403,7 +415,10 @@ fn state_name(c: char) -> &'static str {
 
 /// The set of distinct holder pids across `inodes`.
 pub fn holder_pids(scan: &FdScan) -> BTreeSet<u32> {
-    scan.holders.values().flat_map(|p| p.keys().copied()).collect()
+    scan.holders
+        .values()
+        .flat_map(|p| p.keys().copied())
+        .collect()
 }
 
 #[cfg(test)]

@@ -63,7 +63,10 @@ pub fn resolve(subject: &Subject<'_>) -> (Option<bool>, Reuseport) {
             Some(bit),
             evidence(
                 "kernel",
-                format!("skc_reuseport = {} read by the BPF tcp iterator", u8::from(bit)),
+                format!(
+                    "skc_reuseport = {} read by the BPF tcp iterator",
+                    u8::from(bit)
+                ),
                 tried,
             ),
         );
@@ -175,9 +178,8 @@ fn getsockopt_via_pidfd(pid: u32, tid: Option<u32>, fd: u32, inode: u64) -> Resu
     let raw = Pid::from_raw(target as i32).ok_or("pid 0")?;
     let pidfd = rustix::process::pidfd_open(raw, flags)
         .map_err(|e| format!("pidfd_open: {}", errno_label(&e.into())))?;
-    let socket: OwnedFd =
-        rustix::process::pidfd_getfd(&pidfd, fd as i32, PidfdGetfdFlags::empty())
-            .map_err(|e| format!("{}", errno_label(&e.into())))?;
+    let socket: OwnedFd = rustix::process::pidfd_getfd(&pidfd, fd as i32, PidfdGetfdFlags::empty())
+        .map_err(|e| errno_label(&e.into()))?;
     // The fd may have been closed and reused since the scan.
     let stat = rustix::fs::fstat(&socket).map_err(|e| format!("fstat: {e}"))?;
     if stat.st_ino != inode {
@@ -220,8 +222,7 @@ fn bind_probe(subject: &Subject<'_>) -> Probe {
                     socket.set_only_v6(only)?;
                 }
                 socket.set_reuse_port(true)?;
-                let bound = socket.bind(&local.into());
-                bound
+                socket.bind(&local.into())
             })
             .join()
     });

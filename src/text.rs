@@ -124,7 +124,10 @@ mod tests {
 
     #[test]
     fn json_is_lossless() {
-        assert_eq!(serde_json::to_string(&Bytes(b"node".to_vec())).unwrap(), "\"node\"");
+        assert_eq!(
+            serde_json::to_string(&Bytes(b"node".to_vec())).unwrap(),
+            "\"node\""
+        );
         assert_eq!(
             serde_json::to_string(&Bytes(b"a\xffb".to_vec())).unwrap(),
             r#"{"bytes":"Yf9i"}"#

@@ -79,7 +79,10 @@ pub struct Decision {
 pub fn decide(address: IpAddr, ports: &[PortReport]) -> Decision {
     let mut reasons = Vec::new();
     let mut notes = Vec::new();
-    let not_local = ports.iter().filter(|p| p.canary.is(libc::EADDRNOTAVAIL)).count();
+    let not_local = ports
+        .iter()
+        .filter(|p| p.canary.is(libc::EADDRNOTAVAIL))
+        .count();
     if !ports.is_empty() && not_local == ports.len() {
         reasons.push(Reason {
             code: ReasonCode::NotLocal,
@@ -130,7 +133,10 @@ pub fn decide(address: IpAddr, ports: &[PortReport]) -> Decision {
                 code: ReasonCode::NotLocal,
                 port: Some(port.port),
                 verdict: Verdict::Unavailable,
-                message: format!("the canary bind of {} fails with EADDRNOTAVAIL", join(address, port.port)),
+                message: format!(
+                    "the canary bind of {} fails with EADDRNOTAVAIL",
+                    join(address, port.port)
+                ),
             });
         }
         if canary.is_ok() && port.other_sockets.total > 0 {
@@ -138,11 +144,15 @@ pub fn decide(address: IpAddr, ports: &[PortReport]) -> Decision {
                 "{} on {} {} not block a server that sets SO_REUSEADDR",
                 state_counts(port),
                 join(address, port.port),
-                if port.other_sockets.total == 1 { "does" } else { "do" },
+                if port.other_sockets.total == 1 {
+                    "does"
+                } else {
+                    "do"
+                },
             ));
         }
     }
-    reasons.sort_by(|a, b| b.verdict.cmp(&a.verdict));
+    reasons.sort_by_key(|r| std::cmp::Reverse(r.verdict));
     let verdict = reasons.first().map(|r| r.verdict).unwrap_or(Verdict::Free);
     Decision {
         verdict,
@@ -204,7 +214,11 @@ fn listener_reason(address: IpAddr, port: u16, group: &[&ListenerReport]) -> Rea
                 "the wildcard {}{} of {holders} covers every local address, {address} included, \
                  so waiting will not free it: {what}",
                 first.local,
-                if first.v6only == Some(false) { " (dual-stack)" } else { "" },
+                if first.v6only == Some(false) {
+                    " (dual-stack)"
+                } else {
+                    ""
+                },
             ),
         ),
     };
@@ -245,7 +259,11 @@ pub fn describe_owners(owners: &[Owner], complete: bool) -> String {
                 text.push_str(&format!(
                     ", one of {} unreadable {}",
                     owner.candidates.len(),
-                    if owner.candidates.len() == 1 { "process" } else { "processes" }
+                    if owner.candidates.len() == 1 {
+                        "process"
+                    } else {
+                        "processes"
+                    }
                 ));
             }
             text

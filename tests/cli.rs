@@ -8,11 +8,23 @@ use util::sockcheck;
 fn usage_error(args: &[&str], needle: &str) {
     let run = sockcheck(args);
     assert_eq!(run.status, 2, "{args:?}: {}{}", run.stdout, run.stderr);
-    assert!(run.stdout.is_empty(), "{args:?} printed to stdout: {}", run.stdout);
+    assert!(
+        run.stdout.is_empty(),
+        "{args:?} printed to stdout: {}",
+        run.stdout
+    );
     let lines: Vec<&str> = run.stderr.lines().collect();
     assert_eq!(lines.len(), 1, "{args:?}: not one line: {:?}", run.stderr);
-    assert!(lines[0].starts_with("sockcheck: "), "{args:?}: {}", lines[0]);
-    assert!(lines[0].contains(needle), "{args:?}: {} lacks {needle}", lines[0]);
+    assert!(
+        lines[0].starts_with("sockcheck: "),
+        "{args:?}: {}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains(needle),
+        "{args:?}: {} lacks {needle}",
+        lines[0]
+    );
 }
 
 #[test]
@@ -66,11 +78,17 @@ fn check_subcommand_is_the_default_command() {
 fn help_documents_exit_statuses() {
     let run = sockcheck(&["--help"]);
     assert_eq!(run.status, 0);
-    for line in ["0  every address is free", "1  at least one", "2  bad usage", "3  the inspection"] {
+    for line in [
+        "0  every address is free",
+        "1  at least one",
+        "2  bad usage",
+        "3  the inspection",
+    ] {
         assert!(run.stdout.contains(line), "help lacks {line:?}");
     }
     // The README carries the same table.
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     for line in sockcheck::exit::HELP.lines().skip(1) {
         let (code, text) = line.trim().split_once("  ").unwrap();
         assert!(

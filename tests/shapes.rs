@@ -113,7 +113,10 @@ fn lingering_single_worker_reuseport_through_a_thread_pidfd() {
     assert_eq!(listener["reuseport"], true);
     assert_eq!(listener["reuseport_evidence"]["source"], "pidfd_getfd");
     let detail = listener["reuseport_evidence"]["detail"].as_str().unwrap();
-    assert!(detail.contains(&format!("thread {}", holder.tids[0])), "{detail}");
+    assert!(
+        detail.contains(&format!("thread {}", holder.tids[0])),
+        "{detail}"
+    );
 }
 
 #[test]
@@ -143,7 +146,12 @@ fn stopped_owner() {
     let owner = &port(&address, 45110)["listeners"][0]["owners"][0];
     assert_eq!(owner["pid"], holder.pid);
     assert_eq!(owner["state"], "stopped");
-    assert!(address["reasons"][0]["message"].as_str().unwrap().contains("stopped"));
+    assert!(
+        address["reasons"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("stopped")
+    );
 }
 
 #[test]
@@ -168,7 +176,10 @@ fn dual_stack_wildcard_is_foreign_for_ipv4_and_ipv6() {
         let listener = &port(&address, 45112)["listeners"][0];
         assert_eq!(listener["local"], "[::]:45112");
         assert_eq!(listener["v6only"], false);
-        assert_eq!(owner_pids(port(&address, 45112)), vec![u64::from(holder.pid)]);
+        assert_eq!(
+            owner_pids(port(&address, 45112)),
+            vec![u64::from(holder.pid)]
+        );
     }
 }
 
@@ -205,7 +216,10 @@ fn ipv6_loopback_listener_is_busy() {
     let holder = Holder::start("plain", "::1", 45115, &[]);
     let (address, _) = check("::1", "45115");
     assert_eq!(address["verdict"], "busy");
-    assert_eq!(owner_pids(port(&address, 45115)), vec![u64::from(holder.pid)]);
+    assert_eq!(
+        owner_pids(port(&address, 45115)),
+        vec![u64::from(holder.pid)]
+    );
     // ...and does not touch IPv4.
     let (v4, _) = check("127.91.0.13", "45115");
     assert_eq!(v4["verdict"], "free");
@@ -224,7 +238,10 @@ fn bound_client_socket_is_a_conflict_with_its_owner() {
     let socket = &p["other_sockets"]["sockets"][0];
     assert_eq!(socket["owners"][0]["pid"], holder.pid);
     let message = address["reasons"][0]["message"].as_str().unwrap();
-    assert!(message.contains("ESTABLISHED") && message.contains(&holder.pid.to_string()), "{message}");
+    assert!(
+        message.contains("ESTABLISHED") && message.contains(&holder.pid.to_string()),
+        "{message}"
+    );
 }
 
 #[test]
@@ -234,7 +251,10 @@ fn bound_inactive_socket_is_a_conflict_with_its_owner() {
     assert_eq!(address["verdict"], "conflict");
     let p = port(&address, 45117);
     assert_eq!(p["other_sockets"]["by_state"]["BOUND_INACTIVE"], 1);
-    assert_eq!(p["other_sockets"]["sockets"][0]["owners"][0]["pid"], holder.pid);
+    assert_eq!(
+        p["other_sockets"]["sockets"][0]["owners"][0]["pid"],
+        holder.pid
+    );
 }
 
 #[test]
@@ -245,8 +265,18 @@ fn time_wait_alone_does_not_block() {
     assert_eq!(address["verdict"], "free");
     assert_eq!(status, 0);
     let p = port(&address, 45118);
-    assert_eq!(p["other_sockets"]["by_state"]["TIME_WAIT"], 1);
-    assert_eq!(p["other_sockets"]["sockets"][0]["inode"], 0);
+    // At least ours: a run less than a minute ago leaves its own.
+    assert!(
+        p["other_sockets"]["by_state"]["TIME_WAIT"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    for socket in p["other_sockets"]["sockets"].as_array().unwrap() {
+        assert_eq!(socket["state"], "TIME_WAIT");
+        assert_eq!(socket["inode"], 0);
+        assert_eq!(socket["owners"].as_array().unwrap().len(), 0);
+    }
     assert_eq!(p["canary"]["result"], "ok");
     assert!(address["notes"][0].as_str().unwrap().contains("TIME_WAIT"));
 }
@@ -263,7 +293,14 @@ fn non_local_address_is_unavailable() {
 #[test]
 fn several_addresses_get_one_verdict_each() {
     let _holder = Holder::start("plain", "127.91.0.17", 45120, &[]);
-    let run = sockcheck(&["--json", "--ports", "45120", "127.91.0.17", "127.91.0.18", "::1"]);
+    let run = sockcheck(&[
+        "--json",
+        "--ports",
+        "45120",
+        "127.91.0.17",
+        "127.91.0.18",
+        "::1",
+    ]);
     assert_eq!(run.status, 1);
     let json = run.json();
     let verdicts: Vec<&str> = json["addresses"]
@@ -366,5 +403,11 @@ fn bind_probe_joins_a_reuseport_listener_and_leaves_it_alone() {
     assert_eq!(listener["reuseport_evidence"]["source"], "bind_probe");
     // The probe never listened: the group is still one listener.
     let again = sockcheck(&["--json", "--ports", "45126", "127.91.0.24"]).json();
-    assert_eq!(port(&again["addresses"][0], 45126)["listeners"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        port(&again["addresses"][0], 45126)["listeners"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }

@@ -39,7 +39,9 @@ fn main() {
         std::process::exit(2);
     }
     let shape = args[0].as_str();
-    let port: u16 = args[2].parse().unwrap_or_else(|_| fail(&format!("bad port '{}'", args[2])));
+    let port: u16 = args[2]
+        .parse()
+        .unwrap_or_else(|_| fail(&format!("bad port '{}'", args[2])));
     let address = || -> IpAddr {
         args[1]
             .parse()
@@ -64,16 +66,32 @@ fn main() {
             park();
         }
         "mapped" => {
-            let IpAddr::V4(v4) = address() else { fail("mapped needs an IPv4 address") };
+            let IpAddr::V4(v4) = address() else {
+                fail("mapped needs an IPv4 address")
+            };
             let local = SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), port);
             keep.push(listen(local, false, Some(false)));
         }
-        "wildcard" => keep.push(listen(SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port), false, None)),
-        "dualstack" => keep.push(listen(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port), false, Some(false))),
-        "v6only" => keep.push(listen(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port), false, Some(true))),
+        "wildcard" => keep.push(listen(
+            SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port),
+            false,
+            None,
+        )),
+        "dualstack" => keep.push(listen(
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+            false,
+            Some(false),
+        )),
+        "v6only" => keep.push(listen(
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+            false,
+            Some(true),
+        )),
         "bound" => {
             let socket = socket_for(SocketAddr::new(address(), port));
-            socket.bind(&SocketAddr::new(address(), port).into()).unwrap_or_else(|e| fail(&e.to_string()));
+            socket
+                .bind(&SocketAddr::new(address(), port).into())
+                .unwrap_or_else(|e| fail(&e.to_string()));
             keep.push(socket);
         }
         "client" => {
@@ -81,8 +99,12 @@ fn main() {
             // ADDR:PORT that connects to it.
             let server = TcpListener::bind((address(), 0)).unwrap_or_else(|e| fail(&e.to_string()));
             let client = socket_for(SocketAddr::new(address(), port));
-            client.bind(&SocketAddr::new(address(), port).into()).unwrap_or_else(|e| fail(&e.to_string()));
-            client.connect(&server.local_addr().unwrap().into()).unwrap_or_else(|e| fail(&e.to_string()));
+            client
+                .bind(&SocketAddr::new(address(), port).into())
+                .unwrap_or_else(|e| fail(&e.to_string()));
+            client
+                .connect(&server.local_addr().unwrap().into())
+                .unwrap_or_else(|e| fail(&e.to_string()));
             let (accepted, _) = server.accept().unwrap_or_else(|e| fail(&e.to_string()));
             streams.push(accepted);
             keep.push(client);
@@ -122,7 +144,8 @@ fn main() {
                 let tx = tx.clone();
                 std::thread::spawn(move || {
                     let listener = listen(local, true, None);
-                    tx.send(rustix::thread::gettid().as_raw_nonzero().get() as u32).unwrap();
+                    tx.send(rustix::thread::gettid().as_raw_nonzero().get() as u32)
+                        .unwrap();
                     let _hold = listener;
                     park();
                 });
@@ -145,18 +168,28 @@ fn main() {
 }
 
 fn socket_for(local: SocketAddr) -> Socket {
-    Socket::new(Domain::for_address(local), Type::STREAM, Some(Protocol::TCP))
-        .unwrap_or_else(|e| fail(&e.to_string()))
+    Socket::new(
+        Domain::for_address(local),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )
+    .unwrap_or_else(|e| fail(&e.to_string()))
 }
 
 fn listen(local: SocketAddr, reuseport: bool, v6only: Option<bool>) -> Socket {
     let socket = socket_for(local);
     if let Some(only) = v6only {
-        socket.set_only_v6(only).unwrap_or_else(|e| fail(&e.to_string()));
+        socket
+            .set_only_v6(only)
+            .unwrap_or_else(|e| fail(&e.to_string()));
     }
-    socket.set_reuse_address(true).unwrap_or_else(|e| fail(&e.to_string()));
+    socket
+        .set_reuse_address(true)
+        .unwrap_or_else(|e| fail(&e.to_string()));
     if reuseport {
-        socket.set_reuse_port(true).unwrap_or_else(|e| fail(&e.to_string()));
+        socket
+            .set_reuse_port(true)
+            .unwrap_or_else(|e| fail(&e.to_string()));
     }
     socket
         .bind(&local.into())

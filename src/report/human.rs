@@ -97,7 +97,11 @@ fn render_port(out: &mut String, port: &PortReport, style: Style, verbose: bool)
         if port.listeners.is_empty() {
             "no listener".to_string()
         } else {
-            format!("{} listener{}", port.listeners.len(), if port.listeners.len() == 1 { "" } else { "s" })
+            format!(
+                "{} listener{}",
+                port.listeners.len(),
+                if port.listeners.len() == 1 { "" } else { "s" }
+            )
         },
         style.dim(&format!("(canary bind: {canary})"))
     );
@@ -153,7 +157,11 @@ fn render_listener(out: &mut String, listener: &ListenerReport, style: Style, ve
             let _ = writeln!(out, "        {} {tried}", style.dim("tried:"));
         }
         if let Some(cgroup) = listener.cgroup_id {
-            let _ = writeln!(out, "      cookie {:#x}  cgroup id {cgroup}", listener.cookie);
+            let _ = writeln!(
+                out,
+                "      cookie {:#x}  cgroup id {cgroup}",
+                listener.cookie
+            );
         }
     }
     if listener.owners.is_empty() {
@@ -177,7 +185,12 @@ fn render_owner(out: &mut String, owner: &Owner, indent: &str, style: Style, ver
             0 => String::new(),
             n if n <= 8 || verbose => format!(
                 "; it is one of pid {}",
-                owner.candidates.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+                owner
+                    .candidates
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             n => format!("; it is one of {n} unreadable processes of that uid"),
         };
@@ -189,7 +202,9 @@ fn render_owner(out: &mut String, owner: &Owner, indent: &str, style: Style, ver
         );
         return;
     }
-    let Some(process) = &owner.process else { return };
+    let Some(process) = &owner.process else {
+        return;
+    };
     let fds: Vec<String> = owner
         .fds
         .iter()
@@ -201,7 +216,11 @@ fn render_owner(out: &mut String, owner: &Owner, indent: &str, style: Style, ver
                     "fd {} via thread{} {}",
                     r.fd,
                     if r.via_tids.len() == 1 { "" } else { "s" },
-                    r.via_tids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+                    r.via_tids
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
                 )
             }
         })
@@ -216,7 +235,12 @@ fn render_owner(out: &mut String, owner: &Owner, indent: &str, style: Style, ver
         let _ = write!(
             line,
             " (live threads {})",
-            process.tids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+            process
+                .tids
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
         );
     } else if process.tids.len() > 1 {
         let _ = write!(line, " ({} threads)", process.tids.len());

@@ -153,7 +153,10 @@ impl Owner {
         match (&self.pid, &self.process) {
             (Some(pid), Some(p)) => format!("pid {pid} ({})", p.comm.escaped()),
             (Some(pid), None) => format!("pid {pid}"),
-            _ => format!("an owner hidden by permissions (uid {})", self.uid.unwrap_or(0)),
+            _ => format!(
+                "an owner hidden by permissions (uid {})",
+                self.uid.unwrap_or(0)
+            ),
         }
     }
 }

@@ -39,7 +39,10 @@ impl Holder {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        assert!(line.starts_with("ready "), "holder {shape} did not start: {line:?}");
+        assert!(
+            line.starts_with("ready "),
+            "holder {shape} did not start: {line:?}"
+        );
         let mut holder = Holder {
             pid: child.id(),
             child,
@@ -109,7 +112,9 @@ impl Run {
 
 /// Runs the sockcheck binary.
 pub fn sockcheck(args: &[&str]) -> Run {
-    run(Command::new(SOCKCHECK).args(args).env_remove("SOCKCHECK_PORTS"))
+    run(Command::new(SOCKCHECK)
+        .args(args)
+        .env_remove("SOCKCHECK_PORTS"))
 }
 
 /// Runs the sockcheck binary as `nobody`, through setpriv.
@@ -122,7 +127,10 @@ pub fn sockcheck_as_nobody(args: &[&str]) -> Run {
 }
 
 fn run(command: &mut Command) -> Run {
-    let output = command.env("NO_COLOR", "1").output().expect("run sockcheck");
+    let output = command
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run sockcheck");
     Run {
         status: output.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
