@@ -294,3 +294,132 @@ fn socket_from_response(response: &InetResponse) -> DiagSocket {
         cgroup_id,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One AF_INET listener on 127.0.0.2:9926, as the kernel sends it, then
+    /// NLMSG_DONE.
+    fn listener_datagram(sequence: u32) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        // struct nlmsghdr
+        bytes.extend_from_slice(&100u32.to_ne_bytes()); // nlmsg_len: 16 + 72 + 12
+        bytes.extend_from_slice(&20u16.to_ne_bytes()); // nlmsg_type: SOCK_DIAG_BY_FAMILY
+        bytes.extend_from_slice(&2u16.to_ne_bytes()); // nlmsg_flags: NLM_F_MULTI
+        bytes.extend_from_slice(&sequence.to_ne_bytes()); // nlmsg_seq
+        bytes.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_pid
+        // struct inet_diag_msg
+        bytes.extend_from_slice(&[
+            0x02, // idiag_family: AF_INET
+            0x0a, // idiag_state: TCP_LISTEN
+            0x00, // idiag_timer
+            0x00, // idiag_retrans
+        ]);
+        bytes.extend_from_slice(&9926u16.to_be_bytes()); // id.idiag_sport (network order)
+        bytes.extend_from_slice(&0u16.to_be_bytes()); // id.idiag_dport
+        bytes.extend_from_slice(&[127, 0, 0, 2]); // id.idiag_src (first 4 of 16 bytes)
+        bytes.extend_from_slice(&[0; 12]);
+        bytes.extend_from_slice(&[0; 16]); // id.idiag_dst
+        bytes.extend_from_slice(&0u32.to_ne_bytes()); // id.idiag_if
+        bytes.extend_from_slice(&0x1001u32.to_ne_bytes()); // id.idiag_cookie[0]
+        bytes.extend_from_slice(&0u32.to_ne_bytes()); // id.idiag_cookie[1]
+        bytes.extend_from_slice(&0u32.to_ne_bytes()); // idiag_expires
+        bytes.extend_from_slice(&3u32.to_ne_bytes()); // idiag_rqueue: accept queue
+        bytes.extend_from_slice(&511u32.to_ne_bytes()); // idiag_wqueue: backlog
+        bytes.extend_from_slice(&1000u32.to_ne_bytes()); // idiag_uid
+        bytes.extend_from_slice(&12464u32.to_ne_bytes()); // idiag_inode
+        // struct nlattr INET_DIAG_CGROUP_ID
+        bytes.extend_from_slice(&12u16.to_ne_bytes()); // nla_len
+        bytes.extend_from_slice(&21u16.to_ne_bytes()); // nla_type
+        bytes.extend_from_slice(&77u64.to_ne_bytes()); // cgroup id
+        // NLMSG_DONE
+        bytes.extend_from_slice(&20u32.to_ne_bytes()); // nlmsg_len
+        bytes.extend_from_slice(&3u16.to_ne_bytes()); // nlmsg_type: NLMSG_DONE
+        bytes.extend_from_slice(&2u16.to_ne_bytes()); // nlmsg_flags: NLM_F_MULTI
+        bytes.extend_from_slice(&sequence.to_ne_bytes());
+        bytes.extend_from_slice(&0u32.to_ne_bytes());
+        bytes.extend_from_slice(&0i32.to_ne_bytes()); // error code
+        bytes
+    }
+
+    #[test]
+    fn parses_a_listener_then_done() {
+        let mut out = Vec::new();
+        let done = parse_datagram(&listener_datagram(7), 7, &mut out).unwrap();
+        assert!(done);
+        assert_eq!(
+            out,
+            vec![DiagSocket {
+                family: Family::Inet,
+                state: TcpState(TCP_LISTEN),
+                local: "127.0.0.2:9926".parse().unwrap(),
+                remote: "0.0.0.0:0".parse().unwrap(),
+                uid: 1000,
+                inode: 12464,
+                cookie: 0x1001,
+                recv_queue: 3,
+                send_queue: 511,
+                v6only: None,
+                cgroup_id: Some(77),
+            }]
+        );
+    }
+
+    #[test]
+    fn a_reply_for_another_request_is_an_error() {
+        let mut out = Vec::new();
+        let error = parse_datagram(&listener_datagram(7), 8, &mut out).unwrap_err();
+        assert!(error.contains("sequence 7"), "{error}");
+    }
+
+    #[test]
+    fn nlmsg_error_is_an_error_not_an_empty_result() {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&36u32.to_ne_bytes()); // nlmsg_len: 16 + 4 + 16
+        bytes.extend_from_slice(&2u16.to_ne_bytes()); // nlmsg_type: NLMSG_ERROR
+        bytes.extend_from_slice(&0u16.to_ne_bytes());
+        bytes.extend_from_slice(&5u32.to_ne_bytes()); // nlmsg_seq
+        bytes.extend_from_slice(&0u32.to_ne_bytes());
+        bytes.extend_from_slice(&(-libc::EPERM).to_ne_bytes()); // error
+        bytes.extend_from_slice(&[0; 16]); // the request's header
+        let mut out = Vec::new();
+        let error = parse_datagram(&bytes, 5, &mut out).unwrap_err();
+        assert_eq!(error, "NLMSG_ERROR EPERM");
+    }
+
+    #[test]
+    fn a_truncated_message_is_an_error() {
+        let bytes = listener_datagram(1);
+        let mut out = Vec::new();
+        assert!(parse_datagram(&bytes[..60], 1, &mut out).is_err());
+        assert!(parse_datagram(&[], 1, &mut out).is_err());
+    }
+
+    #[test]
+    fn a_datagram_without_done_asks_for_more() {
+        let bytes = listener_datagram(1);
+        let mut out = Vec::new();
+        assert!(!parse_datagram(&bytes[..100], 1, &mut out).unwrap());
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn the_kernel_answers_a_real_dump() {
+        let listener = std::net::TcpListener::bind("127.81.0.2:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut diag = SockDiag::open().unwrap();
+        let found = diag.listeners(Family::Inet, port).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].local, listener.local_addr().unwrap());
+        assert!(found[0].inode > 0);
+        // Filtered by port: another port shows nothing of ours.
+        let none = diag
+            .listeners(Family::Inet, port.wrapping_add(1).max(1))
+            .unwrap();
+        assert!(
+            none.iter()
+                .all(|s| s.local != listener.local_addr().unwrap())
+        );
+    }
+}

@@ -343,3 +343,184 @@ fn list(values: &[u32]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::canary::Canary;
+    use crate::diag::Family;
+    use crate::report::{OtherSocket, OtherSockets};
+    use crate::reuseport::Reuseport;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn listener(local: &str, coverage: Coverage, group_size: usize) -> ListenerReport {
+        ListenerReport {
+            local: local.parse().unwrap(),
+            family: Family::Inet,
+            coverage,
+            inode: 100,
+            cookie: 1,
+            uid: 0,
+            cgroup_id: None,
+            accept_queue: 0,
+            backlog: 128,
+            v6only: None,
+            group_size,
+            reuseport: Some(group_size > 1),
+            reuseport_evidence: Reuseport {
+                source: "group",
+                detail: String::new(),
+                tried: Vec::new(),
+            },
+            owners: Vec::new(),
+            owners_complete: true,
+        }
+    }
+
+    fn port(port: u16, canary: Canary, listeners: Vec<ListenerReport>) -> PortReport {
+        PortReport {
+            port,
+            canary,
+            listeners,
+            other_sockets: OtherSockets::default(),
+        }
+    }
+
+    #[test]
+    fn nothing_observed_is_free() {
+        let d = decide(
+            ip("127.0.0.2"),
+            &[
+                port(9925, Canary::ok(), vec![]),
+                port(9926, Canary::ok(), vec![]),
+            ],
+        );
+        assert_eq!(d.verdict, Verdict::Free);
+        assert!(d.reasons.is_empty());
+    }
+
+    #[test]
+    fn exact_listener_is_busy() {
+        let l = listener("127.0.0.2:9926", Coverage::Exact, 1);
+        let d = decide(
+            ip("127.0.0.2"),
+            &[port(9926, Canary::failed(libc::EADDRINUSE), vec![l])],
+        );
+        assert_eq!(d.verdict, Verdict::Busy);
+        assert_eq!(d.reasons[0].code, ReasonCode::Listener);
+        assert!(
+            d.reasons[0].message.contains("no process"),
+            "{}",
+            d.reasons[0].message
+        );
+    }
+
+    #[test]
+    fn wildcard_outranks_busy_and_every_reason_is_kept() {
+        let exact = listener("127.0.0.2:9925", Coverage::Exact, 1);
+        let wild = listener("0.0.0.0:9926", Coverage::Wildcard, 1);
+        let d = decide(
+            ip("127.0.0.2"),
+            &[
+                port(9925, Canary::failed(libc::EADDRINUSE), vec![exact]),
+                port(9926, Canary::failed(libc::EADDRINUSE), vec![wild]),
+            ],
+        );
+        assert_eq!(d.verdict, Verdict::Foreign);
+        let codes: Vec<ReasonCode> = d.reasons.iter().map(|r| r.code).collect();
+        assert_eq!(codes, [ReasonCode::Wildcard, ReasonCode::Listener]);
+    }
+
+    #[test]
+    fn a_group_is_one_reason() {
+        let group = vec![
+            listener("127.0.0.2:9926", Coverage::Exact, 2),
+            listener("127.0.0.2:9926", Coverage::Exact, 2),
+        ];
+        let d = decide(
+            ip("127.0.0.2"),
+            &[port(9926, Canary::failed(libc::EADDRINUSE), group)],
+        );
+        assert_eq!(d.reasons.len(), 1);
+        assert!(d.reasons[0].message.contains("reuseport group of 2"));
+    }
+
+    #[test]
+    fn canary_failure_without_listener_is_a_conflict() {
+        let mut p = port(9926, Canary::failed(libc::EADDRINUSE), vec![]);
+        p.other_sockets = OtherSockets {
+            total: 1,
+            by_state: [("ESTABLISHED", 1)].into_iter().collect(),
+            sockets: vec![OtherSocket {
+                state: "ESTABLISHED",
+                local: "127.0.0.2:9926".parse().unwrap(),
+                remote: "127.0.0.1:5000".parse().unwrap(),
+                inode: 7,
+                uid: 0,
+                owners: vec![Owner::hidden(1000, vec![42])],
+            }],
+        };
+        let d = decide(ip("127.0.0.2"), &[p]);
+        assert_eq!(d.verdict, Verdict::Conflict);
+        assert_eq!(d.reasons[0].code, ReasonCode::CanaryFailed);
+        assert!(d.reasons[0].message.contains("ESTABLISHED"));
+        assert!(
+            d.reasons[0]
+                .message
+                .contains("hidden by permissions (uid 1000)")
+        );
+    }
+
+    #[test]
+    fn canary_failure_with_nothing_in_the_kernel_says_so() {
+        let d = decide(
+            ip("127.0.0.2"),
+            &[port(80, Canary::failed(libc::EACCES), vec![])],
+        );
+        assert_eq!(d.verdict, Verdict::Conflict);
+        assert!(d.reasons[0].message.contains("no listener"));
+        assert!(d.reasons[0].message.contains("CAP_NET_BIND_SERVICE"));
+    }
+
+    #[test]
+    fn not_local_is_one_reason_for_the_address() {
+        let no = || Canary::failed(libc::EADDRNOTAVAIL);
+        let d = decide(
+            ip("192.0.2.1"),
+            &[port(9925, no(), vec![]), port(9926, no(), vec![])],
+        );
+        assert_eq!(d.verdict, Verdict::Unavailable);
+        assert_eq!(d.reasons.len(), 1);
+        assert_eq!(d.reasons[0].port, None);
+    }
+
+    #[test]
+    fn kernel_and_canary_disagreeing_is_said() {
+        let l = listener("127.0.0.2:9926", Coverage::Exact, 1);
+        let d = decide(ip("127.0.0.2"), &[port(9926, Canary::ok(), vec![l])]);
+        assert_eq!(d.verdict, Verdict::Busy);
+        assert!(d.reasons.iter().any(|r| r.code == ReasonCode::Disagreement));
+    }
+
+    #[test]
+    fn time_wait_is_a_note_not_a_reason() {
+        let mut p = port(9926, Canary::ok(), vec![]);
+        p.other_sockets.total = 2;
+        p.other_sockets.by_state.insert("TIME_WAIT", 2);
+        let d = decide(ip("127.0.0.2"), &[p]);
+        assert_eq!(d.verdict, Verdict::Free);
+        assert_eq!(d.notes.len(), 1);
+        assert!(d.notes[0].contains("2 TIME_WAIT"));
+    }
+
+    #[test]
+    fn severity_order_is_the_documented_one() {
+        use Verdict::*;
+        let mut all = [Busy, Free, Foreign, Unavailable, Conflict];
+        all.sort();
+        assert_eq!(all, [Free, Unavailable, Conflict, Busy, Foreign]);
+    }
+}
