@@ -6,8 +6,11 @@ use std::io::{IsTerminal, Write};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use std::path::PathBuf;
+
 use crate::error::Error;
 use crate::exit::{self, ExitStatus};
+use crate::gate::{self, Gate, RunOptions, pool};
 use crate::inspect::{self, DEFAULT_PORTS, Query};
 use crate::report::{Report, human};
 
@@ -23,8 +26,10 @@ Verdicts, most severe first:
   free         nothing covers it and the canary bind succeeds on every port
 
 Environment:
-  SOCKCHECK_PORTS  ports when --ports is not given (default 9925,9926)
-  NO_COLOR         disables colour when set and not empty
+  SOCKCHECK_PORTS      ports when --ports is not given (default 9925,9926)
+  SOCKCHECK_POOL       the pool of scan, acquire and run when none is given
+  SOCKCHECK_STATE_DIR  where leases live when --state-dir is not given
+  NO_COLOR             disables colour when set and not empty
 ";
 
 #[derive(Debug, Parser)]
@@ -32,7 +37,6 @@ Environment:
     name = "sockcheck",
     version,
     about = ABOUT,
-    args_conflicts_with_subcommands = true,
     after_help = AFTER_HELP,
 )]
 struct Cli {
@@ -48,6 +52,67 @@ struct Cli {
 enum Command {
     /// Inspect addresses (the default command).
     Check(CheckArgs),
+    /// One line per address of a pool: its verdict and why.
+    Scan {
+        /// A range (127.0.0.2-127.0.0.33), a CIDR (127.0.0.0/27) or a comma
+        /// list [default: $SOCKCHECK_POOL]
+        pool: Option<String>,
+    },
+    /// Wait until an address is free.
+    Wait {
+        address: String,
+        /// Give up after this long (500ms, 30s, 2m).
+        #[arg(long, default_value = "30s", value_name = "DURATION")]
+        timeout: String,
+        /// Wait even when a wildcard listener covers the address.
+        #[arg(long)]
+        allow_foreign: bool,
+    },
+    /// Lease the first free address of a pool and print it.
+    Acquire {
+        /// The pool [default: $SOCKCHECK_POOL]
+        pool: Option<String>,
+        /// The process that owns the lease [default: sockcheck's parent]
+        #[arg(long, value_name = "PID")]
+        owner: Option<u32>,
+        /// Wait this long for an address instead of failing at once.
+        #[arg(long, value_name = "DURATION")]
+        wait: Option<String>,
+    },
+    /// Give a leased address back.
+    Release { address: String },
+    /// List leases and quarantined addresses.
+    Leases {
+        /// Only addresses of this pool.
+        pool: Option<String>,
+    },
+    /// Lease an address, run CMD with SOCKCHECK_ADDR set, then check for
+    /// lingering holders.
+    #[command(after_help = "\
+Exit status: the command's own; 4 when it succeeded but left lingering
+holders; 5 when no address of the pool could be leased; 2 bad usage.")]
+    Run {
+        /// The pool [default: $SOCKCHECK_POOL]
+        pool: Option<String>,
+        /// How long the address may stay held after CMD exits.
+        #[arg(long, default_value = "5s", value_name = "DURATION")]
+        linger: String,
+        /// Write the forensic report here (.json: JSON, otherwise Markdown).
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+        /// SIGTERM lingering holders, then SIGKILL after --grace.
+        #[arg(long)]
+        reap: bool,
+        /// How long --reap waits between SIGTERM and SIGKILL.
+        #[arg(long, default_value = "2s", value_name = "DURATION")]
+        grace: String,
+        /// Words before `--` that are not the pool (an error).
+        #[arg(hide = true)]
+        stray: Vec<OsString>,
+        /// The command, after `--`.
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<OsString>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -77,6 +142,10 @@ struct CommonArgs {
     /// Never duplicate an owner's fd (pidfd_getfd) to read SO_REUSEPORT.
     #[arg(long, global = true)]
     no_pidfd: bool,
+    /// Where leases live [default: $SOCKCHECK_STATE_DIR, else
+    /// $XDG_RUNTIME_DIR/sockcheck, else $TMPDIR/sockcheck-UID]
+    #[arg(long, global = true, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -117,15 +186,89 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Result<ExitStatus, Erro
         color: use_color(cli.common.color),
         verbose: cli.common.verbose,
     };
-    let addresses = match cli.command {
-        Some(Command::Check(args)) => args.addresses,
-        None => cli.check.addresses,
-    };
     let sources = Sources {
         pidfd: !cli.common.no_pidfd,
         probe: !cli.common.no_probe,
     };
-    check(&addresses, ports, sources, output)
+    let gate = || Gate {
+        ports: ports.clone(),
+        state_dir: cli
+            .common
+            .state_dir
+            .clone()
+            .unwrap_or_else(gate::state::default_dir),
+        output,
+    };
+    match cli.command {
+        None => check(&cli.check.addresses, ports.clone(), sources, output),
+        Some(Command::Check(args)) => check(&args.addresses, ports.clone(), sources, output),
+        Some(Command::Scan { pool }) => gate::scan(&gate(), resolve_pool(pool)?),
+        Some(Command::Wait {
+            address,
+            timeout,
+            allow_foreign,
+        }) => {
+            let address = inspect::parse_address(&address)?;
+            let timeout = pool::parse_duration(&timeout, "--timeout")?;
+            gate::wait(&gate(), address, timeout, allow_foreign)
+        }
+        Some(Command::Acquire { pool, owner, wait }) => {
+            let pool = resolve_pool(pool)?;
+            let wait = wait
+                .map(|w| pool::parse_duration(&w, "--wait"))
+                .transpose()?;
+            gate::acquire(&gate(), &pool, owner, wait)
+        }
+        Some(Command::Release { address }) => {
+            gate::release(&gate(), inspect::parse_address(&address)?)
+        }
+        Some(Command::Leases { pool }) => {
+            let pool = match pool {
+                Some(text) => Some(pool::parse_pool(&text, "POOL")?),
+                None => None,
+            };
+            gate::leases(&gate(), pool)
+        }
+        Some(Command::Run {
+            pool,
+            linger,
+            report,
+            reap,
+            grace,
+            stray,
+            command,
+        }) => {
+            let linger = pool::parse_duration(&linger, "--linger")?;
+            let grace = pool::parse_duration(&grace, "--grace")?;
+            if !stray.is_empty() || command.is_empty() {
+                return Err(Error::Usage(
+                    "run: the command must follow '--' (sockcheck run POOL -- CMD [ARGS...])"
+                        .into(),
+                ));
+            }
+            let options = RunOptions {
+                linger,
+                report,
+                reap,
+                grace,
+                command,
+            };
+            gate::run(&gate(), &resolve_pool(pool)?, &options)
+        }
+    }
+}
+
+/// POOL, else SOCKCHECK_POOL.
+fn resolve_pool(pool: Option<String>) -> Result<Vec<std::net::IpAddr>, Error> {
+    match pool {
+        Some(text) => pool::parse_pool(&text, "POOL"),
+        None => match std::env::var("SOCKCHECK_POOL") {
+            Ok(text) if !text.trim().is_empty() => pool::parse_pool(&text, "SOCKCHECK_POOL"),
+            _ => Err(Error::Usage(
+                "no pool given (give POOL or set SOCKCHECK_POOL)".into(),
+            )),
+        },
+    }
 }
 
 /// Which optional sources of evidence may be used.
@@ -151,10 +294,9 @@ fn check(
         .map(|a| inspect::parse_address(a))
         .collect::<Result<Vec<_>, _>>()?;
     let report = inspect::inspect(&Query {
-        addresses,
-        ports,
         reuseport_pidfd: sources.pidfd,
         reuseport_probe: sources.probe,
+        ..Query::new(addresses, ports)
     })?;
     emit(&report, output)?;
     Ok(if report.all_free() {

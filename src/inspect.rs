@@ -12,7 +12,7 @@ use crate::report::{
     AddressReport, Coverage, ListenerReport, OtherSocket, OtherSockets, Owner, PortReport, Report,
     SCHEMA, SourceStatus, Sources,
 };
-use crate::reuseport::{self, Subject};
+use crate::reuseport::{self, Reuseport, Subject};
 use crate::verdict;
 
 /// What to inspect.
@@ -25,6 +25,23 @@ pub struct Query {
     pub reuseport_pidfd: bool,
     /// Whether the SO_REUSEPORT bind probe may run.
     pub reuseport_probe: bool,
+    /// Whether to find owners (and SO_REUSEPORT) at all. A gate that only
+    /// needs the verdict turns this off and never reads /proc; such a report
+    /// is for its verdict only and is never shown.
+    pub owners: bool,
+}
+
+impl Query {
+    /// A full inspection of `addresses` on `ports`.
+    pub fn new(addresses: Vec<IpAddr>, ports: Vec<u16>) -> Query {
+        Query {
+            addresses,
+            ports,
+            reuseport_pidfd: true,
+            reuseport_probe: true,
+            owners: true,
+        }
+    }
 }
 
 /// Every socket on the queried ports, per family, as the kernel showed it.
@@ -118,6 +135,11 @@ pub fn inspect_view(query: &Query, view: &KernelView) -> Report {
             FdScan::default(),
             SourceStatus::new("skipped", "no socket needed an owner"),
         )
+    } else if !query.owners {
+        (
+            FdScan::default(),
+            SourceStatus::new("skipped", "owners were not asked for"),
+        )
     } else {
         match owners::scan(&needed) {
             Ok(scan) => {
@@ -145,11 +167,14 @@ pub fn inspect_view(query: &Query, view: &KernelView) -> Report {
             ),
         }
     };
-    let proc_ok = proc_status.status != "unavailable";
+    let proc_ok = proc_status.status == "used" || proc_status.status == "partial";
 
     let mut described: HashMap<u32, ProcessInfo> = HashMap::new();
     let mut owners_of = |inode: u64, uid: u32| -> (Vec<Owner>, bool) {
         let mut list = Vec::new();
+        if !query.owners {
+            return (list, false);
+        }
         if let Some(pids) = scan.holders.get(&inode) {
             for (&pid, fds) in pids {
                 let info = described
@@ -193,18 +218,22 @@ pub fn inspect_view(query: &Query, view: &KernelView) -> Report {
                             .map(move |r| (pid, r.via_tids.first().copied(), r.fd))
                     })
                     .collect();
-                let (reuseport, evidence) = reuseport::resolve(&Subject {
-                    local: socket.local,
-                    inode: socket.inode,
-                    uid: socket.uid,
-                    v6only: socket.v6only,
-                    group_size,
-                    kernel_bit: None,
-                    holders: &holders,
-                    probe_crowded: crowded || group_size > 1,
-                    allow_pidfd: query.reuseport_pidfd,
-                    allow_probe: query.reuseport_probe,
-                });
+                let (reuseport, evidence) = if !query.owners {
+                    (None, Reuseport::not_looked_up())
+                } else {
+                    reuseport::resolve(&Subject {
+                        local: socket.local,
+                        inode: socket.inode,
+                        uid: socket.uid,
+                        v6only: socket.v6only,
+                        group_size,
+                        kernel_bit: None,
+                        holders: &holders,
+                        probe_crowded: crowded || group_size > 1,
+                        allow_pidfd: query.reuseport_pidfd,
+                        allow_probe: query.reuseport_probe,
+                    })
+                };
                 pidfd_used |= evidence.source == "pidfd_getfd";
                 probe_used |= evidence.source == "bind_probe";
                 listener_reports.push(ListenerReport {

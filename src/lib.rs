@@ -9,6 +9,7 @@ pub mod cli;
 pub mod diag;
 pub mod error;
 pub mod exit;
+pub mod gate;
 pub mod inspect;
 pub mod owners;
 pub mod report;

@@ -35,6 +35,13 @@ pub struct Reuseport {
     pub tried: Vec<String>,
 }
 
+impl Reuseport {
+    /// For an inspection that did not ask about owners or SO_REUSEPORT.
+    pub fn not_looked_up() -> Reuseport {
+        evidence("none", "not looked up".into(), Vec::new())
+    }
+}
+
 /// What the caller knows about one listener.
 #[derive(Debug, Clone)]
 pub struct Subject<'a> {

@@ -163,15 +163,7 @@ pub fn decide(address: IpAddr, ports: &[PortReport]) -> Decision {
 
 fn listener_reason(address: IpAddr, port: u16, group: &[&ListenerReport]) -> Reason {
     let first = group[0];
-    let mut owners: Vec<Owner> = Vec::new();
-    for listener in group {
-        for owner in &listener.owners {
-            if !owners.iter().any(|o| o.pid.is_some() && o.pid == owner.pid) {
-                owners.push(owner.clone());
-            }
-        }
-    }
-    let complete = group.iter().all(|l| l.owners_complete);
+    let (owners, complete) = group_owners(group);
     let holders = describe_owners(&owners, complete);
     let inodes = group
         .iter()
@@ -228,6 +220,20 @@ fn listener_reason(address: IpAddr, port: u16, group: &[&ListenerReport]) -> Rea
         verdict,
         message,
     }
+}
+
+/// The owners of a group of listeners, each process once, and whether the
+/// list is complete.
+pub fn group_owners(group: &[&ListenerReport]) -> (Vec<Owner>, bool) {
+    let mut owners: Vec<Owner> = Vec::new();
+    for listener in group {
+        for owner in &listener.owners {
+            if !owners.iter().any(|o| o.pid.is_some() && o.pid == owner.pid) {
+                owners.push(owner.clone());
+            }
+        }
+    }
+    (owners, group.iter().all(|l| l.owners_complete))
 }
 
 /// `pid 4242 (node)`, `pid 4242 (node), a zombie leader whose threads 4245,

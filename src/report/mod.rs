@@ -212,6 +212,9 @@ impl SourceStatus {
 }
 
 /// `127.0.0.2:9926`, `[::]:9926`: the forms people type.
-fn display<T: std::fmt::Display, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn display<T: std::fmt::Display, S: Serializer>(
+    value: &T,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     s.collect_str(value)
 }

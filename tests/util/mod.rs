@@ -78,22 +78,28 @@ impl Drop for Holder {
     }
 }
 
-fn kill(pid: u32) {
+pub fn kill(pid: u32) {
     // SAFETY: kill has no memory effects.
     unsafe {
         libc::kill(pid as i32, libc::SIGKILL);
     }
-    // Not our child: wait until it is gone so the next test starts clean.
-    for _ in 0..200 {
-        if std::fs::metadata(format!("/proc/{pid}")).is_err() {
-            return;
-        }
+    wait_gone(pid);
+}
+
+/// Waits until `pid` has exited: gone, or a zombie with no live thread (a
+/// zombie leader whose threads live on has not exited).
+pub fn wait_gone(pid: u32) {
+    for _ in 0..500 {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if stat.contains(") Z ") {
+        let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        if stat.is_empty() || (stat.contains(") Z ") && threads <= 1) {
             return;
         }
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    panic!("pid {pid} did not exit");
 }
 
 /// What one sockcheck run gave.

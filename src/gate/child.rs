@@ -1,0 +1,84 @@
+//! `run`'s command: spawned with the leased address in its environment, with
+//! signals passed through, and its exit status as a shell would report it.
+
+use std::ffi::OsString;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::Command;
+
+use crate::error::Error;
+
+/// Signals `run` passes to its command.
+const FORWARDED: [i32; 6] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+/// Runs `argv` to completion with `env` added, passing signals sent to
+/// sockcheck on to it. Returns the exit status a shell would give: the
+/// command's code, or 128+N when signal N killed it.
+pub fn run(argv: &[OsString], env: &[(&str, String)]) -> Result<u8, Error> {
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: plain libc calls on a local sigset.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for signal in FORWARDED {
+            libc::sigaddset(&mut set, signal);
+        }
+    }
+    // Block the signals in this thread (and so in the forwarding thread
+    // spawned after), and wait for them with sigwaitinfo instead.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid sigsets.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) };
+    let restore = old;
+    let mut command = Command::new(&argv[0]);
+    command.args(&argv[1..]);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    // SAFETY: sigprocmask is async-signal-safe; the child gets back the
+    // mask sockcheck started with.
+    unsafe {
+        command.pre_exec(move || {
+            libc::sigprocmask(libc::SIG_SETMASK, &restore, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().map_err(|e| {
+        // SAFETY: restoring our own mask.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &restore, std::ptr::null_mut()) };
+        Error::Usage(format!("cannot run '{}': {e}", argv[0].to_string_lossy()))
+    })?;
+    let pid = child.id() as i32;
+    std::thread::spawn(move || {
+        loop {
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: valid set and out-pointer.
+            let signal = unsafe { libc::sigwaitinfo(&set, &mut info) };
+            if signal < 0 {
+                continue;
+            }
+            // A terminal's Ctrl-C (SI_KERNEL) already reached the command,
+            // which shares our process group; pass on only what was sent
+            // to sockcheck itself.
+            if info.si_code != libc::SI_KERNEL {
+                // SAFETY: kill has no memory effects.
+                unsafe { libc::kill(pid, signal) };
+            }
+        }
+    });
+    let status = child.wait().map_err(|e| Error::syscall("waitpid", e));
+    // From here on a signal acts on sockcheck itself again.
+    // SAFETY: restoring our own mask.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &restore, std::ptr::null_mut()) };
+    let status = status?;
+    Ok(match (status.code(), status.signal()) {
+        (Some(code), _) => code as u8,
+        (None, Some(signal)) => 128u8.saturating_add(signal as u8),
+        _ => 1,
+    })
+}

@@ -1,0 +1,307 @@
+//! The forensic report `run` writes when its command left something holding
+//! the address: each lingering process, its live threads, its listeners and
+//! their SO_REUSEPORT state, and what was done about it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::owners::ProcessInfo;
+use crate::report::{AddressReport, SourceStatus, display};
+use crate::reuseport::Reuseport;
+use crate::text::{Bytes, shell_word};
+use crate::verdict::Verdict;
+
+/// The forensic report's JSON schema version.
+pub const SCHEMA: u32 = 1;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Forensic {
+    pub schema: u32,
+    pub address: IpAddr,
+    pub ports: Vec<u16>,
+    pub command: Vec<Bytes>,
+    pub command_status: u8,
+    /// Unix seconds when the command exited.
+    pub command_exited: u64,
+    pub linger_seconds: f64,
+    pub verdict: Verdict,
+    pub holders: Vec<Holder>,
+    /// Holders that could not be read (another user's processes).
+    pub hidden: Vec<HiddenHolder>,
+    pub quarantined: bool,
+    pub reaped: Vec<Reaped>,
+    /// Whether the thread that opened each listener could be named.
+    pub attribution: SourceStatus,
+    /// The full inspection the report was made from.
+    pub inspection: AddressReport,
+}
+
+/// One lingering process.
+#[derive(Debug, Clone, Serialize)]
+pub struct Holder {
+    pub pid: u32,
+    #[serde(flatten)]
+    pub process: ProcessInfo,
+    pub listeners: Vec<HeldListener>,
+    pub sockets: Vec<HeldSocket>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HeldListener {
+    #[serde(serialize_with = "display")]
+    pub local: SocketAddr,
+    pub inode: u64,
+    pub fd: Option<u32>,
+    pub reuseport: Option<bool>,
+    pub reuseport_evidence: Reuseport,
+    pub accept_queue: u32,
+    pub backlog: u32,
+    /// The thread that called listen(), when a BPF watch saw it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opened_by: Option<Opener>,
+}
+
+/// The thread that put a socket into LISTEN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Opener {
+    pub tid: u32,
+    pub comm: Bytes,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HeldSocket {
+    pub state: &'static str,
+    #[serde(serialize_with = "display")]
+    pub local: SocketAddr,
+    #[serde(serialize_with = "display")]
+    pub remote: SocketAddr,
+    pub inode: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HiddenHolder {
+    pub uid: u32,
+    pub inode: u64,
+    pub candidates: Vec<u32>,
+}
+
+/// What `--reap` did to one process.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reaped {
+    pub pid: u32,
+    /// `SIGTERM`, `SIGKILL`, or `gone` when it had exited already, or
+    /// `skipped: …`.
+    pub action: String,
+    pub exited: bool,
+}
+
+/// Groups an address report's sockets by the process that holds them.
+pub fn holders(
+    report: &AddressReport,
+    openers: &BTreeMap<u64, Opener>,
+) -> (Vec<Holder>, Vec<HiddenHolder>) {
+    let mut by_pid: BTreeMap<u32, Holder> = BTreeMap::new();
+    let mut hidden = Vec::new();
+    for port in &report.ports {
+        for listener in &port.listeners {
+            for owner in &listener.owners {
+                match (owner.pid, &owner.process) {
+                    (Some(pid), Some(process)) => {
+                        let holder = by_pid.entry(pid).or_insert_with(|| Holder {
+                            pid,
+                            process: process.clone(),
+                            listeners: Vec::new(),
+                            sockets: Vec::new(),
+                        });
+                        holder.listeners.push(HeldListener {
+                            local: listener.local,
+                            inode: listener.inode,
+                            fd: owner.fds.first().map(|f| f.fd),
+                            reuseport: listener.reuseport,
+                            reuseport_evidence: listener.reuseport_evidence.clone(),
+                            accept_queue: listener.accept_queue,
+                            backlog: listener.backlog,
+                            opened_by: openers.get(&listener.inode).cloned(),
+                        });
+                    }
+                    _ => hidden.push(HiddenHolder {
+                        uid: owner.uid.unwrap_or(listener.uid),
+                        inode: listener.inode,
+                        candidates: owner.candidates.clone(),
+                    }),
+                }
+            }
+        }
+        for socket in &port.other_sockets.sockets {
+            for owner in &socket.owners {
+                if let (Some(pid), Some(process)) = (owner.pid, &owner.process) {
+                    let holder = by_pid.entry(pid).or_insert_with(|| Holder {
+                        pid,
+                        process: process.clone(),
+                        listeners: Vec::new(),
+                        sockets: Vec::new(),
+                    });
+                    holder.sockets.push(HeldSocket {
+                        state: socket.state,
+                        local: socket.local,
+                        remote: socket.remote,
+                        inode: socket.inode,
+                    });
+                }
+            }
+        }
+    }
+    (by_pid.into_values().collect(), hidden)
+}
+
+/// Writes the report: JSON for a `.json` file, Markdown otherwise.
+pub fn write(report: &Forensic, path: &Path) -> Result<(), Error> {
+    let text = if path.extension().is_some_and(|e| e == "json") {
+        let mut text = serde_json::to_string_pretty(report).expect("a report always serializes");
+        text.push('\n');
+        text
+    } else {
+        markdown(report)
+    };
+    std::fs::write(path, text)
+        .map_err(|e| Error::syscall(format!("writing the report to {}", path.display()), e))
+}
+
+/// The report for people: Markdown, which also reads well on a terminal.
+pub fn markdown(report: &Forensic) -> String {
+    let mut out = String::new();
+    let command: Vec<String> = report.command.iter().map(|w| shell_word(&w.0)).collect();
+    let _ = writeln!(out, "# Lingering holders on {}\n", report.address);
+    let _ = writeln!(
+        out,
+        "`{}` exited with status {}; {:.1}s later {} was still **{}** on port{} {}.\n",
+        command.join(" "),
+        report.command_status,
+        report.linger_seconds,
+        report.address,
+        report.verdict.as_str(),
+        if report.ports.len() == 1 { "" } else { "s" },
+        report
+            .ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for reason in &report.inspection.reasons {
+        let _ = writeln!(out, "- {}", reason.message);
+    }
+    out.push('\n');
+    for holder in &report.holders {
+        let p = &holder.process;
+        let _ = writeln!(out, "## pid {} ({})\n", holder.pid, p.comm.escaped());
+        let _ = writeln!(out, "- state: {}", p.state);
+        let tids: Vec<String> = p.tids.iter().map(u32::to_string).collect();
+        let _ = writeln!(
+            out,
+            "- live threads: {}",
+            if tids.is_empty() {
+                "none".into()
+            } else {
+                tids.join(", ")
+            }
+        );
+        if !p.cmdline.is_empty() {
+            let words: Vec<String> = p.cmdline.iter().map(|w| shell_word(&w.0)).collect();
+            let _ = writeln!(out, "- command line: `{}`", words.join(" "));
+        }
+        if let Some(ppid) = p.ppid {
+            let _ = writeln!(out, "- parent: {ppid}");
+        }
+        if let Some(uid) = p.uid {
+            let _ = writeln!(out, "- uid: {uid}");
+        }
+        if let Some(age) = p.age_seconds {
+            let _ = writeln!(out, "- age: {}", crate::report::human::human_age(age));
+        }
+        if !holder.listeners.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n| listener | inode | fd | SO_REUSEPORT | evidence | accept queue | opened by |"
+            );
+            let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+            for l in &holder.listeners {
+                let reuseport = match l.reuseport {
+                    Some(true) => "yes",
+                    Some(false) => "no",
+                    None => "unknown",
+                };
+                let opener = match &l.opened_by {
+                    Some(o) => format!("thread {} ({})", o.tid, o.comm.escaped()),
+                    None => "—".into(),
+                };
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {reuseport} | {}: {} | {}/{} | {opener} |",
+                    l.local,
+                    l.inode,
+                    l.fd.map(|f| f.to_string()).unwrap_or_default(),
+                    l.reuseport_evidence.source,
+                    l.reuseport_evidence.detail.replace('|', "\\|"),
+                    l.accept_queue,
+                    l.backlog
+                );
+            }
+        }
+        for s in &holder.sockets {
+            let _ = writeln!(
+                out,
+                "- {} socket {} → {} (inode {})",
+                s.state, s.local, s.remote, s.inode
+            );
+        }
+        out.push('\n');
+    }
+    for h in &report.hidden {
+        let _ = writeln!(
+            out,
+            "- inode {} is held by a process of uid {} that could not be read (candidates: {})",
+            h.inode,
+            h.uid,
+            h.candidates
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "Thread attribution: {} ({})",
+        report.attribution.status, report.attribution.detail
+    );
+    if report.quarantined {
+        let _ = writeln!(
+            out,
+            "\n{} is quarantined: `sockcheck acquire` skips it until it is free again.",
+            report.address
+        );
+    }
+    if !report.reaped.is_empty() {
+        let _ = writeln!(out, "\n## Reaped\n");
+        for r in &report.reaped {
+            let _ = writeln!(
+                out,
+                "- pid {}: {}{}",
+                r.pid,
+                r.action,
+                if r.exited {
+                    ", exited"
+                } else {
+                    ", still alive"
+                }
+            );
+        }
+    }
+    out
+}

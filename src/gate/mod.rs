@@ -1,0 +1,611 @@
+//! The CI-gate commands: `scan`, `wait`, `acquire`, `release`, `leases` and
+//! `run`. They use the inspection as a library and add leases (see
+//! [`state`]), so parallel suites never get the same address at once.
+
+pub mod child;
+pub mod forensic;
+pub mod pool;
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::cli::{Output, emit, write_stdout};
+use crate::error::Error;
+use crate::exit::ExitStatus;
+use crate::inspect::{self, KernelView, Query};
+use crate::report::{AddressReport, ListenerReport, Report, SourceStatus};
+use crate::verdict::{ReasonCode, Verdict, describe_owners, group_owners};
+use forensic::{Forensic, Opener, Reaped};
+use state::{Lease, ProcessId, Quarantine, Store};
+
+/// At most this many inspections a second while waiting.
+const POLL: Duration = Duration::from_millis(100);
+
+/// What every gate command needs.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    pub ports: Vec<u16>,
+    pub state_dir: PathBuf,
+    pub output: Output,
+}
+
+impl Gate {
+    fn query(&self, addresses: Vec<IpAddr>, owners: bool) -> Query {
+        Query {
+            owners,
+            ..Query::new(addresses, self.ports.clone())
+        }
+    }
+
+    /// Inspects one address against an existing kernel view.
+    fn one(&self, view: &KernelView, address: IpAddr, owners: bool) -> AddressReport {
+        inspect::inspect_view(&self.query(vec![address], owners), view)
+            .addresses
+            .remove(0)
+    }
+
+    /// Locks the state directory and reads the state; a repaired file is
+    /// reported once.
+    fn open(&self) -> Result<(Store, state::State), Error> {
+        let mut store = Store::open(&self.state_dir)?;
+        let state = store.load()?;
+        if let Some(repaired) = &store.repaired {
+            eprintln!("sockcheck: {repaired}");
+        }
+        Ok((store, state))
+    }
+}
+
+/// One phrase on why an address is not free: `pid 4242 (node) holds
+/// 127.0.0.2:9926`.
+pub fn summary(address: &AddressReport) -> String {
+    let Some(reason) = address.reasons.first() else {
+        return String::new();
+    };
+    let port = address.ports.iter().find(|p| Some(p.port) == reason.port);
+    let listeners = port.map(|p| p.listeners.as_slice()).unwrap_or_default();
+    match (reason.code, listeners.first()) {
+        (ReasonCode::Listener | ReasonCode::MappedListener | ReasonCode::Wildcard, Some(first)) => {
+            let group: Vec<&ListenerReport> = listeners
+                .iter()
+                .filter(|l| l.local == first.local)
+                .collect();
+            let (owners, complete) = group_owners(&group);
+            format!(
+                "{} holds {}",
+                describe_owners(&owners, complete),
+                first.local
+            )
+        }
+        _ => reason.message.clone(),
+    }
+}
+
+/// `sockcheck scan POOL`.
+pub fn scan(gate: &Gate, pool: Vec<IpAddr>) -> Result<ExitStatus, Error> {
+    let report = inspect::inspect(&gate.query(pool, true))?;
+    if gate.output.json {
+        emit(&report, gate.output)?;
+    } else {
+        let width = report
+            .addresses
+            .iter()
+            .map(|a| a.address.to_string().len())
+            .max()
+            .unwrap_or(0);
+        let mut text = String::new();
+        for address in &report.addresses {
+            let line = format!(
+                "{:<width$}  {:<11}  {}",
+                address.address.to_string(),
+                address.verdict.as_str(),
+                summary(address)
+            );
+            text.push_str(line.trim_end());
+            text.push('\n');
+        }
+        write_stdout(&text)?;
+    }
+    Ok(if report.all_free() {
+        ExitStatus::Free
+    } else {
+        ExitStatus::NotFree
+    })
+}
+
+/// `sockcheck wait ADDR`.
+pub fn wait(
+    gate: &Gate,
+    address: IpAddr,
+    timeout: Duration,
+    allow_foreign: bool,
+) -> Result<ExitStatus, Error> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let view = inspect::kernel_view(&gate.ports)?;
+        let quick = gate.one(&view, address, false);
+        let foreign = quick.verdict == Verdict::Foreign && !allow_foreign;
+        if quick.verdict == Verdict::Free {
+            if gate.output.json {
+                emit(&single(gate, &view, address), gate.output)?;
+            }
+            return Ok(ExitStatus::Free);
+        }
+        if foreign || Instant::now() >= deadline {
+            // Who still holds it, with every detail `check` gives.
+            let report = single(gate, &view, address);
+            emit(&report, gate.output)?;
+            eprintln!(
+                "sockcheck: {address} is {}{}",
+                quick.verdict.as_str(),
+                if foreign {
+                    "; waiting will not help (--allow-foreign waits anyway)".to_string()
+                } else {
+                    format!(" after waiting {}", show_duration(timeout))
+                }
+            );
+            return Ok(ExitStatus::NotFree);
+        }
+        std::thread::sleep(POLL.min(deadline.saturating_duration_since(Instant::now())));
+    }
+}
+
+fn single(gate: &Gate, view: &KernelView, address: IpAddr) -> Report {
+    inspect::inspect_view(&gate.query(vec![address], true), view)
+}
+
+/// What `acquire --json` prints.
+#[derive(Debug, Serialize)]
+struct Acquired {
+    schema: u32,
+    address: IpAddr,
+    ports: Vec<u16>,
+    owner: ProcessId,
+    state_dir: PathBuf,
+}
+
+/// Chooses, under the state lock, the first address of `pool` that is
+/// neither leased nor quarantined and that the inspection finds free, and
+/// leases it to `owner`. Returns None when there is none.
+pub fn try_acquire(
+    gate: &Gate,
+    pool: &[IpAddr],
+    owner: ProcessId,
+) -> Result<Option<IpAddr>, Error> {
+    let (store, mut state) = gate.open()?;
+    let reclaimed = state.reclaim();
+    if gate.output.verbose {
+        for lease in &reclaimed {
+            eprintln!(
+                "sockcheck: reclaimed {} from pid {}, which is gone",
+                lease.address, lease.owner.pid
+            );
+        }
+    }
+    let view = inspect::kernel_view(&gate.ports)?;
+    let mut chosen = None;
+    let mut changed = !reclaimed.is_empty();
+    for &address in pool {
+        if let Some(lease) = state.lease(address) {
+            if gate.output.verbose {
+                eprintln!(
+                    "sockcheck: skip {address}: leased to pid {}",
+                    lease.owner.pid
+                );
+            }
+            continue;
+        }
+        let report = gate.one(&view, address, false);
+        if state.quarantined(address).is_some() {
+            if report.verdict != Verdict::Free {
+                if gate.output.verbose {
+                    eprintln!(
+                        "sockcheck: skip {address}: quarantined and still {}",
+                        report.verdict.as_str()
+                    );
+                }
+                continue;
+            }
+            state.quarantine.retain(|q| q.address != address);
+            changed = true;
+        }
+        if report.verdict == Verdict::Free {
+            chosen = Some(address);
+            break;
+        }
+        if gate.output.verbose {
+            let full = gate.one(&view, address, true);
+            eprintln!(
+                "sockcheck: skip {address}: {} ({})",
+                full.verdict.as_str(),
+                summary(&full)
+            );
+        }
+    }
+    if let Some(address) = chosen {
+        state.leases.push(Lease {
+            address,
+            owner,
+            acquired: state::now(),
+        });
+        changed = true;
+    }
+    if changed {
+        store.save(&state)?;
+    }
+    Ok(chosen)
+}
+
+/// `sockcheck acquire POOL`.
+pub fn acquire(
+    gate: &Gate,
+    pool: &[IpAddr],
+    owner_pid: Option<u32>,
+    wait: Option<Duration>,
+) -> Result<ExitStatus, Error> {
+    let pid = owner_pid.unwrap_or_else(|| {
+        rustix::process::getppid().map_or(1, |p| p.as_raw_nonzero().get() as u32)
+    });
+    let owner = ProcessId::of(pid)
+        .ok_or_else(|| Error::Usage(format!("--owner: no live process with pid {pid}")))?;
+    let deadline = wait.map(|w| Instant::now() + w);
+    loop {
+        if let Some(address) = try_acquire(gate, pool, owner)? {
+            let text = if gate.output.json {
+                let acquired = Acquired {
+                    schema: 1,
+                    address,
+                    ports: gate.ports.clone(),
+                    owner,
+                    state_dir: gate.state_dir.clone(),
+                };
+                serde_json::to_string(&acquired).expect("serializes") + "\n"
+            } else {
+                format!("{address}\n")
+            };
+            write_stdout(&text)?;
+            return Ok(ExitStatus::Free);
+        }
+        match deadline {
+            Some(deadline) if Instant::now() < deadline => {
+                std::thread::sleep(POLL.min(deadline.saturating_duration_since(Instant::now())));
+            }
+            _ => {
+                eprintln!(
+                    "sockcheck: no free address in the pool ({} addresses){}",
+                    pool.len(),
+                    if wait.is_some() {
+                        " before the --wait deadline"
+                    } else {
+                        ""
+                    }
+                );
+                return Ok(ExitStatus::NotFree);
+            }
+        }
+    }
+}
+
+/// `sockcheck release ADDR`.
+pub fn release(gate: &Gate, address: IpAddr) -> Result<ExitStatus, Error> {
+    let (store, mut state) = gate.open()?;
+    let before = state.leases.len();
+    state.leases.retain(|l| l.address != address);
+    if state.leases.len() == before {
+        eprintln!("sockcheck: {address} is not leased");
+        return Ok(ExitStatus::NotFree);
+    }
+    store.save(&state)?;
+    Ok(ExitStatus::Free)
+}
+
+#[derive(Debug, Serialize)]
+struct LeaseRow {
+    address: IpAddr,
+    owner_pid: u32,
+    owner_alive: bool,
+    age_seconds: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quarantined: Option<Quarantine>,
+}
+
+/// `sockcheck leases [POOL]`.
+pub fn leases(gate: &Gate, pool: Option<Vec<IpAddr>>) -> Result<ExitStatus, Error> {
+    let (_store, state) = gate.open()?;
+    let now = state::now();
+    let wanted = |a: &IpAddr| pool.as_ref().is_none_or(|p| p.contains(a));
+    let mut rows: Vec<LeaseRow> = state
+        .leases
+        .iter()
+        .filter(|l| wanted(&l.address))
+        .map(|l| LeaseRow {
+            address: l.address,
+            owner_pid: l.owner.pid,
+            owner_alive: l.owner.alive(),
+            age_seconds: now.saturating_sub(l.acquired),
+            quarantined: state.quarantined(l.address).cloned(),
+        })
+        .collect();
+    let quarantined: Vec<&Quarantine> = state
+        .quarantine
+        .iter()
+        .filter(|q| wanted(&q.address) && state.lease(q.address).is_none())
+        .collect();
+    rows.sort_by_key(|r| r.address);
+    let text = if gate.output.json {
+        #[derive(Serialize)]
+        struct Doc<'a> {
+            schema: u32,
+            leases: &'a [LeaseRow],
+            quarantine: Vec<&'a Quarantine>,
+        }
+        serde_json::to_string_pretty(&Doc {
+            schema: 1,
+            leases: &rows,
+            quarantine: quarantined,
+        })
+        .expect("serializes")
+            + "\n"
+    } else {
+        let mut text = String::new();
+        for r in &rows {
+            text.push_str(&format!(
+                "{}  leased to pid {} ({}), {}\n",
+                r.address,
+                r.owner_pid,
+                if r.owner_alive {
+                    "alive"
+                } else {
+                    "gone: reclaimed on the next acquire"
+                },
+                crate::report::human::human_age(r.age_seconds)
+            ));
+        }
+        for q in quarantined {
+            text.push_str(&format!(
+                "{}  quarantined {} ago: {}{}\n",
+                q.address,
+                crate::report::human::human_age(now.saturating_sub(q.since)),
+                q.reason,
+                q.report
+                    .as_ref()
+                    .map(|r| format!(" (report: {})", r.display()))
+                    .unwrap_or_default()
+            ));
+        }
+        text
+    };
+    write_stdout(&text)?;
+    Ok(ExitStatus::Free)
+}
+
+/// Options of `sockcheck run`.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub linger: Duration,
+    pub report: Option<PathBuf>,
+    pub reap: bool,
+    pub grace: Duration,
+    pub command: Vec<OsString>,
+}
+
+/// `sockcheck run POOL -- CMD`.
+pub fn run(gate: &Gate, pool: &[IpAddr], options: &RunOptions) -> Result<ExitStatus, Error> {
+    if options.command.is_empty() {
+        return Err(Error::Usage("run: no command given after --".into()));
+    }
+    if let Some(path) = &options.report {
+        check_writable(path)?;
+    }
+    let me = ProcessId::of(std::process::id())
+        .ok_or_else(|| Error::Usage("cannot read our own /proc entry".into()))?;
+    let Some(address) = try_acquire(gate, pool, me)? else {
+        eprintln!(
+            "sockcheck: no free address in the pool ({} addresses)",
+            pool.len()
+        );
+        return Ok(ExitStatus::NoAddress);
+    };
+    let ports = gate
+        .ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    if gate.output.verbose {
+        eprintln!("sockcheck: leased {address} for the command");
+    }
+    let status = child::run(
+        &options.command,
+        &[
+            ("SOCKCHECK_ADDR", address.to_string()),
+            ("SOCKCHECK_PORTS", ports),
+        ],
+    );
+    let exited = state::now();
+    let outcome = status.and_then(|status| after(gate, address, status, exited, options));
+    // The lease goes whatever happened; a lingering address stays
+    // quarantined instead.
+    let released = gate.open().and_then(|(store, mut state)| {
+        state.leases.retain(|l| l.address != address);
+        store.save(&state)
+    });
+    let outcome = outcome?;
+    released?;
+    Ok(outcome)
+}
+
+/// After the command: wait up to --linger for the address to be free, and
+/// report, quarantine and reap what still holds it.
+fn after(
+    gate: &Gate,
+    address: IpAddr,
+    status: u8,
+    exited: u64,
+    options: &RunOptions,
+) -> Result<ExitStatus, Error> {
+    let started = Instant::now();
+    let deadline = started + options.linger;
+    let report = loop {
+        let view = inspect::kernel_view(&gate.ports)?;
+        let quick = gate.one(&view, address, false);
+        if quick.verdict == Verdict::Free {
+            return Ok(command_status(status));
+        }
+        if Instant::now() >= deadline {
+            break gate.one(&view, address, true);
+        }
+        std::thread::sleep(POLL.min(deadline.saturating_duration_since(Instant::now())));
+    };
+    let openers: BTreeMap<u64, Opener> = BTreeMap::new();
+    let (holders, hidden) = forensic::holders(&report, &openers);
+    let mut forensic = Forensic {
+        schema: forensic::SCHEMA,
+        address,
+        ports: gate.ports.clone(),
+        command: options
+            .command
+            .iter()
+            .map(|w| crate::text::Bytes(w.as_encoded_bytes().to_vec()))
+            .collect(),
+        command_status: status,
+        command_exited: exited,
+        linger_seconds: started.elapsed().as_secs_f64(),
+        verdict: report.verdict,
+        holders,
+        hidden,
+        quarantined: true,
+        reaped: Vec::new(),
+        attribution: SourceStatus::new("unavailable", "no BPF watch in this version"),
+        inspection: report,
+    };
+    if options.reap {
+        forensic.reaped = reap(&forensic, options.grace);
+        let view = inspect::kernel_view(&gate.ports)?;
+        if gate.one(&view, address, false).verdict == Verdict::Free {
+            forensic.quarantined = false;
+        }
+    }
+    if forensic.quarantined {
+        let (store, mut state) = gate.open()?;
+        state.quarantine.retain(|q| q.address != address);
+        state.quarantine.push(Quarantine {
+            address,
+            since: state::now(),
+            reason: crate::gate::summary(&forensic.inspection),
+            report: options.report.clone(),
+        });
+        store.save(&state)?;
+    }
+    eprint!("{}", forensic::markdown(&forensic));
+    if let Some(path) = &options.report {
+        forensic::write(&forensic, path)?;
+    }
+    Ok(if status == 0 {
+        ExitStatus::Lingering
+    } else {
+        ExitStatus::Command(status)
+    })
+}
+
+fn command_status(status: u8) -> ExitStatus {
+    if status == 0 {
+        ExitStatus::Free
+    } else {
+        ExitStatus::Command(status)
+    }
+}
+
+/// SIGTERM to each lingering holder, SIGKILL to those still alive after
+/// `grace`. Signals go through a pidfd opened while the process is still the
+/// one that was reported, so a recycled pid is never hit.
+fn reap(report: &Forensic, grace: Duration) -> Vec<Reaped> {
+    use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
+    let me = std::process::id();
+    let mut targets = Vec::new();
+    let mut done = Vec::new();
+    for holder in &report.holders {
+        let pid = holder.pid;
+        if pid == me || pid == 1 {
+            done.push(Reaped {
+                pid,
+                action: "skipped: not a process sockcheck will signal".into(),
+                exited: false,
+            });
+            continue;
+        }
+        let Some(raw) = Pid::from_raw(pid as i32) else {
+            continue;
+        };
+        let before = ProcessId::of(pid);
+        let pidfd = pidfd_open(raw, PidfdFlags::empty()).ok();
+        match (before, pidfd) {
+            (Some(id), Some(pidfd)) if ProcessId::of(pid) == Some(id) => {
+                let _ = pidfd_send_signal(&pidfd, Signal::TERM);
+                targets.push((id, pidfd));
+            }
+            _ => done.push(Reaped {
+                pid,
+                action: "gone".into(),
+                exited: true,
+            }),
+        }
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline && targets.iter().any(|(id, _)| id.alive()) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (id, pidfd) in targets {
+        if id.alive() {
+            let _ = pidfd_send_signal(&pidfd, Signal::KILL);
+            let until = Instant::now() + Duration::from_secs(2);
+            while id.alive() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            done.push(Reaped {
+                pid: id.pid,
+                action: "SIGTERM, then SIGKILL".into(),
+                exited: !id.alive(),
+            });
+        } else {
+            done.push(Reaped {
+                pid: id.pid,
+                action: "SIGTERM".into(),
+                exited: true,
+            });
+        }
+    }
+    done.sort_by_key(|r| r.pid);
+    done
+}
+
+/// Fails early (exit 2, nothing changed) when the report cannot be written.
+fn check_writable(path: &std::path::Path) -> Result<(), Error> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if !parent.is_dir() || rustix::fs::access(parent, rustix::fs::Access::WRITE_OK).is_err() {
+        return Err(Error::Usage(format!(
+            "--report: cannot write {} (its directory is missing or not writable)",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// `30s`, `1.5s`, `2m`.
+pub fn show_duration(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s >= 60.0 && d.as_secs().is_multiple_of(60) {
+        format!("{}m", d.as_secs() / 60)
+    } else {
+        format!("{s}s")
+    }
+}

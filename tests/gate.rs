@@ -1,0 +1,491 @@
+//! The CI gate: leases under concurrency and after crashes, `wait`, `scan`,
+//! and `run` with its lingering-worker check. Addresses 127.93.0.0/16 and
+//! ports 45200-45299 belong to this file.
+
+mod util;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use util::{HOLDER, Holder, SOCKCHECK, kill, wait_gone};
+
+/// A private state directory, removed at the end.
+struct StateDir(PathBuf);
+
+impl StateDir {
+    fn new(name: &str) -> StateDir {
+        let dir =
+            std::env::temp_dir().join(format!("sockcheck-gate-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        StateDir(dir)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn gate(state: &StateDir, ports: &str, args: &[&str]) -> Output {
+    Command::new(SOCKCHECK)
+        .args(["--state-dir", state.path(), "--ports", ports])
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env_remove("SOCKCHECK_POOL")
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn thirty_two_concurrent_acquires_get_thirty_two_addresses() {
+    let state = StateDir::new("concurrent");
+    let pool = "127.93.1.0/27";
+    let children: Vec<_> = (0..32)
+        .map(|_| {
+            Command::new(SOCKCHECK)
+                .args([
+                    "--state-dir",
+                    state.path(),
+                    "--ports",
+                    "45201,45202",
+                    "acquire",
+                    pool,
+                ])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut got = HashSet::new();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        assert!(
+            got.insert(stdout(&output).trim().to_string()),
+            "handed out twice"
+        );
+    }
+    assert_eq!(got.len(), 32);
+    let started = Instant::now();
+    let output = gate(&state, "45201,45202", &["acquire", pool, "--wait", "1s"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert!(
+        stderr(&output).contains("no free address"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn no_address_is_ever_leased_twice_at_once() {
+    let state = Arc::new(StateDir::new("churn"));
+    let held = Arc::new(Mutex::new(HashSet::new()));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut rounds = 0;
+    let workers: Vec<_> = (0..6)
+        .map(|_| {
+            let (state, held) = (state.clone(), held.clone());
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while Instant::now() < deadline {
+                    let output = gate(
+                        &state,
+                        "45203",
+                        &["acquire", "127.93.2.1-127.93.2.4", "--wait", "5s"],
+                    );
+                    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+                    let address = stdout(&output).trim().to_string();
+                    assert!(
+                        held.lock().unwrap().insert(address.clone()),
+                        "{address} leased twice"
+                    );
+                    std::thread::sleep(Duration::from_millis(5));
+                    held.lock().unwrap().remove(&address);
+                    let output = gate(&state, "45203", &["release", &address]);
+                    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    for worker in workers {
+        rounds += worker.join().unwrap();
+    }
+    assert!(rounds > 20, "only {rounds} rounds");
+}
+
+#[test]
+fn a_killed_owner_loses_its_lease() {
+    let state = StateDir::new("killed");
+    let mut owner = Command::new("sleep").arg("100").spawn().unwrap();
+    let pid = owner.id().to_string();
+    let output = gate(&state, "45204", &["acquire", "127.93.3.1", "--owner", &pid]);
+    assert_eq!(stdout(&output).trim(), "127.93.3.1");
+    let output = gate(&state, "45204", &["acquire", "127.93.3.1"]);
+    assert_eq!(output.status.code(), Some(1), "the lease is still held");
+    owner.kill().unwrap();
+    owner.wait().unwrap();
+    let output = gate(&state, "45204", &["-v", "acquire", "127.93.3.1"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stdout(&output).trim(), "127.93.3.1");
+    assert!(stderr(&output).contains(&format!("reclaimed 127.93.3.1 from pid {pid}")));
+}
+
+#[test]
+fn an_address_held_outside_the_lease_system_is_skipped() {
+    let state = StateDir::new("outside");
+    let holder = Holder::start("plain", "127.93.4.1", 45205, &[]);
+    let output = gate(&state, "45205", &["-v", "acquire", "127.93.4.1-127.93.4.2"]);
+    assert_eq!(stdout(&output).trim(), "127.93.4.2");
+    let why = stderr(&output);
+    assert!(
+        why.contains("skip 127.93.4.1: busy") && why.contains(&holder.pid.to_string()),
+        "{why}"
+    );
+}
+
+#[test]
+fn scan_gives_one_line_per_address() {
+    let state = StateDir::new("scan");
+    let holder = Holder::start("plain", "127.93.5.2", 45206, &[]);
+    let output = gate(&state, "45206", &["scan", "127.93.5.1-127.93.5.3"]);
+    assert_eq!(output.status.code(), Some(1));
+    let text = stdout(&output);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines[0], "127.93.5.1  free");
+    assert!(lines[1].starts_with("127.93.5.2  busy"), "{}", lines[1]);
+    assert!(lines[1].contains(&format!(
+        "pid {} (sockcheck-holde) holds 127.93.5.2:45206",
+        holder.pid
+    )));
+    let json: Value = serde_json::from_slice(
+        &gate(
+            &state,
+            "45206",
+            &["--json", "scan", "127.93.5.1-127.93.5.3"],
+        )
+        .stdout,
+    )
+    .unwrap();
+    assert_eq!(json["addresses"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn wait_returns_once_the_holder_is_gone() {
+    let state = StateDir::new("wait");
+    let holder = Holder::start("plain", "127.93.6.1", 45207, &[]);
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(400));
+        drop(holder);
+    });
+    let started = Instant::now();
+    let output = gate(&state, "45207", &["wait", "127.93.6.1", "--timeout", "10s"]);
+    killer.join().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn wait_times_out_naming_the_holder() {
+    let state = StateDir::new("waittimeout");
+    let holder = Holder::start("plain", "127.93.6.2", 45208, &[]);
+    let output = gate(
+        &state,
+        "45208",
+        &["wait", "127.93.6.2", "--timeout", "300ms"],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stdout(&output).contains(&format!("owner: pid {}", holder.pid)),
+        "{}",
+        stdout(&output)
+    );
+    assert!(
+        stderr(&output).contains("busy after waiting"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn wait_fails_at_once_on_a_foreign_address() {
+    let state = StateDir::new("waitforeign");
+    let _holder = Holder::start("wildcard", "-", 45209, &[]);
+    let started = Instant::now();
+    let output = gate(&state, "45209", &["wait", "127.93.6.3", "--timeout", "20s"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        stderr(&output).contains("waiting will not help"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+/// A command that starts a lingering server in the background and exits.
+fn lingering_command(port: u16, ready: &Path) -> String {
+    format!(
+        "{HOLDER} lingering \"$SOCKCHECK_ADDR\" {port} 2 > {r} 2>/dev/null < /dev/null & \
+         while ! grep -q ready {r} 2>/dev/null; do sleep 0.02; done",
+        r = ready.display()
+    )
+}
+
+fn holder_from(ready: &Path) -> (u32, Vec<u64>) {
+    let line = std::fs::read_to_string(ready).unwrap();
+    let mut pid = 0;
+    let mut tids = Vec::new();
+    for field in line.split_whitespace().skip(1) {
+        match field.split_once('=').unwrap() {
+            ("pid", v) => pid = v.parse().unwrap(),
+            ("tids", v) => tids = v.split(',').map(|t| t.parse().unwrap()).collect(),
+            _ => {}
+        }
+    }
+    (pid, tids)
+}
+
+#[test]
+fn run_reports_and_quarantines_a_lingering_worker() {
+    let state = StateDir::new("run");
+    let ready = state.0.with_extension("ready");
+    let report = state.0.with_extension("report.json");
+    let output = gate(
+        &state,
+        "45210",
+        &[
+            "run",
+            "127.93.7.1",
+            "--linger",
+            "300ms",
+            "--report",
+            report.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            &lingering_command(45210, &ready),
+        ],
+    );
+    let (pid, tids) = holder_from(&ready);
+    let _cleanup = Guard(pid);
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    let text = stderr(&output);
+    assert!(text.contains(&format!("## pid {pid}")), "{text}");
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(json["address"], "127.93.7.1");
+    assert_eq!(json["command_status"], 0);
+    let holder = &json["holders"][0];
+    assert_eq!(holder["pid"], pid);
+    assert_eq!(holder["state"], "zombie-leader");
+    assert_eq!(holder["tids"], serde_json::json!(tids));
+    assert_eq!(holder["listeners"].as_array().unwrap().len(), 2);
+    assert_eq!(holder["listeners"][0]["reuseport"], true);
+    assert_eq!(json["quarantined"], true);
+    // Quarantined: the next acquire skips it while it is held...
+    let leases: Value =
+        serde_json::from_slice(&gate(&state, "45210", &["--json", "leases"]).stdout).unwrap();
+    assert_eq!(leases["quarantine"][0]["address"], "127.93.7.1");
+    assert_eq!(leases["leases"].as_array().unwrap().len(), 0);
+    let output = gate(&state, "45210", &["-v", "acquire", "127.93.7.1"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("quarantined"),
+        "{}",
+        stderr(&output)
+    );
+    // ...and hands it out again once it is free.
+    kill(pid);
+    let output = gate(&state, "45210", &["acquire", "127.93.7.1"]);
+    assert_eq!(stdout(&output).trim(), "127.93.7.1", "{}", stderr(&output));
+}
+
+#[test]
+fn run_reap_frees_the_address() {
+    let state = StateDir::new("reap");
+    let ready = state.0.with_extension("ready");
+    let report = state.0.with_extension("report.md");
+    let output = gate(
+        &state,
+        "45211",
+        &[
+            "run",
+            "127.93.7.2",
+            "--linger",
+            "200ms",
+            "--reap",
+            "--grace",
+            "1s",
+            "--report",
+            report.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            &lingering_command(45211, &ready),
+        ],
+    );
+    let (pid, _) = holder_from(&ready);
+    let _cleanup = Guard(pid);
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    let markdown = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        markdown.starts_with("# Lingering holders on 127.93.7.2"),
+        "{markdown}"
+    );
+    assert!(
+        markdown.contains(&format!("- pid {pid}: SIGTERM")),
+        "{markdown}"
+    );
+    wait_gone(pid);
+    let output = gate(&state, "45211", &["scan", "127.93.7.2"]);
+    assert_eq!(stdout(&output).trim(), "127.93.7.2  free");
+    let leases: Value =
+        serde_json::from_slice(&gate(&state, "45211", &["--json", "leases"]).stdout).unwrap();
+    assert_eq!(leases["quarantine"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn run_passes_the_address_and_the_exit_status() {
+    let state = StateDir::new("status");
+    let output = gate(
+        &state,
+        "45212,45213",
+        &[
+            "run",
+            "127.93.8.1",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$SOCKCHECK_ADDR $SOCKCHECK_PORTS\"; exit 7",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(7));
+    assert_eq!(stdout(&output), "127.93.8.1 45212,45213\n");
+    // The lease is gone afterwards.
+    let leases: Value =
+        serde_json::from_slice(&gate(&state, "45212", &["--json", "leases"]).stdout).unwrap();
+    assert_eq!(leases["leases"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn run_passes_signals_to_the_command() {
+    let state = StateDir::new("signal");
+    let mut child = Command::new(SOCKCHECK)
+        .args([
+            "--state-dir",
+            state.path(),
+            "--ports",
+            "45214",
+            "run",
+            "127.93.8.2",
+            "--",
+        ])
+        .args([
+            "sh",
+            "-c",
+            "trap 'exit 42' TERM; echo up; while :; do sleep 0.02; done",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "up\n");
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(42));
+}
+
+#[test]
+fn bad_input_is_one_line_exit_2_and_changes_nothing() {
+    let state = StateDir::new("bad");
+    let output = gate(&state, "45215", &["acquire", "127.93.9.1"]);
+    assert_eq!(output.status.code(), Some(0));
+    let before = std::fs::read(state.0.join("leases.json")).unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["acquire", "127.93.9.300-127.93.9.301"], "'127.93.9.300'"),
+        (&["acquire", "127.0.0.0/8"], "at most 65536"),
+        (&["scan", "127.93.9.5-127.93.9.1"], "ends before"),
+        (&["acquire", "127.93.9.2", "--wait", "soon"], "'soon'"),
+        (&["wait", "127.93.9.1", "--timeout", "5x"], "'5x'"),
+        (&["run", "127.93.9.2", "--linger", "x"], "'x'"),
+        (&["run", "127.93.9.2", "true"], "must follow '--'"),
+        (&["run", "127.93.9.2"], "must follow '--'"),
+        (&["acquire"], "no pool"),
+        (&["release", "nope"], "'nope'"),
+        (
+            &[
+                "run",
+                "127.93.9.2",
+                "--report",
+                "/nonexistent/r.md",
+                "--",
+                "true",
+            ],
+            "--report",
+        ),
+    ];
+    for (args, needle) in cases {
+        let output = gate(&state, "45215", args);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        let err = stderr(&output);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    assert_eq!(std::fs::read(state.0.join("leases.json")).unwrap(), before);
+    // A state directory that cannot be used.
+    let file = state.0.join("leases.json");
+    let output = Command::new(SOCKCHECK)
+        .args([
+            "--state-dir",
+            file.to_str().unwrap(),
+            "acquire",
+            "127.93.9.1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let err = stderr(&output);
+    assert!(
+        err.starts_with("sockcheck: state directory") && err.contains("not a directory"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), before);
+}
+
+struct Guard(u32);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        kill(self.0);
+    }
+}
