@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use crate::error::Error;
 use crate::exit::{self, ExitStatus};
 use crate::gate::{self, Gate, RunOptions, pool};
-use crate::inspect::{self, DEFAULT_PORTS, Query};
+use crate::inspect::{self, BpfMode, DEFAULT_PORTS, Query};
 use crate::report::{Report, human};
 
 const ABOUT: &str =
@@ -142,10 +142,22 @@ struct CommonArgs {
     /// Never duplicate an owner's fd (pidfd_getfd) to read SO_REUSEPORT.
     #[arg(long, global = true)]
     no_pidfd: bool,
+    /// When to use eBPF (needs root or CAP_BPF+CAP_PERFMON, and kernel BTF):
+    /// auto only where it pays (owners on a machine with many open files;
+    /// SO_REUSEPORT when nothing cheaper can tell), always, or never.
+    #[arg(long, global = true, value_name = "WHEN", default_value = "auto")]
+    bpf: BpfChoice,
     /// Where leases live [default: $SOCKCHECK_STATE_DIR, else
     /// $XDG_RUNTIME_DIR/sockcheck, else $TMPDIR/sockcheck-UID]
     #[arg(long, global = true, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum BpfChoice {
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -189,6 +201,11 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Result<ExitStatus, Erro
     let sources = Sources {
         pidfd: !cli.common.no_pidfd,
         probe: !cli.common.no_probe,
+        bpf: match cli.common.bpf {
+            BpfChoice::Auto => BpfMode::Auto,
+            BpfChoice::Always => BpfMode::Always,
+            BpfChoice::Never => BpfMode::Never,
+        },
     };
     let gate = || Gate {
         ports: ports.clone(),
@@ -198,6 +215,7 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Result<ExitStatus, Erro
             .clone()
             .unwrap_or_else(gate::state::default_dir),
         output,
+        sources,
     };
     match cli.command {
         None => check(&cli.check.addresses, ports.clone(), sources, output),
@@ -273,9 +291,22 @@ fn resolve_pool(pool: Option<String>) -> Result<Vec<std::net::IpAddr>, Error> {
 
 /// Which optional sources of evidence may be used.
 #[derive(Debug, Clone, Copy)]
-struct Sources {
-    pidfd: bool,
-    probe: bool,
+pub struct Sources {
+    pub pidfd: bool,
+    pub probe: bool,
+    pub bpf: BpfMode,
+}
+
+impl Sources {
+    /// A full query of `addresses` with these sources.
+    pub fn query(&self, addresses: Vec<std::net::IpAddr>, ports: Vec<u16>) -> Query {
+        Query {
+            reuseport_pidfd: self.pidfd,
+            reuseport_probe: self.probe,
+            bpf: self.bpf,
+            ..Query::new(addresses, ports)
+        }
+    }
 }
 
 fn check(
@@ -293,11 +324,7 @@ fn check(
         .iter()
         .map(|a| inspect::parse_address(a))
         .collect::<Result<Vec<_>, _>>()?;
-    let report = inspect::inspect(&Query {
-        reuseport_pidfd: sources.pidfd,
-        reuseport_probe: sources.probe,
-        ..Query::new(addresses, ports)
-    })?;
+    let report = inspect::inspect(&sources.query(addresses, ports))?;
     emit(&report, output)?;
     Ok(if report.all_free() {
         ExitStatus::Free

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
+use crate::bpf;
 use crate::canary;
 use crate::diag::{DiagSocket, Family, SockDiag, TCP_LISTEN};
 use crate::error::Error;
@@ -25,6 +26,8 @@ pub struct Query {
     pub reuseport_pidfd: bool,
     /// Whether the SO_REUSEPORT bind probe may run.
     pub reuseport_probe: bool,
+    /// When eBPF is used (it also needs privileges and kernel BTF).
+    pub bpf: BpfMode,
     /// Whether to find owners (and SO_REUSEPORT) at all. A gate that only
     /// needs the verdict turns this off and never reads /proc; such a report
     /// is for its verdict only and is never shown.
@@ -39,8 +42,141 @@ impl Query {
             ports,
             reuseport_pidfd: true,
             reuseport_probe: true,
+            bpf: BpfMode::Auto,
             owners: true,
         }
+    }
+}
+
+/// When eBPF is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BpfMode {
+    /// Only where it pays: owners through the task_file iterator on a
+    /// machine with many open files, and the kernel's SO_REUSEPORT bit when
+    /// nothing cheaper can tell (or BPF is loaded anyway).
+    Auto,
+    /// For owners and for every listener's SO_REUSEPORT.
+    Always,
+    /// Never.
+    Never,
+}
+
+/// Above this many open files (`/proc/sys/fs/file-nr`), one pass of the BPF
+/// task_file iterator (about 30 ms, nearly all of it loading) beats
+/// readlink on every /proc/PID/fd entry (about 1 µs a file on two cores).
+pub const BPF_OWNER_THRESHOLD: u64 = 30_000;
+
+/// The system's count of open files: the first field of /proc/sys/fs/file-nr.
+fn open_files() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/fs/file-nr")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// What eBPF did for one inspection, and why not when it did not.
+struct BpfUse {
+    allowed: bool,
+    availability: Option<Result<(), String>>,
+    used: Vec<&'static str>,
+    failures: Vec<String>,
+}
+
+impl BpfUse {
+    fn new(mode: BpfMode) -> BpfUse {
+        BpfUse {
+            allowed: mode != BpfMode::Never,
+            availability: None,
+            used: Vec::new(),
+            failures: Vec::new(),
+        }
+    }
+
+    /// Whether eBPF may be tried: allowed, privileged, with BTF.
+    fn usable(&mut self) -> bool {
+        self.allowed
+            && self
+                .availability
+                .get_or_insert_with(|| bpf::availability().map_err(|e| e.to_string()))
+                .is_ok()
+    }
+
+    fn why_not(&self) -> String {
+        match &self.availability {
+            _ if !self.allowed => "disabled by --bpf never".into(),
+            Some(Err(why)) => why.clone(),
+            _ => "not usable".into(),
+        }
+    }
+
+    fn status(&self) -> SourceStatus {
+        if !self.failures.is_empty() {
+            let status = if self.used.is_empty() {
+                "unavailable"
+            } else {
+                "partial"
+            };
+            return SourceStatus::new(status, self.failures.join("; "));
+        }
+        if !self.used.is_empty() {
+            return SourceStatus::new("used", self.used.join(", "));
+        }
+        match (&self.availability, self.allowed) {
+            (_, false) => SourceStatus::new("skipped", "disabled by --bpf never"),
+            (Some(Err(why)), _) => SourceStatus::new("unavailable", why.clone()),
+            _ => SourceStatus::new("skipped", "not needed"),
+        }
+    }
+}
+
+/// Finds the owners of `needed` through /proc or the BPF task_file iterator.
+fn find_owners(mode: BpfMode, needed: &HashSet<u64>, bpf: &mut BpfUse) -> (FdScan, SourceStatus) {
+    let try_bpf = match mode {
+        BpfMode::Never => false,
+        BpfMode::Always => bpf.usable(),
+        BpfMode::Auto => open_files().is_some_and(|n| n > BPF_OWNER_THRESHOLD) && bpf.usable(),
+    };
+    if try_bpf {
+        let inodes: Vec<u64> = needed.iter().copied().collect();
+        match bpf::task_files(&inodes) {
+            Ok(rows) => {
+                bpf.used.push("iter/task_file for owners");
+                return (
+                    owners::from_task_files(rows),
+                    SourceStatus::new("skipped", "owners came from the BPF task_file iterator"),
+                );
+            }
+            Err(e) => bpf
+                .failures
+                .push(format!("{e}; owners read from /proc instead")),
+        }
+    }
+    match owners::scan(needed) {
+        Ok(scan) => {
+            let status = if scan.unreadable.is_empty() {
+                SourceStatus::new(
+                    "used",
+                    format!("{} processes, {} fds read", scan.processes, scan.fds),
+                )
+            } else {
+                SourceStatus::new(
+                    "partial",
+                    format!(
+                        "{} processes read, {} could not be read (not ours; needs root or \
+                         CAP_SYS_PTRACE)",
+                        scan.processes,
+                        scan.unreadable.len()
+                    ),
+                )
+            };
+            (scan, status)
+        }
+        Err(e) => (
+            FdScan::default(),
+            SourceStatus::new("unavailable", e.to_string()),
+        ),
     }
 }
 
@@ -130,6 +266,7 @@ pub fn inspect_view(query: &Query, view: &KernelView) -> Report {
     }
 
     // The /proc scan, only when some socket needs an owner.
+    let mut bpf = BpfUse::new(query.bpf);
     let (scan, proc_status) = if needed.is_empty() {
         (
             FdScan::default(),
@@ -141,33 +278,42 @@ pub fn inspect_view(query: &Query, view: &KernelView) -> Report {
             SourceStatus::new("skipped", "owners were not asked for"),
         )
     } else {
-        match owners::scan(&needed) {
-            Ok(scan) => {
-                let status = if scan.unreadable.is_empty() {
-                    SourceStatus::new(
-                        "used",
-                        format!("{} processes, {} fds read", scan.processes, scan.fds),
-                    )
-                } else {
-                    SourceStatus::new(
-                        "partial",
-                        format!(
-                            "{} processes read, {} could not be read (not ours; needs root or \
-                             CAP_SYS_PTRACE)",
-                            scan.processes,
-                            scan.unreadable.len()
-                        ),
-                    )
-                };
-                (scan, status)
+        find_owners(query.bpf, &needed, &mut bpf)
+    };
+    // The kernel's own SO_REUSEPORT bits: one iter/tcp pass over the queried
+    // ports, on first use.
+    let bpf = std::cell::RefCell::new(bpf);
+    let kernel_bits: std::cell::OnceCell<Result<HashMap<u64, bool>, String>> =
+        std::cell::OnceCell::new();
+    let kernel = |inode: u64| -> Result<bool, String> {
+        let bits = kernel_bits.get_or_init(|| {
+            let mut bpf = bpf.borrow_mut();
+            if !bpf.usable() {
+                return Err(bpf.why_not());
             }
-            Err(e) => (
-                FdScan::default(),
-                SourceStatus::new("unavailable", e.to_string()),
-            ),
+            match bpf::tcp_listeners(&query.ports) {
+                Ok(listeners) => {
+                    bpf.used.push("iter/tcp for SO_REUSEPORT");
+                    Ok(listeners
+                        .into_iter()
+                        .map(|l| (l.inode, l.reuseport))
+                        .collect())
+                }
+                Err(e) => {
+                    bpf.failures.push(e.to_string());
+                    Err(e.to_string())
+                }
+            }
+        });
+        match bits {
+            Ok(bits) => bits
+                .get(&inode)
+                .copied()
+                .ok_or_else(|| "the iterator did not see this listener (it closed?)".into()),
+            Err(why) => Err(why.clone()),
         }
     };
-    let proc_ok = proc_status.status == "used" || proc_status.status == "partial";
+    let kernel_first = query.bpf == BpfMode::Always || !bpf.borrow().used.is_empty();
 
     let mut described: HashMap<u32, ProcessInfo> = HashMap::new();
     let mut owners_of = |inode: u64, uid: u32| -> (Vec<Owner>, bool) {
@@ -183,7 +329,7 @@ pub fn inspect_view(query: &Query, view: &KernelView) -> Report {
                 list.push(Owner::visible(info.clone(), fds.clone()));
             }
         }
-        let complete = proc_ok && scan.unreadable.is_empty();
+        let complete = scan.looked_up && scan.unreadable.is_empty();
         if list.is_empty() && !complete {
             list.push(Owner::hidden(uid, scan.hidden_candidates(uid)));
         }
@@ -227,7 +373,8 @@ pub fn inspect_view(query: &Query, view: &KernelView) -> Report {
                         uid: socket.uid,
                         v6only: socket.v6only,
                         group_size,
-                        kernel_bit: None,
+                        kernel: &kernel,
+                        kernel_first,
                         holders: &holders,
                         probe_crowded: crowded || group_size > 1,
                         allow_pidfd: query.reuseport_pidfd,
@@ -316,7 +463,7 @@ pub fn inspect_view(query: &Query, view: &KernelView) -> Report {
         } else {
             SourceStatus::new("skipped", "not needed or could not tell")
         },
-        bpf: SourceStatus::new("unavailable", "not built into this version"),
+        bpf: bpf.borrow().status(),
     };
     Report {
         schema: SCHEMA,

@@ -4,6 +4,7 @@
 //! The library does the work; the binary is a thin shell around [`cli::run`].
 //! Tests and the CI-gate commands call [`inspect::inspect`] directly.
 
+pub mod bpf;
 pub mod canary;
 pub mod cli;
 pub mod diag;

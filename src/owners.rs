@@ -52,6 +52,8 @@ pub struct FdScan {
     pub processes: usize,
     /// How many fd entries were read.
     pub fds: usize,
+    /// Whether a lookup ran at all (false for the empty default).
+    pub looked_up: bool,
 }
 
 impl FdScan {
@@ -65,6 +67,33 @@ impl FdScan {
             .map(|u| u.pid)
             .collect()
     }
+}
+
+/// The owners the BPF task_file iterator found, in the shape of a /proc
+/// scan. Threads are named only when the leader is gone (as the /proc scan
+/// does), since then they are what holds the table.
+pub fn from_task_files(rows: Vec<crate::bpf::TaskFile>) -> FdScan {
+    let mut scan = FdScan {
+        looked_up: true,
+        ..FdScan::default()
+    };
+    for row in rows {
+        let via_tids = if row.tids == [row.pid] {
+            Vec::new()
+        } else {
+            row.tids
+        };
+        scan.holders
+            .entry(row.inode)
+            .or_default()
+            .entry(row.pid)
+            .or_default()
+            .push(FdRef {
+                fd: row.fd,
+                via_tids,
+            });
+    }
+    scan
 }
 
 /// Finds every process (and, for zombie leaders, every thread) that holds
@@ -108,6 +137,7 @@ pub fn scan(inodes: &HashSet<u64>) -> Result<FdScan, Error> {
     });
     let mut scan = merged.into_inner().unwrap_or_else(|p| p.into_inner());
     scan.unreadable.sort_by_key(|u| u.pid);
+    scan.looked_up = true;
     Ok(scan)
 }
 

@@ -3,15 +3,19 @@
 //! sock_diag does not expose the flag, and no other tool reports it. Every
 //! value here carries the evidence it rests on, tried in this order:
 //!
-//! 1. `kernel`: the `skc_reuseport` bit read by a BPF iterator (see `bpf`).
-//! 2. `group`: several listeners on one address and port. Only a reuseport
-//!    group can be that.
-//! 3. `pidfd_getfd`: a duplicate of an owner's fd, taken with `pidfd_getfd`
-//!    (through a live thread's pidfd when the leader is a zombie), then
-//!    `getsockopt(SO_REUSEPORT)`.
-//! 4. `bind_probe`: bind a socket with SO_REUSEPORT (never listen) to the
-//!    listener's address. It succeeds only against a reuseport group of the
-//!    same uid; as root the probe socket takes the listener's uid (setfsuid).
+//! - `kernel`: the `skc_reuseport` bit read by the BPF tcp iterator. First
+//!   with `--bpf always`, or when BPF is loaded for this inspection anyway;
+//!   otherwise only when neither a group nor an owner's fd can tell, since
+//!   loading BPF costs tens of ms and about 40 MB.
+//! - `group`: several listeners on one address and port. Only a reuseport
+//!   group can be that.
+//! - `pidfd_getfd`: a duplicate of an owner's fd, taken with `pidfd_getfd`
+//!   (through a live thread's pidfd when the leader is a zombie), then
+//!   `getsockopt(SO_REUSEPORT)` on that very socket.
+//! - `bind_probe`: bind a socket with SO_REUSEPORT (never listen) to the
+//!   listener's address. It succeeds only against a reuseport group of the
+//!   same uid; as root the probe socket takes the listener's uid (setfsuid).
+//!   The last resort: it is the only inference with a side effect.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
@@ -43,7 +47,7 @@ impl Reuseport {
 }
 
 /// What the caller knows about one listener.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Subject<'a> {
     pub local: SocketAddr,
     pub inode: u64,
@@ -51,8 +55,12 @@ pub struct Subject<'a> {
     pub v6only: Option<bool>,
     /// Listeners on exactly this address and port, this one included.
     pub group_size: usize,
-    /// The kernel's bit, when a BPF iterator could read it.
-    pub kernel_bit: Option<bool>,
+    /// The kernel's bit for an inode, read by a BPF iterator on first use;
+    /// Err says why it is not available.
+    pub kernel: &'a dyn Fn(u64) -> Result<bool, String>,
+    /// Ask the kernel before anything else (`--bpf always`, or when BPF is
+    /// loaded anyway); otherwise only before the bind probe.
+    pub kernel_first: bool,
     /// (pid, live tid to reach the fd table through, fd) of each owner.
     pub holders: &'a [(u32, Option<u32>, u32)],
     /// True when other sockets on the same port could make a bind probe
@@ -65,18 +73,29 @@ pub struct Subject<'a> {
 /// Works out SO_REUSEPORT for one listener.
 pub fn resolve(subject: &Subject<'_>) -> (Option<bool>, Reuseport) {
     let mut tried = Vec::new();
-    if let Some(bit) = subject.kernel_bit {
-        return (
-            Some(bit),
-            evidence(
-                "kernel",
-                format!(
-                    "skc_reuseport = {} read by the BPF tcp iterator",
-                    u8::from(bit)
+    let kernel = |tried: &mut Vec<String>| -> Option<(Option<bool>, Reuseport)> {
+        match (subject.kernel)(subject.inode) {
+            Ok(bit) => Some((
+                Some(bit),
+                evidence(
+                    "kernel",
+                    format!(
+                        "skc_reuseport = {} read by the BPF tcp iterator",
+                        u8::from(bit)
+                    ),
+                    std::mem::take(tried),
                 ),
-                tried,
-            ),
-        );
+            )),
+            Err(why) => {
+                tried.push(format!("kernel: {why}"));
+                None
+            }
+        }
+    };
+    if subject.kernel_first
+        && let Some(found) = kernel(&mut tried)
+    {
+        return found;
     }
     if subject.group_size > 1 {
         return (
@@ -121,6 +140,11 @@ pub fn resolve(subject: &Subject<'_>) -> (Option<bool>, Reuseport) {
             }
             Err(why) => tried.push(format!("pidfd_getfd on fd {fd} of pid {pid}: {why}")),
         }
+    }
+    if !subject.kernel_first
+        && let Some(found) = kernel(&mut tried)
+    {
+        return found;
     }
     if !subject.allow_probe {
         tried.push("bind probe: disabled (--no-probe)".to_string());

@@ -111,7 +111,10 @@ fn lingering_single_worker_reuseport_through_a_thread_pidfd() {
     let listener = &port(&address, 45108)["listeners"][0];
     assert_eq!(listener["owners"][0]["pid"], holder.pid);
     assert_eq!(listener["reuseport"], true);
-    assert_eq!(listener["reuseport_evidence"]["source"], "pidfd_getfd");
+    assert_eq!(
+        listener["reuseport_evidence"]["source"], "pidfd_getfd",
+        "{listener}"
+    );
     let detail = listener["reuseport_evidence"]["detail"].as_str().unwrap();
     assert!(
         detail.contains(&format!("thread {}", holder.tids[0])),
@@ -383,10 +386,17 @@ fn unprivileged_free_address_is_free() {
 
 #[test]
 fn bind_probe_tells_a_plain_listener_without_pidfd() {
-    // As root, with pidfd_getfd ruled out by --no-pidfd the probe decides;
-    // here it is reached through a listener whose owner cannot be seen.
+    // With pidfd_getfd and BPF ruled out, the probe decides.
     let _holder = Holder::start("plain", "127.91.0.23", 45125, &[]);
-    let run = sockcheck(&["--json", "--no-pidfd", "--ports", "45125", "127.91.0.23"]);
+    let run = sockcheck(&[
+        "--json",
+        "--no-pidfd",
+        "--bpf",
+        "never",
+        "--ports",
+        "45125",
+        "127.91.0.23",
+    ]);
     let json = run.json();
     let listener = &port(&json["addresses"][0], 45125)["listeners"][0];
     assert_eq!(listener["reuseport"], false);
@@ -396,7 +406,15 @@ fn bind_probe_tells_a_plain_listener_without_pidfd() {
 #[test]
 fn bind_probe_joins_a_reuseport_listener_and_leaves_it_alone() {
     let _holder = Holder::start("reuseport", "127.91.0.24", 45126, &[]);
-    let run = sockcheck(&["--json", "--no-pidfd", "--ports", "45126", "127.91.0.24"]);
+    let run = sockcheck(&[
+        "--json",
+        "--no-pidfd",
+        "--bpf",
+        "never",
+        "--ports",
+        "45126",
+        "127.91.0.24",
+    ]);
     let json = run.json();
     let listener = &port(&json["addresses"][0], 45126)["listeners"][0];
     assert_eq!(listener["reuseport"], true);
@@ -410,4 +428,116 @@ fn bind_probe_joins_a_reuseport_listener_and_leaves_it_alone() {
             .len(),
         1
     );
+}
+
+/// `--bpf always`: the kernel's own bit, for every kind of listener.
+#[test]
+fn kernel_reuseport_bit_matches_what_each_listener_set() {
+    if sockcheck::bpf::availability().is_err() {
+        eprintln!("skipped: {}", sockcheck::bpf::availability().unwrap_err());
+        return;
+    }
+    // (shape, where it binds, port, its extra argument, address asked, bit)
+    type Case<'a> = (&'a str, &'a str, u16, &'a [&'a str], &'a str, bool);
+    let cases: &[Case] = &[
+        ("group", "127.91.0.30", 45130, &["2"], "127.91.0.30", true),
+        ("reuseport", "127.91.0.31", 45131, &[], "127.91.0.31", true),
+        ("plain", "127.91.0.32", 45132, &[], "127.91.0.32", false),
+        ("plain", "::1", 45133, &[], "::1", false),
+        ("dualstack", "-", 45134, &[], "127.91.0.34", false),
+        (
+            "lingering",
+            "127.91.0.35",
+            45135,
+            &["1"],
+            "127.91.0.35",
+            true,
+        ),
+    ];
+    for &(shape, at, p, extra, target, bit) in cases {
+        let _holder = Holder::start(shape, at, p, extra);
+        let run = sockcheck(&[
+            "--json",
+            "--bpf",
+            "always",
+            "--ports",
+            &p.to_string(),
+            target,
+        ]);
+        let json = run.json();
+        for listener in port(&json["addresses"][0], p)["listeners"]
+            .as_array()
+            .unwrap()
+        {
+            assert_eq!(
+                listener["reuseport_evidence"]["source"], "kernel",
+                "{shape}: {listener}"
+            );
+            assert_eq!(listener["reuseport"], bit, "{shape}: {listener}");
+        }
+        assert_eq!(json["sources"]["bpf"]["status"], "used", "{shape}");
+    }
+}
+
+/// The task_file iterator and the /proc scan name the same owners, fds and
+/// threads for every shape, the lingering worker included.
+#[test]
+fn task_file_owners_equal_proc_owners_for_every_shape() {
+    if sockcheck::bpf::availability().is_err() {
+        eprintln!("skipped: {}", sockcheck::bpf::availability().unwrap_err());
+        return;
+    }
+    type Case<'a> = (&'a str, &'a str, u16, &'a [&'a str], &'a str);
+    let cases: &[Case] = &[
+        ("plain", "127.91.0.40", 45140, &[], "127.91.0.40"),
+        ("group", "127.91.0.41", 45141, &["3"], "127.91.0.41"),
+        ("lingering", "127.91.0.42", 45142, &["2"], "127.91.0.42"),
+        ("forked", "127.91.0.43", 45143, &[], "127.91.0.43"),
+        ("stopped", "127.91.0.44", 45144, &[], "127.91.0.44"),
+        ("wildcard", "-", 45145, &[], "127.91.0.45"),
+        ("dualstack", "-", 45146, &[], "::1"),
+        ("mapped", "127.91.0.47", 45147, &[], "127.91.0.47"),
+        ("client", "127.91.0.48", 45148, &[], "127.91.0.48"),
+        ("bound", "127.91.0.49", 45149, &[], "127.91.0.49"),
+    ];
+    let owners = |json: &serde_json::Value, p: u16| -> Vec<(u64, String, String)> {
+        let port = port(&json["addresses"][0], p);
+        let sockets = port["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(port["other_sockets"]["sockets"].as_array().unwrap());
+        let mut found: Vec<(u64, String, String)> = sockets
+            .flat_map(|s| {
+                s["owners"].as_array().unwrap().iter().map(move |o| {
+                    (
+                        s["inode"].as_u64().unwrap(),
+                        o["pid"].to_string(),
+                        o["fds"].to_string(),
+                    )
+                })
+            })
+            .collect();
+        found.sort();
+        found
+    };
+    for &(shape, at, p, extra, target) in cases {
+        let mut holder = Holder::start(shape, at, p, extra);
+        if shape == "forked" {
+            holder.wait_exit();
+        }
+        let args = |bpf: &'static str| {
+            ["--json", "--bpf", bpf, "--ports", &p.to_string(), target].map(String::from)
+        };
+        let with_bpf = sockcheck(&args("always").each_ref().map(String::as_str)).json();
+        let with_proc = sockcheck(&args("never").each_ref().map(String::as_str)).json();
+        assert_eq!(
+            with_bpf["sources"]["proc"]["detail"], "owners came from the BPF task_file iterator",
+            "{shape}"
+        );
+        assert_eq!(with_proc["sources"]["proc"]["status"], "used", "{shape}");
+        let (a, b) = (owners(&with_bpf, p), owners(&with_proc, p));
+        assert!(!a.is_empty(), "{shape}: no owners");
+        assert_eq!(a, b, "{shape}");
+    }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::cli::{Output, emit, write_stdout};
+use crate::cli::{Output, Sources, emit, write_stdout};
 use crate::error::Error;
 use crate::exit::ExitStatus;
 use crate::inspect::{self, KernelView, Query};
@@ -33,13 +33,14 @@ pub struct Gate {
     pub ports: Vec<u16>,
     pub state_dir: PathBuf,
     pub output: Output,
+    pub sources: Sources,
 }
 
 impl Gate {
     fn query(&self, addresses: Vec<IpAddr>, owners: bool) -> Query {
         Query {
             owners,
-            ..Query::new(addresses, self.ports.clone())
+            ..self.sources.query(addresses, self.ports.clone())
         }
     }
 

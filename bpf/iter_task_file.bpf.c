@@ -1,0 +1,50 @@
+// SPDX-License-Identifier: (MIT OR GPL-2.0)
+/*
+ * iter/task_file: one record per (task, fd) whose file is a socket with an
+ * inode in the `inodes` map. The kernel visits a thread only when its fd
+ * table differs from its group leader's, so normally only the leader shows
+ * up; when the leader has exited (zombie, no files) every live thread does.
+ * Ids are those of the reader's pid namespace (see task_ids()).
+ */
+#include "sockcheck.h"
+#include "pidns.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);    /* resized by userspace before load */
+	__type(key, __u64);           /* socket inode */
+	__type(value, __u8);
+} inodes SEC(".maps");
+
+/* Must match `TaskFileRecord` in src/bpf.rs (24 bytes). */
+struct task_file_rec {
+	__u64 inode;
+	__u32 tgid;
+	__u32 tid;
+	__u32 fd;
+	__u32 _pad;
+};
+_Static_assert(sizeof(struct task_file_rec) == 24, "record layout is shared with src/bpf.rs");
+
+SEC("iter/task_file")
+int sockcheck_iter_task_file(struct bpf_iter__task_file *ctx)
+{
+	struct file *file = ctx->file;
+	struct task_struct *task = ctx->task;
+	struct task_file_rec rec = {};
+
+	if (!file || !task)
+		return 0;
+	struct inode *inode = file->f_inode;
+	if (!inode || (inode->i_mode & S_IFMT) != S_IFSOCK)
+		return 0;
+	rec.inode = inode->i_ino;
+	if (!bpf_map_lookup_elem(&inodes, &rec.inode))
+		return 0;
+	task_ids(task, &rec.tgid, &rec.tid);
+	rec.fd = ctx->fd;
+	bpf_seq_write(ctx->meta->seq, &rec, sizeof(rec));
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";

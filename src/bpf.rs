@@ -1,0 +1,751 @@
+//! eBPF views of TCP listeners, of who holds their sockets, and of listeners
+//! coming and going.
+//!
+//! Three small programs, compiled from `bpf/*.bpf.c` by
+//! `scripts/build-bpf.sh` and embedded here:
+//!
+//! - `iter/tcp` ([`tcp_listeners`]): every TCP socket in LISTEN on the given
+//!   ports, with what `ss` does not show: SO_REUSEPORT, SO_REUSEADDR,
+//!   IPV6_V6ONLY, and the socket inode.
+//! - `iter/task_file` ([`task_files`]): the (process, thread, fd) holding given
+//!   socket inodes, in one pass over the kernel's tasks instead of a readlink
+//!   of every `/proc/*/fd/*`. It also sees processes whose main thread has
+//!   exited (a zombie leader, whose `/proc/PID/fd` is empty).
+//! - tracepoint `sock/inet_sock_set_state` ([`Watcher`]): sockets entering or
+//!   leaving LISTEN, with the thread that did it. Attached as `tp_btf` (same
+//!   hook, no tracefs needed) when tracefs is not mounted.
+//!
+//! Pids and tids are those of the caller's pid namespace, as its `/proc`
+//! shows them; sockets are those of the caller's network namespace.
+//!
+//! All of it needs root (or CAP_BPF + CAP_PERFMON) and kernel BTF.
+//! [`availability`] checks both cheaply; every entry point runs it first, so a
+//! caller gets [`BpfError::Unavailable`] with a plain reason instead of the
+//! misleading relocation error the loader gives an unprivileged user.
+//! Every call loads its program and drops it before returning (a [`Watcher`]
+//! keeps its program until dropped): nothing stays in the kernel (the kernel
+//! frees a dropped program after an RCU grace period, a few ms later).
+//!
+//! Cost: each call parses the kernel BTF inside aya's `EbpfLoader::new()` and
+//! relocates against it, ~30 ms (release build) before the program runs.
+
+use std::{
+    collections::BTreeMap,
+    fmt, fs,
+    io::{self, Read},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd,
+    path::Path,
+    sync::OnceLock,
+    time::Duration,
+};
+
+use aya::{
+    Btf, BtfError, Ebpf, EbpfError, EbpfLoader, include_bytes_aligned,
+    maps::{HashMap, MapData, MapError, RingBuf},
+    programs::{BtfTracePoint, Iter, ProgramError, TracePoint, links::LinkError},
+};
+
+/// Where the kernel publishes its own BTF, needed to relocate (CO-RE) and to
+/// attach iterators and `tp_btf` programs.
+pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// At most this many ports per call (the size of the programs' port table).
+pub const MAX_PORTS: usize = 64;
+
+const AF_INET: u8 = libc::AF_INET as u8;
+const AF_INET6: u8 = libc::AF_INET6 as u8;
+const TCP_LISTEN: u8 = 10;
+
+fn iter_tcp_object() -> &'static [u8] {
+    include_bytes_aligned!(concat!(env!("CARGO_MANIFEST_DIR"), "/bpf/iter_tcp.bpf.o"))
+}
+fn iter_task_file_object() -> &'static [u8] {
+    include_bytes_aligned!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/bpf/iter_task_file.bpf.o"
+    ))
+}
+fn watch_object() -> &'static [u8] {
+    include_bytes_aligned!(concat!(env!("CARGO_MANIFEST_DIR"), "/bpf/watch.bpf.o"))
+}
+
+// ---------------------------------------------------------------- errors
+
+/// Why eBPF cannot be used here at all, in plain words.
+#[derive(Debug)]
+pub enum Unavailable {
+    /// Neither CAP_SYS_ADMIN nor CAP_BPF + CAP_PERFMON in the effective set.
+    NotPrivileged {
+        euid: u32,
+        /// CapEff from /proc/self/status.
+        cap_eff: u64,
+        /// kernel.unprivileged_bpf_disabled, if readable.
+        unprivileged_bpf_disabled: Option<u32>,
+    },
+    /// The kernel has no BTF (built without CONFIG_DEBUG_INFO_BTF).
+    NoBtf { error: io::Error },
+    /// /proc/self/status could not be read or has no CapEff line.
+    UnknownCapabilities { error: io::Error },
+}
+
+impl fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotPrivileged {
+                euid,
+                cap_eff,
+                unprivileged_bpf_disabled,
+            } => {
+                let who = if *euid == 0 {
+                    "running as root but with capabilities dropped".to_owned()
+                } else {
+                    format!("not root (euid {euid})")
+                };
+                let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+                    .into_iter()
+                    .filter(|&(cap, _)| cap_eff & (1 << cap) == 0)
+                    .map(|(_, name)| name)
+                    .collect();
+                write!(
+                    f,
+                    "eBPF needs root, CAP_SYS_ADMIN or CAP_BPF+CAP_PERFMON: {who}, missing {} (CapEff={cap_eff:016x})",
+                    missing.join("+")
+                )?;
+                match unprivileged_bpf_disabled {
+                    Some(0) | None => Ok(()),
+                    Some(n) => write!(
+                        f,
+                        "; unprivileged BPF is disabled (kernel.unprivileged_bpf_disabled={n})"
+                    ),
+                }
+            }
+            Self::NoBtf { error } => write!(
+                f,
+                "no kernel BTF at {KERNEL_BTF} ({error}): the kernel was built without CONFIG_DEBUG_INFO_BTF"
+            ),
+            Self::UnknownCapabilities { error } => {
+                write!(
+                    f,
+                    "cannot read own capabilities (CapEff in /proc/self/status): {error}"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for Unavailable {}
+
+/// Something failed while loading, attaching or reading a program. Each
+/// variant names the program (as `iter/tcp`, `iter/task_file`,
+/// `sock/inet_sock_set_state`) and carries the underlying error in its
+/// message (not as `source()`, so `{:#}` chains do not repeat it).
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error("eBPF unavailable: {0}")]
+    Unavailable(#[from] Unavailable),
+    #[error("at most {MAX_PORTS} ports at once, got {given}")]
+    TooManyPorts { given: usize },
+    #[error("parsing kernel BTF at {KERNEL_BTF} failed: {error}")]
+    Btf { error: BtfError },
+    #[error("loading the object of {program} failed: {error}")]
+    Object {
+        program: &'static str,
+        error: EbpfError,
+    },
+    #[error("the object of {program} has no {what}")]
+    Missing {
+        program: &'static str,
+        what: &'static str,
+    },
+    #[error("{step} {program} failed: {error}")]
+    Program {
+        step: &'static str,
+        program: &'static str,
+        error: ProgramError,
+    },
+    #[error("{step} {program} failed: {error}")]
+    Link {
+        step: &'static str,
+        program: &'static str,
+        error: LinkError,
+    },
+    #[error("{step} {program} failed: {error}")]
+    Map {
+        step: &'static str,
+        program: &'static str,
+        error: MapError,
+    },
+    #[error("{step} {program} failed: {error}")]
+    Io {
+        step: &'static str,
+        program: &'static str,
+        error: io::Error,
+    },
+    #[error("{program} produced {len} bytes, not a whole number of {record}-byte records")]
+    TornRecords {
+        program: &'static str,
+        len: usize,
+        record: usize,
+    },
+    #[error(
+        "attaching to sock/inet_sock_set_state failed as a tracepoint ({tracepoint}) and as tp_btf ({tp_btf})"
+    )]
+    Watch {
+        tracepoint: Box<BpfError>,
+        tp_btf: Box<BpfError>,
+    },
+}
+
+// ---------------------------------------------------------- availability
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Cheap check that the programs can be loaded at all: privileges (CapEff of
+/// this process) and kernel BTF. Loads nothing.
+pub fn availability() -> Result<(), Unavailable> {
+    let cap_eff =
+        effective_capabilities().map_err(|error| Unavailable::UnknownCapabilities { error })?;
+    let has = |cap: u32| cap_eff & (1 << cap) != 0;
+    let privileged = has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON));
+    if !privileged {
+        return Err(Unavailable::NotPrivileged {
+            euid: unsafe { libc::geteuid() },
+            cap_eff,
+            unprivileged_bpf_disabled: fs::read_to_string(
+                "/proc/sys/kernel/unprivileged_bpf_disabled",
+            )
+            .ok()
+            .and_then(|s| s.trim().parse().ok()),
+        });
+    }
+    fs::metadata(KERNEL_BTF).map_err(|error| Unavailable::NoBtf { error })?;
+    Ok(())
+}
+
+fn effective_capabilities() -> io::Result<u64> {
+    let status = fs::read_to_string("/proc/self/status")?;
+    let hex = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .ok_or_else(|| io::Error::other("no CapEff line"))?;
+    u64::from_str_radix(hex.trim(), 16).map_err(io::Error::other)
+}
+
+// ---------------------------------------------------------- shared loading
+
+/// The kernel's BTF, parsed once per process (a few MB, tens of ms).
+fn kernel_btf() -> Result<&'static Btf, BpfError> {
+    static BTF: OnceLock<Btf> = OnceLock::new();
+    if let Some(btf) = BTF.get() {
+        return Ok(btf);
+    }
+    let btf = Btf::from_sys_fs().map_err(|error| BpfError::Btf { error })?;
+    Ok(BTF.get_or_init(|| btf))
+}
+
+/// The `.rodata` port table of `bpf/ports.h` (`watched_ports`, `n_watched_ports`).
+struct PortSet {
+    ports: [u16; MAX_PORTS],
+    len: u32,
+}
+
+impl PortSet {
+    fn new(ports: &[u16]) -> Result<Self, BpfError> {
+        let mut unique = ports.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        if unique.len() > MAX_PORTS {
+            return Err(BpfError::TooManyPorts {
+                given: unique.len(),
+            });
+        }
+        let mut table = [0u16; MAX_PORTS];
+        table[..unique.len()].copy_from_slice(&unique);
+        Ok(Self {
+            ports: table,
+            len: unique.len() as u32,
+        })
+    }
+
+    fn write_into<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
+        loader
+            .override_global("watched_ports", &self.ports, true)
+            .override_global("n_watched_ports", &self.len, true);
+    }
+}
+
+/// Inode of this process's pid namespace: the programs translate task ids
+/// into it (0, meaning "global ids", if it cannot be read).
+fn pidns_inum() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino() as u32)
+}
+
+/// Runs a loaded-but-not-yet-attached iterator once and returns all it wrote.
+fn run_iter(
+    ebpf: &mut Ebpf,
+    function: &str,
+    target: &str,
+    program: &'static str,
+) -> Result<Vec<u8>, BpfError> {
+    let btf = kernel_btf()?;
+    let prog_err = |step| {
+        move |error| BpfError::Program {
+            step,
+            program,
+            error,
+        }
+    };
+    let iter: &mut Iter = ebpf
+        .program_mut(function)
+        .ok_or(BpfError::Missing {
+            program,
+            what: "program",
+        })?
+        .try_into()
+        .map_err(prog_err("finding"))?;
+    iter.load(target, btf).map_err(prog_err("loading"))?;
+    let link = iter.attach().map_err(prog_err("attaching"))?;
+    let link = iter.take_link(link).map_err(prog_err("attaching"))?;
+    let mut seq = link.into_file().map_err(|error| BpfError::Link {
+        step: "creating an iterator for",
+        program,
+        error,
+    })?;
+    let mut out = Vec::new();
+    seq.read_to_end(&mut out).map_err(|error| BpfError::Io {
+        step: "reading",
+        program,
+        error,
+    })?;
+    Ok(out)
+}
+
+/// Splits an iterator's output into fixed-size records.
+fn records<'a>(
+    raw: &'a [u8],
+    size: usize,
+    program: &'static str,
+) -> Result<std::slice::ChunksExact<'a, u8>, BpfError> {
+    if !raw.len().is_multiple_of(size) {
+        return Err(BpfError::TornRecords {
+            program,
+            len: raw.len(),
+            record: size,
+        });
+    }
+    Ok(raw.chunks_exact(size))
+}
+
+/// `N` bytes of `rec` at `at` (records are native-endian C structs).
+fn field<const N: usize>(rec: &[u8], at: usize) -> [u8; N] {
+    rec[at..at + N]
+        .try_into()
+        .expect("record field within record")
+}
+
+fn ip_addr(family: u8, addr: [u8; 16]) -> IpAddr {
+    if family == AF_INET {
+        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(addr))
+    }
+}
+
+// ------------------------------------------------------------- iter/tcp
+
+/// A TCP socket in LISTEN, as the kernel's socket tables have it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelListener {
+    /// `AF_INET` (2) or `AF_INET6` (10). An AF_INET6 socket on `::` without
+    /// `v6only` also takes IPv4 connections.
+    pub family: u8,
+    pub addr: IpAddr,
+    pub port: u16,
+    /// Socket inode, as in `fstat(fd).st_ino`, `/proc/PID/fd` (`socket:[N]`)
+    /// and `/proc/net/tcp`; 0 for a socket with no `struct socket`.
+    pub inode: u64,
+    /// `sk_uid`: the owner (creator) of the socket.
+    pub uid: u32,
+    /// SO_REUSEPORT was set (`skc_reuseport`).
+    pub reuseport: bool,
+    /// `skc_reuse`: 0 = no SO_REUSEADDR, 1 = SO_REUSEADDR, 2 = forced by the kernel.
+    pub reuseaddr: u8,
+    /// `skc_ipv6only`: IPV6_V6ONLY was set, or the socket is bound to a
+    /// specific (not v4-mapped) IPv6 address, where the kernel forces it.
+    /// Always false for AF_INET.
+    pub v6only: bool,
+}
+
+/// `struct listener_rec` of `bpf/iter_tcp.bpf.c`.
+const LISTENER_RECORD: usize = 40;
+
+/// Every TCP listener on one of `ports` (all listeners if `ports` is empty)
+/// in the caller's network namespace (the one `iter/tcp` walks), in the
+/// kernel's order.
+pub fn tcp_listeners(ports: &[u16]) -> Result<Vec<KernelListener>, BpfError> {
+    const PROGRAM: &str = "iter/tcp";
+    availability()?;
+    let btf = kernel_btf()?;
+    let ports = PortSet::new(ports)?;
+    let mut loader = EbpfLoader::new();
+    loader.btf(Some(btf));
+    ports.write_into(&mut loader);
+    let mut ebpf = loader
+        .load(iter_tcp_object())
+        .map_err(|error| BpfError::Object {
+            program: PROGRAM,
+            error,
+        })?;
+    let raw = run_iter(&mut ebpf, "sockcheck_iter_tcp", "tcp", PROGRAM)?;
+    Ok(records(&raw, LISTENER_RECORD, PROGRAM)?
+        .map(|rec| {
+            let family = u16::from_ne_bytes(field(rec, 28)) as u8;
+            KernelListener {
+                family,
+                addr: ip_addr(family, field(rec, 0)),
+                inode: u64::from_ne_bytes(field(rec, 16)),
+                uid: u32::from_ne_bytes(field(rec, 24)),
+                port: u16::from_ne_bytes(field(rec, 30)),
+                reuseaddr: rec[32],
+                reuseport: rec[33] != 0,
+                v6only: rec[34] != 0,
+            }
+        })
+        .collect())
+}
+
+// -------------------------------------------------------- iter/task_file
+
+/// An open file descriptor on a socket.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TaskFile {
+    pub inode: u64,
+    /// Process id (tgid).
+    pub pid: u32,
+    /// Thread through which the fd table was seen: `pid` itself unless the
+    /// main thread has exited (zombie leader), then the lowest live thread
+    /// id sharing the table. `/proc/<pid>/task/<tid>/fd/<fd>` names the fd.
+    pub tid: u32,
+    /// Every thread that showed it, sorted: `[pid]` when seen through the
+    /// leader, else each live thread sharing the table.
+    pub tids: Vec<u32>,
+    pub fd: u32,
+}
+
+/// `struct task_file_rec` of `bpf/iter_task_file.bpf.c`.
+const TASK_FILE_RECORD: usize = 24;
+
+/// Every fd, in every process, on a socket whose inode is in `inodes`.
+/// Only processes in the caller's pid namespace are seen, and ids are the
+/// ones it uses (as in its /proc), also inside a container.
+///
+/// One row per (inode, pid, fd), sorted. The kernel already skips threads
+/// that share their leader's fd table; when the leader is gone each
+/// remaining thread reports the shared table, and those rows are merged
+/// here (see [`TaskFile::tids`]).
+pub fn task_files(inodes: &[u64]) -> Result<Vec<TaskFile>, BpfError> {
+    const PROGRAM: &str = "iter/task_file";
+    availability()?;
+    let mut wanted = inodes.to_vec();
+    wanted.sort_unstable();
+    wanted.dedup();
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let btf = kernel_btf()?;
+    let pidns = pidns_inum();
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(btf))
+        .override_global("pidns_inum", &pidns, true)
+        .map_max_entries("inodes", wanted.len() as u32)
+        .load(iter_task_file_object())
+        .map_err(|error| BpfError::Object {
+            program: PROGRAM,
+            error,
+        })?;
+    let map_err = |error| BpfError::Map {
+        step: "filling map inodes of",
+        program: PROGRAM,
+        error,
+    };
+    let mut set: HashMap<_, u64, u8> = ebpf
+        .map_mut("inodes")
+        .ok_or(BpfError::Missing {
+            program: PROGRAM,
+            what: "map inodes",
+        })?
+        .try_into()
+        .map_err(map_err)?;
+    for inode in &wanted {
+        set.insert(inode, 1, 0).map_err(map_err)?;
+    }
+    let raw = run_iter(&mut ebpf, "sockcheck_iter_task_file", "task_file", PROGRAM)?;
+    let mut rows: BTreeMap<(u64, u32, u32), Vec<u32>> = BTreeMap::new();
+    for rec in records(&raw, TASK_FILE_RECORD, PROGRAM)? {
+        let key = (
+            u64::from_ne_bytes(field(rec, 0)),
+            u32::from_ne_bytes(field(rec, 8)),
+            u32::from_ne_bytes(field(rec, 16)),
+        );
+        rows.entry(key)
+            .or_default()
+            .push(u32::from_ne_bytes(field(rec, 12)));
+    }
+    Ok(rows
+        .into_iter()
+        .map(|((inode, pid, fd), mut tids)| {
+            tids.sort_unstable();
+            tids.dedup();
+            TaskFile {
+                inode,
+                pid,
+                tid: tids[0],
+                tids,
+                fd,
+            }
+        })
+        .collect())
+}
+
+// ----------------------------------------------------------------- watch
+
+/// Which way a socket crossed LISTEN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenChange {
+    /// It entered LISTEN (`listen()`).
+    Listen,
+    /// It left LISTEN (closed, or `listen()` failed after all).
+    Close,
+}
+
+/// One TCP socket entering or leaving LISTEN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenEvent {
+    /// CLOCK_MONOTONIC, in ns.
+    pub ktime_ns: u64,
+    /// Process (tgid) and thread of the task that made the change, in the
+    /// watcher's pid namespace (0 if the task is outside it). For a
+    /// close this is whoever dropped the last reference (may be an exiting
+    /// thread, or a kernel worker for sockets freed asynchronously).
+    pub pid: u32,
+    pub tid: u32,
+    /// The thread's comm, without the trailing NULs.
+    pub comm: Vec<u8>,
+    pub addr: IpAddr,
+    pub port: u16,
+    /// Socket inode (0 if the socket was already detached from its file).
+    pub inode: u64,
+    pub reuseport: bool,
+    pub kind: ListenChange,
+    /// TCP states (`TCP_LISTEN` = 10, `TCP_CLOSE` = 7, ...).
+    pub old_state: u8,
+    pub new_state: u8,
+}
+
+/// `struct listen_event` of `bpf/watch.bpf.c`.
+const LISTEN_EVENT_RECORD: usize = 72;
+
+/// How a [`Watcher`] hooks `inet_sock_set_state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchHook {
+    /// Tracepoint `sock/inet_sock_set_state` (needs tracefs mounted).
+    TracePoint,
+    /// `tp_btf/inet_sock_set_state`: the same hook through BTF, no tracefs.
+    BtfTracePoint,
+}
+
+/// Reports TCP sockets entering or leaving LISTEN on some ports, from the
+/// moment it is created. Dropping it detaches and unloads everything.
+pub struct Watcher {
+    // Field order is drop order: the ring buffer before the object owning
+    // the program and its link.
+    events: RingBuf<MapData>,
+    hook: WatchHook,
+    _ebpf: Ebpf,
+}
+
+impl fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Watcher")
+            .field("hook", &self.hook)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Watcher {
+    /// Watches `ports` (every port if empty). Uses the tracepoint when tracefs
+    /// is mounted and falls back to `tp_btf` otherwise, or if that fails.
+    pub fn new(ports: &[u16]) -> Result<Self, BpfError> {
+        availability()?;
+        let tracepoint = if tracefs_mounted() {
+            match Self::with_hook(ports, WatchHook::TracePoint) {
+                Ok(watcher) => return Ok(watcher),
+                Err(error) => Some(error),
+            }
+        } else {
+            None
+        };
+        Self::with_hook(ports, WatchHook::BtfTracePoint).map_err(|tp_btf| match tracepoint {
+            Some(tracepoint) => BpfError::Watch {
+                tracepoint: Box::new(tracepoint),
+                tp_btf: Box::new(tp_btf),
+            },
+            None => tp_btf,
+        })
+    }
+
+    /// Watches `ports` (every port if empty) through the given hook only.
+    pub fn with_hook(ports: &[u16], hook: WatchHook) -> Result<Self, BpfError> {
+        const PROGRAM: &str = "sock/inet_sock_set_state";
+        availability()?;
+        let btf = kernel_btf()?;
+        let ports = PortSet::new(ports)?;
+        let pidns = pidns_inum();
+        let mut loader = EbpfLoader::new();
+        loader
+            .btf(Some(btf))
+            .override_global("pidns_inum", &pidns, true);
+        ports.write_into(&mut loader);
+        let mut ebpf = loader
+            .load(watch_object())
+            .map_err(|error| BpfError::Object {
+                program: PROGRAM,
+                error,
+            })?;
+
+        let prog_err = |step| {
+            move |error| BpfError::Program {
+                step,
+                program: PROGRAM,
+                error,
+            }
+        };
+        let missing = BpfError::Missing {
+            program: PROGRAM,
+            what: "program",
+        };
+        match hook {
+            WatchHook::TracePoint => {
+                let prog: &mut TracePoint = ebpf
+                    .program_mut("sockcheck_watch_tp")
+                    .ok_or(missing)?
+                    .try_into()
+                    .map_err(prog_err("finding tracepoint"))?;
+                prog.load().map_err(prog_err("loading tracepoint"))?;
+                prog.attach("sock", "inet_sock_set_state")
+                    .map_err(prog_err("attaching tracepoint"))?;
+            }
+            WatchHook::BtfTracePoint => {
+                let prog: &mut BtfTracePoint = ebpf
+                    .program_mut("sockcheck_watch_btf")
+                    .ok_or(missing)?
+                    .try_into()
+                    .map_err(prog_err("finding tp_btf"))?;
+                prog.load("inet_sock_set_state", btf)
+                    .map_err(prog_err("loading tp_btf"))?;
+                prog.attach().map_err(prog_err("attaching tp_btf"))?;
+            }
+        }
+        let events = ebpf.take_map("events").ok_or(BpfError::Missing {
+            program: PROGRAM,
+            what: "map events",
+        })?;
+        let events = RingBuf::try_from(events).map_err(|error| BpfError::Map {
+            step: "opening ring buffer of",
+            program: PROGRAM,
+            error,
+        })?;
+        Ok(Self {
+            events,
+            hook,
+            _ebpf: ebpf,
+        })
+    }
+
+    /// The hook in use.
+    pub fn hook(&self) -> WatchHook {
+        self.hook
+    }
+
+    /// Returns the events queued so far, waiting up to `timeout` for the
+    /// first one if there are none. An empty result means the timeout passed
+    /// (or a signal interrupted the wait).
+    pub fn poll(&mut self, timeout: Duration) -> Result<Vec<ListenEvent>, BpfError> {
+        let mut out = self.drain();
+        if out.is_empty() && !timeout.is_zero() {
+            let mut pollfd = libc::pollfd {
+                fd: self.events.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
+            // SAFETY: one valid pollfd, for the duration of the call.
+            if unsafe { libc::poll(&mut pollfd, 1, ms) } < 0 {
+                let error = io::Error::last_os_error();
+                if error.kind() != io::ErrorKind::Interrupted {
+                    return Err(BpfError::Io {
+                        step: "polling the ring buffer of",
+                        program: "sock/inet_sock_set_state",
+                        error,
+                    });
+                }
+            }
+            out = self.drain();
+        }
+        Ok(out)
+    }
+
+    fn drain(&mut self) -> Vec<ListenEvent> {
+        let mut out = Vec::new();
+        while let Some(rec) = self.events.next() {
+            if rec.len() >= LISTEN_EVENT_RECORD {
+                out.push(parse_listen_event(&rec));
+            }
+        }
+        out
+    }
+}
+
+fn parse_listen_event(rec: &[u8]) -> ListenEvent {
+    let comm: [u8; 16] = field(rec, 24);
+    let family = u16::from_ne_bytes(field(rec, 56)) as u8;
+    let new_state = rec[61];
+    ListenEvent {
+        ktime_ns: u64::from_ne_bytes(field(rec, 0)),
+        inode: u64::from_ne_bytes(field(rec, 8)),
+        pid: u32::from_ne_bytes(field(rec, 16)),
+        tid: u32::from_ne_bytes(field(rec, 20)),
+        comm: comm.iter().copied().take_while(|&b| b != 0).collect(),
+        addr: ip_addr(
+            if family == AF_INET6 {
+                AF_INET6
+            } else {
+                AF_INET
+            },
+            field(rec, 40),
+        ),
+        port: u16::from_ne_bytes(field(rec, 58)),
+        old_state: rec[60],
+        new_state,
+        reuseport: rec[62] != 0,
+        kind: if new_state == TCP_LISTEN {
+            ListenChange::Listen
+        } else {
+            ListenChange::Close
+        },
+    }
+}
+
+/// Whether tracefs is mounted where aya looks for tracepoint ids.
+fn tracefs_mounted() -> bool {
+    [
+        "/sys/kernel/tracing/events",
+        "/sys/kernel/debug/tracing/events",
+    ]
+    .iter()
+    .any(|dir| Path::new(dir).is_dir())
+}

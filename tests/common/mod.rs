@@ -1,0 +1,174 @@
+//! Helpers shared by the integration tests (all of which need root).
+#![allow(dead_code)]
+
+use std::{
+    io,
+    mem::size_of,
+    net::{IpAddr, SocketAddr},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    process::Command,
+};
+
+/// Socket options set before bind().
+#[derive(Default, Clone, Copy)]
+pub struct Opts {
+    pub reuseport: bool,
+    pub reuseaddr: bool,
+    /// Some(..) sets IPV6_V6ONLY explicitly (IPv6 only).
+    pub v6only: Option<bool>,
+}
+
+fn check(ret: libc::c_int, what: &str) -> io::Result<()> {
+    if ret < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
+    }
+    Ok(())
+}
+
+fn set_int(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: bool,
+    what: &str,
+) -> io::Result<()> {
+    let v: libc::c_int = value.into();
+    // SAFETY: valid fd, pointer to a c_int of the given size.
+    check(
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                level,
+                name,
+                (&raw const v).cast(),
+                size_of::<libc::c_int>() as u32,
+            )
+        },
+        what,
+    )
+}
+
+/// A TCP listener with exactly the given options (std's TcpListener always
+/// sets SO_REUSEADDR, so it cannot make a "plain" one).
+pub fn listen(addr: SocketAddr, opts: Opts) -> io::Result<OwnedFd> {
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain syscall; the fd is owned right away.
+    let raw = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    check(raw, "socket")?;
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    if opts.reuseport {
+        set_int(
+            &fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEPORT,
+            true,
+            "SO_REUSEPORT",
+        )?;
+    }
+    if opts.reuseaddr {
+        set_int(
+            &fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            true,
+            "SO_REUSEADDR",
+        )?;
+    }
+    if let Some(v6only) = opts.v6only {
+        set_int(
+            &fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            v6only,
+            "IPV6_V6ONLY",
+        )?;
+    }
+    let ret = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            unsafe {
+                libc::bind(
+                    raw,
+                    (&raw const sin).cast(),
+                    size_of::<libc::sockaddr_in>() as u32,
+                )
+            }
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            unsafe {
+                libc::bind(
+                    raw,
+                    (&raw const sin6).cast(),
+                    size_of::<libc::sockaddr_in6>() as u32,
+                )
+            }
+        }
+    };
+    check(ret, &format!("bind {addr}"))?;
+    check(unsafe { libc::listen(raw, 16) }, "listen")?;
+    Ok(fd)
+}
+
+/// st_ino of an fd (for a socket: its inode, as `socket:[N]` shows it).
+pub fn inode(fd: &OwnedFd) -> u64 {
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) }, 0, "fstat");
+    st.st_ino
+}
+
+pub fn gettid() -> u32 {
+    unsafe { libc::gettid() as u32 }
+}
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// Runs the named test of this same test binary again in a child process,
+/// with `SOCKCHECK_TEST_CHILD=1`, behind `wrapper` (e.g. setpriv or unshare),
+/// and returns its stdout. The child's output is also shown on failure.
+pub fn rerun_self(wrapper: &[&str], test: &str) -> (bool, String) {
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = Command::new(wrapper[0]);
+    cmd.args(&wrapper[1..])
+        .arg(&exe)
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env("SOCKCHECK_TEST_CHILD", "1");
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {wrapper:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        eprintln!(
+            "child {test} failed: {}\nstdout:\n{stdout}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    (out.status.success(), stdout)
+}
+
+pub fn in_child() -> bool {
+    std::env::var_os("SOCKCHECK_TEST_CHILD").is_some()
+}
