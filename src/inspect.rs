@@ -161,13 +161,29 @@ fn find_owners(mode: BpfMode, needed: &HashSet<u64>, bpf: &mut BpfUse) -> (FdSca
                     format!("{} processes, {} fds read", scan.processes, scan.fds),
                 )
             } else {
+                let mut pids: Vec<String> = scan
+                    .unreadable
+                    .iter()
+                    .take(5)
+                    .map(|u| match u.uid {
+                        Some(uid) => format!("{} (uid {uid})", u.pid),
+                        None => u.pid.to_string(),
+                    })
+                    .collect();
+                if scan.unreadable.len() > pids.len() {
+                    pids.push(format!("and {} more", scan.unreadable.len() - pids.len()));
+                }
+                let why = if rustix::process::geteuid().is_root() {
+                    "their fd links are not readable even as root; --bpf always sees them"
+                } else {
+                    "other users' processes need root or CAP_SYS_PTRACE"
+                };
                 SourceStatus::new(
                     "partial",
                     format!(
-                        "{} processes read, {} could not be read (not ours; needs root or \
-                         CAP_SYS_PTRACE)",
+                        "{} processes read; could not read the fd table of pid {} ({why})",
                         scan.processes,
-                        scan.unreadable.len()
+                        pids.join(", ")
                     ),
                 )
             };

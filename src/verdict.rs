@@ -246,7 +246,7 @@ pub fn describe_owners(owners: &[Owner], complete: bool) -> String {
             "no visible process; some processes could not be read".to_string()
         };
     }
-    let mut parts: Vec<String> = owners
+    let parts: Vec<String> = owners
         .iter()
         .map(|owner| {
             let mut text = owner.label();
@@ -275,10 +275,11 @@ pub fn describe_owners(owners: &[Owner], complete: bool) -> String {
             text
         })
         .collect();
+    let mut text = parts.join(" and ");
     if !complete && owners.iter().all(|o| !o.hidden) {
-        parts.push("maybe others that could not be read".to_string());
+        text.push_str(" (and maybe processes that could not be read)");
     }
-    parts.join(" and ")
+    text
 }
 
 fn canary_failure(address: IpAddr, port: &PortReport) -> String {

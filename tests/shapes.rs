@@ -535,7 +535,9 @@ fn task_file_owners_equal_proc_owners_for_every_shape() {
             with_bpf["sources"]["proc"]["detail"], "owners came from the BPF task_file iterator",
             "{shape}"
         );
-        assert_eq!(with_proc["sources"]["proc"]["status"], "used", "{shape}");
+        // "partial" where some process (pid 1 in some sandboxes) is unreadable.
+        let status = with_proc["sources"]["proc"]["status"].as_str().unwrap();
+        assert!(status == "used" || status == "partial", "{shape}: {status}");
         let (a, b) = (owners(&with_bpf, p), owners(&with_proc, p));
         assert!(!a.is_empty(), "{shape}: no owners");
         assert_eq!(a, b, "{shape}");

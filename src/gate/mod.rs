@@ -78,6 +78,8 @@ pub fn summary(address: &AddressReport) -> String {
                 .filter(|l| l.local == first.local)
                 .collect();
             let (owners, complete) = group_owners(&group);
+            // Terse: who was seen. The full report says what was not.
+            let complete = complete || owners.iter().any(|o| !o.hidden);
             format!(
                 "{} holds {}",
                 describe_owners(&owners, complete),
