@@ -138,46 +138,23 @@ impl SockDiag {
         })
     }
 
-    /// Every TCP listener of `family` on `port`.
-    pub fn listeners(&mut self, family: Family, port: u16) -> Result<Vec<DiagSocket>, Error> {
-        self.dump(family, port, 1 << TCP_LISTEN)
+    /// Every TCP socket of `family` on a local port in `ports`, in any
+    /// state: listeners, connected and closing sockets, TIME_WAIT, request
+    /// sockets, and sockets that are bound but inactive.
+    ///
+    /// One dump per family whatever the number of ports: the ports go to the
+    /// kernel as an `INET_DIAG_REQ_BYTECODE` filter, since each dump of the
+    /// established hash walks all its buckets.
+    pub fn sockets(&mut self, family: Family, ports: &[u16]) -> Result<Vec<DiagSocket>, Error> {
+        let states = ((1u32 << 13) - 2) | (1 << TCP_BOUND_INACTIVE); // states 1..=12, and 13
+        self.dump(family, &port_filter(ports), states)
     }
 
-    /// Every TCP socket of `family` on local `port` that is not listening:
-    /// connected, closing, TIME_WAIT, and bound but inactive.
-    pub fn others(&mut self, family: Family, port: u16) -> Result<Vec<DiagSocket>, Error> {
-        let all = (1u32 << 12) - 1 - 1; // states 1..=11
-        let states = (all & !(1 << TCP_LISTEN)) | (1 << TCP_BOUND_INACTIVE);
-        self.dump(family, port, states)
-    }
-
-    fn dump(&mut self, family: Family, port: u16, states: u32) -> Result<Vec<DiagSocket>, Error> {
-        let what = || format!("sock_diag dump for {} port {port}", family.name());
+    fn dump(&mut self, family: Family, bytecode: &[u8], states: u32) -> Result<Vec<DiagSocket>, Error> {
+        let what = || format!("sock_diag dump for {}", family.name());
         self.sequence = self.sequence.wrapping_add(1);
         let sequence = self.sequence;
-
-        let mut socket_id = match family {
-            Family::Inet => SocketId::new_v4(),
-            Family::Inet6 => SocketId::new_v6(),
-        };
-        socket_id.source_port = port;
-        let request = InetRequest {
-            family: family.raw(),
-            protocol: IPPROTO_TCP,
-            extensions: ExtensionFlags::empty(),
-            states: StateFlags::from_bits_retain(states),
-            socket_id,
-        };
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        header.sequence_number = sequence;
-        let mut message = NetlinkMessage::new(
-            header,
-            NetlinkPayload::from(SockDiagMessage::InetRequest(request)),
-        );
-        message.finalize();
-        let mut bytes = vec![0u8; message.buffer_len()];
-        message.serialize(&mut bytes);
+        let bytes = request(family, states, sequence, bytecode);
         self.socket
             .send(&bytes, 0)
             .map_err(|e| Error::netlink_for(what(), "send", e))?;
@@ -205,6 +182,78 @@ impl SockDiag {
             }
         }
     }
+}
+
+/// `INET_DIAG_REQ_BYTECODE`: a filter program attached to a dump request.
+const INET_DIAG_REQ_BYTECODE: u16 = 1;
+/// Filter opcodes (`include/uapi/linux/inet_diag.h`).
+const INET_DIAG_BC_JMP: u8 = 1;
+const INET_DIAG_BC_S_EQ: u8 = 11;
+
+/// A filter program that accepts a socket whose local port is one of
+/// `ports`: `sport == p1 || sport == p2 || …`, built as ss(8) builds an OR.
+///
+/// Each op is `{code, yes, no}`: the kernel moves `yes` bytes on when the
+/// op holds and `no` bytes when it does not, and accepts when it lands
+/// exactly on the end. `S_EQ` is followed by an op whose `no` holds the
+/// port. Between alternatives, a `JMP` (which always takes `no`) skips to
+/// the end after a match; a failed `S_EQ` jumps over that `JMP` to the next
+/// alternative, and the last one's failure jumps 4 bytes past the end:
+/// rejected. The kernel's audit walks the `yes` chain, so every op lies on it.
+pub fn port_filter(ports: &[u16]) -> Vec<u8> {
+    let op = |code: u8, yes: u8, no: u16| {
+        let mut bytes = vec![code, yes];
+        bytes.extend_from_slice(&no.to_ne_bytes());
+        bytes
+    };
+    let mut program = Vec::new();
+    for (i, &port) in ports.iter().enumerate() {
+        program.extend(op(INET_DIAG_BC_S_EQ, 8, 12));
+        program.extend(op(0, 0, port));
+        // k alternatives follow: 12 bytes each, the last without its JMP,
+        // so the end is 4 + (12k - 4) bytes from this JMP.
+        let k = ports.len() - 1 - i;
+        if k > 0 {
+            program.extend(op(INET_DIAG_BC_JMP, 4, (12 * k) as u16));
+        }
+    }
+    program
+}
+
+/// A `SOCK_DIAG_BY_FAMILY` dump request for TCP sockets of `family` in
+/// `states`, with `bytecode` as its filter.
+fn request(family: Family, states: u32, sequence: u32, bytecode: &[u8]) -> Vec<u8> {
+    let socket_id = match family {
+        Family::Inet => SocketId::new_v4(),
+        Family::Inet6 => SocketId::new_v6(),
+    };
+    let request = InetRequest {
+        family: family.raw(),
+        protocol: IPPROTO_TCP,
+        extensions: ExtensionFlags::empty(),
+        states: StateFlags::from_bits_retain(states),
+        socket_id,
+    };
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.sequence_number = sequence;
+    let mut message = NetlinkMessage::new(
+        header,
+        NetlinkPayload::from(SockDiagMessage::InetRequest(request)),
+    );
+    message.finalize();
+    let mut bytes = vec![0u8; message.buffer_len()];
+    message.serialize(&mut bytes);
+    if !bytecode.is_empty() {
+        // struct nlattr, then the program; nlmsg_len grows by both.
+        let attribute_len = 4 + bytecode.len();
+        bytes.extend_from_slice(&(attribute_len as u16).to_ne_bytes());
+        bytes.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+        bytes.extend_from_slice(bytecode);
+        let total = bytes.len() as u32;
+        bytes[..4].copy_from_slice(&total.to_ne_bytes());
+    }
+    bytes
 }
 
 /// Parses one datagram of a dump reply into `out`. Returns true at
@@ -405,21 +454,47 @@ mod tests {
     }
 
     #[test]
-    fn the_kernel_answers_a_real_dump() {
-        let listener = std::net::TcpListener::bind("127.81.0.2:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
+    fn port_filter_is_an_or_of_port_equalities() {
+        // sport == 9925 || sport == 9926
+        let mut expected = Vec::new();
+        expected.extend([INET_DIAG_BC_S_EQ, 8]);
+        expected.extend(12u16.to_ne_bytes()); // no: over the port and the JMP
+        expected.extend([0, 0]);
+        expected.extend(9925u16.to_ne_bytes());
+        expected.extend([INET_DIAG_BC_JMP, 4]);
+        expected.extend(12u16.to_ne_bytes()); // no: to the end (accept)
+        expected.extend([INET_DIAG_BC_S_EQ, 8]);
+        expected.extend(12u16.to_ne_bytes()); // no: 4 past the end (reject)
+        expected.extend([0, 0]);
+        expected.extend(9926u16.to_ne_bytes());
+        assert_eq!(port_filter(&[9925, 9926]), expected);
+        assert_eq!(port_filter(&[1, 2, 3]).len(), 12 + 12 + 8);
+    }
+
+    #[test]
+    fn the_kernel_filters_a_real_dump_by_port() {
+        let listeners: Vec<std::net::TcpListener> = (1..=3)
+            .map(|i| std::net::TcpListener::bind(format!("127.81.0.{i}:0")).unwrap())
+            .collect();
+        let ports: Vec<u16> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
         let mut diag = SockDiag::open().unwrap();
-        let found = diag.listeners(Family::Inet, port).unwrap();
-        assert_eq!(found.len(), 1);
-        assert_eq!(found[0].local, listener.local_addr().unwrap());
-        assert!(found[0].inode > 0);
-        // Filtered by port: another port shows nothing of ours.
-        let none = diag
-            .listeners(Family::Inet, port.wrapping_add(1).max(1))
-            .unwrap();
-        assert!(
-            none.iter()
-                .all(|s| s.local != listener.local_addr().unwrap())
-        );
+        // Any subset, in one dump.
+        for wanted in [&ports[..1], &ports[1..], &ports[..]] {
+            let found = diag.sockets(Family::Inet, wanted).unwrap();
+            let mut got: Vec<u16> = found
+                .iter()
+                .filter(|s| s.local.ip().to_string().starts_with("127.81.0."))
+                .map(|s| s.local.port())
+                .collect();
+            got.sort_unstable();
+            let mut want = wanted.to_vec();
+            want.sort_unstable();
+            assert_eq!(got, want);
+            assert!(found.iter().all(|s| wanted.contains(&s.local.port())));
+            assert!(found.iter().all(|s| s.inode > 0 || s.state.0 != TCP_LISTEN));
+        }
     }
 }

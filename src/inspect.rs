@@ -209,21 +209,25 @@ pub struct KernelView {
 pub fn kernel_view(ports: &[u16]) -> Result<KernelView, Error> {
     let mut diag = SockDiag::open()?;
     let mut view = KernelView::default();
-    for &port in ports {
-        for family in [Family::Inet, Family::Inet6] {
-            match diag.listeners(family, port) {
-                Ok(found) => view.listeners.extend(found),
-                // No IPv6 in this kernel: the AF_INET6 handler is absent.
-                Err(Error::NetlinkReply { detail, .. })
-                    if family == Family::Inet6 && detail.contains("ENOENT") =>
-                {
-                    view.notes
-                        .push("IPv6 sock_diag is not available (no IPv6?)".into());
-                    continue;
-                }
-                Err(e) => return Err(e),
+    for family in [Family::Inet, Family::Inet6] {
+        let sockets = match diag.sockets(family, ports) {
+            Ok(sockets) => sockets,
+            // No IPv6 in this kernel: the AF_INET6 handler is absent.
+            Err(Error::NetlinkReply { detail, .. })
+                if family == Family::Inet6 && detail.contains("ENOENT") =>
+            {
+                view.notes
+                    .push("IPv6 sock_diag is not available (no IPv6?)".into());
+                continue;
             }
-            view.others.extend(diag.others(family, port)?);
+            Err(e) => return Err(e),
+        };
+        for socket in sockets {
+            if socket.state.0 == TCP_LISTEN {
+                view.listeners.push(socket);
+            } else {
+                view.others.push(socket);
+            }
         }
     }
     view.notes.dedup();
