@@ -403,33 +403,25 @@ fn fd_name(fd: u32, buffer: &mut [u8; 12]) -> &std::ffi::CStr {
 }
 
 fn parse_u32(bytes: &[u8]) -> Option<u32> {
-    if bytes.is_empty() || bytes.len() > 10 {
-        return None;
-    }
-    let mut n: u64 = 0;
-    for &b in bytes {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        n = n * 10 + u64::from(b - b'0');
-    }
-    u32::try_from(n).ok()
+    parse_decimal(bytes).and_then(|n| u32::try_from(n).ok())
 }
 
 /// The inode of a `socket:[N]` link target.
 pub fn socket_inode(link: &[u8]) -> Option<u64> {
-    let digits = link.strip_prefix(b"socket:[")?.strip_suffix(b"]")?;
+    parse_decimal(link.strip_prefix(b"socket:[")?.strip_suffix(b"]")?)
+}
+
+/// A non-empty run of ASCII digits that fits in a u64.
+fn parse_decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 20 {
         return None;
     }
-    let mut n: u64 = 0;
-    for &b in digits {
+    digits.iter().try_fold(0u64, |n, &b| {
         if !b.is_ascii_digit() {
             return None;
         }
-        n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
-    }
-    Some(n)
+        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
 }
 
 /// What a person wants to know about a holder process.

@@ -384,21 +384,27 @@ fn unprivileged_free_address_is_free() {
     assert!(run.stdout.starts_with("127.91.0.22  free"));
 }
 
-#[test]
-fn bind_probe_tells_a_plain_listener_without_pidfd() {
-    // With pidfd_getfd and BPF ruled out, the probe decides.
-    let _holder = Holder::start("plain", "127.91.0.23", 45125, &[]);
-    let run = sockcheck(&[
+/// The listener JSON of `target:port` when only the bind probe may tell
+/// SO_REUSEPORT (no pidfd_getfd, no BPF).
+fn probed_listener(target: &str, port_number: u16) -> serde_json::Value {
+    let p = port_number.to_string();
+    let args = [
         "--json",
         "--no-pidfd",
         "--bpf",
         "never",
         "--ports",
-        "45125",
-        "127.91.0.23",
-    ]);
-    let json = run.json();
-    let listener = &port(&json["addresses"][0], 45125)["listeners"][0];
+        &p,
+        target,
+    ];
+    let json = sockcheck(&args).json();
+    port(&json["addresses"][0], port_number)["listeners"][0].clone()
+}
+
+#[test]
+fn bind_probe_tells_a_plain_listener_without_pidfd() {
+    let _holder = Holder::start("plain", "127.91.0.23", 45125, &[]);
+    let listener = probed_listener("127.91.0.23", 45125);
     assert_eq!(listener["reuseport"], false);
     assert_eq!(listener["reuseport_evidence"]["source"], "bind_probe");
 }
@@ -406,17 +412,7 @@ fn bind_probe_tells_a_plain_listener_without_pidfd() {
 #[test]
 fn bind_probe_joins_a_reuseport_listener_and_leaves_it_alone() {
     let _holder = Holder::start("reuseport", "127.91.0.24", 45126, &[]);
-    let run = sockcheck(&[
-        "--json",
-        "--no-pidfd",
-        "--bpf",
-        "never",
-        "--ports",
-        "45126",
-        "127.91.0.24",
-    ]);
-    let json = run.json();
-    let listener = &port(&json["addresses"][0], 45126)["listeners"][0];
+    let listener = probed_listener("127.91.0.24", 45126);
     assert_eq!(listener["reuseport"], true);
     assert_eq!(listener["reuseport_evidence"]["source"], "bind_probe");
     // The probe never listened: the group is still one listener.
