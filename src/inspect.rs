@@ -158,7 +158,16 @@ fn find_owners(mode: BpfMode, needed: &HashSet<u64>, bpf: &mut BpfUse) -> (FdSca
     }
     match owners::scan(needed) {
         Ok(scan) => {
-            let status = if scan.unreadable.is_empty() {
+            let status = if let Some(mode) = &scan.invisible {
+                SourceStatus::new(
+                    "partial",
+                    format!(
+                        "{} processes read; /proc is mounted with hidepid={mode}, so other \
+                         users' processes cannot even be listed (needs root or CAP_SYS_PTRACE)",
+                        scan.processes
+                    ),
+                )
+            } else if scan.unreadable.is_empty() {
                 SourceStatus::new(
                     "used",
                     format!("{} processes, {} fds read", scan.processes, scan.fds),
@@ -352,7 +361,7 @@ pub fn inspect_view(query: &Query, view: &KernelView) -> Report {
                 list.push(Owner::visible(info.clone(), fds.clone()));
             }
         }
-        let complete = scan.looked_up && scan.unreadable.is_empty();
+        let complete = scan.looked_up && scan.unreadable.is_empty() && scan.invisible.is_none();
         if list.is_empty() && !complete {
             list.push(Owner::hidden(uid, scan.hidden_candidates(uid)));
         }

@@ -54,6 +54,9 @@ pub struct FdScan {
     pub fds: usize,
     /// Whether a lookup ran at all (false for the empty default).
     pub looked_up: bool,
+    /// Set when /proc hides other users' processes from us altogether
+    /// (`hidepid=invisible`): then nobody can tell how many went unread.
+    pub invisible: Option<String>,
 }
 
 impl FdScan {
@@ -138,6 +141,9 @@ pub fn scan(inodes: &HashSet<u64>) -> Result<FdScan, Error> {
     let mut scan = merged.into_inner().unwrap_or_else(|p| p.into_inner());
     scan.unreadable.sort_by_key(|u| u.pid);
     scan.looked_up = true;
+    if unprivileged_uid().is_some() {
+        scan.invisible = proc_hidepid().filter(|mode| mode == "2" || mode == "invisible");
+    }
     Ok(scan)
 }
 
@@ -329,6 +335,25 @@ impl<'a> Scanner<'a> {
             }
         }
     }
+}
+
+/// The `hidepid=` option of the /proc mount, if any (`/proc/self/mountinfo`:
+/// the super options follow the ` - proc proc ` separator).
+fn proc_hidepid() -> Option<String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo
+        .lines()
+        .filter(|line| line.split_whitespace().nth(4) == Some("/proc"))
+        .filter_map(|line| {
+            line.split_once(" - proc ")
+                .map(|(_, rest)| rest.to_string())
+        })
+        .flat_map(|rest| {
+            rest.split([' ', ','])
+                .filter_map(|o| o.strip_prefix("hidepid=").map(str::to_string))
+                .collect::<Vec<_>>()
+        })
+        .next()
 }
 
 fn unprivileged_uid() -> Option<u32> {

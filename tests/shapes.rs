@@ -539,3 +539,48 @@ fn task_file_owners_equal_proc_owners_for_every_shape() {
         assert_eq!(a, b, "{shape}");
     }
 }
+
+/// With /proc mounted hidepid=invisible, other users' processes cannot even
+/// be listed: the owner is hidden, never "no owner", and the proc source says
+/// why. Runs in a private pid and mount namespace, so the host's /proc is
+/// untouched and every process dies with the namespace.
+#[test]
+fn hidepid_invisible_is_reported_not_mistaken_for_no_owner() {
+    if !util::is_root() {
+        eprintln!("skipped: needs root for unshare and mount");
+        return;
+    }
+    let script = format!(
+        "{holder} plain 127.91.0.50 45150 > \"$READY\" 2>/dev/null < /dev/null & \
+         while ! grep -q ready \"$READY\"; do sleep 0.02; done; \
+         mount -o remount,hidepid=invisible /proc && \
+         setpriv --reuid=65534 --regid=65534 --clear-groups -- \
+         {sockcheck} --json --ports 45150 127.91.0.50; kill $!",
+        holder = util::HOLDER,
+        sockcheck = util::SOCKCHECK
+    );
+    let ready = std::env::temp_dir().join(format!("sockcheck-hidepid-{}", std::process::id()));
+    let output = std::process::Command::new("unshare")
+        .args([
+            "--mount",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .env("READY", &ready)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&ready);
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}", String::from_utf8_lossy(&output.stderr));
+    });
+    let listener = &port(&json["addresses"][0], 45150)["listeners"][0];
+    assert_eq!(listener["owners"][0]["hidden"], true, "{listener}");
+    assert_eq!(listener["owners_complete"], false);
+    assert_eq!(json["sources"]["proc"]["status"], "partial");
+    let detail = json["sources"]["proc"]["detail"].as_str().unwrap();
+    assert!(detail.contains("hidepid=invisible"), "{detail}");
+}
