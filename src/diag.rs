@@ -150,7 +150,12 @@ impl SockDiag {
         self.dump(family, &port_filter(ports), states)
     }
 
-    fn dump(&mut self, family: Family, bytecode: &[u8], states: u32) -> Result<Vec<DiagSocket>, Error> {
+    fn dump(
+        &mut self,
+        family: Family,
+        bytecode: &[u8],
+        states: u32,
+    ) -> Result<Vec<DiagSocket>, Error> {
         let what = || format!("sock_diag dump for {}", family.name());
         self.sequence = self.sequence.wrapping_add(1);
         let sequence = self.sequence;
