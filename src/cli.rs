@@ -113,6 +113,28 @@ holders; 5 when no address of the pool could be leased; 2 bad usage.")]
         #[arg(last = true, value_name = "CMD")]
         command: Vec<OsString>,
     },
+    /// Stream TCP listeners appearing and disappearing on the ports, with
+    /// the process and thread that did it (needs eBPF).
+    #[command(after_help = "\
+Prints one line per event (--json: one JSON object per line) until
+Ctrl-C (SIGINT), SIGTERM, --count or --timeout. Once attached it says so on
+stderr. Exit status: 0 after --count events, or at --timeout when no
+--count was given; 1 at --timeout before --count events; 130 on SIGINT,
+143 on SIGTERM; 2 bad usage; 3 eBPF unavailable (watch needs eBPF).")]
+    Watch {
+        /// Only events whose address covers one of these (the address,
+        /// ::ffff:ADDR, or a wildcard) [default: every address]
+        #[arg(value_name = "ADDRESS")]
+        addresses: Vec<String>,
+        /// Stop after this many events.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        count: Option<u64>,
+        /// Stop after this long (500ms, 30s, 2m).
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<String>,
+    },
+    /// What this user and kernel let sockcheck see, and why not.
+    Doctor,
 }
 
 #[derive(Debug, Args)]
@@ -273,6 +295,27 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Result<ExitStatus, Erro
             };
             gate::run(&gate(), &resolve_pool(pool)?, &options)
         }
+        Some(Command::Watch {
+            addresses,
+            count,
+            timeout,
+        }) => {
+            let addresses = addresses
+                .iter()
+                .map(|a| inspect::parse_address(a))
+                .collect::<Result<Vec<_>, _>>()?;
+            let timeout = timeout
+                .map(|t| pool::parse_duration(&t, "--timeout"))
+                .transpose()?;
+            crate::watch::watch(&crate::watch::WatchOptions {
+                ports: ports.clone(),
+                addresses,
+                json: output.json,
+                count,
+                timeout,
+            })
+        }
+        Some(Command::Doctor) => crate::doctor::doctor(output),
     }
 }
 

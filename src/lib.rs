@@ -8,6 +8,7 @@ pub mod bpf;
 pub mod canary;
 pub mod cli;
 pub mod diag;
+pub mod doctor;
 pub mod error;
 pub mod exit;
 pub mod gate;
@@ -17,6 +18,7 @@ pub mod report;
 pub mod reuseport;
 pub mod text;
 pub mod verdict;
+pub mod watch;
 
 pub use error::Error;
 pub use inspect::{Query, inspect};

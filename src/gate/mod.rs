@@ -4,10 +4,10 @@
 
 pub mod child;
 pub mod forensic;
+pub mod openers;
 pub mod pool;
 pub mod state;
 
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -19,9 +19,10 @@ use crate::cli::{Output, Sources, emit, write_stdout};
 use crate::error::Error;
 use crate::exit::ExitStatus;
 use crate::inspect::{self, KernelView, Query};
-use crate::report::{AddressReport, ListenerReport, Report, SourceStatus};
+use crate::report::{AddressReport, ListenerReport, Report};
 use crate::verdict::{ReasonCode, Verdict, describe_owners, group_owners};
-use forensic::{Forensic, Opener, Reaped};
+use forensic::{Forensic, Reaped};
+use openers::Attribution;
 use state::{Lease, ProcessId, Quarantine, Store};
 
 /// At most this many inspections a second while waiting.
@@ -424,6 +425,11 @@ pub fn run(gate: &Gate, pool: &[IpAddr], options: &RunOptions) -> Result<ExitSta
     if gate.output.verbose {
         eprintln!("sockcheck: leased {address} for the command");
     }
+    // Attached before the command starts, so every listen() it makes is seen.
+    let attribution = Attribution::start(gate.sources.bpf, address, &gate.ports);
+    if gate.output.verbose {
+        eprintln!("sockcheck: {}", attribution.describe());
+    }
     let status = child::run(
         &options.command,
         &[
@@ -432,7 +438,8 @@ pub fn run(gate: &Gate, pool: &[IpAddr], options: &RunOptions) -> Result<ExitSta
         ],
     );
     let exited = state::now();
-    let outcome = status.and_then(|status| after(gate, address, status, exited, options));
+    let outcome =
+        status.and_then(|status| after(gate, address, status, exited, options, attribution));
     // The lease goes whatever happened; a lingering address stays
     // quarantined instead.
     let released = gate.open().and_then(|(store, mut state)| {
@@ -452,6 +459,7 @@ fn after(
     status: u8,
     exited: u64,
     options: &RunOptions,
+    attribution: Attribution,
 ) -> Result<ExitStatus, Error> {
     let started = Instant::now();
     let deadline = started + options.linger;
@@ -466,8 +474,10 @@ fn after(
         }
         std::thread::sleep(POLL.min(deadline.saturating_duration_since(Instant::now())));
     };
-    let openers: BTreeMap<u64, Opener> = BTreeMap::new();
-    let (holders, hidden) = forensic::holders(&report, &openers);
+    // The linger check is over: stop the watch and name the openers.
+    let stopped = attribution.stop();
+    let (holders, hidden) = forensic::holders(&report, &stopped.openers);
+    let attribution = stopped.status(&holders);
     let mut forensic = Forensic {
         schema: forensic::SCHEMA,
         address,
@@ -485,7 +495,7 @@ fn after(
         hidden,
         quarantined: true,
         reaped: Vec::new(),
-        attribution: SourceStatus::new("unavailable", "no BPF watch in this version"),
+        attribution,
         inspection: report,
     };
     if options.reap {

@@ -1,0 +1,403 @@
+//! `sockcheck watch`: TCP listeners appearing and disappearing on the
+//! watched ports, as they happen, with the process and thread that did it.
+//!
+//! A thin shell around [`bpf::Watcher`]: events are filtered by address (an
+//! event is shown when its address covers one of the given addresses: the
+//! address itself, `::ffff:ADDR`, or a wildcard), printed one line each, and
+//! the watch ends on `--count`, `--timeout`, SIGINT or SIGTERM. The watcher
+//! is dropped (detached and unloaded) before returning, whatever ended it.
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::bpf::{self, BpfError, ListenChange, ListenEvent, Watcher};
+use crate::error::Error;
+use crate::exit::ExitStatus;
+use crate::inspect;
+use crate::text::{Bytes, escape};
+
+/// How long one wait for events lasts: the latency of noticing a signal or
+/// the deadline.
+const POLL: Duration = Duration::from_millis(200);
+
+/// The JSON schema version of one event line.
+pub const SCHEMA: u32 = 1;
+
+/// What `watch` was asked for.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    pub ports: Vec<u16>,
+    /// Only events whose address covers one of these (all events if empty).
+    pub addresses: Vec<IpAddr>,
+    pub json: bool,
+    /// Stop after this many events (those shown).
+    pub count: Option<u64>,
+    /// Stop after this long.
+    pub timeout: Option<Duration>,
+}
+
+/// One event as `watch --json` prints it.
+#[derive(Debug, Serialize)]
+pub struct EventLine<'a> {
+    pub schema: u32,
+    /// `listen` or `close`.
+    pub event: &'static str,
+    /// Wall-clock time, UTC, RFC 3339 with milliseconds.
+    pub time: String,
+    /// CLOCK_MONOTONIC in ns, as the kernel stamped the event.
+    pub ktime_ns: u64,
+    /// `127.0.0.2:9926`, `[::1]:9926`.
+    pub local: String,
+    pub address: IpAddr,
+    pub port: u16,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: Bytes,
+    pub inode: u64,
+    pub reuseport: bool,
+    pub old_state: u8,
+    pub new_state: u8,
+    /// The given addresses this event's address covers (absent when no
+    /// address was given).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub covers: Vec<&'a IpAddr>,
+}
+
+/// Why the watch ended.
+enum End {
+    Count,
+    Timeout,
+    Signal(i32),
+    ClosedStdout,
+}
+
+/// `sockcheck watch`.
+pub fn watch(options: &WatchOptions) -> Result<ExitStatus, Error> {
+    if let Err(reason) = bpf::availability() {
+        eprintln!("sockcheck: watch needs eBPF: {reason}");
+        return Ok(ExitStatus::Failed);
+    }
+    // Block SIGINT and SIGTERM before attaching, so neither can end the
+    // process while the program is loaded; they are taken with a
+    // non-blocking sigtimedwait between polls instead.
+    let signals = SignalGuard::block(&[libc::SIGINT, libc::SIGTERM]);
+    let mut watcher = Watcher::new(&options.ports).map_err(|e| match e {
+        BpfError::TooManyPorts { .. } => Error::Usage(format!("--ports: {e}")),
+        e => Error::syscall(
+            "attaching the eBPF watch",
+            std::io::Error::other(e.to_string()),
+        ),
+    })?;
+    eprintln!(
+        "sockcheck: watching TCP listeners on port{} {} ({})",
+        if options.ports.len() == 1 { "" } else { "s" },
+        options
+            .ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+        match watcher.hook() {
+            bpf::WatchHook::TracePoint => "tracepoint sock/inet_sock_set_state",
+            bpf::WatchHook::BtfTracePoint => "tp_btf inet_sock_set_state",
+        }
+    );
+    let end = pump(&mut watcher, &signals, options);
+    // Detach and unload before anything else happens.
+    drop(watcher);
+    drop(signals);
+    Ok(match end? {
+        End::Count | End::ClosedStdout => ExitStatus::Free,
+        End::Timeout if options.count.is_some() => ExitStatus::NotFree,
+        End::Timeout => ExitStatus::Free,
+        End::Signal(signal) => ExitStatus::Command(128 + signal as u8),
+    })
+}
+
+fn pump(
+    watcher: &mut Watcher,
+    signals: &SignalGuard,
+    options: &WatchOptions,
+) -> Result<End, Error> {
+    let deadline = options.timeout.map(|t| Instant::now() + t);
+    let mut shown: u64 = 0;
+    loop {
+        if let Some(signal) = signals.pending() {
+            return Ok(End::Signal(signal));
+        }
+        let wait = match deadline {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(End::Timeout);
+                }
+                POLL.min(left)
+            }
+            None => POLL,
+        };
+        let events = watcher.poll(wait).map_err(|e| {
+            Error::syscall(
+                "reading the eBPF watch",
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
+        let clock = Clock::now();
+        for event in &events {
+            let covers: Vec<&IpAddr> = options
+                .addresses
+                .iter()
+                .filter(|target| inspect::coverage(**target, event.addr, None).is_some())
+                .collect();
+            if !options.addresses.is_empty() && covers.is_empty() {
+                continue;
+            }
+            let line = if options.json {
+                json_line(event, &clock, covers)
+            } else {
+                human_line(event, &clock)
+            };
+            if !write_line(&line)? {
+                return Ok(End::ClosedStdout);
+            }
+            shown += 1;
+            if options.count.is_some_and(|n| shown >= n) {
+                return Ok(End::Count);
+            }
+        }
+    }
+}
+
+/// Writes and flushes one line; false when stdout is a closed pipe.
+fn write_line(line: &str) -> Result<bool, Error> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(line.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(Error::syscall("write to stdout", e)),
+    }
+}
+
+fn kind(event: &ListenEvent) -> &'static str {
+    match event.kind {
+        ListenChange::Listen => "listen",
+        ListenChange::Close => "close",
+    }
+}
+
+/// `12:34:56.789  LISTEN  127.0.0.2:9926  pid 4242  tid 4243  comm node  inode 12464  reuseport yes`
+pub fn human_line(event: &ListenEvent, clock: &Clock) -> String {
+    format!(
+        "{}  {:<6}  {}  pid {}  tid {}  comm {}  inode {}  reuseport {}\n",
+        clock.local_hms(event.ktime_ns),
+        kind(event).to_ascii_uppercase(),
+        SocketAddr::new(event.addr, event.port),
+        event.pid,
+        event.tid,
+        escape(&event.comm),
+        event.inode,
+        if event.reuseport { "yes" } else { "no" }
+    )
+}
+
+fn json_line(event: &ListenEvent, clock: &Clock, covers: Vec<&IpAddr>) -> String {
+    let line = EventLine {
+        schema: SCHEMA,
+        event: kind(event),
+        time: clock.utc_rfc3339(event.ktime_ns),
+        ktime_ns: event.ktime_ns,
+        local: SocketAddr::new(event.addr, event.port).to_string(),
+        address: event.addr,
+        port: event.port,
+        pid: event.pid,
+        tid: event.tid,
+        comm: Bytes(event.comm.clone()),
+        inode: event.inode,
+        reuseport: event.reuseport,
+        old_state: event.old_state,
+        new_state: event.new_state,
+        covers,
+    };
+    serde_json::to_string(&line).expect("an event always serializes") + "\n"
+}
+
+// ------------------------------------------------------------------ time
+
+/// The offset between CLOCK_MONOTONIC (the kernel's event stamps) and
+/// CLOCK_REALTIME, sampled once per batch of events.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// Realtime minus monotonic, in ns.
+    offset_ns: i128,
+}
+
+impl Clock {
+    pub fn now() -> Clock {
+        let ns = |clock| {
+            let mut t = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: a valid out-pointer; both clocks always exist on Linux.
+            unsafe { libc::clock_gettime(clock, &mut t) };
+            t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128
+        };
+        let mono = ns(libc::CLOCK_MONOTONIC);
+        let real = ns(libc::CLOCK_REALTIME);
+        Clock {
+            offset_ns: real - mono,
+        }
+    }
+
+    /// Unix time of a monotonic stamp: (seconds, milliseconds).
+    fn unix(&self, ktime_ns: u64) -> (i64, u32) {
+        let ns = ktime_ns as i128 + self.offset_ns;
+        (
+            ns.div_euclid(1_000_000_000) as i64,
+            (ns.rem_euclid(1_000_000_000) / 1_000_000) as u32,
+        )
+    }
+
+    /// `HH:MM:SS.mmm` in local time.
+    pub fn local_hms(&self, ktime_ns: u64) -> String {
+        let (secs, ms) = self.unix(ktime_ns);
+        let tm = broken_down(secs, true);
+        format!(
+            "{:02}:{:02}:{:02}.{ms:03}",
+            tm.tm_hour, tm.tm_min, tm.tm_sec
+        )
+    }
+
+    /// `2025-11-24T12:34:56.789Z`.
+    pub fn utc_rfc3339(&self, ktime_ns: u64) -> String {
+        let (secs, ms) = self.unix(ktime_ns);
+        let tm = broken_down(secs, false);
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+            tm.tm_year + 1900,
+            tm.tm_mon + 1,
+            tm.tm_mday,
+            tm.tm_hour,
+            tm.tm_min,
+            tm.tm_sec
+        )
+    }
+}
+
+fn broken_down(secs: i64, local: bool) -> libc::tm {
+    let t = secs as libc::time_t;
+    // SAFETY: an all-zero tm is valid; both calls only write into it.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    unsafe {
+        if local {
+            libc::localtime_r(&t, &mut tm);
+        } else {
+            libc::gmtime_r(&t, &mut tm);
+        }
+    }
+    tm
+}
+
+// --------------------------------------------------------------- signals
+
+/// Some signals blocked in this thread (so delivered only when asked for),
+/// restored on drop.
+struct SignalGuard {
+    set: libc::sigset_t,
+    old: libc::sigset_t,
+}
+
+impl SignalGuard {
+    fn block(signals: &[i32]) -> SignalGuard {
+        // SAFETY: plain libc calls on local sigsets.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for &signal in signals {
+                libc::sigaddset(&mut set, signal);
+            }
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+            SignalGuard { set, old }
+        }
+    }
+
+    /// A blocked signal that arrived, taken (without waiting).
+    fn pending(&self) -> Option<i32> {
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid set and timespec; siginfo may be null.
+        let signal = unsafe { libc::sigtimedwait(&self.set, std::ptr::null_mut(), &zero) };
+        (signal > 0).then_some(signal)
+    }
+}
+
+impl Drop for SignalGuard {
+    fn drop(&mut self) {
+        // SAFETY: restoring this thread's own mask.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: ListenChange, comm: &[u8]) -> ListenEvent {
+        ListenEvent {
+            ktime_ns: 1_500_000_000,
+            pid: 42,
+            tid: 43,
+            comm: comm.to_vec(),
+            addr: "::1".parse().unwrap(),
+            port: 9926,
+            inode: 777,
+            reuseport: true,
+            kind,
+            old_state: 7,
+            new_state: 10,
+        }
+    }
+
+    #[test]
+    fn clock_converts_monotonic_to_wall_time() {
+        let clock = Clock {
+            offset_ns: 1_700_000_000_000_000_000 - 1_500_000_000,
+        };
+        // 1_700_000_000 is 2023-11-14T22:13:20Z.
+        assert_eq!(
+            clock.utc_rfc3339(1_500_000_000 + 123_456_789),
+            "2023-11-14T22:13:20.123Z"
+        );
+        assert_eq!(clock.local_hms(1_500_000_000).len(), "12:34:56.789".len());
+    }
+
+    #[test]
+    fn human_line_escapes_comm() {
+        let clock = Clock { offset_ns: 0 };
+        let line = human_line(&event(ListenChange::Listen, b"evil\x1b[2J"), &clock);
+        assert!(line.contains("  LISTEN  [::1]:9926  pid 42  tid 43  comm evil\\x1b[2J  inode 777  reuseport yes\n"),
+            "{line}");
+    }
+
+    #[test]
+    fn json_line_has_the_documented_fields() {
+        let clock = Clock { offset_ns: 0 };
+        let target: IpAddr = "::1".parse().unwrap();
+        let line = json_line(&event(ListenChange::Close, b"node"), &clock, vec![&target]);
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["schema"], 1);
+        assert_eq!(value["event"], "close");
+        assert_eq!(value["local"], "[::1]:9926");
+        assert_eq!(value["comm"], "node");
+        assert_eq!(value["covers"][0], "::1");
+        assert!(line.ends_with("}\n") && !line[..line.len() - 1].contains('\n'));
+    }
+}
