@@ -197,10 +197,14 @@ impl<'a> Scanner<'a> {
         let dir = match open_dir(self.proc_dir, self.path.as_str()) {
             Ok(dir) => dir,
             Err(Errno::ACCESS) | Err(Errno::PERM) => {
-                let uid = rustix::fs::statat(self.proc_dir, pid.to_string(), AtFlags::empty())
-                    .ok()
-                    .map(|st| st.st_uid);
-                out.unreadable.push(Unreadable { pid, uid });
+                // A zombie leader's fd directory belongs to root (it has no
+                // mm), while its live threads' tables may still be ours.
+                if !self.zombie_leader_threads(pid, out) {
+                    let uid = rustix::fs::statat(self.proc_dir, pid.to_string(), AtFlags::empty())
+                        .ok()
+                        .map(|st| st.st_uid);
+                    out.unreadable.push(Unreadable { pid, uid });
+                }
                 return;
             }
             // The process is gone, or is a kernel thread that exited.
@@ -297,22 +301,25 @@ impl<'a> Scanner<'a> {
         entries
     }
 
-    fn zombie_leader_threads(&mut self, pid: u32, out: &mut FdScan) {
+    /// Reads the fd tables of a zombie leader's live threads. Returns false
+    /// when `pid` is not a zombie leader with live threads.
+    fn zombie_leader_threads(&mut self, pid: u32, out: &mut FdScan) -> bool {
         let Ok(process) = procfs::process::Process::new(pid as i32) else {
-            return;
+            return false;
         };
-        let Ok(stat) = process.stat() else { return };
+        let Ok(stat) = process.stat() else {
+            return false;
+        };
         if stat.state != 'Z' || stat.num_threads <= 1 {
-            return;
+            return false;
         }
         use std::fmt::Write;
         self.path.clear();
         let _ = write!(self.path, "{pid}/task");
-        let Ok(tasks) = open_dir(self.proc_dir, self.path.as_str()) else {
-            return;
-        };
-        let Ok(tids) = list_numeric(&tasks) else {
-            return;
+        let tids = open_dir(self.proc_dir, self.path.as_str())
+            .and_then(|tasks| list_numeric(&tasks).map(|tids| (tasks, tids)));
+        let Ok((tasks, tids)) = tids else {
+            return true;
         };
         for tid in tids.into_iter().filter(|&tid| tid != pid) {
             self.path.clear();
@@ -324,7 +331,7 @@ impl<'a> Scanner<'a> {
                         pid,
                         uid: process.uid().ok(),
                     });
-                    return;
+                    return true;
                 }
                 Err(_) => continue,
             };
@@ -334,6 +341,7 @@ impl<'a> Scanner<'a> {
                 push(out, inode, pid, fd, Some(tid));
             }
         }
+        true
     }
 }
 

@@ -61,7 +61,10 @@ fn own_listeners(main_thread: &'static str, other_thread: &'static str) {
 
 /// Builds tests/helpers/zombie_leader.c with the C compiler Rust links with.
 fn zombie_leader_helper() -> PathBuf {
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("zombie_leader");
+    // One binary per test process: the pid-namespace test re-runs this
+    // binary, and two compiles to one path race ("Text file busy").
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("zombie_leader-{}", std::process::id()));
     let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/helpers/zombie_leader.c");
     let status = Command::new("cc")
         .args(["-O1", "-pthread", "-o"])

@@ -584,3 +584,23 @@ fn hidepid_invisible_is_reported_not_mistaken_for_no_owner() {
     let detail = json["sources"]["proc"]["detail"].as_str().unwrap();
     assert!(detail.contains("hidepid=invisible"), "{detail}");
 }
+
+/// Unprivileged, on one's own lingering worker: the zombie leader's fd
+/// directory belongs to root (the leader has no mm), but its live threads'
+/// tables are the user's own, so the owner and its threads are named.
+#[test]
+fn unprivileged_user_sees_its_own_lingering_worker() {
+    if !util::is_root() {
+        eprintln!("skipped: needs root to start a holder as nobody");
+        return;
+    }
+    let holder = Holder::start_as_nobody("lingering", "127.91.0.51", 45151, &["2"]);
+    let run = sockcheck_as_nobody(&["--json", "--ports", "45151", "127.91.0.51"]);
+    let json = run.json();
+    let listener = &port(&json["addresses"][0], 45151)["listeners"][0];
+    let owner = &listener["owners"][0];
+    assert_eq!(owner["pid"], holder.pid, "{listener}");
+    assert_eq!(owner["state"], "zombie-leader");
+    assert_eq!(owner["tids"], serde_json::json!(holder.tids));
+    assert_eq!(listener["reuseport"], true);
+}

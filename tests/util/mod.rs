@@ -26,7 +26,31 @@ impl Holder {
     /// Starts `sockcheck-holder SHAPE ADDR PORT [N]` and waits for its
     /// `ready` line.
     pub fn start(shape: &str, address: &str, port: u16, extra: &[&str]) -> Holder {
-        let mut child = Command::new(HOLDER)
+        Holder::start_via(&[], shape, address, port, extra)
+    }
+
+    /// The same, run as `nobody` (setpriv execs the holder: same pid).
+    pub fn start_as_nobody(shape: &str, address: &str, port: u16, extra: &[&str]) -> Holder {
+        let setpriv = [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+        ];
+        Holder::start_via(&setpriv, shape, address, port, extra)
+    }
+
+    fn start_via(prefix: &[&str], shape: &str, address: &str, port: u16, extra: &[&str]) -> Holder {
+        let mut command = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(HOLDER);
+                command
+            }
+            None => Command::new(HOLDER),
+        };
+        let mut child = command
             .arg(shape)
             .arg(address)
             .arg(port.to_string())
