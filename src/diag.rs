@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 
 use netlink_packet_core::{
     NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    Parseable,
 };
 use netlink_packet_sock_diag::{
     AF_INET, AF_INET6, IPPROTO_TCP, SockDiagMessage,
@@ -146,22 +147,38 @@ impl SockDiag {
     /// kernel as an `INET_DIAG_REQ_BYTECODE` filter, since each dump of the
     /// established hash walks all its buckets.
     pub fn sockets(&mut self, family: Family, ports: &[u16]) -> Result<Vec<DiagSocket>, Error> {
-        let states = ((1u32 << 13) - 2) | (1 << TCP_BOUND_INACTIVE); // states 1..=12, and 13
-        self.dump(family, &port_filter(ports), states)
+        let what = format!("sock_diag dump for {}", family.name());
+        let bytes = request(
+            family,
+            ALL_STATES,
+            self.next_sequence(),
+            &port_filter(ports),
+        );
+        self.dump(what, &bytes)
     }
 
-    fn dump(
-        &mut self,
-        family: Family,
-        bytecode: &[u8],
-        states: u32,
-    ) -> Result<Vec<DiagSocket>, Error> {
-        let what = || format!("sock_diag dump for {}", family.name());
+    /// The same for both families in one walk of the kernel's tables: the
+    /// legacy `TCPDIAG_GETSOCK` request, which the kernel runs with
+    /// `AF_UNSPEC`. Each walk of the established hash visits all its
+    /// buckets, so this halves the cost of [`SockDiag::sockets`] twice.
+    pub fn sockets_both(&mut self, ports: &[u16]) -> Result<Vec<DiagSocket>, Error> {
+        let bytes = legacy_request(ALL_STATES, self.next_sequence(), &port_filter(ports));
+        self.dump(
+            "sock_diag dump (TCPDIAG_GETSOCK, both families)".into(),
+            &bytes,
+        )
+    }
+
+    fn next_sequence(&mut self) -> u32 {
         self.sequence = self.sequence.wrapping_add(1);
+        self.sequence
+    }
+
+    fn dump(&mut self, what: String, request: &[u8]) -> Result<Vec<DiagSocket>, Error> {
+        let what = || what.clone();
         let sequence = self.sequence;
-        let bytes = request(family, states, sequence, bytecode);
         self.socket
-            .send(&bytes, 0)
+            .send(request, 0)
             .map_err(|e| Error::netlink_for(what(), "send", e))?;
 
         let mut sockets = Vec::new();
@@ -188,6 +205,12 @@ impl SockDiag {
         }
     }
 }
+
+/// Every TCP state (1..=12) and the `TCP_BOUND_INACTIVE` pseudo-state.
+const ALL_STATES: u32 = ((1 << 13) - 2) | (1 << TCP_BOUND_INACTIVE);
+
+/// The legacy request type: TCP sockets of both families in one dump.
+const TCPDIAG_GETSOCK: u16 = 18;
 
 /// `INET_DIAG_REQ_BYTECODE`: a filter program attached to a dump request.
 const INET_DIAG_REQ_BYTECODE: u16 = 1;
@@ -249,16 +272,45 @@ fn request(family: Family, states: u32, sequence: u32, bytecode: &[u8]) -> Vec<u
     message.finalize();
     let mut bytes = vec![0u8; message.buffer_len()];
     message.serialize(&mut bytes);
+    append_bytecode(&mut bytes, bytecode);
+    bytes
+}
+
+/// A `TCPDIAG_GETSOCK` dump request: `struct inet_diag_req` (the v1
+/// request, whose family the kernel ignores for dumps), then the filter.
+fn legacy_request(states: u32, sequence: u32, bytecode: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(16 + 60 + 4 + bytecode.len());
+    // struct nlmsghdr; nlmsg_len is set at the end.
+    bytes.extend_from_slice(&0u32.to_ne_bytes());
+    bytes.extend_from_slice(&TCPDIAG_GETSOCK.to_ne_bytes());
+    bytes.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    bytes.extend_from_slice(&sequence.to_ne_bytes());
+    bytes.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_pid: the kernel's
+    // struct inet_diag_req
+    bytes.extend_from_slice(&[
+        AF_INET, // idiag_family (a dump walks every family)
+        0,       // idiag_src_len
+        0,       // idiag_dst_len
+        0,       // idiag_ext: no extensions
+    ]);
+    bytes.extend_from_slice(&[0; 48]); // id: no address, port or cookie filter
+    bytes.extend_from_slice(&states.to_ne_bytes()); // idiag_states
+    bytes.extend_from_slice(&0u32.to_ne_bytes()); // idiag_dbs
+    append_bytecode(&mut bytes, bytecode);
+    bytes
+}
+
+/// Appends the filter as an `INET_DIAG_REQ_BYTECODE` attribute and sets
+/// `nlmsg_len`.
+fn append_bytecode(bytes: &mut Vec<u8>, bytecode: &[u8]) {
     if !bytecode.is_empty() {
-        // struct nlattr, then the program; nlmsg_len grows by both.
         let attribute_len = 4 + bytecode.len();
         bytes.extend_from_slice(&(attribute_len as u16).to_ne_bytes());
         bytes.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
         bytes.extend_from_slice(bytecode);
-        let total = bytes.len() as u32;
-        bytes[..4].copy_from_slice(&total.to_ne_bytes());
     }
-    bytes
+    let total = bytes.len() as u32;
+    bytes[..4].copy_from_slice(&total.to_ne_bytes());
 }
 
 /// Parses one datagram of a dump reply into `out`. Returns true at
@@ -279,6 +331,14 @@ pub fn parse_datagram(
                 "reply for sequence {} while waiting for {sequence}",
                 buffer.sequence_number()
             ));
+        }
+        if buffer.message_type() == TCPDIAG_GETSOCK {
+            // A legacy reply carries the same struct inet_diag_msg.
+            let response = InetResponse::parse(buffer.payload())
+                .map_err(|e| format!("cannot parse message: {e}"))?;
+            out.push(socket_from_response(&response));
+            bytes = bytes.get((length + 3) & !3..).unwrap_or(&[]);
+            continue;
         }
         let message = NetlinkMessage::<SockDiagMessage>::deserialize(&bytes[..length])
             .map_err(|e| format!("cannot parse message: {e}"))?;
@@ -486,9 +546,12 @@ mod tests {
             .map(|l| l.local_addr().unwrap().port())
             .collect();
         let mut diag = SockDiag::open().unwrap();
-        // Any subset, in one dump.
+        // Any subset, in one dump; the legacy dump of both families agrees.
         for wanted in [&ports[..1], &ports[1..], &ports[..]] {
             let found = diag.sockets(Family::Inet, wanted).unwrap();
+            let mut both = diag.sockets_both(wanted).unwrap();
+            both.retain(|s| s.family == Family::Inet);
+            assert_eq!(both, found);
             let mut got: Vec<u16> = found
                 .iter()
                 .filter(|s| s.local.ip().to_string().starts_with("127.81.0."))

@@ -221,25 +221,28 @@ pub struct KernelView {
 pub fn kernel_view(ports: &[u16]) -> Result<KernelView, Error> {
     let mut diag = SockDiag::open()?;
     let mut view = KernelView::default();
-    for family in [Family::Inet, Family::Inet6] {
-        let sockets = match diag.sockets(family, ports) {
-            Ok(sockets) => sockets,
-            // No IPv6 in this kernel: the AF_INET6 handler is absent.
-            Err(Error::NetlinkReply { detail, .. })
-                if family == Family::Inet6 && detail.contains("ENOENT") =>
-            {
-                view.notes
-                    .push("IPv6 sock_diag is not available (no IPv6?)".into());
-                continue;
+    let sockets = match diag.sockets_both(ports) {
+        Ok(sockets) => sockets,
+        // A kernel without the legacy request: one dump per family.
+        Err(Error::NetlinkReply { .. }) => {
+            let mut sockets = diag.sockets(Family::Inet, ports)?;
+            match diag.sockets(Family::Inet6, ports) {
+                Ok(more) => sockets.extend(more),
+                // No IPv6 in this kernel: the AF_INET6 handler is absent.
+                Err(Error::NetlinkReply { detail, .. }) if detail.contains("ENOENT") => view
+                    .notes
+                    .push("IPv6 sock_diag is not available (no IPv6?)".into()),
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
-        };
-        for socket in sockets {
-            if socket.state.0 == TCP_LISTEN {
-                view.listeners.push(socket);
-            } else {
-                view.others.push(socket);
-            }
+            sockets
+        }
+        Err(e) => return Err(e),
+    };
+    for socket in sockets {
+        if socket.state.0 == TCP_LISTEN {
+            view.listeners.push(socket);
+        } else {
+            view.others.push(socket);
         }
     }
     view.notes.dedup();
