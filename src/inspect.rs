@@ -290,7 +290,7 @@ pub fn inspect_view(query: &Query, view: &KernelView) -> Report {
             let others: Vec<&DiagSocket> = view
                 .others
                 .iter()
-                .filter(|s| s.local.port() == port && s.state.0 != TCP_LISTEN)
+                .filter(|s| s.local.port() == port)
                 .filter(|s| coverage(address, s.local.ip(), s.v6only).is_some())
                 .collect();
             needed.extend(listeners.iter().map(|(s, _)| s.inode).filter(|&i| i != 0));
