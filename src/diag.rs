@@ -1,10 +1,13 @@
 //! The kernel's view of TCP sockets, through netlink `sock_diag`.
 //!
-//! One `SOCK_DIAG_BY_FAMILY` dump per (family, port): the kernel applies the
-//! request's source port to every table it walks (listening hash, established
-//! hash with TIME_WAIT, and the bind hash for bound-but-inactive sockets), so
-//! each dump returns only the sockets on that port, however many thousands of
-//! connections the machine has.
+//! One dump for all the ports and both families: a legacy `TCPDIAG_GETSOCK`
+//! request, which the kernel runs for every family in one walk of its tables
+//! (listening hash, established hash with TIME_WAIT, and the bind hash for
+//! bound-but-inactive sockets), with the ports as an `INET_DIAG_REQ_BYTECODE`
+//! filter, so the reply holds only the sockets on those ports however many
+//! thousands of connections the machine has. Each walk visits every bucket
+//! of the established hash, which is why one walk matters. A kernel without
+//! the legacy request gets one `SOCK_DIAG_BY_FAMILY` dump per family.
 
 use std::net::SocketAddr;
 

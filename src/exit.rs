@@ -12,7 +12,8 @@ pub enum ExitStatus {
     NotFree,
     /// Bad usage or input: nothing was inspected or changed.
     Usage,
-    /// The inspection itself failed (netlink unavailable, /proc unreadable, …).
+    /// The inspection itself failed (netlink sock_diag unavailable, …). An
+    /// unreadable /proc is not a failure: owners are then reported unknown.
     Failed,
     /// `run`: the command succeeded but left lingering holders.
     Lingering,
@@ -42,7 +43,7 @@ Exit status:
   0  every address is free
   1  at least one address is not free (busy, foreign, conflict or unavailable)
   2  bad usage or input (nothing was inspected or changed)
-  3  the inspection itself failed (netlink or /proc unavailable)
+  3  the inspection itself failed (netlink sock_diag unavailable, ...)
   4  run: the command succeeded but left lingering holders
   5  run: no address of the pool could be leased
   (run otherwise exits with the command's own status)";

@@ -365,7 +365,9 @@ pub fn inspect_view(query: &Query, view: &KernelView) -> Report {
             }
         }
         let complete = scan.looked_up && scan.unreadable.is_empty() && scan.invisible.is_none();
-        if list.is_empty() && !complete {
+        // Hidden means: the scan ran and some process was out of reach.
+        // When /proc could not be read at all, the owner is just unknown.
+        if list.is_empty() && !complete && scan.looked_up {
             list.push(Owner::hidden(uid, scan.hidden_candidates(uid)));
         }
         (list, complete)
@@ -539,12 +541,12 @@ pub fn parse_address(text: &str) -> Result<IpAddr, Error> {
         .strip_prefix('[')
         .and_then(|t| t.strip_suffix(']'))
         .unwrap_or(text);
-    match inner.parse::<IpAddr>() {
-        Ok(IpAddr::V6(v6)) => Ok(v6
+    let address = match inner.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => v6
             .to_ipv4_mapped()
             .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(v6))),
-        Ok(v4) => Ok(v4),
+            .unwrap_or(IpAddr::V6(v6)),
+        Ok(v4) => v4,
         Err(_) => {
             let hint = if text.parse::<SocketAddr>().is_ok()
                 || text
@@ -557,8 +559,22 @@ pub fn parse_address(text: &str) -> Result<IpAddr, Error> {
             } else {
                 ""
             };
-            Err(Error::Usage(format!("'{text}' is not an IP address{hint}")))
+            return Err(Error::Usage(format!("'{text}' is not an IP address{hint}")));
         }
+    };
+    // A server binds one unicast address; these would give meaningless
+    // verdicts.
+    let kind = match address {
+        a if a.is_unspecified() => Some("a wildcard"),
+        a if a.is_multicast() => Some("a multicast address"),
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("the broadcast address"),
+        _ => None,
+    };
+    match kind {
+        Some(kind) => Err(Error::Usage(format!(
+            "'{text}' is {kind}; give the unicast address a server would bind"
+        ))),
+        None => Ok(address),
     }
 }
 
@@ -587,8 +603,18 @@ pub fn parse_ports(text: &str, source: &str) -> Result<Vec<u16>, Error> {
             ports.push(port);
         }
     }
+    if ports.len() > MAX_PORTS {
+        return Err(Error::Usage(format!(
+            "{source}: {} ports; at most {MAX_PORTS} at once",
+            ports.len()
+        )));
+    }
     Ok(ports)
 }
+
+/// The most ports one inspection takes (their filter program grows with
+/// them, and the kernel echoes it back in an error reply).
+pub const MAX_PORTS: usize = 1024;
 
 /// The default ports: 9925 (operations) and 9926 (HTTP).
 pub const DEFAULT_PORTS: [u16; 2] = [9925, 9926];
@@ -638,6 +664,17 @@ mod tests {
         assert!(e.contains("'localhost:80'") && e.contains("--ports"), "{e}");
         let e = parse_address("localhost").unwrap_err().to_string();
         assert!(e.contains("host names"), "{e}");
+        for bad in [
+            "0.0.0.0",
+            "::",
+            "[::]",
+            "224.0.0.1",
+            "ff02::1",
+            "255.255.255.255",
+        ] {
+            let e = parse_address(bad).unwrap_err().to_string();
+            assert!(e.contains("unicast"), "{bad}: {e}");
+        }
     }
 
     #[test]
@@ -647,11 +684,16 @@ mod tests {
             vec![9925, 9926]
         );
         assert_eq!(parse_ports("9926, 9926", "--ports").unwrap(), vec![9926]);
+        let many = (1..=1025)
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
         for (bad, needle) in [
             ("0", "port 0"),
             ("70000", "port 70000"),
             ("abc", "'abc'"),
             ("1,,2", "empty"),
+            (many.as_str(), "at most 1024"),
         ] {
             let e = parse_ports(bad, "--ports").unwrap_err().to_string();
             assert!(

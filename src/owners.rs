@@ -63,10 +63,11 @@ impl FdScan {
     /// Processes that may hold `inode` but could not be read: the unreadable
     /// processes whose uid is the socket's uid (a socket's uid is the fsuid
     /// of the process that created it).
+    /// Kernel threads are left out: they hold no fds.
     pub fn hidden_candidates(&self, uid: u32) -> Vec<u32> {
         self.unreadable
             .iter()
-            .filter(|u| u.uid == Some(uid))
+            .filter(|u| u.uid == Some(uid) && !is_kernel_thread(u.pid))
             .map(|u| u.pid)
             .collect()
     }
@@ -142,7 +143,8 @@ pub fn scan(inodes: &HashSet<u64>) -> Result<FdScan, Error> {
     scan.unreadable.sort_by_key(|u| u.pid);
     scan.looked_up = true;
     if unprivileged_uid().is_some() {
-        scan.invisible = proc_hidepid().filter(|mode| mode == "2" || mode == "invisible");
+        scan.invisible = proc_hidepid()
+            .filter(|mode| matches!(mode.as_str(), "2" | "invisible" | "4" | "ptraceable"));
     }
     Ok(scan)
 }
@@ -273,7 +275,11 @@ impl<'a> Scanner<'a> {
                     }
                 }
             }
-            if entries >= open {
+            // Done, unless the table changed while it was read (an fd
+            // opened below one not yet reached): then getdents64 reads the
+            // numbers not tried yet.
+            let now = rustix::fs::fstat(dir).map(|st| st.st_size as usize);
+            if entries >= open && now.is_ok_and(|n| n == open) {
                 return entries;
             }
         }
@@ -343,6 +349,14 @@ impl<'a> Scanner<'a> {
         }
         true
     }
+}
+
+/// `PF_KTHREAD` in /proc/PID/stat's flags.
+fn is_kernel_thread(pid: u32) -> bool {
+    const PF_KTHREAD: u32 = 0x0020_0000;
+    procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .is_ok_and(|stat| stat.flags & PF_KTHREAD != 0)
 }
 
 /// The `hidepid=` option of the /proc mount, if any (`/proc/self/mountinfo`:

@@ -228,7 +228,12 @@ pub fn group_owners(group: &[&ListenerReport]) -> (Vec<Owner>, bool) {
     let mut owners: Vec<Owner> = Vec::new();
     for listener in group {
         for owner in &listener.owners {
-            if !owners.iter().any(|o| o.pid.is_some() && o.pid == owner.pid) {
+            let same = |o: &Owner| match (o.pid, owner.pid) {
+                (Some(a), Some(b)) => a == b,
+                (None, None) => o.uid == owner.uid && o.candidates == owner.candidates,
+                _ => false,
+            };
+            if !owners.iter().any(same) {
                 owners.push(owner.clone());
             }
         }
@@ -241,9 +246,9 @@ pub fn group_owners(group: &[&ListenerReport]) -> (Vec<Owner>, bool) {
 pub fn describe_owners(owners: &[Owner], complete: bool) -> String {
     if owners.is_empty() {
         return if complete {
-            "no process: no fd table holds it".to_string()
+            "no process: no fd table in this pid namespace holds it".to_string()
         } else {
-            "no visible process; some processes could not be read".to_string()
+            "no visible process (some processes, or /proc itself, could not be read)".to_string()
         };
     }
     let parts: Vec<String> = owners
@@ -295,7 +300,10 @@ fn canary_failure(address: IpAddr, port: &PortReport) -> String {
             } else {
                 describe_owners(&s.owners, !s.owners.iter().any(|o| o.hidden))
             };
-            format!("a {} socket {} → {} of {who}", s.state, s.local, s.remote)
+            format!(
+                "a socket in {} {} → {} of {who}",
+                s.state, s.local, s.remote
+            )
         })
         .collect();
     let hint = match port.canary.errno {

@@ -489,3 +489,39 @@ impl Drop for Guard {
         kill(self.0);
     }
 }
+
+#[test]
+fn run_answers_like_a_shell_when_the_command_cannot_run() {
+    let state = StateDir::new("norun");
+    let output = gate(
+        &state,
+        "45216",
+        &["run", "127.93.10.1", "--", "/nonexistent/cmd"],
+    );
+    assert_eq!(output.status.code(), Some(127), "{}", stderr(&output));
+    assert!(stderr(&output).contains("cannot run '/nonexistent/cmd'"));
+    let output = gate(
+        &state,
+        "45216",
+        &["run", "127.93.10.1", "--", "/etc"],
+    );
+    assert_eq!(output.status.code(), Some(126), "{}", stderr(&output));
+    // The lease was given back either way.
+    let leases: Value =
+        serde_json::from_slice(&gate(&state, "45216", &["--json", "leases"]).stdout).unwrap();
+    assert_eq!(leases["leases"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn wait_fails_at_once_on_an_address_that_is_not_local() {
+    let state = StateDir::new("waitnotlocal");
+    let started = Instant::now();
+    let output = gate(&state, "45217", &["wait", "192.0.2.7", "--timeout", "20s"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        stderr(&output).contains("unavailable; waiting will not help"),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -48,12 +48,26 @@ pub fn run(argv: &[OsString], env: &[(&str, String)]) -> Result<u8, Error> {
             Ok(())
         });
     }
-    let mut child = command.spawn().map_err(|e| {
-        // SAFETY: restoring our own mask.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &restore, std::ptr::null_mut()) };
-        Error::Usage(format!("cannot run '{}': {e}", argv[0].to_string_lossy()))
-    })?;
-    let pid = child.id() as i32;
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            // SAFETY: restoring our own mask.
+            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &restore, std::ptr::null_mut()) };
+            eprintln!("sockcheck: cannot run '{}': {e}", argv[0].to_string_lossy());
+            // What a shell answers: 127 not found, 126 found but not runnable.
+            let status = if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            return Ok(status);
+        }
+    };
+    // Signals go through a pidfd: once the command is reaped it refers to
+    // a dead process, never to a recycled pid.
+    let pidfd = rustix::process::Pid::from_raw(child.id() as i32).and_then(|pid| {
+        rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+    });
     std::thread::spawn(move || {
         loop {
             let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
@@ -65,9 +79,11 @@ pub fn run(argv: &[OsString], env: &[(&str, String)]) -> Result<u8, Error> {
             // A terminal's Ctrl-C (SI_KERNEL) already reached the command,
             // which shares our process group; pass on only what was sent
             // to sockcheck itself.
-            if info.si_code != libc::SI_KERNEL {
-                // SAFETY: kill has no memory effects.
-                unsafe { libc::kill(pid, signal) };
+            if info.si_code != libc::SI_KERNEL
+                && let (Some(pidfd), Some(signal)) =
+                    (&pidfd, rustix::process::Signal::from_named_raw(signal))
+            {
+                let _ = rustix::process::pidfd_send_signal(pidfd, signal);
             }
         }
     });

@@ -94,8 +94,8 @@ pub struct HiddenHolder {
 #[derive(Debug, Clone, Serialize)]
 pub struct Reaped {
     pub pid: u32,
-    /// `SIGTERM`, `SIGKILL`, or `gone` when it had exited already, or
-    /// `skipped: …`.
+    /// `SIGTERM` (it exited), `SIGTERM, then SIGKILL`, `gone` when it had
+    /// exited already, or `skipped: …`.
     pub action: String,
     pub exited: bool,
 }
@@ -177,6 +177,18 @@ pub fn markdown(report: &Forensic) -> String {
     let mut out = String::new();
     let command: Vec<String> = report.command.iter().map(|w| shell_word(&w.0)).collect();
     let _ = writeln!(out, "# Lingering holders on {}\n", report.address);
+    // The ports something still holds, not every port checked.
+    let mut held: Vec<u16> = report
+        .inspection
+        .reasons
+        .iter()
+        .filter_map(|r| r.port)
+        .collect();
+    held.sort_unstable();
+    held.dedup();
+    if held.is_empty() {
+        held = report.ports.clone();
+    }
     let _ = writeln!(
         out,
         "`{}` exited with status {}; {:.1}s later {} was still **{}** on port{} {}.\n",
@@ -185,10 +197,8 @@ pub fn markdown(report: &Forensic) -> String {
         report.linger_seconds,
         report.address,
         report.verdict.as_str(),
-        if report.ports.len() == 1 { "" } else { "s" },
-        report
-            .ports
-            .iter()
+        if held.len() == 1 { "" } else { "s" },
+        held.iter()
             .map(u16::to_string)
             .collect::<Vec<_>>()
             .join(", ")

@@ -134,22 +134,30 @@ pub fn wait(
     loop {
         let view = inspect::kernel_view(&gate.ports)?;
         let quick = gate.one(&view, address, false);
-        let foreign = quick.verdict == Verdict::Foreign && !allow_foreign;
+        // Waiting cannot fix a wildcard listener (unless asked to wait
+        // anyway) nor an address that is not local.
+        let hopeless = match quick.verdict {
+            Verdict::Foreign => !allow_foreign,
+            Verdict::Unavailable => true,
+            _ => false,
+        };
         if quick.verdict == Verdict::Free {
             if gate.output.json {
                 emit(&single(gate, &view, address), gate.output)?;
             }
             return Ok(ExitStatus::Free);
         }
-        if foreign || Instant::now() >= deadline {
+        if hopeless || Instant::now() >= deadline {
             // Who still holds it, with every detail `check` gives.
             let report = single(gate, &view, address);
             emit(&report, gate.output)?;
             eprintln!(
                 "sockcheck: {address} is {}{}",
                 quick.verdict.as_str(),
-                if foreign {
+                if quick.verdict == Verdict::Foreign && hopeless {
                     "; waiting will not help (--allow-foreign waits anyway)".to_string()
+                } else if hopeless {
+                    "; waiting will not help".to_string()
                 } else {
                     format!(" after waiting {}", show_duration(timeout))
                 }
@@ -561,6 +569,8 @@ fn reap(report: &Forensic, grace: Duration) -> Vec<Reaped> {
         match (before, pidfd) {
             (Some(id), Some(pidfd)) if ProcessId::of(pid) == Some(id) => {
                 let _ = pidfd_send_signal(&pidfd, Signal::TERM);
+                // A stopped holder acts on SIGTERM only once it runs again.
+                let _ = pidfd_send_signal(&pidfd, Signal::CONT);
                 targets.push((id, pidfd));
             }
             _ => done.push(Reaped {

@@ -172,6 +172,19 @@ impl Store {
             }
             Err(e) => return Err(unusable(&self.dir, format!("cannot read leases.json: {e}"))),
         };
+        let version = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v["version"].as_u64());
+        if let Some(newer) = version.filter(|&v| v > u64::from(VERSION)) {
+            return Err(unusable(
+                &self.dir,
+                format!(
+                    "leases.json has version {newer}, newer than this sockcheck's \
+                     {VERSION}; refusing to overwrite it (use the newer sockcheck, or \
+                     another --state-dir)"
+                ),
+            ));
+        }
         match serde_json::from_slice::<State>(&bytes) {
             Ok(state) if state.version == VERSION => Ok(state),
             parsed => {
@@ -183,8 +196,9 @@ impl Store {
                 let aside = self.dir.join(format!("leases.json.corrupt-{}", now()));
                 let _ = std::fs::rename(&path, &aside);
                 self.repaired = Some(format!(
-                    "{} was corrupt ({why}); kept it as {} and rebuilt the state from {kept} \
-                     verifiable entries ({dropped} dropped)",
+                    "{} was corrupt ({why}); kept it as {} and rebuilt the state from the \
+                     {kept} entries that still verify ({dropped} complete entries dropped: \
+                     dead owner or duplicate; anything cut off is lost)",
                     path.display(),
                     aside.display()
                 ));
@@ -221,27 +235,33 @@ impl Store {
     }
 }
 
-/// Keeps what can be verified from a damaged state file: leases whose owner
-/// is still the same live process, and quarantine entries that parse.
+/// Keeps what can be verified from a damaged state file: every complete
+/// lease object whose owner is still the same live process, and every
+/// complete quarantine entry, wherever they are in the text (a truncated
+/// file still holds the entries before the cut). Returns the state, how many
+/// entries were kept, and how many were found but dropped.
 fn salvage(bytes: &[u8]) -> (State, usize, usize) {
     let mut state = State {
         version: VERSION,
         ..State::default()
     };
     let mut dropped = 0;
-    let value: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
-    for item in value["leases"].as_array().into_iter().flatten() {
-        match serde_json::from_value::<Lease>(item.clone()) {
-            Ok(lease) if lease.owner.alive() && state.lease(lease.address).is_none() => {
-                state.leases.push(lease)
+    for (at, _) in bytes.iter().enumerate().filter(|&(_, &b)| b == b'{') {
+        let mut values = serde_json::Deserializer::from_slice(&bytes[at..]).into_iter::<Lease>();
+        if let Some(Ok(lease)) = values.next() {
+            if lease.owner.alive() && state.lease(lease.address).is_none() {
+                state.leases.push(lease);
+            } else {
+                dropped += 1;
             }
-            _ => dropped += 1,
+            continue;
         }
-    }
-    for item in value["quarantine"].as_array().into_iter().flatten() {
-        match serde_json::from_value::<Quarantine>(item.clone()) {
-            Ok(q) => state.quarantine.push(q),
-            Err(_) => dropped += 1,
+        let mut values =
+            serde_json::Deserializer::from_slice(&bytes[at..]).into_iter::<Quarantine>();
+        if let Some(Ok(q)) = values.next()
+            && state.quarantined(q.address).is_none()
+        {
+            state.quarantine.push(q);
         }
     }
     let kept = state.leases.len() + state.quarantine.len();
@@ -395,39 +415,52 @@ mod tests {
         let dir = temp("corrupt");
         let mut store = Store::open(&dir).unwrap();
         let me = ProcessId::of(std::process::id()).unwrap();
-        let text = format!(
+        let full = format!(
             r#"{{"version": 1, "leases": [
                 {{"address": "127.0.0.2", "owner": {{"pid": {}, "start_ticks": {}}}, "acquired": 1}},
                 {{"address": "127.0.0.3", "owner": {{"pid": {}, "start_ticks": 1}}, "acquired": 1}},
-                {{"address": "bogus"}}
-            ], "quarantine": 7, "extra": "#,
-            me.pid, me.start_ticks, me.pid
+                {{"address": "127.0.0.4", "owner": {{"pid": {}, "start_ticks": {}}}, "acquired": 1}}
+            ], "quarantine": []}}"#,
+            me.pid, me.start_ticks, me.pid, me.pid, me.start_ticks
         );
-        std::fs::write(dir.join("leases.json"), text).unwrap();
+        // Cut inside the third lease: the live lease before the cut is
+        // kept, the dead owner's dropped, the cut one lost.
+        let cut = full.find("127.0.0.4").unwrap() + 5;
+        std::fs::write(dir.join("leases.json"), &full[..cut]).unwrap();
         let state = store.load().unwrap();
-        // Truncated JSON salvages nothing structurally, so all is dropped
-        // but the store is usable and the damage is reported.
-        assert!(state.leases.is_empty());
-        assert!(store.repaired.as_ref().unwrap().contains("corrupt"));
-        // A file that parses but holds bad entries keeps only what verifies.
-        let text = format!(
-            r#"{{"version": 2, "leases": [
-                {{"address": "127.0.0.2", "owner": {{"pid": {}, "start_ticks": {}}}, "acquired": 1}},
-                {{"address": "127.0.0.3", "owner": {{"pid": {}, "start_ticks": 1}}, "acquired": 1}},
-                {{"address": "bogus"}}
-            ]}}"#,
-            me.pid, me.start_ticks, me.pid
-        );
-        std::fs::write(dir.join("leases.json"), text).unwrap();
-        let state = store.load().unwrap();
-        assert_eq!(state.leases.len(), 1);
-        assert_eq!(state.leases[0].address.to_string(), "127.0.0.2");
+        let kept: Vec<String> = state.leases.iter().map(|l| l.address.to_string()).collect();
+        assert_eq!(kept, ["127.0.0.2"]);
+        let said = store.repaired.clone().unwrap();
         assert!(
-            store
-                .repaired
-                .as_ref()
-                .unwrap()
-                .contains("1 verifiable entries (2 dropped)")
+            said.contains("corrupt") && said.contains("the 1 entries"),
+            "{said}"
+        );
+        assert!(said.contains("1 complete entries dropped"), "{said}");
+        assert!(std::fs::read_dir(&dir).unwrap().any(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("leases.json.corrupt-")
+        }));
+        // What was rebuilt is written back and reads cleanly.
+        store.repaired = None;
+        assert_eq!(store.load().unwrap(), state);
+        assert!(store.repaired.is_none());
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_newer_state_file_is_refused_not_overwritten() {
+        let dir = temp("newer");
+        let mut store = Store::open(&dir).unwrap();
+        let text = r#"{"version": 2, "leases": [], "future": true}"#;
+        std::fs::write(dir.join("leases.json"), text).unwrap();
+        let e = store.load().unwrap_err().to_string();
+        assert!(e.contains("version 2") && e.contains("refusing"), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("leases.json")).unwrap(),
+            text
         );
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
