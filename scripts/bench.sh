@@ -246,17 +246,21 @@ start_load() {  # procs
     echo "bench: load: $(cat "$WORK/load-$procs.out")" >&2
 }
 
-stop_load() {
-    [[ -n $LOAD_PID ]] || return 0
-    kill -TERM -- "-$LOAD_PID" 2>/dev/null || true
-    wait "$LOAD_PID" 2>/dev/null || true
+stop_group() {  # leader-pid pidfile: TERM the group, then KILL what stays
+    kill -TERM -- "-$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
     local pid deadline=$((SECONDS + 5))
     while read -r pid; do
         while kill -0 "$pid" 2>/dev/null; do
             if ((SECONDS >= deadline)); then kill -KILL "$pid" 2>/dev/null || true; fi
             sleep 0.05
         done
-    done <"$LOAD_PIDFILE"
+    done <"$2"
+}
+
+stop_load() {
+    [[ -n $LOAD_PID ]] || return 0
+    stop_group "$LOAD_PID" "$LOAD_PIDFILE"
     LOAD_PID=
 }
 
@@ -279,15 +283,7 @@ start_extra() {  # procs
 
 stop_extra() {
     [[ -n $EXTRA_PID ]] || return 0
-    kill -TERM -- "-$EXTRA_PID" 2>/dev/null || true
-    wait "$EXTRA_PID" 2>/dev/null || true
-    local pid deadline=$((SECONDS + 5))
-    while read -r pid; do
-        while kill -0 "$pid" 2>/dev/null; do
-            if ((SECONDS >= deadline)); then kill -KILL "$pid" 2>/dev/null || true; fi
-            sleep 0.05
-        done
-    done <"$EXTRA_PIDFILE"
+    stop_group "$EXTRA_PID" "$EXTRA_PIDFILE"
     EXTRA_PID=
 }
 

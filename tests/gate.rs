@@ -5,13 +5,13 @@
 mod util;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use util::{HOLDER, Holder, SOCKCHECK, kill, wait_gone};
+use util::{Holder, SOCKCHECK, holder_from, kill, lingering_command, wait_gone};
 
 /// A private state directory, removed at the end.
 struct StateDir(PathBuf);
@@ -240,29 +240,6 @@ fn wait_fails_at_once_on_a_foreign_address() {
         "{}",
         stderr(&output)
     );
-}
-
-/// A command that starts a lingering server in the background and exits.
-fn lingering_command(port: u16, ready: &Path) -> String {
-    format!(
-        "{HOLDER} lingering \"$SOCKCHECK_ADDR\" {port} 2 > {r} 2>/dev/null < /dev/null & \
-         while ! grep -q ready {r} 2>/dev/null; do sleep 0.02; done",
-        r = ready.display()
-    )
-}
-
-fn holder_from(ready: &Path) -> (u32, Vec<u64>) {
-    let line = std::fs::read_to_string(ready).unwrap();
-    let mut pid = 0;
-    let mut tids = Vec::new();
-    for field in line.split_whitespace().skip(1) {
-        match field.split_once('=').unwrap() {
-            ("pid", v) => pid = v.parse().unwrap(),
-            ("tids", v) => tids = v.split(',').map(|t| t.parse().unwrap()).collect(),
-            _ => {}
-        }
-    }
-    (pid, tids)
 }
 
 #[test]
@@ -500,11 +477,7 @@ fn run_answers_like_a_shell_when_the_command_cannot_run() {
     );
     assert_eq!(output.status.code(), Some(127), "{}", stderr(&output));
     assert!(stderr(&output).contains("cannot run '/nonexistent/cmd'"));
-    let output = gate(
-        &state,
-        "45216",
-        &["run", "127.93.10.1", "--", "/etc"],
-    );
+    let output = gate(&state, "45216", &["run", "127.93.10.1", "--", "/etc"]);
     assert_eq!(output.status.code(), Some(126), "{}", stderr(&output));
     // The lease was given back either way.
     let leases: Value =

@@ -7,12 +7,12 @@ mod util;
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use util::{HOLDER, Holder, SOCKCHECK};
+use util::{Holder, SOCKCHECK, holder_from, lingering_command};
 
 /// Whether eBPF can be used; prints why not when it cannot. Only a kernel
 /// without BTF (or a non-root run, which these tests do not support) skips.
@@ -315,29 +315,6 @@ impl Drop for Guard {
             util::kill(self.0);
         }
     }
-}
-
-/// A command that starts a lingering server in the background and exits.
-fn lingering_command(port: u16, ready: &Path) -> String {
-    format!(
-        "{HOLDER} lingering \"$SOCKCHECK_ADDR\" {port} 2 > {r} 2>/dev/null < /dev/null & \
-         while ! grep -q ready {r} 2>/dev/null; do sleep 0.02; done",
-        r = ready.display()
-    )
-}
-
-fn holder_from(ready: &Path) -> (u32, Vec<u64>) {
-    let line = std::fs::read_to_string(ready).unwrap();
-    let mut pid = 0;
-    let mut tids = Vec::new();
-    for field in line.split_whitespace().skip(1) {
-        match field.split_once('=').unwrap() {
-            ("pid", v) => pid = v.parse().unwrap(),
-            ("tids", v) => tids = v.split(',').map(|t| t.parse().unwrap()).collect(),
-            _ => {}
-        }
-    }
-    (pid, tids)
 }
 
 /// `PREFIX sockcheck -v [GLOBAL..] run POOL --linger 300ms --report R -- sh -c

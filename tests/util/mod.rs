@@ -126,6 +126,33 @@ pub fn wait_gone(pid: u32) {
     panic!("pid {pid} did not exit");
 }
 
+/// A shell command for `sockcheck run`: it starts a lingering server (main
+/// thread gone, two workers holding reuseport listeners) on
+/// `$SOCKCHECK_ADDR:port` in the background, waits for its `ready` line in
+/// `ready`, and exits, as a test runner leaving a server behind would.
+pub fn lingering_command(port: u16, ready: &std::path::Path) -> String {
+    format!(
+        "{HOLDER} lingering \"$SOCKCHECK_ADDR\" {port} 2 > {r} 2>/dev/null < /dev/null & \
+         while ! grep -q ready {r} 2>/dev/null; do sleep 0.02; done",
+        r = ready.display()
+    )
+}
+
+/// The pid and worker tids from a holder's `ready` line in a file.
+pub fn holder_from(ready: &std::path::Path) -> (u32, Vec<u64>) {
+    let line = std::fs::read_to_string(ready).unwrap();
+    let mut pid = 0;
+    let mut tids = Vec::new();
+    for field in line.split_whitespace().skip(1) {
+        match field.split_once('=').unwrap() {
+            ("pid", v) => pid = v.parse().unwrap(),
+            ("tids", v) => tids = v.split(',').map(|t| t.parse().unwrap()).collect(),
+            _ => {}
+        }
+    }
+    (pid, tids)
+}
+
 /// What one sockcheck run gave.
 pub struct Run {
     pub status: i32,
