@@ -162,15 +162,15 @@ fn find_owners(mode: BpfMode, needed: &HashSet<u64>, bpf: &mut BpfUse) -> (FdSca
                 SourceStatus::new(
                     "partial",
                     format!(
-                        "{} processes read; /proc is mounted with hidepid={mode}, so other \
+                        "{} read; /proc is mounted with hidepid={mode}, so other \
                          users' processes cannot even be listed (needs root or CAP_SYS_PTRACE)",
-                        scan.processes
+                        processes(scan.processes)
                     ),
                 )
             } else if scan.unreadable.is_empty() {
                 SourceStatus::new(
                     "used",
-                    format!("{} processes, {} fds read", scan.processes, scan.fds),
+                    format!("{}, {} fds read", processes(scan.processes), scan.fds),
                 )
             } else {
                 let mut pids: Vec<String> = scan
@@ -193,8 +193,8 @@ fn find_owners(mode: BpfMode, needed: &HashSet<u64>, bpf: &mut BpfUse) -> (FdSca
                 SourceStatus::new(
                     "partial",
                     format!(
-                        "{} processes read; could not read the fd table of pid {} ({why})",
-                        scan.processes,
+                        "{} read; could not read the fd table of pid {} ({why})",
+                        processes(scan.processes),
                         pids.join(", ")
                     ),
                 )
@@ -206,6 +206,11 @@ fn find_owners(mode: BpfMode, needed: &HashSet<u64>, bpf: &mut BpfUse) -> (FdSca
             SourceStatus::new("unavailable", e.to_string()),
         ),
     }
+}
+
+/// `1 process`, `2 processes`.
+fn processes(n: usize) -> String {
+    format!("{n} process{}", if n == 1 { "" } else { "es" })
 }
 
 /// Every socket on the queried ports, per family, as the kernel showed it.

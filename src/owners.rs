@@ -63,11 +63,10 @@ impl FdScan {
     /// Processes that may hold `inode` but could not be read: the unreadable
     /// processes whose uid is the socket's uid (a socket's uid is the fsuid
     /// of the process that created it).
-    /// Kernel threads are left out: they hold no fds.
     pub fn hidden_candidates(&self, uid: u32) -> Vec<u32> {
         self.unreadable
             .iter()
-            .filter(|u| u.uid == Some(uid) && !is_kernel_thread(u.pid))
+            .filter(|u| u.uid == Some(uid))
             .map(|u| u.pid)
             .collect()
     }
@@ -140,6 +139,11 @@ pub fn scan(inodes: &HashSet<u64>) -> Result<FdScan, Error> {
         }
     });
     let mut scan = merged.into_inner().unwrap_or_else(|p| p.into_inner());
+    // Kernel threads hold no fds: one that could not be read hides nothing.
+    if !scan.unreadable.is_empty() {
+        let kernel = kernel_threads();
+        scan.unreadable.retain(|u| !kernel.contains(&u.pid));
+    }
     scan.unreadable.sort_by_key(|u| u.pid);
     scan.looked_up = true;
     if unprivileged_uid().is_some() {
@@ -351,12 +355,18 @@ impl<'a> Scanner<'a> {
     }
 }
 
-/// `PF_KTHREAD` in /proc/PID/stat's flags.
-fn is_kernel_thread(pid: u32) -> bool {
-    const PF_KTHREAD: u32 = 0x0020_0000;
-    procfs::process::Process::new(pid as i32)
-        .and_then(|p| p.stat())
-        .is_ok_and(|stat| stat.flags & PF_KTHREAD != 0)
+/// Kernel threads: kthreadd (pid 2) and its children, from one read of
+/// /proc/2/task/2/children (readable by anyone).
+fn kernel_threads() -> HashSet<u32> {
+    let mut threads = HashSet::from([2]);
+    if let Ok(children) = std::fs::read_to_string("/proc/2/task/2/children") {
+        threads.extend(
+            children
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    threads
 }
 
 /// The `hidepid=` option of the /proc mount, if any (`/proc/self/mountinfo`:
