@@ -9,7 +9,7 @@ use std::io;
 #[non_exhaustive]
 pub enum Error {
     /// A netlink syscall failed.
-    #[error("{what} failed: {}", io_name(source))]
+    #[error("{what} failed: {}", errno_label(source))]
     Netlink {
         what: String,
         #[source]
@@ -20,7 +20,7 @@ pub enum Error {
     #[error("{what}: {detail}")]
     NetlinkReply { what: String, detail: String },
     /// /proc could not be read at all.
-    #[error("reading {path} failed: {}", io_name(source))]
+    #[error("reading {path} failed: {}", errno_label(source))]
     Proc {
         path: String,
         #[source]
@@ -30,7 +30,7 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
     /// Any other failed system call.
-    #[error("{call} failed: {}", io_name(source))]
+    #[error("{call} failed: {}", errno_label(source))]
     Syscall {
         call: String,
         #[source]
@@ -66,15 +66,6 @@ impl Error {
     }
 }
 
-/// `EADDRINUSE` rather than "Address already in use (os error 98)": the
-/// name is what people search for and what ss/strace print.
-pub fn io_name(error: &io::Error) -> String {
-    match error.raw_os_error() {
-        Some(code) => errno_name(code).to_string(),
-        None => error.to_string(),
-    }
-}
-
 /// The symbolic name of an errno value.
 pub fn errno_name(code: i32) -> &'static str {
     match code {
@@ -105,7 +96,9 @@ pub fn errno_name(code: i32) -> &'static str {
     }
 }
 
-/// The errno name of an io error, with the number when the name is unknown.
+/// `EADDRINUSE` rather than "Address already in use (os error 98)": the
+/// name is what people search for and what ss/strace print; the number when
+/// the name is unknown.
 pub fn errno_label(error: &io::Error) -> String {
     match error.raw_os_error() {
         Some(code) if errno_name(code) != "errno" => errno_name(code).to_string(),

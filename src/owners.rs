@@ -9,7 +9,7 @@
 //! although the live threads still hold the shared table — the shape that ss
 //! -p, lsof, fuser and netstat all miss.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Mutex;
@@ -107,10 +107,14 @@ pub fn scan(inodes: &HashSet<u64>) -> Result<FdScan, Error> {
         path: "/proc".into(),
         source: e.into(),
     })?;
-    let pids = list_numeric(&proc_dir).map_err(|e| Error::Proc {
+    let mut pids = list_numeric(&proc_dir).map_err(|e| Error::Proc {
         path: "/proc".into(),
         source: e.into(),
     })?;
+    // Kernel threads hold no fds: not reading them saves an openat each,
+    // and, unprivileged, keeps them out of the unreadable candidates.
+    let kernel = kernel_threads();
+    pids.retain(|pid| !kernel.contains(pid));
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
@@ -139,11 +143,6 @@ pub fn scan(inodes: &HashSet<u64>) -> Result<FdScan, Error> {
         }
     });
     let mut scan = merged.into_inner().unwrap_or_else(|p| p.into_inner());
-    // Kernel threads hold no fds: one that could not be read hides nothing.
-    if !scan.unreadable.is_empty() {
-        let kernel = kernel_threads();
-        scan.unreadable.retain(|u| !kernel.contains(&u.pid));
-    }
     scan.unreadable.sort_by_key(|u| u.pid);
     scan.looked_up = true;
     if unprivileged_uid().is_some() {
@@ -598,14 +597,6 @@ fn state_name(c: char) -> &'static str {
         'K' => "wakekill",
         _ => "unknown",
     }
-}
-
-/// The set of distinct holder pids across `inodes`.
-pub fn holder_pids(scan: &FdScan) -> BTreeSet<u32> {
-    scan.holders
-        .values()
-        .flat_map(|p| p.keys().copied())
-        .collect()
 }
 
 #[cfg(test)]
