@@ -132,11 +132,11 @@ PY=/usr/bin/python3
 hyperfine -N --help >/dev/null 2>&1 || die "hyperfine is too old (needs -N, 1.13+)"
 
 SOCKCHECK=$ROOT/target/release/sockcheck
-HOLDER=$ROOT/target/release/sockcheck-holder
+HOLDER=$ROOT/target/release/examples/sockcheck-holder
 LOADGEN=$ROOT/scripts/bench-load.py
 if [[ $NO_BUILD != 1 ]]; then
     echo "bench: cargo build --release" >&2
-    (cd "$ROOT" && cargo build --release) >&2 || die "cargo build failed"
+    (cd "$ROOT" && cargo build --release --bin sockcheck --example sockcheck-holder) >&2 || die "cargo build failed"
 fi
 [[ -x $SOCKCHECK && -x $HOLDER ]] || die "no $SOCKCHECK or $HOLDER (build first)"
 NOBODY=(setpriv --reuid=65534 --regid=65534 --clear-groups)

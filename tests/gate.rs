@@ -36,7 +36,7 @@ impl Drop for StateDir {
 }
 
 fn gate(state: &StateDir, ports: &str, args: &[&str]) -> Output {
-    Command::new(SOCKCHECK)
+    Command::new(&*SOCKCHECK)
         .args(["--state-dir", state.path(), "--ports", ports])
         .args(args)
         .env("NO_COLOR", "1")
@@ -59,7 +59,7 @@ fn thirty_two_concurrent_acquires_get_thirty_two_addresses() {
     let pool = "127.93.1.0/27";
     let children: Vec<_> = (0..32)
         .map(|_| {
-            Command::new(SOCKCHECK)
+            Command::new(&*SOCKCHECK)
                 .args([
                     "--state-dir",
                     state.path(),
@@ -366,7 +366,7 @@ fn run_passes_the_address_and_the_exit_status() {
 #[test]
 fn run_passes_signals_to_the_command() {
     let state = StateDir::new("signal");
-    let mut child = Command::new(SOCKCHECK)
+    let mut child = Command::new(&*SOCKCHECK)
         .args([
             "--state-dir",
             state.path(),
@@ -441,7 +441,7 @@ fn bad_input_is_one_line_exit_2_and_changes_nothing() {
     assert_eq!(std::fs::read(state.0.join("leases.json")).unwrap(), before);
     // A state directory that cannot be used.
     let file = state.0.join("leases.json");
-    let output = Command::new(SOCKCHECK)
+    let output = Command::new(&*SOCKCHECK)
         .args([
             "--state-dir",
             file.to_str().unwrap(),

@@ -556,8 +556,8 @@ fn hidepid_invisible_is_reported_not_mistaken_for_no_owner() {
          mount -o remount,hidepid=invisible /proc && \
          setpriv --reuid=65534 --regid=65534 --clear-groups -- \
          {sockcheck} --json --ports 45150 127.91.0.50; kill $!",
-        holder = util::HOLDER,
-        sockcheck = util::SOCKCHECK
+        holder = util::HOLDER.display(),
+        sockcheck = util::SOCKCHECK.display()
     );
     let ready = std::env::temp_dir().join(format!("sockcheck-hidepid-{}", std::process::id()));
     let output = std::process::Command::new("unshare")

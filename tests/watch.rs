@@ -38,7 +38,7 @@ struct Watch {
 
 impl Watch {
     fn start(args: &[&str]) -> Watch {
-        let mut child = Command::new(SOCKCHECK)
+        let mut child = Command::new(&*SOCKCHECK)
             .arg("watch")
             .args(args)
             .env("NO_COLOR", "1")
@@ -333,7 +333,7 @@ fn run_lingering(
     let port_text = port.to_string();
     let output = Command::new(prefix[0])
         .args(&prefix[1..])
-        .arg(SOCKCHECK)
+        .arg(&*SOCKCHECK)
         .args(global)
         .args([
             "-v",

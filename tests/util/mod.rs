@@ -7,12 +7,66 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::LazyLock;
 
 use serde_json::Value;
 
-pub const SOCKCHECK: &str = env!("CARGO_BIN_EXE_sockcheck");
-pub const HOLDER: &str = env!("CARGO_BIN_EXE_sockcheck-holder");
+/// The sockcheck binary under test: `$SOCKCHECK_BIN` when set (to run the
+/// whole suite against another build, such as the static musl one), else
+/// the one Cargo built for this test run.
+pub static SOCKCHECK: LazyLock<PathBuf> = LazyLock::new(|| match std::env::var_os("SOCKCHECK_BIN") {
+    Some(bin) if !bin.is_empty() => {
+        let bin = PathBuf::from(bin);
+        assert!(bin.is_file(), "SOCKCHECK_BIN={} is not a file", bin.display());
+        bin
+    }
+    _ => PathBuf::from(env!("CARGO_BIN_EXE_sockcheck")),
+});
+
+/// The `sockcheck-holder` fixture: `$SOCKCHECK_HOLDER` when set, else the
+/// example `cargo test` builds next to this test binary
+/// (`target/PROFILE/examples/`), built on demand when a narrower
+/// `cargo test --test NAME` did not build it.
+pub static HOLDER: LazyLock<PathBuf> = LazyLock::new(|| {
+    if let Some(bin) = std::env::var_os("SOCKCHECK_HOLDER").filter(|b| !b.is_empty()) {
+        return PathBuf::from(bin);
+    }
+    // target[/TRIPLE]/PROFILE/deps/TEST-HASH
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/PROFILE");
+    let holder = profile_dir.join("examples/sockcheck-holder");
+    if !holder.is_file() {
+        build_holder(profile_dir);
+    }
+    assert!(holder.is_file(), "no {} after building it", holder.display());
+    holder
+});
+
+/// `cargo build --example sockcheck-holder` for the profile (and target, if
+/// any) this test binary was built with.
+fn build_holder(profile_dir: &Path) {
+    let profile = profile_dir.file_name().unwrap().to_str().unwrap();
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--quiet", "--example", "sockcheck-holder", "--profile"])
+        .arg(if profile == "debug" { "dev" } else { profile });
+    // TARGET_DIR/TRIPLE/PROFILE for a build with --target; Cargo marks
+    // the target directory itself with CACHEDIR.TAG.
+    let above = profile_dir.parent().unwrap();
+    if !above.join("CACHEDIR.TAG").exists()
+        && let Some(triple) = above.file_name().and_then(|n| n.to_str())
+    {
+        cargo.args(["--target", triple]);
+        cargo.env("CARGO_TARGET_DIR", above.parent().unwrap());
+    } else {
+        cargo.env("CARGO_TARGET_DIR", above);
+    }
+    let status = cargo.status().expect("run cargo to build sockcheck-holder");
+    assert!(status.success(), "building sockcheck-holder failed: {status}");
+}
 
 /// A holder process (and its forked child, if any). Killed by pid on drop.
 pub struct Holder {
@@ -45,10 +99,10 @@ impl Holder {
         let mut command = match prefix.split_first() {
             Some((program, args)) => {
                 let mut command = Command::new(program);
-                command.args(args).arg(HOLDER);
+                command.args(args).arg(&*HOLDER);
                 command
             }
-            None => Command::new(HOLDER),
+            None => Command::new(&*HOLDER),
         };
         let mut child = command
             .arg(shape)
@@ -132,8 +186,9 @@ pub fn wait_gone(pid: u32) {
 /// `ready`, and exits, as a test runner leaving a server behind would.
 pub fn lingering_command(port: u16, ready: &std::path::Path) -> String {
     format!(
-        "{HOLDER} lingering \"$SOCKCHECK_ADDR\" {port} 2 > {r} 2>/dev/null < /dev/null & \
+        "{holder} lingering \"$SOCKCHECK_ADDR\" {port} 2 > {r} 2>/dev/null < /dev/null & \
          while ! grep -q ready {r} 2>/dev/null; do sleep 0.02; done",
+        holder = HOLDER.display(),
         r = ready.display()
     )
 }
@@ -169,7 +224,7 @@ impl Run {
 
 /// Runs the sockcheck binary.
 pub fn sockcheck(args: &[&str]) -> Run {
-    run(Command::new(SOCKCHECK)
+    run(Command::new(&*SOCKCHECK)
         .args(args)
         .env_remove("SOCKCHECK_PORTS"))
 }
@@ -178,7 +233,7 @@ pub fn sockcheck(args: &[&str]) -> Run {
 pub fn sockcheck_as_nobody(args: &[&str]) -> Run {
     run(Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(SOCKCHECK)
+        .arg(&*SOCKCHECK)
         .args(args)
         .env_remove("SOCKCHECK_PORTS"))
 }

@@ -1,6 +1,12 @@
 //! sockcheck-holder: reproduces, with real sockets, the shapes of holders
-//! that sockcheck must recognise. For demos, the integration tests and the
-//! benchmark.
+//! that sockcheck must recognise. For the integration tests, the Node
+//! package's tests, the benchmark and demos.
+//!
+//! A test fixture, not part of what `cargo install` installs: Cargo.toml
+//! declares it as the example `sockcheck-holder`, which `cargo test` builds
+//! (at `target/PROFILE/examples/sockcheck-holder`) and `cargo install`
+//! leaves out. Build it alone with `cargo build --release --example
+//! sockcheck-holder`.
 //!
 //! Usage: sockcheck-holder SHAPE ADDR PORT [N]
 //!
