@@ -78,6 +78,10 @@ enum Command {
         /// Wait this long for an address instead of failing at once.
         #[arg(long, value_name = "DURATION")]
         wait: Option<String>,
+        /// Keep waiting when every candidate is foreign (a wildcard
+        /// listener covers it) instead of failing at once.
+        #[arg(long)]
+        allow_foreign: bool,
     },
     /// Give a leased address back.
     Release { address: String },
@@ -106,6 +110,9 @@ holders; 5 when no address of the pool could be leased; 2 bad usage.")]
         /// How long --reap waits between SIGTERM and SIGKILL.
         #[arg(long, default_value = "2s", value_name = "DURATION")]
         grace: String,
+        /// Wait this long for a free address instead of failing at once.
+        #[arg(long, value_name = "DURATION")]
+        wait: Option<String>,
         /// Words before `--` that are not the pool (an error).
         #[arg(hide = true)]
         stray: Vec<OsString>,
@@ -252,12 +259,17 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Result<ExitStatus, Erro
             let timeout = pool::parse_duration(&timeout, "--timeout")?;
             gate::wait(&gate(), address, timeout, allow_foreign)
         }
-        Some(Command::Acquire { pool, owner, wait }) => {
+        Some(Command::Acquire {
+            pool,
+            owner,
+            wait,
+            allow_foreign,
+        }) => {
             let pool = resolve_pool(pool)?;
             let wait = wait
                 .map(|w| pool::parse_duration(&w, "--wait"))
                 .transpose()?;
-            gate::acquire(&gate(), &pool, owner, wait)
+            gate::acquire(&gate(), &pool, owner, wait, allow_foreign)
         }
         Some(Command::Release { address }) => {
             gate::release(&gate(), inspect::parse_address(&address)?)
@@ -275,11 +287,15 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Result<ExitStatus, Erro
             report,
             reap,
             grace,
+            wait,
             stray,
             command,
         }) => {
             let linger = pool::parse_duration(&linger, "--linger")?;
             let grace = pool::parse_duration(&grace, "--grace")?;
+            let wait = wait
+                .map(|w| pool::parse_duration(&w, "--wait"))
+                .transpose()?;
             if !stray.is_empty() || command.is_empty() {
                 return Err(Error::Usage(
                     "run: the command must follow '--' (sockcheck run POOL -- CMD [ARGS...])"
@@ -291,6 +307,7 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Result<ExitStatus, Erro
                 report,
                 reap,
                 grace,
+                wait,
                 command,
             };
             gate::run(&gate(), &resolve_pool(pool)?, &options)

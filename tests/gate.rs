@@ -1,6 +1,7 @@
 //! The CI gate: leases under concurrency and after crashes, `wait`, `scan`,
 //! and `run` with its lingering-worker check. Addresses 127.93.0.0/16 and
-//! ports 45200-45299 belong to this file.
+//! ports 45200-45299 belong to this file (45218 and 45219 carry wildcard
+//! listeners, which cover every address on them).
 
 mod util;
 
@@ -497,4 +498,176 @@ fn wait_fails_at_once_on_an_address_that_is_not_local() {
         "{}",
         stderr(&output)
     );
+}
+
+/// `acquire --json` when no address could be had: the document on stdout.
+fn refusal(output: &Output) -> Value {
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(output));
+    serde_json::from_str(&stdout(output))
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(output)))
+}
+
+#[test]
+fn acquire_fails_at_once_when_every_candidate_is_foreign() {
+    let state = StateDir::new("allforeign");
+    let holder = Holder::start("wildcard", "-", 45218, &[]);
+    let started = Instant::now();
+    let output = gate(
+        &state,
+        "45218",
+        &["acquire", "127.93.11.1-127.93.11.4", "--wait", "20s"],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "waited {:?} although waiting cannot help",
+        started.elapsed()
+    );
+    let why = stderr(&output);
+    assert!(why.contains("waiting will not help"), "{why}");
+    for n in 1..=4 {
+        let line = why
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("127.93.11.{n} ")))
+            .unwrap_or_else(|| panic!("no line for 127.93.11.{n}: {why}"));
+        assert!(
+            line.contains("foreign") && line.contains(&format!("pid {}", holder.pid)),
+            "{line}"
+        );
+    }
+
+    let doc = refusal(&gate(
+        &state,
+        "45218",
+        &[
+            "--json",
+            "acquire",
+            "127.93.11.1-127.93.11.4",
+            "--wait",
+            "20s",
+        ],
+    ));
+    assert_eq!(doc["schema"], 1);
+    assert_eq!(doc["address"], Value::Null);
+    assert_eq!(doc["hopeless"], true);
+    let skipped = doc["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 4, "{doc}");
+    for skip in skipped {
+        assert_eq!(skip["reason"], "foreign", "{skip}");
+        assert_eq!(skip["verdict"], "foreign", "{skip}");
+        assert_eq!(skip["pids"], serde_json::json!([holder.pid]), "{skip}");
+    }
+}
+
+#[test]
+fn acquire_allow_foreign_waits_out_the_deadline() {
+    let state = StateDir::new("allowforeign");
+    let _holder = Holder::start("wildcard", "-", 45219, &[]);
+    let started = Instant::now();
+    let output = gate(
+        &state,
+        "45219",
+        &[
+            "--json",
+            "acquire",
+            "127.93.12.1",
+            "--wait",
+            "1s",
+            "--allow-foreign",
+        ],
+    );
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let doc = refusal(&output);
+    assert_eq!(doc["hopeless"], false);
+    assert_eq!(doc["skipped"][0]["reason"], "foreign");
+    assert!(stderr(&output).contains("before the --wait deadline"));
+}
+
+#[test]
+fn a_failed_acquire_names_each_address_its_verdict_and_holder() {
+    let state = StateDir::new("failednames");
+    let holder = Holder::start("plain", "127.93.13.1", 45220, &[]);
+    let mut owner = Command::new("sleep").arg("100").spawn().unwrap();
+    let owner_pid = owner.id();
+    let leased = gate(
+        &state,
+        "45220",
+        &["acquire", "127.93.13.2", "--owner", &owner_pid.to_string()],
+    );
+    assert_eq!(stdout(&leased).trim(), "127.93.13.2");
+
+    // For people, without -v: one line per address.
+    let output = gate(&state, "45220", &["acquire", "127.93.13.1-127.93.13.2"]);
+    assert_eq!(output.status.code(), Some(1));
+    let why = stderr(&output);
+    assert!(
+        why.contains("no free address in the pool (2 addresses)"),
+        "{why}"
+    );
+    assert!(
+        why.lines().any(|l| l.contains("127.93.13.1")
+            && l.contains("busy")
+            && l.contains(&format!("pid {}", holder.pid))),
+        "{why}"
+    );
+    assert!(
+        why.lines().any(|l| l.contains("127.93.13.2")
+            && l.contains("leased")
+            && l.contains(&format!("pid {owner_pid}"))),
+        "{why}"
+    );
+
+    // For programs: the same as data.
+    let doc = refusal(&gate(
+        &state,
+        "45220",
+        &["--json", "acquire", "127.93.13.1-127.93.13.2"],
+    ));
+    assert_eq!(doc["hopeless"], false);
+    let skipped = doc["skipped"].as_array().unwrap();
+    assert_eq!(skipped[0]["address"], "127.93.13.1");
+    assert_eq!(skipped[0]["reason"], "busy");
+    assert_eq!(skipped[0]["verdict"], "busy");
+    assert_eq!(skipped[0]["pids"], serde_json::json!([holder.pid]));
+    assert_eq!(skipped[1]["address"], "127.93.13.2");
+    assert_eq!(skipped[1]["reason"], "leased");
+    assert_eq!(skipped[1]["verdict"], Value::Null);
+    assert_eq!(skipped[1]["pids"], serde_json::json!([owner_pid]));
+    owner.kill().unwrap();
+    owner.wait().unwrap();
+}
+
+#[test]
+fn run_wait_waits_for_a_free_address() {
+    let state = StateDir::new("runwait");
+    let mut owner = Command::new("sleep").arg("1").spawn().unwrap();
+    let owner_pid = owner.id().to_string();
+    let leased = gate(
+        &state,
+        "45221",
+        &["acquire", "127.93.14.1", "--owner", &owner_pid],
+    );
+    assert_eq!(leased.status.code(), Some(0), "{}", stderr(&leased));
+    let output = gate(&state, "45221", &["run", "127.93.14.1", "--", "true"]);
+    assert_eq!(
+        output.status.code(),
+        Some(5),
+        "no --wait: no address at once"
+    );
+    let output = gate(
+        &state,
+        "45221",
+        &[
+            "run",
+            "--wait",
+            "10s",
+            "127.93.14.1",
+            "--",
+            "sh",
+            "-c",
+            "test \"$SOCKCHECK_ADDR\" = 127.93.14.1",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    owner.wait().unwrap();
 }

@@ -172,7 +172,7 @@ fn single(gate: &Gate, view: &KernelView, address: IpAddr) -> Report {
     inspect::inspect_view(&gate.query(vec![address], true), view)
 }
 
-/// What `acquire --json` prints.
+/// What `acquire --json` prints when it leased an address.
 #[derive(Debug, Serialize)]
 struct Acquired {
     schema: u32,
@@ -182,14 +182,80 @@ struct Acquired {
     state_dir: PathBuf,
 }
 
+/// Why `acquire` passed over an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SkipReason {
+    /// Leased to a live process.
+    Leased,
+    /// A command left it held (`run`), and it is still not free.
+    Quarantined,
+    Busy,
+    Foreign,
+    Conflict,
+    Unavailable,
+}
+
+impl SkipReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::Leased => "leased",
+            SkipReason::Quarantined => "quarantined",
+            SkipReason::Busy => "busy",
+            SkipReason::Foreign => "foreign",
+            SkipReason::Conflict => "conflict",
+            SkipReason::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// One address of the pool that `acquire` passed over, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    pub address: IpAddr,
+    pub reason: SkipReason,
+    /// The inspection's verdict; null for a leased address (not inspected).
+    pub verdict: Option<Verdict>,
+    /// Who holds it: the lease's owner, or the processes holding the
+    /// sockets that make it not free (from sock_diag's inode and /proc).
+    pub pids: Vec<u32>,
+    /// Some holder could not be read (another user's process).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub hidden: bool,
+    pub message: String,
+}
+
+/// Every address of the pool was passed over.
+#[derive(Debug, Clone, Serialize)]
+pub struct Refusal {
+    pub skipped: Vec<Skipped>,
+    /// Every candidate is foreign (without `--allow-foreign`) or
+    /// unavailable: waiting cannot help, so `acquire` gave up at once.
+    pub hopeless: bool,
+}
+
+/// What `acquire --json` prints when no address could be leased.
+#[derive(Debug, Serialize)]
+struct NotAcquired<'a> {
+    schema: u32,
+    address: Option<IpAddr>,
+    ports: &'a [u16],
+    state_dir: &'a std::path::Path,
+    error: String,
+    #[serde(flatten)]
+    refusal: &'a Refusal,
+}
+
 /// Chooses, under the state lock, the first address of `pool` that is
 /// neither leased nor quarantined and that the inspection finds free, and
-/// leases it to `owner`. Returns None when there is none.
+/// leases it to `owner`. Otherwise says why each address was passed over
+/// (without owners: finding them is [`explain`]'s work, outside the lock).
 pub fn try_acquire(
     gate: &Gate,
     pool: &[IpAddr],
     owner: ProcessId,
-) -> Result<Option<IpAddr>, Error> {
+    allow_foreign: bool,
+) -> Result<Result<IpAddr, Refusal>, Error> {
     let (store, mut state) = gate.open()?;
     let reclaimed = state.reclaim();
     if gate.output.verbose {
@@ -202,43 +268,47 @@ pub fn try_acquire(
     }
     let view = inspect::kernel_view(&gate.ports)?;
     let mut chosen = None;
+    let mut skipped = Vec::new();
     let mut changed = !reclaimed.is_empty();
     for &address in pool {
         if let Some(lease) = state.lease(address) {
-            if gate.output.verbose {
-                eprintln!(
-                    "sockcheck: skip {address}: leased to pid {}",
-                    lease.owner.pid
-                );
-            }
+            skipped.push(Skipped {
+                address,
+                reason: SkipReason::Leased,
+                verdict: None,
+                pids: vec![lease.owner.pid],
+                hidden: false,
+                message: format!("leased to pid {}", lease.owner.pid),
+            });
             continue;
         }
-        let report = gate.one(&view, address, false);
-        if state.quarantined(address).is_some() {
-            if report.verdict != Verdict::Free {
-                if gate.output.verbose {
-                    eprintln!(
-                        "sockcheck: skip {address}: quarantined and still {}",
-                        report.verdict.as_str()
-                    );
-                }
-                continue;
+        let verdict = gate.one(&view, address, false).verdict;
+        if verdict == Verdict::Free {
+            if state.quarantined(address).is_some() {
+                state.quarantine.retain(|q| q.address != address);
+                changed = true;
             }
-            state.quarantine.retain(|q| q.address != address);
-            changed = true;
-        }
-        if report.verdict == Verdict::Free {
             chosen = Some(address);
             break;
         }
-        if gate.output.verbose {
-            let full = gate.one(&view, address, true);
-            eprintln!(
-                "sockcheck: skip {address}: {} ({})",
-                full.verdict.as_str(),
-                summary(&full)
-            );
-        }
+        let reason = if state.quarantined(address).is_some() {
+            SkipReason::Quarantined
+        } else {
+            match verdict {
+                Verdict::Busy => SkipReason::Busy,
+                Verdict::Foreign => SkipReason::Foreign,
+                Verdict::Conflict => SkipReason::Conflict,
+                _ => SkipReason::Unavailable,
+            }
+        };
+        skipped.push(Skipped {
+            address,
+            reason,
+            verdict: Some(verdict),
+            pids: Vec::new(),
+            hidden: false,
+            message: verdict.as_str().to_string(),
+        });
     }
     if let Some(address) = chosen {
         state.leases.push(Lease {
@@ -251,7 +321,208 @@ pub fn try_acquire(
     if changed {
         store.save(&state)?;
     }
-    Ok(chosen)
+    drop(store); // the lock: holders are named outside it
+    if let Some(address) = chosen {
+        if gate.output.verbose && !skipped.is_empty() {
+            let mut passed = Refusal {
+                skipped,
+                hopeless: false,
+            };
+            explain(gate, &mut passed);
+            for skip in &passed.skipped {
+                eprintln!(
+                    "sockcheck: skip {}: {} ({})",
+                    skip.address,
+                    skip.reason.as_str(),
+                    skip.message
+                );
+            }
+        }
+        return Ok(Ok(address));
+    }
+    let hopeless = !skipped.is_empty()
+        && skipped.iter().all(|s| match s.verdict {
+            Some(Verdict::Foreign) => !allow_foreign,
+            Some(Verdict::Unavailable) => true,
+            _ => false,
+        });
+    Ok(Err(Refusal { skipped, hopeless }))
+}
+
+/// Names the holders of the addresses a refusal passed over: one
+/// inspection with owners (one /proc scan) for all of them, after the
+/// state lock is released.
+pub fn explain(gate: &Gate, refusal: &mut Refusal) {
+    let inspected: Vec<IpAddr> = refusal
+        .skipped
+        .iter()
+        .filter(|s| s.verdict.is_some())
+        .map(|s| s.address)
+        .collect();
+    if inspected.is_empty() {
+        return;
+    }
+    let Ok(report) = inspect::inspect(&gate.query(inspected, true)) else {
+        return; // the verdicts stand; only the names are missing
+    };
+    for address in &report.addresses {
+        let Some(skip) = refusal
+            .skipped
+            .iter_mut()
+            .find(|s| s.address == address.address)
+        else {
+            continue;
+        };
+        (skip.pids, skip.hidden) = holder_pids(address);
+        let why = summary(address);
+        skip.message = match (skip.reason, address.verdict) {
+            (_, Verdict::Free) => format!(
+                "{} a moment ago; free now",
+                skip.verdict.map_or("held", Verdict::as_str)
+            ),
+            (SkipReason::Quarantined, verdict) => {
+                format!("quarantined and still {}: {why}", verdict.as_str())
+            }
+            _ => why,
+        };
+    }
+}
+
+/// The pids that hold what makes an address not free: the owners of the
+/// covering listeners and, when there are none, of the other sockets the
+/// canary ran into. `hidden`: some owner could not be read.
+fn holder_pids(address: &AddressReport) -> (Vec<u32>, bool) {
+    let mut pids = Vec::new();
+    let mut hidden = false;
+    for port in &address.ports {
+        let owners: Vec<&crate::report::Owner> = if port.listeners.is_empty() {
+            port.other_sockets
+                .sockets
+                .iter()
+                .flat_map(|s| &s.owners)
+                .collect()
+        } else {
+            port.listeners.iter().flat_map(|l| &l.owners).collect()
+        };
+        for owner in owners {
+            match owner.pid {
+                Some(pid) => pids.push(pid),
+                None => hidden |= owner.hidden,
+            }
+        }
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    (pids, hidden)
+}
+
+/// Leases an address, polling until `wait` runs out; gives up at once when
+/// waiting cannot help. A refusal comes back with its holders named.
+pub fn lease(
+    gate: &Gate,
+    pool: &[IpAddr],
+    owner: ProcessId,
+    wait: Option<Duration>,
+    allow_foreign: bool,
+) -> Result<Result<IpAddr, Refusal>, Error> {
+    let deadline = wait.map(|w| Instant::now() + w);
+    loop {
+        let mut refusal = match try_acquire(gate, pool, owner, allow_foreign)? {
+            Ok(address) => return Ok(Ok(address)),
+            Err(refusal) => refusal,
+        };
+        match deadline {
+            Some(deadline) if Instant::now() < deadline && !refusal.hopeless => {
+                std::thread::sleep(POLL.min(deadline.saturating_duration_since(Instant::now())));
+            }
+            _ => {
+                explain(gate, &mut refusal);
+                return Ok(Err(refusal));
+            }
+        }
+    }
+}
+
+/// The refusal's first line: why no address could be had.
+fn refusal_line(pool_len: usize, refusal: &Refusal, waited: bool) -> String {
+    let count = format!(
+        "{pool_len} address{}",
+        if pool_len == 1 { "" } else { "es" }
+    );
+    if refusal.hopeless {
+        format!(
+            "no address of the pool ({count}) can be leased: every one is foreign or unavailable, \
+             and waiting will not help{}",
+            if refusal
+                .skipped
+                .iter()
+                .any(|s| s.verdict == Some(Verdict::Foreign))
+            {
+                " (--allow-foreign waits anyway)"
+            } else {
+                ""
+            }
+        )
+    } else {
+        format!(
+            "no free address in the pool ({count}){}",
+            if waited {
+                " before the --wait deadline"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+/// At most this many skipped addresses are listed for people; `--json`
+/// lists every one.
+const SKIPPED_SHOWN: usize = 32;
+
+/// Tells why no address could be had: one line and one line per address
+/// on stderr, and with `--json` the document on stdout.
+fn report_refusal(
+    gate: &Gate,
+    pool_len: usize,
+    refusal: &Refusal,
+    waited: bool,
+) -> Result<(), Error> {
+    let line = refusal_line(pool_len, refusal, waited);
+    if gate.output.json {
+        let doc = NotAcquired {
+            schema: 1,
+            address: None,
+            ports: &gate.ports,
+            state_dir: &gate.state_dir,
+            error: line.clone(),
+            refusal,
+        };
+        write_stdout(&(serde_json::to_string(&doc).expect("serializes") + "\n"))?;
+    }
+    let width = refusal
+        .skipped
+        .iter()
+        .take(SKIPPED_SHOWN)
+        .map(|s| s.address.to_string().len())
+        .max()
+        .unwrap_or(0);
+    let mut text = format!("sockcheck: {line}:\n");
+    for skip in refusal.skipped.iter().take(SKIPPED_SHOWN) {
+        text.push_str(&format!(
+            "  {:<width$}  {:<11}  {}\n",
+            skip.address.to_string(),
+            skip.reason.as_str(),
+            skip.message
+        ));
+    }
+    if refusal.skipped.len() > SKIPPED_SHOWN {
+        text.push_str(&format!(
+            "  … and {} more (--json lists every one)\n",
+            refusal.skipped.len() - SKIPPED_SHOWN
+        ));
+    }
+    eprint!("{text}");
+    Ok(())
 }
 
 /// `sockcheck acquire POOL`.
@@ -260,15 +531,15 @@ pub fn acquire(
     pool: &[IpAddr],
     owner_pid: Option<u32>,
     wait: Option<Duration>,
+    allow_foreign: bool,
 ) -> Result<ExitStatus, Error> {
     let pid = owner_pid.unwrap_or_else(|| {
         rustix::process::getppid().map_or(1, |p| p.as_raw_nonzero().get() as u32)
     });
     let owner = ProcessId::of(pid)
         .ok_or_else(|| Error::Usage(format!("--owner: no live process with pid {pid}")))?;
-    let deadline = wait.map(|w| Instant::now() + w);
-    loop {
-        if let Some(address) = try_acquire(gate, pool, owner)? {
+    match lease(gate, pool, owner, wait, allow_foreign)? {
+        Ok(address) => {
             let text = if gate.output.json {
                 let acquired = Acquired {
                     schema: 1,
@@ -282,24 +553,11 @@ pub fn acquire(
                 format!("{address}\n")
             };
             write_stdout(&text)?;
-            return Ok(ExitStatus::Free);
+            Ok(ExitStatus::Free)
         }
-        match deadline {
-            Some(deadline) if Instant::now() < deadline => {
-                std::thread::sleep(POLL.min(deadline.saturating_duration_since(Instant::now())));
-            }
-            _ => {
-                eprintln!(
-                    "sockcheck: no free address in the pool ({} addresses){}",
-                    pool.len(),
-                    if wait.is_some() {
-                        " before the --wait deadline"
-                    } else {
-                        ""
-                    }
-                );
-                return Ok(ExitStatus::NotFree);
-            }
+        Err(refusal) => {
+            report_refusal(gate, pool.len(), &refusal, wait.is_some())?;
+            Ok(ExitStatus::NotFree)
         }
     }
 }
@@ -404,6 +662,8 @@ pub struct RunOptions {
     pub report: Option<PathBuf>,
     pub reap: bool,
     pub grace: Duration,
+    /// How long to wait for a free address before giving up (exit 5).
+    pub wait: Option<Duration>,
     pub command: Vec<OsString>,
 }
 
@@ -417,12 +677,12 @@ pub fn run(gate: &Gate, pool: &[IpAddr], options: &RunOptions) -> Result<ExitSta
     }
     let me = ProcessId::of(std::process::id())
         .ok_or_else(|| Error::Usage("cannot read our own /proc entry".into()))?;
-    let Some(address) = try_acquire(gate, pool, me)? else {
-        eprintln!(
-            "sockcheck: no free address in the pool ({} addresses)",
-            pool.len()
-        );
-        return Ok(ExitStatus::NoAddress);
+    let address = match lease(gate, pool, me, options.wait, false)? {
+        Ok(address) => address,
+        Err(refusal) => {
+            report_refusal(gate, pool.len(), &refusal, options.wait.is_some())?;
+            return Ok(ExitStatus::NoAddress);
+        }
     };
     let ports = gate
         .ports

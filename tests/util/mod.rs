@@ -16,14 +16,19 @@ use serde_json::Value;
 /// The sockcheck binary under test: `$SOCKCHECK_BIN` when set (to run the
 /// whole suite against another build, such as the static musl one), else
 /// the one Cargo built for this test run.
-pub static SOCKCHECK: LazyLock<PathBuf> = LazyLock::new(|| match std::env::var_os("SOCKCHECK_BIN") {
-    Some(bin) if !bin.is_empty() => {
-        let bin = PathBuf::from(bin);
-        assert!(bin.is_file(), "SOCKCHECK_BIN={} is not a file", bin.display());
-        bin
-    }
-    _ => PathBuf::from(env!("CARGO_BIN_EXE_sockcheck")),
-});
+pub static SOCKCHECK: LazyLock<PathBuf> =
+    LazyLock::new(|| match std::env::var_os("SOCKCHECK_BIN") {
+        Some(bin) if !bin.is_empty() => {
+            let bin = PathBuf::from(bin);
+            assert!(
+                bin.is_file(),
+                "SOCKCHECK_BIN={} is not a file",
+                bin.display()
+            );
+            bin
+        }
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_sockcheck")),
+    });
 
 /// The `sockcheck-holder` fixture: `$SOCKCHECK_HOLDER` when set, else the
 /// example `cargo test` builds next to this test binary
@@ -40,7 +45,11 @@ pub static HOLDER: LazyLock<PathBuf> = LazyLock::new(|| {
     if !holder.is_file() {
         build_holder(profile_dir);
     }
-    assert!(holder.is_file(), "no {} after building it", holder.display());
+    assert!(
+        holder.is_file(),
+        "no {} after building it",
+        holder.display()
+    );
     holder
 });
 
@@ -51,7 +60,13 @@ fn build_holder(profile_dir: &Path) {
     let mut cargo = Command::new(env!("CARGO"));
     cargo
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["build", "--quiet", "--example", "sockcheck-holder", "--profile"])
+        .args([
+            "build",
+            "--quiet",
+            "--example",
+            "sockcheck-holder",
+            "--profile",
+        ])
         .arg(if profile == "debug" { "dev" } else { profile });
     // TARGET_DIR/TRIPLE/PROFILE for a build with --target; Cargo marks
     // the target directory itself with CACHEDIR.TAG.
@@ -65,7 +80,10 @@ fn build_holder(profile_dir: &Path) {
         cargo.env("CARGO_TARGET_DIR", above);
     }
     let status = cargo.status().expect("run cargo to build sockcheck-holder");
-    assert!(status.success(), "building sockcheck-holder failed: {status}");
+    assert!(
+        status.success(),
+        "building sockcheck-holder failed: {status}"
+    );
 }
 
 /// A holder process (and its forked child, if any). Killed by pid on drop.
