@@ -1,0 +1,20 @@
+// The ESM entry: the same module as the CommonJS entry (lib/sockcheck.cjs),
+// so ESM and CommonJS callers in one process share one implementation, one
+// SockcheckError class and one set of fallback leases.
+import sockcheck from './lib/sockcheck.cjs';
+
+export const {
+  acquire,
+  release,
+  check,
+  scan,
+  waitFree,
+  run,
+  Lease,
+  SockcheckError,
+  resolveBinary,
+  resolveBackend,
+  platformPackage,
+  DEFAULT_LEASE_PORT,
+  version,
+} = sockcheck;

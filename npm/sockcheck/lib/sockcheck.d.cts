@@ -1,0 +1,318 @@
+// Types for sockcheck (hand-written; checked by `tsc --noEmit` in CI). The
+// ESM entry (index.d.ts) re-exports these.
+
+/// <reference types="node" />
+
+/** A duration: a number is milliseconds; a string is a sockcheck duration (`500ms`, `30s`, `2m`, `1h`). */
+export type Duration = number | string;
+
+/** Ports: an array, one port, or a `P,..` string. */
+export type Ports = number | readonly number[] | string;
+
+/** A verdict, most severe first: foreign > busy > conflict > unavailable > free. */
+export type Verdict = 'foreign' | 'busy' | 'conflict' | 'unavailable' | 'free';
+
+/** Where an answer came from: the sockcheck binary, or the plain-Node fallback. */
+export type Source = 'sockcheck' | 'fallback';
+
+/** Why acquire skipped an address. */
+export type SkipReason = 'leased' | 'quarantined' | 'busy' | 'foreign' | 'conflict' | 'unavailable';
+
+/** Every SockcheckError code. */
+export type SockcheckErrorCode =
+  | 'SOCKCHECK_NO_FREE_ADDRESS'
+  | 'SOCKCHECK_USAGE'
+  | 'SOCKCHECK_INSPECTION_FAILED'
+  | 'SOCKCHECK_NOT_LEASED'
+  | 'SOCKCHECK_FAILED'
+  | 'SOCKCHECK_NOT_RUN'
+  | 'SOCKCHECK_BAD_OUTPUT'
+  | 'SOCKCHECK_TIMEOUT'
+  | 'SOCKCHECK_ABORTED'
+  | 'SOCKCHECK_FOREIGN';
+
+/** Options every call takes. */
+export interface CommonOptions {
+  /** Abort the call: the child process is killed and the call rejects with SOCKCHECK_ABORTED. */
+  signal?: AbortSignal;
+  /**
+   * Kill the sockcheck process (SIGTERM, then SIGKILL) and reject with
+   * SOCKCHECK_TIMEOUT after this long. Default: the call's own wait or
+   * timeout plus 30 s (30 s for check, scan and release; 6 h plus wait and
+   * linger for run). `Infinity` turns it off.
+   */
+  processTimeout?: Duration;
+  /** The sockcheck binary. Default: `$SOCKCHECK_BIN`, the platform package, then `sockcheck` on PATH. */
+  bin?: string;
+  /** Where leases live. Default: `$SOCKCHECK_STATE_DIR`, else sockcheck's default. Ignored by the fallback. */
+  stateDir?: string;
+}
+
+export interface AcquireOptions extends CommonOptions {
+  /** A range (`127.0.0.2-127.0.0.33`), CIDR (`127.0.0.0/27`) or comma list. Default: `$SOCKCHECK_POOL`. */
+  pool?: string;
+  /** Ports that must be free. Default: `$SOCKCHECK_PORTS`, else 9925,9926. */
+  ports?: Ports;
+  /** Wait this long for a free address. Default: fail at once. */
+  wait?: Duration;
+  /** The pid that owns the lease. Default: this process. (The fallback's leases always belong to this process.) */
+  owner?: number;
+  /** Keep waiting on addresses a wildcard listener covers, instead of failing at once when all are foreign. */
+  allowForeign?: boolean;
+  /** Fallback only: the UDP port a lease binds on its address. Default: `$SOCKCHECK_LEASE_PORT`, else 9924. */
+  leasePort?: number;
+}
+
+/** Why one address of the pool could not be leased. */
+export interface SkippedAddress {
+  address: string;
+  reason: SkipReason;
+  /** The address's verdict, when it was inspected (null for leased or quarantined). */
+  verdict: Verdict | null;
+  /** Holder pids (the leaseholder, or the processes holding the sockets); empty when unknown. */
+  pids: number[];
+  /** True when a holder could not be read (another user's process). */
+  hidden?: boolean;
+  message: string;
+  [key: string]: unknown;
+}
+
+/** The process a binary lease belongs to. */
+export interface LeaseOwner {
+  pid: number;
+  /** Start time in clock ticks since boot (null in the fallback). */
+  start_ticks: number | null;
+}
+
+/** A leased address. `await using lease = await acquire(...)` releases it at the end of the scope. */
+export declare class Lease implements AsyncDisposable {
+  private constructor();
+  /** The leased address, e.g. `127.0.0.5`. */
+  readonly address: string;
+  /** The ports checked free on it. */
+  readonly ports: number[];
+  readonly owner: LeaseOwner | null;
+  /** The state directory that holds the lease (null in the fallback). */
+  readonly stateDir: string | null;
+  readonly source: Source;
+  /** Fallback only: the UDP port whose socket holds the lease. */
+  readonly leasePort?: number;
+  /** True once release() has succeeded. */
+  readonly released: boolean;
+  /** Give the address back. Safe to call twice; resolves also when the lease was already gone. */
+  release(): Promise<void>;
+  [Symbol.asyncDispose](): Promise<void>;
+  toString(): string;
+  toJSON(): { address: string; ports: number[]; owner: LeaseOwner | null; stateDir: string | null; source: Source };
+}
+
+/** One reason for a verdict. */
+export interface Reason {
+  code: 'listener' | 'mapped_listener' | 'wildcard' | 'not_local' | 'canary_failed' | 'disagreement' | (string & {});
+  port: number | null;
+  verdict: Verdict;
+  message: string;
+}
+
+export interface ReuseportEvidence {
+  source: 'kernel' | 'group' | 'pidfd_getfd' | 'bind_probe' | 'none' | (string & {});
+  detail: string;
+  tried?: unknown[];
+}
+
+/** A string, or `{bytes: base64}` when the process chose bytes that are not UTF-8. */
+export type ProcessText = string | { bytes: string };
+
+export interface Owner {
+  pid: number | null;
+  hidden: boolean;
+  fds?: { fd: number; via_tids: number[] }[];
+  comm?: ProcessText;
+  cmdline?: ProcessText[];
+  state?: string;
+  tids?: number[];
+  uid?: number;
+  ppid?: number;
+  start_time?: number;
+  age_seconds?: number;
+  candidates?: number[];
+  [key: string]: unknown;
+}
+
+export interface Listener {
+  local: string;
+  family: 'inet' | 'inet6';
+  coverage: 'exact' | 'mapped' | 'wildcard';
+  inode: number;
+  cookie?: number;
+  uid: number;
+  cgroup_id?: number;
+  accept_queue: number;
+  backlog: number;
+  group_size?: number;
+  v6only?: boolean;
+  reuseport: boolean | null;
+  reuseport_evidence: ReuseportEvidence;
+  owners: Owner[];
+  owners_complete: boolean;
+  [key: string]: unknown;
+}
+
+export interface PortReport {
+  port: number;
+  /** The plain-bind canary: `ok` or the errno name (`EADDRINUSE`, ...). */
+  canary: { result: string; errno?: number };
+  /** Fallback only: the connect probe (`connected`, `refused`, `timeout`, or an error code). */
+  connect?: { result: string };
+  /** The listeners covering the address (always empty in the fallback, which cannot list them). */
+  listeners: Listener[];
+  other_sockets?: { total: number; by_state: Record<string, number>; sockets: unknown[] };
+  [key: string]: unknown;
+}
+
+export interface AddressReport {
+  address: string;
+  verdict: Verdict;
+  reasons: Reason[];
+  notes: unknown[];
+  ports: PortReport[];
+  [key: string]: unknown;
+}
+
+/** The `sockcheck --json check` document (schema 1), plus `source` and `free`. */
+export interface CheckReport {
+  schema: 1;
+  /** sockcheck's version (null in the fallback). */
+  sockcheck: string | null;
+  source: Source;
+  /** True when every address is free. */
+  free: boolean;
+  ports: number[];
+  addresses: AddressReport[];
+  sources: Record<string, { status: string; detail: string }>;
+  [key: string]: unknown;
+}
+
+export interface CheckOptions extends CommonOptions {
+  ports?: Ports;
+}
+
+export interface WaitOptions extends CommonOptions {
+  /** Give up after this long (default 30 s) and reject with SOCKCHECK_TIMEOUT. */
+  timeout?: Duration;
+  ports?: Ports;
+  /** Wait even when a wildcard listener covers the address (else: SOCKCHECK_FOREIGN at once). */
+  allowForeign?: boolean;
+}
+
+export interface RunOptions extends CommonOptions {
+  ports?: Ports;
+  /** How long the address may stay held after the command exits (default 5 s). */
+  linger?: Duration;
+  /** Write the forensic report here (`.json`: JSON, and the result's `report`; otherwise Markdown). */
+  report?: string;
+  /** SIGTERM lingering holders, then SIGKILL after `grace`. */
+  reap?: boolean;
+  /** Between reap's SIGTERM and SIGKILL (default 2 s). */
+  grace?: Duration;
+  /** Wait this long for a free address. */
+  wait?: Duration;
+  allowForeign?: boolean;
+  /** `inherit` (default): the command's output goes to this process's; `pipe`: collected in the result. */
+  stdio?: 'inherit' | 'pipe';
+  /** Added to this process's environment for the command. */
+  env?: Record<string, string | undefined>;
+  cwd?: string;
+}
+
+export interface RunResult {
+  /** sockcheck run's exit status: the command's own, 4 when it succeeded but left lingering holders (128+N for signal N). */
+  status: number | null;
+  signal: NodeJS.Signals | null;
+  /** status === 0 */
+  ok: boolean;
+  /** status === 4; null in the fallback, which cannot tell. */
+  lingering: boolean | null;
+  /** The leased address the command ran with (null if sockcheck did not say). */
+  address: string | null;
+  /** The parsed forensic report, when `report` ends in `.json` and something lingered. */
+  report: Record<string, unknown> | null;
+  reportPath: string | null;
+  source: Source;
+  /** The command's stdout with `stdio: 'pipe'`, else null. */
+  stdout: string | null;
+  /** sockcheck's (and, with `stdio: 'pipe'`, the command's) stderr. */
+  stderr: string;
+}
+
+/** A failed call. */
+export declare class SockcheckError extends Error {
+  constructor(message: string, info?: Record<string, unknown>);
+  readonly name: 'SockcheckError';
+  readonly code: SockcheckErrorCode;
+  /** sockcheck's exit status; null when it did not exit normally, or in the fallback. */
+  readonly exitStatus: number | null;
+  /** sockcheck's stderr, trimmed. */
+  readonly stderr: string;
+  /** The command that was run. */
+  readonly argv: string[];
+  /** The signal that ended sockcheck, if any. */
+  readonly signal: NodeJS.Signals | null;
+  /** SOCKCHECK_NO_FREE_ADDRESS: each address of the pool, why it was skipped, and its holder pids. */
+  readonly candidates?: SkippedAddress[];
+  /** The same list as `candidates`, by sockcheck's name for it. */
+  readonly skipped?: SkippedAddress[];
+  /** SOCKCHECK_NO_FREE_ADDRESS: every address was foreign or not local, so it failed without waiting. */
+  readonly hopeless?: boolean;
+  /** The JSON document sockcheck printed with the failure, if any (acquire: the failure document; wait: the check document). */
+  readonly report?: Record<string, unknown> | CheckReport | null;
+  /** waitFree: the address's verdict when it gave up. */
+  readonly verdict?: Verdict | null;
+  /** waitFree: the address. */
+  readonly address?: string;
+  /** SOCKCHECK_TIMEOUT: the limit, in milliseconds. */
+  readonly timeout?: number;
+  readonly source?: Source;
+}
+
+export interface ResolvedBinary {
+  path: string;
+  source: 'option' | 'env' | 'package' | 'path';
+}
+
+export interface Backend {
+  source: Source;
+  /** The binary (null for the fallback). */
+  bin: string | null;
+  /** Where the binary was found. */
+  from: 'option' | 'env' | 'package' | 'path' | null;
+  /** Why the fallback is used. */
+  reason: string | null;
+}
+
+/** Lease the first free address of a pool. */
+export declare function acquire(options?: AcquireOptions): Promise<Lease>;
+/** Give a leased address back (rejects SOCKCHECK_NOT_LEASED when it was not leased). */
+export declare function release(address: string, options?: CommonOptions): Promise<void>;
+/** Inspect addresses. Not free is not an error: see each address's verdict, and `free`. */
+export declare function check(addresses: string | readonly string[], options?: CheckOptions): Promise<CheckReport>;
+/** Inspect every address of a pool (default `$SOCKCHECK_POOL`). */
+export declare function scan(pool?: string | null, options?: CheckOptions): Promise<CheckReport>;
+/** Wait until an address is free; resolves with its check document. */
+export declare function waitFree(address: string, options?: WaitOptions): Promise<CheckReport>;
+/**
+ * Lease an address from the pool (null: `$SOCKCHECK_POOL`), run the command
+ * (argv array, or a string for /bin/sh -c) with SOCKCHECK_ADDR and
+ * SOCKCHECK_PORTS set, then check for lingering holders.
+ */
+export declare function run(pool: string | null | undefined, command: string | readonly string[], options?: RunOptions): Promise<RunResult>;
+/** Where the binary is ($SOCKCHECK_BIN, the platform package, PATH), or null. */
+export declare function resolveBinary(options?: { bin?: string; env?: NodeJS.ProcessEnv }): ResolvedBinary | null;
+/** Which backend a call would use, and why. */
+export declare function resolveBackend(options?: { bin?: string }): Backend;
+/** The platform package for a platform and CPU (default: this one), or null. */
+export declare function platformPackage(platform?: string, arch?: string): string | null;
+/** The fallback's default lease port (UDP): 9924. */
+export declare const DEFAULT_LEASE_PORT: number;
+/** This package's version. */
+export declare const version: string;

@@ -1,0 +1,16 @@
+// Type-checked, never run: the API from CommonJS TypeScript (resolved through
+// the "require" condition to lib/sockcheck.d.cts).
+import sockcheck = require('sockcheck');
+
+async function main(): Promise<void> {
+  const lease: sockcheck.Lease = await sockcheck.acquire({ pool: '127.0.0.2', ports: [9925] });
+  try {
+    const report = await sockcheck.check(lease.address);
+    console.log(report.addresses[0]?.verdict);
+  } catch (e) {
+    if (e instanceof sockcheck.SockcheckError) console.log(e.code, e.exitStatus);
+  } finally {
+    await lease[Symbol.asyncDispose]();
+  }
+}
+void main();

@@ -1,0 +1,63 @@
+// Type-checked, never run: the API as an ESM TypeScript harness uses it.
+// `tsc --noEmit` must pass on it (npm/ci.sh checks it against the installed
+// package too).
+import {
+  acquire, check, scan, waitFree, run, release, resolveBackend, SockcheckError,
+  type Lease, type CheckReport, type RunResult, type SkippedAddress, type Verdict,
+} from 'sockcheck';
+
+async function harness(signal: AbortSignal): Promise<void> {
+  // `await using` releases the lease at the end of the block.
+  await using lease = await acquire({ pool: '127.0.0.2-127.0.0.33', ports: [9925, 9926], wait: '30s', signal });
+  const address: string = lease.address;
+  const ports: number[] = lease.ports;
+  const source: 'sockcheck' | 'fallback' = lease.source;
+  console.log(address, ports, source, `${lease}`);
+
+  const report: CheckReport = await check([address], { ports: '9925,9926' });
+  const verdicts: Verdict[] = report.addresses.map((a) => a.verdict);
+  const pids: (number | null)[] = report.addresses.flatMap((a) => a.ports.flatMap((p) => p.listeners.flatMap((l) => l.owners.map((o) => o.pid))));
+  console.log(verdicts, pids, report.free, report.source);
+  await waitFree(address, { timeout: 5000, ports: 9925, signal });
+  await scan('127.0.0.2-127.0.0.5', { processTimeout: '10s' });
+}
+
+async function explicitRelease(): Promise<Lease | null> {
+  try {
+    const lease = await acquire({ pool: '127.0.0.2', owner: process.pid, allowForeign: true, stateDir: '/tmp/x' });
+    await lease.release();
+    await lease.release(); // safe twice
+    return lease;
+  } catch (e) {
+    if (e instanceof SockcheckError && e.code === 'SOCKCHECK_NO_FREE_ADDRESS') {
+      const skipped: SkippedAddress[] = e.candidates ?? [];
+      for (const s of skipped) console.log(s.address, s.reason, s.verdict, s.pids.join(','));
+      console.log(e.hopeless === true, e.exitStatus);
+      return null;
+    }
+    throw e;
+  }
+}
+
+async function ci(): Promise<number> {
+  const result: RunResult = await run('127.0.0.2-127.0.0.33', ['npm', 'test'], {
+    linger: '5s', report: 'lingering.json', reap: true, wait: 60_000,
+  });
+  if (result.lingering) console.log(result.report);
+  await run(null, 'echo $SOCKCHECK_ADDR', { stdio: 'pipe' });
+  await release('127.0.0.2', { stateDir: '/tmp/x' });
+  return result.status ?? 1;
+}
+
+const b = resolveBackend();
+console.log(b.source, b.bin);
+void harness(new AbortController().signal);
+void explicitRelease();
+void ci();
+
+// Misuse must not type-check.
+// @ts-expect-error pool is a string
+void acquire({ pool: 5 });
+// @ts-expect-error verdicts are a closed set
+const bad: Verdict = 'maybe';
+void bad;
