@@ -173,7 +173,7 @@ const EXIT = {
 /** The error for an abort, a watchdog kill, a signal or an unexpected status. */
 function failure(sub, r, table = {}) {
   const stderr = r.stderr.trim();
-  const base = { stderr, argv: r.argv, exitStatus: r.status, signal: r.signal };
+  const base = { stderr, argv: r.argv, exitStatus: r.status, signal: r.signal, pid: r.pid };
   if (r.aborted) {
     return new SockcheckError(`sockcheck ${sub}: aborted`, { ...base, code: 'SOCKCHECK_ABORTED' });
   }

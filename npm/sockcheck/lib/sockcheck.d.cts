@@ -270,6 +270,8 @@ export declare class SockcheckError extends Error {
   readonly verdict?: Verdict | null;
   /** waitFree: the address. */
   readonly address?: string;
+  /** The pid of the sockcheck process that failed (killed, for SOCKCHECK_TIMEOUT and SOCKCHECK_ABORTED). */
+  readonly pid?: number;
   /** SOCKCHECK_TIMEOUT: the limit, in milliseconds. */
   readonly timeout?: number;
   readonly source?: Source;
