@@ -1,5 +1,6 @@
 'use strict';
-// Tests for sockcheck-pool.js. Run: cargo build --release && node --test examples/node/
+// The original examples/node tests, now against the npm package (CommonJS
+// entry, required from the repo). Run: cargo build --release && node --test examples/node/
 // Test-only resources: addresses in 127.94.0.0/16, ports 45300-45399, a private
 // temp state dir. Binaries: $SOCKCHECK_BIN and $SOCKCHECK_HOLDER, else
 // ../../target/release/ relative to this file.
@@ -10,14 +11,17 @@ const { spawn } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { acquire, release, SockcheckError } = require('./sockcheck-pool.js');
+const { acquire, release, SockcheckError } = require('../../npm/sockcheck');
 
 const RELEASE_DIR = path.resolve(__dirname, '../../target/release');
 const BIN = process.env.SOCKCHECK_BIN || path.join(RELEASE_DIR, 'sockcheck');
-const HOLDER = process.env.SOCKCHECK_HOLDER || path.join(RELEASE_DIR, 'sockcheck-holder');
+const HOLDER = process.env.SOCKCHECK_HOLDER
+  || [path.join(RELEASE_DIR, 'examples/sockcheck-holder'), path.join(RELEASE_DIR, 'sockcheck-holder')].find((p) => fs.existsSync(p))
+  || path.join(RELEASE_DIR, 'examples/sockcheck-holder');
 const PORTS = [45300, 45301];
-// A /24 of 127.94.0.0/16 per run, so concurrent runs rarely meet on an address.
-const NET = `127.94.${1 + (process.pid % 254)}`;
+// 127.94.0.0/24-127.94.9.0/24 (one /24 per run, so concurrent runs rarely
+// meet); the npm package's own tests use 127.94.10.0 and up.
+const NET = `127.94.${process.pid % 10}`;
 
 let stateDir;
 /** Options every call shares: our binary, ports and private state dir. */
