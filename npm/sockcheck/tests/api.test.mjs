@@ -371,3 +371,26 @@ test('concurrent processes never hold the same lease (binary)', { skip: skipBin 
   assert.equal(new Set(leased).size, 3, `distinct: ${leased}`);
   for (const d of docs.filter((x) => x.error)) assert.equal(d.error, 'SOCKCHECK_NO_FREE_ADDRESS');
 });
+
+test('an older sockcheck without the failure JSON: candidates from its -v lines', async () => {
+  const file = path.join(scratch, 'old-sockcheck');
+  fs.writeFileSync(file, `#!/bin/sh
+echo "sockcheck: skip 127.0.0.2: leased to pid 4242" >&2
+echo "sockcheck: skip 127.0.0.3: busy (pid 5151 (node) holds 127.0.0.3:9926)" >&2
+echo "sockcheck: skip 127.0.0.4: foreign (pid 6161 (nginx) holds 0.0.0.0:9926)" >&2
+echo "sockcheck: no free address in the pool (3 addresses)" >&2
+exit 1
+`, { mode: 0o755 });
+  await assert.rejects(acquire({ bin: file, pool: '127.0.0.2-127.0.0.4' }), (e) => {
+    assert.equal(e.code, 'SOCKCHECK_NO_FREE_ADDRESS');
+    assert.deepEqual(e.candidates.map((c) => [c.address, c.reason, c.verdict, c.pids]), [
+      ['127.0.0.2', 'leased', null, [4242]],
+      ['127.0.0.3', 'busy', 'busy', [5151]],
+      ['127.0.0.4', 'foreign', 'foreign', [6161]],
+    ]);
+    assert.equal(e.hopeless, false);
+    assert.match(e.message, /^sockcheck acquire: no free address in the pool \(3 addresses\)\n/);
+    assert.match(e.message, /127\.0\.0\.3\s+busy\s+pid 5151: pid 5151 \(node\) holds 127\.0\.0\.3:9926/);
+    return true;
+  });
+});
