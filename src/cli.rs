@@ -317,10 +317,7 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Result<ExitStatus, Erro
             count,
             timeout,
         }) => {
-            let addresses = addresses
-                .iter()
-                .map(|a| inspect::parse_address(a))
-                .collect::<Result<Vec<_>, _>>()?;
+            let addresses = parse_addresses(&addresses)?;
             let timeout = timeout
                 .map(|t| pool::parse_duration(&t, "--timeout"))
                 .transpose()?;
@@ -334,6 +331,19 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Result<ExitStatus, Erro
         }
         Some(Command::Doctor) => crate::doctor::doctor(output),
     }
+}
+
+/// Addresses as typed, each once: `127.0.0.2 ::ffff:127.0.0.2` is one
+/// address, inspected once, in the order first given.
+fn parse_addresses(texts: &[String]) -> Result<Vec<std::net::IpAddr>, Error> {
+    let mut addresses = Vec::with_capacity(texts.len());
+    for text in texts {
+        let address = inspect::parse_address(text)?;
+        if !addresses.contains(&address) {
+            addresses.push(address);
+        }
+    }
+    Ok(addresses)
 }
 
 /// POOL, else SOCKCHECK_POOL.
@@ -380,10 +390,7 @@ fn check(
             "no address given (usage: sockcheck [OPTIONS] ADDRESS...)".into(),
         ));
     }
-    let addresses = addresses
-        .iter()
-        .map(|a| inspect::parse_address(a))
-        .collect::<Result<Vec<_>, _>>()?;
+    let addresses = parse_addresses(addresses)?;
     let report = inspect::inspect(&sources.query(addresses, ports))?;
     emit(&report, output)?;
     Ok(if report.all_free() {

@@ -567,19 +567,34 @@ pub fn parse_address(text: &str) -> Result<IpAddr, Error> {
             return Err(Error::Usage(format!("'{text}' is not an IP address{hint}")));
         }
     };
-    // A server binds one unicast address; these would give meaningless
-    // verdicts.
-    let kind = match address {
-        a if a.is_unspecified() => Some("a wildcard"),
-        a if a.is_multicast() => Some("a multicast address"),
-        IpAddr::V4(v4) if v4.is_broadcast() => Some("the broadcast address"),
-        _ => None,
-    };
-    match kind {
+    match not_bindable(address) {
         Some(kind) => Err(Error::Usage(format!(
             "'{text}' is {kind}; give the unicast address a server would bind"
         ))),
         None => Ok(address),
+    }
+}
+
+/// What makes `address` one no server binds as its own, or None for a
+/// unicast address a server can bind. `sockcheck ADDR` and every address of
+/// a pool pass this check.
+///
+/// `127.0.0.0` passes: Linux routes all of 127.0.0.0/8 to `lo`, and a
+/// server bound to 127.0.0.0 is reachable. `127.255.255.255` does not: it is
+/// `lo`'s broadcast address, which binds but cannot be connected to.
+pub fn not_bindable(address: IpAddr) -> Option<&'static str> {
+    match address {
+        a if a.is_unspecified() => Some("a wildcard"),
+        a if a.is_multicast() => Some("a multicast address"),
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("the broadcast address"),
+        IpAddr::V4(v4) if v4 == std::net::Ipv4Addr::new(127, 255, 255, 255) => {
+            Some("the broadcast address of 127.0.0.0/8")
+        }
+        IpAddr::V6(v6) if v6.is_unicast_link_local() => Some(
+            "an IPv6 link-local address, which binds only with a scope (an interface) \
+             and sockcheck takes none",
+        ),
+        _ => None,
     }
 }
 
@@ -588,7 +603,9 @@ pub fn parse_ports(text: &str, source: &str) -> Result<Vec<u16>, Error> {
     let mut ports = Vec::new();
     for item in text.split(',') {
         let item = item.trim();
-        let port = match item.parse::<u32>() {
+        // Digits only: u32's parser also takes a sign (`+5`).
+        let digits = !item.is_empty() && item.bytes().all(|b| b.is_ascii_digit());
+        let port = match item.parse::<u32>().ok().filter(|_| digits).ok_or(()) {
             Ok(n) if (1..=65535).contains(&n) => n as u16,
             Ok(n) => {
                 return Err(Error::Usage(format!(
@@ -698,6 +715,8 @@ mod tests {
             ("70000", "port 70000"),
             ("abc", "'abc'"),
             ("1,,2", "empty"),
+            ("+5", "'+5'"),
+            ("9925,-1", "'-1'"),
             (many.as_str(), "at most 1024"),
         ] {
             let e = parse_ports(bad, "--ports").unwrap_err().to_string();

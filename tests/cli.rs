@@ -110,3 +110,32 @@ fn colour_only_when_asked_or_on_a_terminal() {
         .unwrap();
     assert!(String::from_utf8_lossy(&forced.stdout).contains("\x1b[1;32mfree"));
 }
+
+#[test]
+fn an_address_given_twice_is_inspected_once() {
+    let run = util::sockcheck(&[
+        "--json",
+        "--ports",
+        "45199",
+        "127.91.0.199",
+        "::ffff:127.91.0.199",
+        "127.91.0.199",
+    ]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let addresses = run.json()["addresses"].as_array().unwrap().clone();
+    assert_eq!(addresses.len(), 1, "{addresses:?}");
+    assert_eq!(addresses[0]["address"], "127.91.0.199");
+}
+
+#[test]
+fn a_signed_port_is_refused() {
+    for ports in ["+5", "9925,+9926", "-1"] {
+        let run = util::sockcheck(&["--ports", ports, "127.91.0.198"]);
+        assert_eq!(run.status, 2, "--ports {ports}: {}", run.stderr);
+        assert!(
+            run.stderr.contains(ports.rsplit(',').next().unwrap()),
+            "{}",
+            run.stderr
+        );
+    }
+}

@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::inspect::parse_address;
+use crate::inspect::not_bindable;
 
 /// The most addresses a pool may hold.
 pub const MAX_POOL: u128 = 65536;
@@ -22,14 +22,19 @@ pub fn parse_pool(text: &str, source: &str) -> Result<Vec<IpAddr>, Error> {
             return Err(bad(format!("empty item in pool '{text}'")));
         }
         let (first, count) = if let Some((base, prefix)) = item.split_once('/') {
-            let base = parse_address(base)
-                .map_err(|_| bad(format!("'{base}' in '{item}' is not an IP address")))?;
+            let base = parse_ip(base)
+                .ok_or_else(|| bad(format!("'{base}' in '{item}' is not an IP address")))?;
             let bits: u32 = if base.is_ipv4() { 32 } else { 128 };
-            let prefix: u32 = prefix.parse().ok().filter(|p| *p <= bits).ok_or_else(|| {
-                bad(format!(
-                    "'{prefix}' in '{item}' is not a prefix length (0-{bits})"
-                ))
-            })?;
+            let digits = !prefix.is_empty() && prefix.bytes().all(|b| b.is_ascii_digit());
+            let prefix: u32 = prefix
+                .parse()
+                .ok()
+                .filter(|p| digits && *p <= bits)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "'{prefix}' in '{item}' is not a prefix length (0-{bits})"
+                    ))
+                })?;
             let size = 1u128.checked_shl(bits - prefix).unwrap_or(u128::MAX);
             if size > MAX_POOL {
                 return Err(bad(format!(
@@ -39,14 +44,14 @@ pub fn parse_pool(text: &str, source: &str) -> Result<Vec<IpAddr>, Error> {
             let start = to_u128(base) & !(size - 1);
             (from_u128(start, base.is_ipv4()), size)
         } else if let Some((from, to)) = item.split_once('-') {
-            let from = parse_address(from.trim()).map_err(|_| {
+            let from = parse_ip(from).ok_or_else(|| {
                 bad(format!(
                     "'{}' in '{item}' is not an IP address",
                     from.trim()
                 ))
             })?;
-            let to = parse_address(to.trim())
-                .map_err(|_| bad(format!("'{}' in '{item}' is not an IP address", to.trim())))?;
+            let to = parse_ip(to)
+                .ok_or_else(|| bad(format!("'{}' in '{item}' is not an IP address", to.trim())))?;
             if from.is_ipv4() != to.is_ipv4() {
                 return Err(bad(format!("'{item}' mixes IPv4 and IPv6")));
             }
@@ -56,8 +61,8 @@ pub fn parse_pool(text: &str, source: &str) -> Result<Vec<IpAddr>, Error> {
             }
             (from, b - a + 1)
         } else {
-            let address = parse_address(item)
-                .map_err(|_| bad(format!("'{item}' is not an IP address, range or CIDR")))?;
+            let address = parse_ip(item)
+                .ok_or_else(|| bad(format!("'{item}' is not an IP address, range or CIDR")))?;
             (address, 1)
         };
         if pool.len() as u128 + count > MAX_POOL {
@@ -68,12 +73,31 @@ pub fn parse_pool(text: &str, source: &str) -> Result<Vec<IpAddr>, Error> {
         let start = to_u128(first);
         for i in 0..count {
             let address = from_u128(start + i, first.is_ipv4());
+            // Every address, not just the first, must be one a server can
+            // bind: `::1/127` holds `::`, `0.0.0.1/31` holds 0.0.0.0.
+            if let Some(kind) = not_bindable(address) {
+                return Err(bad(format!(
+                    "'{item}' holds {address}, {kind}; every address of a pool must be \
+                     one a server can bind"
+                )));
+            }
             if seen.insert(address) {
                 pool.push(address);
             }
         }
     }
     Ok(pool)
+}
+
+/// An address of a pool as written (`[::1]` too), any kind: whether a
+/// server can bind it is checked for every address the pool holds.
+fn parse_ip(text: &str) -> Option<IpAddr> {
+    let text = text.trim();
+    let inner = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    inner.parse().ok()
 }
 
 fn to_u128(address: IpAddr) -> u128 {
@@ -83,11 +107,14 @@ fn to_u128(address: IpAddr) -> u128 {
     }
 }
 
+/// The address as `parse_address` gives it: an IPv4-mapped IPv6 address
+/// is the IPv4 address it maps.
 fn from_u128(n: u128, v4: bool) -> IpAddr {
     if v4 {
         IpAddr::V4(Ipv4Addr::from(n as u32))
     } else {
-        IpAddr::V6(Ipv6Addr::from(n))
+        let v6 = Ipv6Addr::from(n);
+        v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
     }
 }
 
@@ -156,10 +183,43 @@ mod tests {
             ("nope", "'nope'"),
             ("127.0.0.2,,127.0.0.3", "empty"),
             ("127.0.0.300-127.0.0.301", "'127.0.0.300'"),
+            ("127.0.0.0/+5", "'+5'"),
         ] {
             let e = parse_pool(bad, "POOL").unwrap_err().to_string();
             assert!(e.starts_with("POOL: ") && e.contains(needle), "{bad}: {e}");
         }
+    }
+
+    /// Issue 9: only the first address of a CIDR or range was checked.
+    #[test]
+    fn pools_never_hold_wildcard_broadcast_multicast_or_link_local_addresses() {
+        for (pool, holds) in [
+            ("::1/127", "::,"),
+            ("::-::1", "::,"),
+            ("0.0.0.1/31", "0.0.0.0,"),
+            ("0.0.0.0-0.0.0.1", "0.0.0.0,"),
+            ("255.255.255.254/31", "255.255.255.255,"),
+            ("255.255.255.250-255.255.255.255", "255.255.255.255,"),
+            ("127.255.255.254/31", "127.255.255.255,"),
+            ("223.255.255.255-224.0.0.1", "224.0.0.0,"),
+            ("fe80::1", "link-local"),
+            ("fe80::/127", "fe80::,"),
+            ("127.0.0.2,ff02::1", "multicast"),
+        ] {
+            let e = parse_pool(pool, "POOL").unwrap_err().to_string();
+            assert!(e.starts_with("POOL: ") && e.contains(holds), "{pool}: {e}");
+        }
+        // The network address of a loopback CIDR is local and reachable.
+        assert_eq!(
+            ips(&parse_pool("127.0.0.0/30", "POOL").unwrap()),
+            ["127.0.0.0", "127.0.0.1", "127.0.0.2", "127.0.0.3"]
+        );
+    }
+
+    #[test]
+    fn mapped_addresses_in_a_pool_are_the_ipv4_addresses_they_map() {
+        let pool = parse_pool("::ffff:127.0.0.2-::ffff:127.0.0.3,127.0.0.3", "POOL").unwrap();
+        assert_eq!(ips(&pool), ["127.0.0.2", "127.0.0.3"]);
     }
 
     #[test]
