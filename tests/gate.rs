@@ -671,3 +671,147 @@ fn run_wait_waits_for_a_free_address() {
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     owner.wait().unwrap();
 }
+
+#[test]
+fn pools_holding_a_wildcard_or_broadcast_address_are_refused() {
+    let state = StateDir::new("badpools");
+    for (pool, names) in [
+        ("::1/127", "holds ::,"),
+        ("0.0.0.1/31", "holds 0.0.0.0,"),
+        ("255.255.255.254/31", "holds 255.255.255.255,"),
+    ] {
+        for command in ["acquire", "scan"] {
+            let output = gate(&state, "45222", &[command, pool]);
+            assert_eq!(output.status.code(), Some(2), "{command} {pool}");
+            let why = stderr(&output);
+            assert_eq!(why.lines().count(), 1, "{why}");
+            assert!(why.contains(names), "{command} {pool}: {why}");
+            assert!(stdout(&output).is_empty());
+        }
+    }
+    assert!(
+        !state.0.join("leases.json").exists(),
+        "a refused pool leases nothing"
+    );
+}
+
+/// The leases of a state directory, as `leases --json` and the file say.
+fn lease_file(state: &StateDir) -> Value {
+    std::fs::read_to_string(state.0.join("leases.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn run_killed_while_its_command_runs_keeps_the_lease_for_the_command() {
+    let state = StateDir::new("runkilled");
+    let pool = "127.93.15.1-127.93.15.2";
+    let mut run = Command::new(&*SOCKCHECK)
+        .args(["--state-dir", state.path(), "--ports", "45223", "run", pool])
+        .args(["--", "sleep", "60"])
+        .spawn()
+        .unwrap();
+    // Wait until the lease lives on in the command.
+    let started = Instant::now();
+    let command_pid = loop {
+        let leases = lease_file(&state);
+        if let Some(pid) = leases["leases"][0]["holders"][0]["pid"].as_u64() {
+            break pid as u32;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{leases}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _cleanup = Guard(command_pid);
+    run.kill().unwrap(); // SIGKILL: run cannot release or hand anything over
+    run.wait().unwrap();
+    let output = gate(&state, "45223", &["--json", "acquire", pool]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        doc["address"], "127.93.15.2",
+        "the address the command still uses was leased again"
+    );
+    // Once the command is gone too, the address comes back.
+    kill(command_pid);
+    let output = gate(&state, "45223", &["acquire", "127.93.15.1"]);
+    assert_eq!(stdout(&output).trim(), "127.93.15.1", "{}", stderr(&output));
+}
+
+#[test]
+fn a_cancelled_run_still_reports_and_quarantines() {
+    for (signal, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
+        let state = StateDir::new(&format!("cancel{signal}"));
+        let address = format!("127.93.16.{signal}");
+        let ready = state.0.with_extension("ready");
+        let report = state.0.with_extension("report.json");
+        let run = Command::new(&*SOCKCHECK)
+            .args(["--state-dir", state.path(), "--ports", "45224", "run"])
+            .args([address.as_str(), "--linger", "60s", "--report"])
+            .arg(&report)
+            .args(["--", "sh", "-c", &lingering_command(45224, &ready)])
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while !std::fs::read_to_string(&ready).is_ok_and(|r| r.contains("ready")) {
+            assert!(started.elapsed() < Duration::from_secs(10));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (pid, _) = holder_from(&ready);
+        let _cleanup = Guard(pid);
+        // The command has exited; run is in its 60 s linger wait.
+        std::thread::sleep(Duration::from_millis(500));
+        let cancelled = Instant::now();
+        // SAFETY: kill has no memory effects.
+        unsafe { libc::kill(run.id() as i32, signal) };
+        let output = run.wait_with_output().unwrap();
+        assert!(
+            cancelled.elapsed() < Duration::from_secs(5),
+            "{name}: run went on waiting"
+        );
+        assert_eq!(output.status.code(), Some(128 + signal), "{name}");
+        let text = stderr(&output);
+        assert!(text.contains(&format!("## pid {pid}")), "{name}: {text}");
+        assert!(text.contains(name), "{name}: {text}");
+        let json: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        assert_eq!(json["interrupted_by"], name);
+        assert_eq!(json["holders"][0]["pid"], pid);
+        assert_eq!(json["quarantined"], true);
+        let leases: Value =
+            serde_json::from_slice(&gate(&state, "45224", &["--json", "leases"]).stdout).unwrap();
+        assert_eq!(leases["quarantine"][0]["address"], address.as_str());
+        assert_eq!(leases["leases"].as_array().unwrap().len(), 0);
+        let _ = std::fs::remove_file(&ready);
+        let _ = std::fs::remove_file(&report);
+    }
+}
+
+#[test]
+fn a_lease_taken_in_a_subshell_goes_to_the_shell_it_was_forked_from() {
+    let state = StateDir::new("subshell");
+    let script = format!(
+        "addr=$('{bin}' --state-dir '{dir}' --ports 45225 acquire 127.93.17.1 | cat); \
+         echo \"$$ $addr\"; '{bin}' --state-dir '{dir}' --json leases",
+        bin = SOCKCHECK.display(),
+        dir = state.path()
+    );
+    let output = Command::new("bash").args(["-c", &script]).output().unwrap();
+    let text = stdout(&output);
+    let (first, leases) = text.split_once('\n').unwrap();
+    let (shell, address) = first.split_once(' ').unwrap();
+    assert_eq!(address, "127.93.17.1", "{}", stderr(&output));
+    let leases: Value = serde_json::from_str(leases).unwrap();
+    assert_eq!(
+        leases["leases"][0]["owner_pid"].to_string(),
+        shell,
+        "{leases}"
+    );
+    assert_eq!(leases["leases"][0]["owner_alive"], true);
+    assert!(
+        stderr(&output).contains(&format!("the lease goes to pid {shell}")),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -4,6 +4,8 @@
 use std::ffi::OsString;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use crate::error::Error;
 
@@ -17,10 +19,53 @@ const FORWARDED: [i32; 6] = [
     libc::SIGUSR2,
 ];
 
+/// Signals that end `run` itself: after the command, they cut the linger
+/// wait short instead of killing sockcheck, so the report is still written.
+const TERMINATING: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+/// The command's exit status a shell would give (its code, or 128+N when
+/// signal N killed it), and the terminating signals sent to sockcheck.
+pub struct Finished {
+    pub status: u8,
+    /// A terminating signal sent to sockcheck while the command ran (and
+    /// passed on to it).
+    pub signalled: Option<i32>,
+    /// Stays blocked and watched after the command exits: `received` tells
+    /// whether (and which) terminating signal has arrived since then.
+    pub signals: Signals,
+}
+
+/// The last terminating signal sent to sockcheck since the command started.
+#[derive(Clone)]
+pub struct Signals(Arc<AtomicI32>);
+
+impl Signals {
+    pub fn received(&self) -> Option<i32> {
+        match self.0.load(Ordering::SeqCst) {
+            0 => None,
+            signal => Some(signal),
+        }
+    }
+
+    /// The signal received so far, forgetting it.
+    fn take(&self) -> Option<i32> {
+        match self.0.swap(0, Ordering::SeqCst) {
+            0 => None,
+            signal => Some(signal),
+        }
+    }
+}
+
 /// Runs `argv` to completion with `env` added, passing signals sent to
-/// sockcheck on to it. Returns the exit status a shell would give: the
-/// command's code, or 128+N when signal N killed it.
-pub fn run(argv: &[OsString], env: &[(&str, String)]) -> Result<u8, Error> {
+/// sockcheck on to it. `spawned` is called with the command's pid as soon
+/// as it runs (so the lease can live on in it). The forwarded signals stay
+/// blocked in sockcheck afterwards: the caller learns of a terminating one
+/// through [`Finished::signals`] and ends in its own time.
+pub fn run(
+    argv: &[OsString],
+    env: &[(&str, String)],
+    spawned: impl FnOnce(u32),
+) -> Result<Finished, Error> {
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: plain libc calls on a local sigset.
     unsafe {
@@ -60,14 +105,21 @@ pub fn run(argv: &[OsString], env: &[(&str, String)]) -> Result<u8, Error> {
             } else {
                 126
             };
-            return Ok(status);
+            return Ok(Finished {
+                status,
+                signalled: None,
+                signals: Signals(Arc::default()),
+            });
         }
     };
+    spawned(child.id());
     // Signals go through a pidfd: once the command is reaped it refers to
     // a dead process, never to a recycled pid.
     let pidfd = rustix::process::Pid::from_raw(child.id() as i32).and_then(|pid| {
         rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
     });
+    let signals = Signals(Arc::default());
+    let received = Arc::clone(&signals.0);
     std::thread::spawn(move || {
         loop {
             let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
@@ -75,6 +127,9 @@ pub fn run(argv: &[OsString], env: &[(&str, String)]) -> Result<u8, Error> {
             let signal = unsafe { libc::sigwaitinfo(&set, &mut info) };
             if signal < 0 {
                 continue;
+            }
+            if TERMINATING.contains(&signal) {
+                received.store(signal, Ordering::SeqCst);
             }
             // A terminal's Ctrl-C (SI_KERNEL) already reached the command,
             // which shares our process group; pass on only what was sent
@@ -87,14 +142,16 @@ pub fn run(argv: &[OsString], env: &[(&str, String)]) -> Result<u8, Error> {
             }
         }
     });
-    let status = child.wait().map_err(|e| Error::syscall("waitpid", e));
-    // From here on a signal acts on sockcheck itself again.
-    // SAFETY: restoring our own mask.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &restore, std::ptr::null_mut()) };
-    let status = status?;
-    Ok(match (status.code(), status.signal()) {
+    let status = child.wait().map_err(|e| Error::syscall("waitpid", e))?;
+    let signalled = signals.take();
+    let status = match (status.code(), status.signal()) {
         (Some(code), _) => code as u8,
         (None, Some(signal)) => 128u8.saturating_add(signal as u8),
         _ => 1,
+    };
+    Ok(Finished {
+        status,
+        signalled,
+        signals,
     })
 }

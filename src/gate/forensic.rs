@@ -29,6 +29,10 @@ pub struct Forensic {
     /// Unix seconds when the command exited.
     pub command_exited: u64,
     pub linger_seconds: f64,
+    /// The signal (`SIGTERM`, `SIGINT`, …) that cut the linger wait short:
+    /// the job was cancelled, and the report was made at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interrupted_by: Option<String>,
     pub verdict: Verdict,
     pub holders: Vec<Holder>,
     /// Holders that could not be read (another user's processes).
@@ -203,6 +207,13 @@ pub fn markdown(report: &Forensic) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if let Some(signal) = &report.interrupted_by {
+        let _ = writeln!(
+            out,
+            "sockcheck was sent {signal} (a cancelled job?), so it stopped waiting and \
+             made this report at once.\n"
+        );
+    }
     for reason in &report.inspection.reasons {
         let _ = writeln!(out, "- {}", reason.message);
     }

@@ -315,6 +315,7 @@ pub fn try_acquire(
             address,
             owner,
             acquired: state::now(),
+            holders: Vec::new(),
         });
         changed = true;
     }
@@ -533,9 +534,10 @@ pub fn acquire(
     wait: Option<Duration>,
     allow_foreign: bool,
 ) -> Result<ExitStatus, Error> {
-    let pid = owner_pid.unwrap_or_else(|| {
-        rustix::process::getppid().map_or(1, |p| p.as_raw_nonzero().get() as u32)
-    });
+    let pid = match owner_pid {
+        Some(pid) => pid,
+        None => default_owner(),
+    };
     let owner = ProcessId::of(pid)
         .ok_or_else(|| Error::Usage(format!("--owner: no live process with pid {pid}")))?;
     match lease(gate, pool, owner, wait, allow_foreign)? {
@@ -560,6 +562,41 @@ pub fn acquire(
             Ok(ExitStatus::NotFree)
         }
     }
+}
+
+/// The default owner of a lease: sockcheck's parent, unless the parent is
+/// a subshell (a forked copy of the shell above it, as in
+/// `addr=$(sockcheck acquire P | cat)`), which exits as soon as the command
+/// substitution ends and would take the lease with it. Then the owner is
+/// the shell it was forked from, and a note says so.
+fn default_owner() -> u32 {
+    let parent = rustix::process::getppid().map_or(1, |p| p.as_raw_nonzero().get() as u32);
+    let mut owner = parent;
+    while let Some(above) = forked_from(owner) {
+        owner = above;
+    }
+    if owner != parent {
+        eprintln!(
+            "sockcheck: the lease goes to pid {owner}, the shell that pid {parent} (a subshell, \
+             which exits when its command substitution ends) was forked from; --owner PID \
+             chooses another owner"
+        );
+    }
+    owner
+}
+
+/// The parent of `pid` when `pid` is a forked copy of it (same executable,
+/// same command line): a subshell.
+fn forked_from(pid: u32) -> Option<u32> {
+    let process = procfs::process::Process::new(pid as i32).ok()?;
+    let ppid = process.stat().ok()?.ppid;
+    if ppid <= 1 {
+        return None;
+    }
+    let parent = procfs::process::Process::new(ppid).ok()?;
+    let same = process.exe().ok()? == parent.exe().ok()?
+        && process.cmdline().ok()? == parent.cmdline().ok()?;
+    same.then_some(ppid as u32)
 }
 
 /// `sockcheck release ADDR`.
@@ -597,7 +634,7 @@ pub fn leases(gate: &Gate, pool: Option<Vec<IpAddr>>) -> Result<ExitStatus, Erro
         .map(|l| LeaseRow {
             address: l.address,
             owner_pid: l.owner.pid,
-            owner_alive: l.owner.alive(),
+            owner_alive: l.alive(),
             age_seconds: now.saturating_sub(l.acquired),
             quarantined: state.quarantined(l.address).cloned(),
         })
@@ -698,16 +735,17 @@ pub fn run(gate: &Gate, pool: &[IpAddr], options: &RunOptions) -> Result<ExitSta
     if gate.output.verbose {
         eprintln!("sockcheck: {}", attribution.describe());
     }
-    let status = child::run(
+    let finished = child::run(
         &options.command,
         &[
             ("SOCKCHECK_ADDR", address.to_string()),
             ("SOCKCHECK_PORTS", ports),
         ],
+        |pid| live_on_in(gate, address, me, pid),
     );
     let exited = state::now();
     let outcome =
-        status.and_then(|status| after(gate, address, status, exited, options, attribution));
+        finished.and_then(|finished| after(gate, address, &finished, exited, options, attribution));
     // The lease goes whatever happened; a lingering address stays
     // quarantined instead.
     let released = gate.open().and_then(|(store, mut state)| {
@@ -719,25 +757,62 @@ pub fn run(gate: &Gate, pool: &[IpAddr], options: &RunOptions) -> Result<ExitSta
     Ok(outcome)
 }
 
+/// Makes `owner`'s lease of `address` live on in the command `pid` too, so
+/// that if `run` itself is killed, the address stays leased for as long as
+/// the command runs. (Should that fail, the lease stays `run`'s alone.)
+fn live_on_in(gate: &Gate, address: IpAddr, owner: ProcessId, pid: u32) {
+    let Some(command) = ProcessId::of(pid) else {
+        return; // already gone: nothing to live on in
+    };
+    let recorded = gate.open().and_then(|(store, mut state)| {
+        match state
+            .leases
+            .iter_mut()
+            .find(|l| l.address == address && l.owner == owner)
+        {
+            Some(lease) => {
+                lease.holders.push(command);
+                store.save(&state)
+            }
+            None => Ok(()),
+        }
+    });
+    if let Err(e) = recorded {
+        eprintln!("sockcheck: the lease of {address} could not be tied to the command: {e}");
+    }
+}
+
 /// After the command: wait up to --linger for the address to be free, and
-/// report, quarantine and reap what still holds it.
+/// report, quarantine and reap what still holds it. SIGINT, SIGTERM, SIGHUP
+/// or SIGQUIT (a cancelled CI job) cut the wait short: the address is
+/// inspected once, reported and quarantined as at the deadline. A signal
+/// that came while the command ran was the command's to answer, and its
+/// status stands; one that comes during the wait makes `run` exit 128+N.
 fn after(
     gate: &Gate,
     address: IpAddr,
-    status: u8,
+    finished: &child::Finished,
     exited: u64,
     options: &RunOptions,
     attribution: Attribution,
 ) -> Result<ExitStatus, Error> {
+    let status = finished.status;
     let started = Instant::now();
     let deadline = started + options.linger;
+    let interrupted = || finished.signals.received().or(finished.signalled);
+    let done = |free: bool| match finished.signals.received() {
+        Some(signal) => ExitStatus::Command(128u8.saturating_add(signal as u8)),
+        None if free => command_status(status),
+        None if status == 0 => ExitStatus::Lingering,
+        None => ExitStatus::Command(status),
+    };
     let report = loop {
         let view = inspect::kernel_view(&gate.ports)?;
         let quick = gate.one(&view, address, false);
         if quick.verdict == Verdict::Free {
-            return Ok(command_status(status));
+            return Ok(done(true));
         }
-        if Instant::now() >= deadline {
+        if Instant::now() >= deadline || interrupted().is_some() {
             break gate.one(&view, address, true);
         }
         std::thread::sleep(POLL.min(deadline.saturating_duration_since(Instant::now())));
@@ -748,6 +823,7 @@ fn after(
     let attribution = stopped.status(&holders);
     let mut forensic = Forensic {
         schema: forensic::SCHEMA,
+        interrupted_by: interrupted().map(signal_name),
         address,
         ports: gate.ports.clone(),
         command: options
@@ -788,11 +864,18 @@ fn after(
     if let Some(path) = &options.report {
         forensic::write(&forensic, path)?;
     }
-    Ok(if status == 0 {
-        ExitStatus::Lingering
-    } else {
-        ExitStatus::Command(status)
-    })
+    Ok(done(false))
+}
+
+/// `SIGTERM` for 15.
+fn signal_name(signal: i32) -> String {
+    match signal {
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGHUP => "SIGHUP".into(),
+        libc::SIGQUIT => "SIGQUIT".into(),
+        other => format!("signal {other}"),
+    }
 }
 
 fn command_status(status: u8) -> ExitStatus {

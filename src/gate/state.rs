@@ -64,6 +64,18 @@ pub struct Lease {
     pub owner: ProcessId,
     /// Unix seconds.
     pub acquired: u64,
+    /// Processes the lease also lives on in: `run`'s command, so that a
+    /// `run` killed while its command runs does not free the address under
+    /// the command.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<ProcessId>,
+}
+
+impl Lease {
+    /// Whether the owner, or any process the lease lives on in, is alive.
+    pub fn alive(&self) -> bool {
+        self.owner.alive() || self.holders.iter().any(ProcessId::alive)
+    }
 }
 
 /// An address that a command left held; `acquire` skips it until an
@@ -98,8 +110,7 @@ impl State {
 
     /// Drops leases whose owner is gone; returns them.
     pub fn reclaim(&mut self) -> Vec<Lease> {
-        let (alive, dead): (Vec<Lease>, Vec<Lease>) =
-            self.leases.drain(..).partition(|l| l.owner.alive());
+        let (alive, dead): (Vec<Lease>, Vec<Lease>) = self.leases.drain(..).partition(Lease::alive);
         self.leases = alive;
         dead
     }
@@ -249,7 +260,7 @@ fn salvage(bytes: &[u8]) -> (State, usize, usize) {
     for (at, _) in bytes.iter().enumerate().filter(|&(_, &b)| b == b'{') {
         let mut values = serde_json::Deserializer::from_slice(&bytes[at..]).into_iter::<Lease>();
         if let Some(Ok(lease)) = values.next() {
-            if lease.owner.alive() && state.lease(lease.address).is_none() {
+            if lease.alive() && state.lease(lease.address).is_none() {
                 state.leases.push(lease);
             } else {
                 dropped += 1;
@@ -382,6 +393,7 @@ mod tests {
             address: "127.0.0.2".parse().unwrap(),
             owner: ProcessId::of(std::process::id()).unwrap(),
             acquired: 1,
+            holders: Vec::new(),
         });
         store.save(&state).unwrap();
         assert_eq!(store.load().unwrap(), state);
