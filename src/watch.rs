@@ -290,6 +290,10 @@ impl Clock {
 }
 
 fn broken_down(secs: i64, local: bool) -> libc::tm {
+    // The libc crate deprecates `time_t` on musl targets only: it is still
+    // 32-bit there on 32-bit CPUs, where musl 1.2 made it 64-bit. On the
+    // 64-bit targets sockcheck ships (x86_64, aarch64) it is i64 either way.
+    #[allow(deprecated)]
     let t = secs as libc::time_t;
     // SAFETY: an all-zero tm is valid; both calls only write into it.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
