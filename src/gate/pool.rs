@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::inspect::parse_address;
+use crate::text::echo;
 
 /// The most addresses a pool may hold.
 pub const MAX_POOL: u128 = 65536;
@@ -19,21 +20,29 @@ pub fn parse_pool(text: &str, source: &str) -> Result<Vec<IpAddr>, Error> {
     for item in text.split(',') {
         let item = item.trim();
         if item.is_empty() {
-            return Err(bad(format!("empty item in pool '{text}'")));
+            return Err(bad(format!("empty item in pool {}", echo(text))));
         }
         let (first, count) = if let Some((base, prefix)) = item.split_once('/') {
-            let base = parse_address(base)
-                .map_err(|_| bad(format!("'{base}' in '{item}' is not an IP address")))?;
+            let base = parse_address(base).map_err(|_| {
+                bad(format!(
+                    "{} in {} is not an IP address",
+                    echo(base),
+                    echo(item)
+                ))
+            })?;
             let bits: u32 = if base.is_ipv4() { 32 } else { 128 };
             let prefix: u32 = prefix.parse().ok().filter(|p| *p <= bits).ok_or_else(|| {
                 bad(format!(
-                    "'{prefix}' in '{item}' is not a prefix length (0-{bits})"
+                    "{} in {} is not a prefix length (0-{bits})",
+                    echo(prefix),
+                    echo(item)
                 ))
             })?;
             let size = 1u128.checked_shl(bits - prefix).unwrap_or(u128::MAX);
             if size > MAX_POOL {
                 return Err(bad(format!(
-                    "'{item}' holds {size} addresses; a pool holds at most {MAX_POOL}"
+                    "{} holds {size} addresses; a pool holds at most {MAX_POOL}",
+                    echo(item)
                 )));
             }
             let start = to_u128(base) & !(size - 1);
@@ -41,28 +50,39 @@ pub fn parse_pool(text: &str, source: &str) -> Result<Vec<IpAddr>, Error> {
         } else if let Some((from, to)) = item.split_once('-') {
             let from = parse_address(from.trim()).map_err(|_| {
                 bad(format!(
-                    "'{}' in '{item}' is not an IP address",
-                    from.trim()
+                    "{} in {} is not an IP address",
+                    echo(from.trim()),
+                    echo(item)
                 ))
             })?;
-            let to = parse_address(to.trim())
-                .map_err(|_| bad(format!("'{}' in '{item}' is not an IP address", to.trim())))?;
+            let to = parse_address(to.trim()).map_err(|_| {
+                bad(format!(
+                    "{} in {} is not an IP address",
+                    echo(to.trim()),
+                    echo(item)
+                ))
+            })?;
             if from.is_ipv4() != to.is_ipv4() {
-                return Err(bad(format!("'{item}' mixes IPv4 and IPv6")));
+                return Err(bad(format!("{} mixes IPv4 and IPv6", echo(item))));
             }
             let (a, b) = (to_u128(from), to_u128(to));
             if b < a {
-                return Err(bad(format!("'{item}' ends before it starts")));
+                return Err(bad(format!("{} ends before it starts", echo(item))));
             }
             (from, b - a + 1)
         } else {
-            let address = parse_address(item)
-                .map_err(|_| bad(format!("'{item}' is not an IP address, range or CIDR")))?;
+            let address = parse_address(item).map_err(|_| {
+                bad(format!(
+                    "{} is not an IP address, range or CIDR",
+                    echo(item)
+                ))
+            })?;
             (address, 1)
         };
         if pool.len() as u128 + count > MAX_POOL {
             return Err(bad(format!(
-                "pool '{text}' holds more than {MAX_POOL} addresses"
+                "pool {} holds more than {MAX_POOL} addresses",
+                echo(text)
             )));
         }
         let start = to_u128(first);
@@ -95,7 +115,8 @@ fn from_u128(n: u128, v4: bool) -> IpAddr {
 pub fn parse_duration(text: &str, source: &str) -> Result<Duration, Error> {
     let bad = || {
         Error::Usage(format!(
-            "{source}: '{text}' is not a duration (examples: 500ms, 30s, 2m, 1h)"
+            "{source}: {} is not a duration (examples: 500ms, 30s, 2m, 1h)",
+            echo(text)
         ))
     };
     let text = text.trim();
@@ -160,6 +181,24 @@ mod tests {
             let e = parse_pool(bad, "POOL").unwrap_err().to_string();
             assert!(e.starts_with("POOL: ") && e.contains(needle), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn echoed_pool_values_are_escaped_and_cut() {
+        let forged = parse_pool("x\nsockcheck: 127.0.0.2 free", "SOCKCHECK_POOL")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            forged,
+            "SOCKCHECK_POOL: 'x\\nsockcheck: 127.0.0.2 free' is not an IP address, range or CIDR"
+        );
+        let long = format!("127.0.0.1-127.0.0.{}", "9".repeat(100_000));
+        let e = parse_pool(&long, "POOL").unwrap_err().to_string();
+        assert!(e.len() < 300 && e.contains("(100018 bytes)"), "{e}");
+        let e = parse_duration("\x1b]0;x\x07", "--timeout")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--timeout: '\\x1b]0;x\\x07'"), "{e}");
     }
 
     #[test]
