@@ -13,6 +13,7 @@ use crate::exit::{self, ExitStatus};
 use crate::gate::{self, Gate, RunOptions, pool};
 use crate::inspect::{self, BpfMode, DEFAULT_PORTS, Query};
 use crate::report::{Report, human};
+use crate::text;
 
 const ABOUT: &str =
     "Can this loopback address go to a new server right now, and if not, who holds it?";
@@ -205,8 +206,30 @@ pub struct Output {
 }
 
 /// Parses the command line and runs the command. Errors are returned for
-/// `main` to print once.
+/// `main` to print once, as one line: whatever a message quotes (a value,
+/// a path) has no character left that could break the line or act on the
+/// terminal.
 pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Result<ExitStatus, Error> {
+    run_command(args).map_err(one_line)
+}
+
+/// The last line of defence for the messages that quote what a user chose
+/// (values are escaped and cut where the message is made, with
+/// [`text::echo`]; a path, in a `Usage` or `Syscall` message, may not be).
+/// Escapes what [`text::is_hidden`] names, and nothing else, so text
+/// escaped already stays as it is.
+fn one_line(error: Error) -> Error {
+    match error {
+        Error::Usage(message) => Error::Usage(text::escape_hidden(&message)),
+        Error::Syscall { call, source } => Error::Syscall {
+            call: text::escape_hidden(&call),
+            source,
+        },
+        other => other,
+    }
+}
+
+fn run_command<I: IntoIterator<Item = OsString>>(args: I) -> Result<ExitStatus, Error> {
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -455,8 +478,16 @@ fn use_color(choice: ColorChoice) -> bool {
     }
 }
 
-/// clap's first line, without its `error: ` prefix.
+/// The most characters of clap's line an error shows: clap quotes the bad
+/// value raw, so the line is escaped and cut like any echoed value.
+const CLAP_LINE_MAX: usize = 160;
+
+/// clap's message up to its first blank line (a value it quotes may hold a
+/// newline), without its `error: ` prefix, escaped and cut to one line.
 fn first_line(message: &str) -> String {
-    let line = message.lines().next().unwrap_or(message);
-    line.strip_prefix("error: ").unwrap_or(line).to_string()
+    let first = message.split("\n\n").next().unwrap_or(message).trim_end();
+    text::echo_line(
+        first.strip_prefix("error: ").unwrap_or(first),
+        CLAP_LINE_MAX,
+    )
 }

@@ -14,6 +14,7 @@ use crate::report::{
     SCHEMA, SourceStatus, Sources,
 };
 use crate::reuseport::{self, Reuseport, Subject};
+use crate::text::echo;
 use crate::verdict;
 
 /// What to inspect.
@@ -564,12 +565,16 @@ pub fn parse_address(text: &str) -> Result<IpAddr, Error> {
             } else {
                 ""
             };
-            return Err(Error::Usage(format!("'{text}' is not an IP address{hint}")));
+            return Err(Error::Usage(format!(
+                "{} is not an IP address{hint}",
+                echo(text)
+            )));
         }
     };
     match not_bindable(address) {
         Some(kind) => Err(Error::Usage(format!(
-            "'{text}' is {kind}; give the unicast address a server would bind"
+            "{} is {kind}; give the unicast address a server would bind",
+            echo(text)
         ))),
         None => Ok(address),
     }
@@ -613,11 +618,15 @@ pub fn parse_ports(text: &str, source: &str) -> Result<Vec<u16>, Error> {
                 )));
             }
             Err(_) if item.is_empty() => {
-                return Err(Error::Usage(format!("{source}: empty port in '{text}'")));
+                return Err(Error::Usage(format!(
+                    "{source}: empty port in {}",
+                    echo(text)
+                )));
             }
             Err(_) => {
                 return Err(Error::Usage(format!(
-                    "{source}: '{item}' is not a port number"
+                    "{source}: {} is not a port number",
+                    echo(item)
                 )));
             }
         };

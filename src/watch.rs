@@ -392,6 +392,18 @@ mod tests {
     }
 
     #[test]
+    fn human_line_escapes_line_breaking_and_invisible_comm() {
+        let clock = Clock { offset_ns: 0 };
+        let comm = "a\u{2028}\u{2029}\u{61c}\u{200b}\u{feff}";
+        let line = human_line(&event(ListenChange::Listen, comm.as_bytes()), &clock);
+        assert!(
+            line.contains("  comm a\\u{2028}\\u{2029}\\u{61c}\\u{200b}\\u{feff}  inode"),
+            "{line}"
+        );
+        assert_eq!(line.lines().count(), 1);
+    }
+
+    #[test]
     fn json_line_has_the_documented_fields() {
         let clock = Clock { offset_ns: 0 };
         let target: IpAddr = "::1".parse().unwrap();

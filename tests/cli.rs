@@ -139,3 +139,78 @@ fn a_signed_port_is_refused() {
         );
     }
 }
+
+#[test]
+fn error_messages_escape_and_cut_echoed_values() {
+    let long_address = format!("127.0.0.{}", "1".repeat(120 * 1024));
+    let long_ports = "9".repeat(120 * 1024);
+    let osc = "\x1b]0;x\x07";
+    let forged = "x\nsockcheck: 127.0.0.2 free";
+    let hidden = "\u{2028}\u{2029}\u{61c}\u{200b}\u{feff}\u{202e}\u{85}";
+    let color = format!("{osc}{}", "a".repeat(100_000));
+    let flag = format!("--{forged}");
+    /// Arguments, and environment variables to set.
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>);
+    let cases: Vec<Case> = vec![
+        (vec![osc], vec![]),
+        (vec!["check", forged], vec![]),
+        (vec!["scan"], vec![("SOCKCHECK_POOL", forged)]),
+        (vec!["scan", hidden], vec![]),
+        (vec!["scan", "127.0.0.1/x\x1b[2J"], vec![]),
+        (vec!["acquire", "127.0.0.1-\x07\n"], vec![]),
+        (vec![&long_address], vec![]),
+        (vec!["--ports", hidden, "127.91.1.5"], vec![]),
+        (vec!["--ports", &long_ports, "127.91.1.5"], vec![]),
+        (vec!["127.91.1.5"], vec![("SOCKCHECK_PORTS", forged)]),
+        (vec!["wait", "127.91.1.5", "--timeout", forged], vec![]),
+        (
+            vec!["run", "--linger", osc, "127.91.1.5", "--", "true"],
+            vec![],
+        ),
+        // clap's own errors quote the bad value.
+        (vec!["--color", &color, "127.91.1.5"], vec![]),
+        (vec![&flag, "127.91.1.5"], vec![]),
+    ];
+    for (args, env) in cases {
+        let mut command = std::process::Command::new(&*util::SOCKCHECK);
+        command
+            .args(&args)
+            .env_remove("SOCKCHECK_PORTS")
+            .env_remove("SOCKCHECK_POOL");
+        for (key, value) in &env {
+            command.env(key, value);
+        }
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let shown: Vec<String> = args.iter().map(|a| a.chars().take(40).collect()).collect();
+        assert_eq!(output.status.code(), Some(2), "{shown:?} {env:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "{shown:?}");
+        assert!(
+            stderr.starts_with("sockcheck: ") && stderr.ends_with('\n'),
+            "{shown:?}: {stderr:?}"
+        );
+        let line = &stderr[..stderr.len() - 1];
+        assert!(
+            !line.chars().any(|c| c.is_control() || hidden.contains(c)),
+            "{shown:?}: {stderr:?}"
+        );
+        assert!(
+            stderr.len() < 300,
+            "{shown:?}: {} bytes: {stderr:?}",
+            stderr.len()
+        );
+    }
+    // The cut says how long the value was.
+    let run = sockcheck(&[&long_address]);
+    assert!(
+        run.stderr
+            .contains(&format!("…' ({} bytes)", long_address.len())),
+        "{}",
+        run.stderr
+    );
+    let run = sockcheck(&[osc]);
+    assert_eq!(
+        run.stderr,
+        "sockcheck: '\\x1b]0;x\\x07' is not an IP address (host names are not resolved; give an IP address)\n"
+    );
+}

@@ -815,3 +815,137 @@ fn a_lease_taken_in_a_subshell_goes_to_the_shell_it_was_forked_from() {
         stderr(&output)
     );
 }
+
+/// A process exec'd through a symlink whose name breaks and reorders lines
+/// and hides (so its comm does), with a command line that tries to end a
+/// code span and make a link.
+const HOSTILE_COMM: &str = "\u{2028}\u{2029}\u{61c}|`\u{200b}";
+const HOSTILE_ARG: &str = "x`|[x](http://e.vil)`\u{feff}\u{2028}\n";
+const RAW: &[char] = &['\u{2028}', '\u{2029}', '\u{61c}', '\u{200b}', '\u{feff}'];
+
+fn assert_no_raw(what: &str, text: &str) {
+    for c in RAW {
+        assert!(
+            !text.contains(*c),
+            "{what}: U+{:04X} raw in {text:?}",
+            *c as u32
+        );
+    }
+}
+
+/// The number of `|` not escaped with a backslash.
+fn cell_separators(line: &str) -> usize {
+    let mut count = 0;
+    let mut escaped = false;
+    for c in line.chars() {
+        match c {
+            '\\' if !escaped => escaped = true,
+            '|' if !escaped => count += 1,
+            _ => escaped = false,
+        }
+    }
+    count
+}
+
+#[test]
+fn hostile_process_text_is_escaped_in_run_report_and_scan() {
+    let state = StateDir::new("hostile");
+    let ready = state.0.with_extension("hostile.ready");
+    let report = state.0.with_extension("hostile.md");
+    let dir = state.0.with_extension("hostile.bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let link = dir.join(HOSTILE_COMM);
+    std::os::unix::fs::symlink(&*util::HOLDER, &link).unwrap();
+    // The holder outlives the command, as a leaked server would.
+    let script = format!(
+        "\"$0\" \"$@\" > {r} 2>/dev/null < /dev/null & \
+         while ! grep -q ready {r} 2>/dev/null; do sleep 0.02; done",
+        r = ready.display()
+    );
+    let output = gate(
+        &state,
+        "45260",
+        &[
+            "run",
+            "127.93.60.1",
+            "--linger",
+            "200ms",
+            "--report",
+            report.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            &script,
+            link.to_str().unwrap(),
+            "plain",
+            "127.93.60.1",
+            "45260",
+            "2",
+            HOSTILE_ARG,
+        ],
+    );
+    let (pid, _) = holder_from(&ready);
+    let _cleanup = Guard(pid);
+    let _bin = Dir(dir);
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    assert_no_raw("run's stderr", &stderr(&output));
+    let markdown = std::fs::read_to_string(&report).unwrap();
+    assert_no_raw("the Markdown report", &markdown);
+    // The comm, escaped for the terminal, then for Markdown.
+    let comm = "\\\\u{2028}\\\\u{2029}\\\\u{61c}\\|\\`\\\\u{200b}";
+    assert!(
+        markdown.contains(&format!("## pid {pid} ({comm})\n")),
+        "{markdown}"
+    );
+    // Outside the code spans (checked below), no link can open.
+    let outside: Vec<&str> = markdown
+        .lines()
+        .filter(|l| !l.starts_with("- command line: "))
+        .map(|l| l.split(" exited with status ").last().unwrap())
+        .collect();
+    assert!(!outside.join("\n").contains("]("), "a link: {markdown}");
+    // Every table row has as many cells as its header.
+    let rows: Vec<&str> = markdown.lines().filter(|l| l.starts_with('|')).collect();
+    assert!(rows.len() >= 3, "{markdown}");
+    for row in &rows {
+        assert_eq!(cell_separators(row), 8, "{row}");
+    }
+    // The command lines are code spans that nothing inside can close.
+    let code_lines = markdown
+        .lines()
+        .filter(|l| l.starts_with("- command line: ") || l.contains(" exited with status "));
+    let mut spans = 0;
+    for line in code_lines {
+        let span = line
+            .strip_prefix("- command line: ")
+            .unwrap_or(line.split(" exited with status ").next().unwrap());
+        let fence = span.chars().take_while(|&c| c == '`').count();
+        assert!(fence >= 2, "the command has a backtick: {span}");
+        assert!(span.ends_with(&"`".repeat(fence)), "{span}");
+        let inner = &span[fence..span.len() - fence];
+        assert!(!inner.contains(&"`".repeat(fence)), "{span}");
+        assert!(inner.contains("[x](http://e.vil)"), "{span}");
+        spans += 1;
+    }
+    assert_eq!(spans, 2, "{markdown}");
+    // scan's line names it escaped, on one line.
+    let output = gate(&state, "45260", &["scan", "127.93.60.1"]);
+    let text = stdout(&output);
+    assert_no_raw("scan", &text);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.contains(&format!(
+            "pid {pid} (\\u{{2028}}\\u{{2029}}\\u{{61c}}|`\\u{{200b}}) holds 127.93.60.1:45260"
+        )),
+        "{text}"
+    );
+}
+
+/// Removes a directory on drop.
+struct Dir(PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -604,3 +604,89 @@ fn unprivileged_user_sees_its_own_lingering_worker() {
     assert_eq!(owner["tids"], serde_json::json!(holder.tids));
     assert_eq!(listener["reuseport"], true);
 }
+
+/// What a hostile process chose: a comm (the name of the file it was
+/// exec'd through; 13 of the 15 bytes) that breaks and reorders lines and
+/// hides, and a command line that tries to end a Markdown code span and
+/// make a link.
+const HOSTILE_COMM: &str = "\u{2028}\u{2029}\u{61c}|`\u{200b}";
+const HOSTILE_ARG: &str = "x`|[x](http://e.vil)`\u{feff}\u{2028}\u{202e}\n\x1b[2J";
+/// Characters that must never reach the terminal raw.
+const RAW: &[char] = &[
+    '\u{2028}', '\u{2029}', '\u{61c}', '\u{200b}', '\u{feff}', '\u{202e}', '\x1b',
+];
+
+/// The holder, exec'd through a symlink named `comm`, with `arg` on its
+/// command line. Killed by pid on drop.
+struct Named(std::process::Child, std::path::PathBuf);
+
+impl Named {
+    fn start(comm: &str, address: &str, port: u16, arg: &str) -> Named {
+        use std::io::BufRead;
+        let dir = std::env::temp_dir().join(format!("sockcheck-named-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let link = dir.join(comm);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&*util::HOLDER, &link).unwrap();
+        let mut child = std::process::Command::new(&link)
+            .args(["plain", address, &port.to_string(), "2", arg])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("ready "), "{line:?}");
+        Named(child, dir)
+    }
+}
+
+impl Drop for Named {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
+
+#[test]
+fn hostile_comm_and_cmdline_are_escaped_in_the_human_report() {
+    let holder = Named::start(HOSTILE_COMM, "127.91.70.1", 45170, HOSTILE_ARG);
+    let pid = holder.0.id();
+    // JSON keeps them as they are.
+    let (address, status) = check("127.91.70.1", "45170");
+    assert_eq!(status, 1);
+    let owner = &port(&address, 45170)["listeners"][0]["owners"][0];
+    assert_eq!(owner["pid"], pid);
+    assert_eq!(owner["comm"], HOSTILE_COMM);
+    assert_eq!(owner["cmdline"][5], HOSTILE_ARG);
+    // The terminal gets every one of them escaped.
+    let run = sockcheck(&["--color", "never", "--ports", "45170", "127.91.70.1"]);
+    assert_eq!(run.status, 1, "{}", run.stderr);
+    let text = &run.stdout;
+    for c in RAW {
+        assert!(!text.contains(*c), "U+{:04X} raw in {text:?}", *c as u32);
+    }
+    let comm = "\\u{2028}\\u{2029}\\u{61c}|`\\u{200b}";
+    assert!(
+        text.contains(&format!(
+            "reason: 127.91.70.1:45170 is held by pid {pid} ({comm})"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("owner: pid {pid} {comm}  sleeping")),
+        "{text}"
+    );
+    assert!(
+        text.contains("'x`|[x](http://e.vil)`\\u{feff}\\u{2028}\\u{202e}\\n\\x1b[2J'"),
+        "{text}"
+    );
+    // One line per thing: the hostile text broke none.
+    assert!(
+        text.lines()
+            .all(|l| l.is_empty() || l.starts_with(['1', ' '])),
+        "{text}"
+    );
+}

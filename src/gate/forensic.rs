@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::owners::ProcessInfo;
 use crate::report::{AddressReport, SourceStatus, display};
 use crate::reuseport::Reuseport;
-use crate::text::{Bytes, shell_word};
+use crate::text::{Bytes, markdown as md, markdown_code, shell_word};
 use crate::verdict::Verdict;
 
 /// The forensic report's JSON schema version.
@@ -177,6 +177,12 @@ pub fn write(report: &Forensic, path: &Path) -> Result<(), Error> {
 }
 
 /// The report for people: Markdown, which also reads well on a terminal.
+///
+/// Every text a process or a user chose (comm, command lines, messages that
+/// quote them) goes through [`md`] (inline text, table cells) or
+/// [`markdown_code`] (command lines), so none can split a table row, open
+/// a link, HTML or a code span, or reach the terminal raw when the report
+/// is printed.
 pub fn markdown(report: &Forensic) -> String {
     let mut out = String::new();
     let command: Vec<String> = report.command.iter().map(|w| shell_word(&w.0)).collect();
@@ -195,8 +201,8 @@ pub fn markdown(report: &Forensic) -> String {
     }
     let _ = writeln!(
         out,
-        "`{}` exited with status {}; {:.1}s later {} was still **{}** on port{} {}.\n",
-        command.join(" "),
+        "{} exited with status {}; {:.1}s later {} was still **{}** on port{} {}.\n",
+        markdown_code(&command.join(" ")),
         report.command_status,
         report.linger_seconds,
         report.address,
@@ -215,12 +221,12 @@ pub fn markdown(report: &Forensic) -> String {
         );
     }
     for reason in &report.inspection.reasons {
-        let _ = writeln!(out, "- {}", reason.message);
+        let _ = writeln!(out, "- {}", md(&reason.message));
     }
     out.push('\n');
     for holder in &report.holders {
         let p = &holder.process;
-        let _ = writeln!(out, "## pid {} ({})\n", holder.pid, p.comm.escaped());
+        let _ = writeln!(out, "## pid {} ({})\n", holder.pid, p.comm.markdown());
         let _ = writeln!(out, "- state: {}", p.state);
         let tids: Vec<String> = p.tids.iter().map(u32::to_string).collect();
         let _ = writeln!(
@@ -234,7 +240,7 @@ pub fn markdown(report: &Forensic) -> String {
         );
         if !p.cmdline.is_empty() {
             let words: Vec<String> = p.cmdline.iter().map(|w| shell_word(&w.0)).collect();
-            let _ = writeln!(out, "- command line: `{}`", words.join(" "));
+            let _ = writeln!(out, "- command line: {}", markdown_code(&words.join(" ")));
         }
         if let Some(ppid) = p.ppid {
             let _ = writeln!(out, "- parent: {ppid}");
@@ -258,7 +264,7 @@ pub fn markdown(report: &Forensic) -> String {
                     None => "unknown",
                 };
                 let opener = match &l.opened_by {
-                    Some(o) => format!("thread {} ({})", o.tid, o.comm.escaped()),
+                    Some(o) => format!("thread {} ({})", o.tid, o.comm.markdown()),
                     None => "—".into(),
                 };
                 let _ = writeln!(
@@ -267,8 +273,8 @@ pub fn markdown(report: &Forensic) -> String {
                     l.local,
                     l.inode,
                     l.fd.map(|f| f.to_string()).unwrap_or_default(),
-                    l.reuseport_evidence.source,
-                    l.reuseport_evidence.detail.replace('|', "\\|"),
+                    md(l.reuseport_evidence.source),
+                    md(&l.reuseport_evidence.detail),
                     l.accept_queue,
                     l.backlog
                 );
@@ -299,7 +305,8 @@ pub fn markdown(report: &Forensic) -> String {
     let _ = writeln!(
         out,
         "Thread attribution: {} ({})",
-        report.attribution.status, report.attribution.detail
+        report.attribution.status,
+        md(&report.attribution.detail)
     );
     if report.quarantined {
         let _ = writeln!(
@@ -315,7 +322,7 @@ pub fn markdown(report: &Forensic) -> String {
                 out,
                 "- pid {}: {}{}",
                 r.pid,
-                r.action,
+                md(&r.action),
                 if r.exited {
                     ", exited"
                 } else {

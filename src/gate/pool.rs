@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::inspect::not_bindable;
+use crate::text::echo;
 
 /// The most addresses a pool may hold.
 pub const MAX_POOL: u128 = 65536;
@@ -19,11 +20,16 @@ pub fn parse_pool(text: &str, source: &str) -> Result<Vec<IpAddr>, Error> {
     for item in text.split(',') {
         let item = item.trim();
         if item.is_empty() {
-            return Err(bad(format!("empty item in pool '{text}'")));
+            return Err(bad(format!("empty item in pool {}", echo(text))));
         }
         let (first, count) = if let Some((base, prefix)) = item.split_once('/') {
-            let base = parse_ip(base)
-                .ok_or_else(|| bad(format!("'{base}' in '{item}' is not an IP address")))?;
+            let base = parse_ip(base).ok_or_else(|| {
+                bad(format!(
+                    "{} in {} is not an IP address",
+                    echo(base),
+                    echo(item)
+                ))
+            })?;
             let bits: u32 = if base.is_ipv4() { 32 } else { 128 };
             let digits = !prefix.is_empty() && prefix.bytes().all(|b| b.is_ascii_digit());
             let prefix: u32 = prefix
@@ -32,13 +38,16 @@ pub fn parse_pool(text: &str, source: &str) -> Result<Vec<IpAddr>, Error> {
                 .filter(|p| digits && *p <= bits)
                 .ok_or_else(|| {
                     bad(format!(
-                        "'{prefix}' in '{item}' is not a prefix length (0-{bits})"
+                        "{} in {} is not a prefix length (0-{bits})",
+                        echo(prefix),
+                        echo(item)
                     ))
                 })?;
             let size = 1u128.checked_shl(bits - prefix).unwrap_or(u128::MAX);
             if size > MAX_POOL {
                 return Err(bad(format!(
-                    "'{item}' holds {size} addresses; a pool holds at most {MAX_POOL}"
+                    "{} holds {size} addresses; a pool holds at most {MAX_POOL}",
+                    echo(item)
                 )));
             }
             let start = to_u128(base) & !(size - 1);
@@ -46,28 +55,39 @@ pub fn parse_pool(text: &str, source: &str) -> Result<Vec<IpAddr>, Error> {
         } else if let Some((from, to)) = item.split_once('-') {
             let from = parse_ip(from).ok_or_else(|| {
                 bad(format!(
-                    "'{}' in '{item}' is not an IP address",
-                    from.trim()
+                    "{} in {} is not an IP address",
+                    echo(from.trim()),
+                    echo(item)
                 ))
             })?;
-            let to = parse_ip(to)
-                .ok_or_else(|| bad(format!("'{}' in '{item}' is not an IP address", to.trim())))?;
+            let to = parse_ip(to).ok_or_else(|| {
+                bad(format!(
+                    "{} in {} is not an IP address",
+                    echo(to.trim()),
+                    echo(item)
+                ))
+            })?;
             if from.is_ipv4() != to.is_ipv4() {
-                return Err(bad(format!("'{item}' mixes IPv4 and IPv6")));
+                return Err(bad(format!("{} mixes IPv4 and IPv6", echo(item))));
             }
             let (a, b) = (to_u128(from), to_u128(to));
             if b < a {
-                return Err(bad(format!("'{item}' ends before it starts")));
+                return Err(bad(format!("{} ends before it starts", echo(item))));
             }
             (from, b - a + 1)
         } else {
-            let address = parse_ip(item)
-                .ok_or_else(|| bad(format!("'{item}' is not an IP address, range or CIDR")))?;
+            let address = parse_ip(item).ok_or_else(|| {
+                bad(format!(
+                    "{} is not an IP address, range or CIDR",
+                    echo(item)
+                ))
+            })?;
             (address, 1)
         };
         if pool.len() as u128 + count > MAX_POOL {
             return Err(bad(format!(
-                "pool '{text}' holds more than {MAX_POOL} addresses"
+                "pool {} holds more than {MAX_POOL} addresses",
+                echo(text)
             )));
         }
         let start = to_u128(first);
@@ -77,8 +97,9 @@ pub fn parse_pool(text: &str, source: &str) -> Result<Vec<IpAddr>, Error> {
             // bind: `::1/127` holds `::`, `0.0.0.1/31` holds 0.0.0.0.
             if let Some(kind) = not_bindable(address) {
                 return Err(bad(format!(
-                    "'{item}' holds {address}, {kind}; every address of a pool must be \
-                     one a server can bind"
+                    "{} holds {address}, {kind}; every address of a pool must be \
+                     one a server can bind",
+                    echo(item)
                 )));
             }
             if seen.insert(address) {
@@ -122,7 +143,8 @@ fn from_u128(n: u128, v4: bool) -> IpAddr {
 pub fn parse_duration(text: &str, source: &str) -> Result<Duration, Error> {
     let bad = || {
         Error::Usage(format!(
-            "{source}: '{text}' is not a duration (examples: 500ms, 30s, 2m, 1h)"
+            "{source}: {} is not a duration (examples: 500ms, 30s, 2m, 1h)",
+            echo(text)
         ))
     };
     let text = text.trim();
@@ -220,6 +242,24 @@ mod tests {
     fn mapped_addresses_in_a_pool_are_the_ipv4_addresses_they_map() {
         let pool = parse_pool("::ffff:127.0.0.2-::ffff:127.0.0.3,127.0.0.3", "POOL").unwrap();
         assert_eq!(ips(&pool), ["127.0.0.2", "127.0.0.3"]);
+    }
+
+    #[test]
+    fn echoed_pool_values_are_escaped_and_cut() {
+        let forged = parse_pool("x\nsockcheck: 127.0.0.2 free", "SOCKCHECK_POOL")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            forged,
+            "SOCKCHECK_POOL: 'x\\nsockcheck: 127.0.0.2 free' is not an IP address, range or CIDR"
+        );
+        let long = format!("127.0.0.1-127.0.0.{}", "9".repeat(100_000));
+        let e = parse_pool(&long, "POOL").unwrap_err().to_string();
+        assert!(e.len() < 300 && e.contains("(100018 bytes)"), "{e}");
+        let e = parse_duration("\x1b]0;x\x07", "--timeout")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--timeout: '\\x1b]0;x\\x07'"), "{e}");
     }
 
     #[test]

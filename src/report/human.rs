@@ -1,10 +1,20 @@
 //! The human-readable report: the verdict and its reasons first, then per
 //! port the listeners with their owners, the other sockets, and the canary.
+//!
+//! Text a process chose (comm, cmdline) goes through [`Bytes::escaped`] or
+//! [`shell_word`], the terminal escaper; messages that quote it were made
+//! with it. Every other free text (reasons, notes, evidence, source
+//! details) passes [`escape_hidden`] on its way out, which leaves escaped
+//! text as it is and escapes whatever [`is_hidden`](crate::text::is_hidden)
+//! names that reached it unescaped, so no line of the report can be broken,
+//! reordered or hidden by what it quotes.
+//!
+//! [`Bytes::escaped`]: crate::text::Bytes::escaped
 
 use std::fmt::Write;
 
 use crate::report::{AddressReport, ListenerReport, Owner, PortReport, Report};
-use crate::text::shell_word;
+use crate::text::{escape_hidden, shell_word};
 use crate::verdict::Verdict;
 
 /// ANSI styling, or none.
@@ -60,7 +70,12 @@ pub fn render(report: &Report, style: Style, verbose: bool) -> String {
             ("bind_probe", &s.bind_probe),
             ("bpf", &s.bpf),
         ] {
-            let _ = writeln!(out, "  {name:<12} {:<11} {}", status.status, status.detail);
+            let _ = writeln!(
+                out,
+                "  {name:<12} {:<11} {}",
+                status.status,
+                escape_hidden(&status.detail)
+            );
         }
     }
     out
@@ -74,10 +89,10 @@ fn render_address(out: &mut String, address: &AddressReport, style: Style, verbo
         style.verdict(address.verdict)
     );
     for reason in &address.reasons {
-        let _ = writeln!(out, "  reason: {}", reason.message);
+        let _ = writeln!(out, "  reason: {}", escape_hidden(&reason.message));
     }
     for note in &address.notes {
-        let _ = writeln!(out, "  {} {note}", style.dim("note:"));
+        let _ = writeln!(out, "  {} {}", style.dim("note:"), escape_hidden(note));
     }
     for port in &address.ports {
         render_port(out, port, style, verbose);
@@ -149,12 +164,18 @@ fn render_listener(out: &mut String, listener: &ListenerReport, style: Style, ve
         "      reuseport {reuseport} {}",
         style.dim(&format!(
             "({}: {})",
-            listener.reuseport_evidence.source, listener.reuseport_evidence.detail
+            listener.reuseport_evidence.source,
+            escape_hidden(&listener.reuseport_evidence.detail)
         ))
     );
     if verbose {
         for tried in &listener.reuseport_evidence.tried {
-            let _ = writeln!(out, "        {} {tried}", style.dim("tried:"));
+            let _ = writeln!(
+                out,
+                "        {} {}",
+                style.dim("tried:"),
+                escape_hidden(tried)
+            );
         }
         if let Some(cgroup) = listener.cgroup_id {
             let _ = writeln!(
