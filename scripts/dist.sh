@@ -24,7 +24,9 @@
 # `file` (apt-get, when missing). A target of another architecture links with
 # rust-lld, shipped with rustc, against the target's self-contained musl: no
 # cross gcc. It is then run under qemu-user (installed from Debian) for a
-# `--version` smoke test; DIST_NO_QEMU=1 skips that.
+# `--version` smoke test; DIST_NO_QEMU=1 skips that. qemu-user cannot run a
+# check (it refuses NETLINK_SOCK_DIAG sockets): scripts/vm-aarch64.sh runs
+# the aarch64 binary's checks on a real arm64 kernel in a qemu-system VM.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
