@@ -11,9 +11,9 @@
 //!   recycled pid never keeps a dead owner's lease.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -23,6 +23,11 @@ use crate::error::Error;
 
 /// The state file's format version.
 const VERSION: u32 = 1;
+
+/// The most of `leases.json` that is read. A larger file is treated as
+/// corrupt: kept aside whole, and the state rebuilt from what this prefix
+/// holds (sockcheck writes a few hundred bytes per lease).
+const MAX_STATE_FILE: u64 = 16 << 20;
 
 /// A process, identified so that a recycled pid is not mistaken for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,14 +137,8 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Store, Error> {
         let dir = checked_dir(dir)?;
         let lock_path = dir.join("lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&lock_path)
-            .map_err(|e| unusable(&dir, format!("cannot open its lock file: {e}")))?;
+        let lock = open_regular(&dir, "lock", Access::Lock)?
+            .ok_or_else(|| unusable(&dir, "its lock file vanished while opening it".into()))?;
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
             .map_err(|e| Error::syscall(format!("flock({})", lock_path.display()), e.into()))?;
         Ok(Store {
@@ -162,16 +161,18 @@ impl Store {
     /// parse; what happened is left in `self.repaired`.
     pub fn load(&mut self) -> Result<State, Error> {
         let path = self.file();
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(State {
-                    version: VERSION,
-                    ..State::default()
-                });
-            }
-            Err(e) => return Err(unusable(&self.dir, format!("cannot read leases.json: {e}"))),
+        let Some(file) = open_regular(&self.dir, "leases.json", Access::Read)? else {
+            return Ok(State {
+                version: VERSION,
+                ..State::default()
+            });
         };
+        let mut bytes = Vec::new();
+        file.take(MAX_STATE_FILE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| unusable(&self.dir, format!("cannot read leases.json: {e}")))?;
+        let too_big = bytes.len() as u64 > MAX_STATE_FILE;
+        bytes.truncate(MAX_STATE_FILE as usize);
         let version = serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
             .and_then(|v| v["version"].as_u64());
@@ -185,14 +186,19 @@ impl Store {
                 ),
             ));
         }
-        match serde_json::from_slice::<State>(&bytes) {
+        let parsed = if too_big {
+            Err(format!("larger than {} MiB", MAX_STATE_FILE >> 20))
+        } else {
+            serde_json::from_slice::<State>(&bytes).map_err(|e| e.to_string())
+        };
+        match parsed {
             Ok(state) if state.version == VERSION => Ok(state),
             parsed => {
                 let why = match parsed {
                     Ok(state) => format!("unknown version {}", state.version),
-                    Err(e) => e.to_string(),
+                    Err(why) => why,
                 };
-                let (state, kept, dropped) = salvage(&bytes);
+                let (state, kept, dropped) = salvage(&bytes, &|lease| lease.owner.alive());
                 let aside = self.dir.join(format!("leases.json.corrupt-{}", now()));
                 let _ = std::fs::rename(&path, &aside);
                 self.repaired = Some(format!(
@@ -240,32 +246,245 @@ impl Store {
 /// complete quarantine entry, wherever they are in the text (a truncated
 /// file still holds the entries before the cut). Returns the state, how many
 /// entries were kept, and how many were found but dropped.
-fn salvage(bytes: &[u8]) -> (State, usize, usize) {
+///
+/// `live` says whether a lease's owner (or whoever else keeps it) lives.
+///
+/// Linear in the input: see [`candidates`].
+fn salvage(bytes: &[u8], live: &dyn Fn(&Lease) -> bool) -> (State, usize, usize) {
+    enum Entry {
+        Lease(Lease),
+        Quarantine(Quarantine),
+    }
+    let mut found: Vec<(usize, Entry)> = Vec::new();
+    // The starts already tried: the second reading skips them (from the
+    // same start, both readings see the same object).
+    let mut tried = vec![0u64; bytes.len().div_ceil(64)];
+    for in_string in [false, true] {
+        candidates(bytes, in_string, &mut |start, end| {
+            let (word, bit) = (start / 64, 1u64 << (start % 64));
+            if tried[word] & bit != 0 {
+                return;
+            }
+            tried[word] |= bit;
+            let span = &bytes[start..=end];
+            if let Ok(lease) = serde_json::from_slice::<Lease>(span) {
+                found.push((start, Entry::Lease(lease)));
+            } else if let Ok(q) = serde_json::from_slice::<Quarantine>(span) {
+                found.push((start, Entry::Quarantine(q)));
+            }
+        });
+    }
+    found.sort_by_key(|&(start, _)| start);
     let mut state = State {
         version: VERSION,
         ..State::default()
     };
+    let mut leased = std::collections::HashSet::new();
+    let mut quarantined = std::collections::HashSet::new();
     let mut dropped = 0;
-    for (at, _) in bytes.iter().enumerate().filter(|&(_, &b)| b == b'{') {
-        let mut values = serde_json::Deserializer::from_slice(&bytes[at..]).into_iter::<Lease>();
-        if let Some(Ok(lease)) = values.next() {
-            if lease.owner.alive() && state.lease(lease.address).is_none() {
-                state.leases.push(lease);
-            } else {
-                dropped += 1;
+    for (_, entry) in found {
+        match entry {
+            Entry::Lease(lease) => {
+                if !leased.contains(&lease.address) && live(&lease) {
+                    leased.insert(lease.address);
+                    state.leases.push(lease);
+                } else {
+                    dropped += 1;
+                }
             }
-            continue;
-        }
-        let mut values =
-            serde_json::Deserializer::from_slice(&bytes[at..]).into_iter::<Quarantine>();
-        if let Some(Ok(q)) = values.next()
-            && state.quarantined(q.address).is_none()
-        {
-            state.quarantine.push(q);
+            Entry::Quarantine(q) => {
+                if quarantined.insert(q.address) {
+                    state.quarantine.push(q);
+                }
+            }
         }
     }
     let kept = state.leases.len() + state.quarantine.len();
     (state, kept, dropped)
+}
+
+/// Nesting deeper than this is counted but not tracked: no entry lies there.
+const MAX_TRACKED_DEPTH: usize = 4096;
+
+/// Calls `found(start, end)` for every object `bytes[start..=end]` that could
+/// be a lease or a quarantine entry: a balanced `{...}` holding at most two
+/// levels of nesting (a lease's `owner`, or a list of processes). One pass,
+/// no backtracking.
+///
+/// Each byte lies in at most three such objects (a fourth, enclosing them,
+/// would hold three levels), so parsing each candidate as a lease and as a
+/// quarantine entry reads each byte at most six times per reading, twelve
+/// for both: recovery is linear, whatever the input. Nesting is counted,
+/// not stored, past [`MAX_TRACKED_DEPTH`], so memory is bounded too.
+///
+/// Strings are tracked so that braces inside them do not count. A damaged
+/// quote inverts that reading for the rest of the line, so the caller runs
+/// this once assuming the text starts outside a string and once inside; the
+/// state is reset at every newline (a JSON string cannot hold a raw one, and
+/// sockcheck writes one key per line).
+fn candidates(bytes: &[u8], starts_in_string: bool, found: &mut dyn FnMut(usize, usize)) {
+    struct Frame {
+        start: usize,
+        object: bool,
+        /// It holds three levels of nesting or more: not an entry.
+        deep: bool,
+    }
+    /// What a byte is to this scanner: 0 nothing, else one of these.
+    const NEWLINE: u8 = 1;
+    const QUOTE: u8 = 2;
+    const BACKSLASH: u8 = 3;
+    const OPEN: u8 = 4;
+    const CLOSE: u8 = 5;
+    const CLASS: [u8; 256] = {
+        let mut class = [0u8; 256];
+        class[b'\n' as usize] = NEWLINE;
+        class[b'"' as usize] = QUOTE;
+        class[b'\\' as usize] = BACKSLASH;
+        class[b'{' as usize] = OPEN;
+        class[b'[' as usize] = OPEN;
+        class[b'}' as usize] = CLOSE;
+        class[b']' as usize] = CLOSE;
+        class
+    };
+    let mut frames: Vec<Frame> = Vec::new();
+    // frames[i] is the open bracket at depth i + 1.
+    let mut depth: usize = 0;
+    let mut in_string = starts_in_string;
+    let mut at = 0;
+    while at < bytes.len() {
+        let byte = bytes[at];
+        match CLASS[usize::from(byte)] {
+            0 => {}
+            NEWLINE => in_string = starts_in_string,
+            QUOTE => in_string = !in_string,
+            // An escape: skip the escaped byte, unless it is a newline.
+            BACKSLASH if in_string && bytes.get(at + 1).is_some_and(|&b| b != b'\n') => at += 1,
+            _ if in_string => {}
+            OPEN => {
+                depth += 1;
+                if depth <= MAX_TRACKED_DEPTH {
+                    frames.push(Frame {
+                        start: at,
+                        object: byte == b'{',
+                        deep: false,
+                    });
+                }
+                // The bracket three levels up now holds three levels.
+                if let Some(outer) = depth.checked_sub(4)
+                    && let Some(frame) = frames.get_mut(outer)
+                {
+                    frame.deep = true;
+                }
+            }
+            CLOSE if depth > 0 => {
+                if depth <= MAX_TRACKED_DEPTH
+                    && let Some(frame) = frames.pop()
+                    && frame.object
+                    && !frame.deep
+                    && byte == b'}'
+                {
+                    found(frame.start, at);
+                }
+                depth -= 1;
+            }
+            _ => {}
+        }
+        at += 1;
+    }
+}
+
+/// How a file in the state directory is opened.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// `leases.json`: read only; a missing file is `None`.
+    Read,
+    /// `lock`: created if missing, opened for writing (flock needs no more).
+    Lock,
+}
+
+/// Opens `dir/name` if it is a regular file, and refuses anything else
+/// (FIFO, socket, device, directory, symlink) with a line that says what it
+/// is and how to recover: a FIFO would block the open or the read forever,
+/// while this process holds the lock, and so every gate command.
+///
+/// It is checked before opening (so that no device is opened), opened with
+/// `O_NONBLOCK | O_NOFOLLOW` (so that a swap in between cannot block or
+/// lead elsewhere), and checked again on the open file.
+fn open_regular(dir: &Path, name: &str, access: Access) -> Result<Option<File>, Error> {
+    let path = dir.join(name);
+    match std::fs::symlink_metadata(&path) {
+        Ok(meta) if !meta.file_type().is_file() => {
+            return Err(not_regular(dir, name, meta.file_type()));
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if access == Access::Read {
+                return Ok(None);
+            }
+        }
+        Err(e) => return Err(unusable(dir, format!("cannot stat {name}: {e}"))),
+    }
+    let mut options = OpenOptions::new();
+    match access {
+        Access::Read => options.read(true),
+        Access::Lock => options.create(true).truncate(false).write(true).mode(0o600),
+    };
+    let flags = libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_CLOEXEC;
+    let file = match options.custom_flags(flags).open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && access == Access::Read => {
+            return Ok(None);
+        }
+        Err(e) => {
+            // Replaced since the check: ELOOP for a symlink, ENXIO for a
+            // FIFO without a reader or a socket.
+            if let Ok(meta) = std::fs::symlink_metadata(&path)
+                && !meta.file_type().is_file()
+            {
+                return Err(not_regular(dir, name, meta.file_type()));
+            }
+            return Err(unusable(dir, format!("cannot open {name}: {e}")));
+        }
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| unusable(dir, format!("cannot stat {name}: {e}")))?;
+    if !meta.file_type().is_file() {
+        return Err(not_regular(dir, name, meta.file_type()));
+    }
+    Ok(Some(file))
+}
+
+fn not_regular(dir: &Path, name: &str, kind: std::fs::FileType) -> Error {
+    let kind = if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_symlink() {
+        "a symlink"
+    } else {
+        "not a file"
+    };
+    let holds = if name == "lock" {
+        "it holds no data"
+    } else {
+        "it holds no leases"
+    };
+    unusable(
+        dir,
+        format!(
+            "{name} is {kind}, not a regular file, so sockcheck will not open it \
+             (it could block every gate command); remove {} ({holds}), or use another \
+             --state-dir",
+            dir.join(name).display()
+        ),
+    )
 }
 
 /// Creates the directory 0700 if needed, and refuses one that is not ours,
@@ -464,5 +683,133 @@ mod tests {
         );
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn mkfifo(path: &Path) {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_fifo_as_the_state_file_is_refused_not_waited_on() {
+        for name in ["leases.json", "lock"] {
+            let dir = temp(&format!("fifo-{name}"));
+            drop(Store::open(&dir).unwrap());
+            let _ = std::fs::remove_file(dir.join(name));
+            mkfifo(&dir.join(name));
+            // Were it opened blocking, this would never return.
+            let e = Store::open(&dir).and_then(|mut store| store.load());
+            let e = e.unwrap_err();
+            assert!(e.is_usage());
+            let e = e.to_string();
+            assert!(
+                e.contains(&format!("{name} is a FIFO"))
+                    && e.contains("remove")
+                    && !e.contains('\n'),
+                "{e}"
+            );
+            std::fs::remove_file(dir.join(name)).unwrap();
+            std::fs::create_dir(dir.join(name)).unwrap();
+            let e = Store::open(&dir).and_then(|mut store| store.load());
+            assert!(e.unwrap_err().to_string().contains("is a directory"));
+            std::fs::remove_dir(dir.join(name)).unwrap();
+            std::os::unix::fs::symlink("/etc/hostname", dir.join(name)).unwrap();
+            let e = Store::open(&dir).and_then(|mut store| store.load());
+            assert!(e.unwrap_err().to_string().contains("is a symlink"));
+            std::fs::remove_file(dir.join(name)).unwrap();
+            Store::open(&dir).unwrap().load().unwrap();
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_oversized_state_file_is_read_no_further_than_the_bound() {
+        let dir = temp("oversized");
+        let mut store = Store::open(&dir).unwrap();
+        let me = ProcessId::of(std::process::id()).unwrap();
+        let mut text = format!(
+            r#"{{"version": 1, "leases": [{{"address": "127.0.0.2", "owner": {{"pid": {}, "start_ticks": {}}}, "acquired": 1}}], "pad": ""#,
+            me.pid, me.start_ticks
+        )
+        .into_bytes();
+        text.resize(MAX_STATE_FILE as usize + 10, b' ');
+        text.extend_from_slice(b"\"}\n");
+        std::fs::write(dir.join("leases.json"), &text).unwrap();
+        let state = store.load().unwrap();
+        assert_eq!(state.leases.len(), 1);
+        let said = store.repaired.clone().unwrap();
+        assert!(said.contains("larger than 16 MiB"), "{said}");
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// CPU seconds this thread has used: unlike wall time, not inflated by
+    /// other jobs on a loaded machine.
+    fn cpu_seconds() -> f64 {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec, which `now` is.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+        assert_eq!(rc, 0);
+        now.tv_sec as f64 + now.tv_nsec as f64 / 1e9
+    }
+
+    /// CPU seconds that one salvage of `bytes` takes.
+    fn salvage_seconds(bytes: &[u8]) -> f64 {
+        let started = cpu_seconds();
+        let _ = salvage(bytes, &|_| true);
+        cpu_seconds() - started
+    }
+
+    #[test]
+    fn salvage_is_linear() {
+        // The old salvage re-parsed from every `{`: 48 s and 13.5 s.
+        let limit = if cfg!(debug_assertions) { 30.0 } else { 1.0 };
+        let lease =
+            r#"{"address": "127.0.0.2", "owner": {"pid": 1, "start_ticks": 1}, "acquired": 1}"#;
+        let shapes: Vec<(&str, Vec<u8>)> = vec![
+            ("256 KB of {\"k\":[", b"{\"k\":[".repeat(256 * 1024 / 6)),
+            ("50 MB of {", vec![b'{'; 50 << 20]),
+            ("16 MiB of [", vec![b'['; 16 << 20]),
+            (
+                "16 MiB of {\"a\":{\"a\":",
+                b"{\"a\":".repeat((16 << 20) / 5),
+            ),
+            // Valid entries everywhere, nested two levels deep in each other.
+            (
+                "16 MiB of nested leases",
+                format!(r#"{{"x": {{"y": {lease}}}}}"#)
+                    .repeat((16 << 20) / 110)
+                    .into_bytes(),
+            ),
+            (
+                "16 MiB of leases",
+                lease.repeat((16 << 20) / 80).into_bytes(),
+            ),
+            (
+                "16 MiB of quoted braces",
+                b"\"{\\\"{".repeat((16 << 20) / 5),
+            ),
+        ];
+        for (i, (name, bytes)) in shapes.into_iter().enumerate() {
+            let seconds = salvage_seconds(&bytes);
+            println!("salvage of {name}: {seconds:.3} s of CPU");
+            // The issue's two shapes must be fast; the 16 MiB ones (the
+            // most that is read) must only not blow up.
+            let limit = if i < 2 { limit } else { limit * 5.0 };
+            assert!(seconds < limit, "salvage of {name} took {seconds:.1} s");
+        }
+        // And it keeps what it should: every lease, once.
+        let text = format!("[{lease}, {lease}\n, garbage {{{{ {lease}");
+        let (state, kept, dropped) = salvage(text.as_bytes(), &|_| true);
+        assert_eq!((state.leases.len(), kept, dropped), (1, 1, 2));
     }
 }
