@@ -29,6 +29,11 @@ const VERSION: u32 = 1;
 /// holds (sockcheck writes a few hundred bytes per lease).
 const MAX_STATE_FILE: u64 = 16 << 20;
 
+/// The file that becomes `leases.json`. Only the lock holder writes it, so
+/// whatever is found under this name once the lock is taken was left by a
+/// writer that died, and can go.
+const TEMPORARY: &str = ".leases.json.tmp";
+
 /// A process, identified so that a recycled pid is not mistaken for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessId {
@@ -141,6 +146,7 @@ impl Store {
             .ok_or_else(|| unusable(&dir, "its lock file vanished while opening it".into()))?;
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
             .map_err(|e| Error::syscall(format!("flock({})", lock_path.display()), e.into()))?;
+        sweep(&dir);
         Ok(Store {
             dir,
             _lock: lock,
@@ -217,16 +223,17 @@ impl Store {
     /// Replaces the state file atomically.
     pub fn save(&self, state: &State) -> Result<(), Error> {
         let path = self.file();
-        let temporary = self
-            .dir
-            .join(format!(".leases.json.{}", std::process::id()));
+        let temporary = self.dir.join(TEMPORARY);
         let write = || -> std::io::Result<()> {
+            match std::fs::remove_file(&temporary) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
             let mut file = OpenOptions::new()
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .write(true)
                 .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                 .open(&temporary)?;
             let mut text = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
             text.push(b'\n');
@@ -238,6 +245,28 @@ impl Store {
             let _ = std::fs::remove_file(&temporary);
             unusable(&self.dir, format!("cannot write leases.json: {e}"))
         })
+    }
+}
+
+/// Removes what writers killed mid-write left: [`TEMPORARY`], and the
+/// `.leases.json.PID` files of earlier sockchecks (whose writers, too,
+/// wrote only under the lock). Called with the lock held.
+fn sweep(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        let left = name == TEMPORARY
+            || name
+                .strip_prefix(".leases.json.")
+                .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+        if left && entry.file_type().is_ok_and(|t| !t.is_dir()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -811,5 +840,43 @@ mod tests {
         let text = format!("[{lease}, {lease}\n, garbage {{{{ {lease}");
         let (state, kept, dropped) = salvage(text.as_bytes(), &|_| true);
         assert_eq!((state.leases.len(), kept, dropped), (1, 1, 2));
+    }
+
+    #[test]
+    fn temp_files_are_swept() {
+        let dir = temp("sweep");
+        drop(Store::open(&dir).unwrap());
+        // What writers killed mid-write leave, in the old form and the new.
+        for name in [".leases.json.4242", ".leases.json.17", TEMPORARY] {
+            std::fs::write(dir.join(name), "{").unwrap();
+        }
+        mkfifo(&dir.join(".leases.json.99"));
+        // Not ours: kept.
+        for name in [".leases.json.x", ".leases.json.", "leases.json.corrupt-1"] {
+            std::fs::write(dir.join(name), "{").unwrap();
+        }
+        let mut store = Store::open(&dir).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                ".leases.json.",
+                ".leases.json.x",
+                "leases.json.corrupt-1",
+                "lock"
+            ]
+        );
+        // A save leaves no temporary behind, even over a stale one.
+        std::fs::write(dir.join(TEMPORARY), "stale").unwrap();
+        let state = store.load().unwrap();
+        store.save(&state).unwrap();
+        assert!(!dir.join(TEMPORARY).exists());
+        assert_eq!(store.load().unwrap(), state);
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
