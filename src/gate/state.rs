@@ -179,32 +179,15 @@ impl Store {
             .map_err(|e| unusable(&self.dir, format!("cannot read leases.json: {e}")))?;
         let too_big = bytes.len() as u64 > MAX_STATE_FILE;
         bytes.truncate(MAX_STATE_FILE as usize);
-        let version = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .and_then(|v| v["version"].as_u64());
-        if let Some(newer) = version.filter(|&v| v > u64::from(VERSION)) {
-            return Err(unusable(
-                &self.dir,
-                format!(
-                    "leases.json has version {newer}, newer than this sockcheck's \
-                     {VERSION}; refusing to overwrite it (use the newer sockcheck, or \
-                     another --state-dir)"
-                ),
-            ));
-        }
-        let parsed = if too_big {
-            Err(format!("larger than {} MiB", MAX_STATE_FILE >> 20))
-        } else {
-            serde_json::from_slice::<State>(&bytes).map_err(|e| e.to_string())
-        };
-        match parsed {
-            Ok(state) if state.version == VERSION => Ok(state),
-            parsed => {
-                let why = match parsed {
-                    Ok(state) => format!("unknown version {}", state.version),
-                    Err(why) => why,
-                };
-                let (state, kept, dropped) = salvage(&bytes, &|lease| lease.owner.alive());
+        match examine(&bytes, too_big, &|lease| lease.owner.alive()) {
+            Verdict::Sound(state) => Ok(state),
+            Verdict::Refused(why) => Err(unusable(&self.dir, why)),
+            Verdict::Corrupt {
+                state,
+                why,
+                kept,
+                dropped,
+            } => {
                 let aside = self.dir.join(format!("leases.json.corrupt-{}", now()));
                 let _ = std::fs::rename(&path, &aside);
                 self.repaired = Some(format!(
@@ -245,6 +228,222 @@ impl Store {
             let _ = std::fs::remove_file(&temporary);
             unusable(&self.dir, format!("cannot write leases.json: {e}"))
         })
+    }
+}
+
+/// What [`examine`] makes of the bytes of `leases.json`.
+#[derive(Debug)]
+enum Verdict {
+    /// A sound version-1 state.
+    Sound(State),
+    /// Not ours to read or rewrite: the reason, for the user.
+    Refused(String),
+    /// A damaged version-1 file (or one with no readable version): the
+    /// state rebuilt from it, why it was damaged, and how many entries were
+    /// kept and dropped.
+    Corrupt {
+        state: State,
+        why: String,
+        kept: usize,
+        dropped: usize,
+    },
+}
+
+/// Decides what the bytes of `leases.json` are, without touching the file.
+/// `cut`: they are only the first [`MAX_STATE_FILE`] bytes of it.
+///
+/// The version decides first: a file whose top-level `version` is anything
+/// but the integer `1` (`2`, `2.0`, `1e23`, `"1"`, `null`, an object...)
+/// was written by another sockcheck, or by hand, and is refused, never
+/// rewritten, even if the rest is damaged: it is not ours to repair. Only a
+/// file whose version is `1`, or that has no readable version at all
+/// (garbage, or cut before the version), is salvaged; the original is kept
+/// aside either way.
+fn examine(bytes: &[u8], cut: bool, live: &dyn Fn(&Lease) -> bool) -> Verdict {
+    if let Version::Other(shown) = top_level_version(bytes) {
+        return Verdict::Refused(format!(
+            "leases.json has version {shown}, not {VERSION}: another sockcheck (or a hand) \
+             wrote it, and this one is refusing to read or rewrite it (use the sockcheck \
+             that wrote it, or another --state-dir)"
+        ));
+    }
+    let why = if cut {
+        format!("larger than {} MiB", MAX_STATE_FILE >> 20)
+    } else {
+        match serde_json::from_slice::<State>(bytes) {
+            Ok(state) if state.version == VERSION => return Verdict::Sound(state),
+            // Not reached: the scan above saw this version.
+            Ok(state) => {
+                return Verdict::Refused(format!(
+                    "leases.json has version {}, not {VERSION}: refusing to read or \
+                     rewrite it (use the sockcheck that wrote it, or another --state-dir)",
+                    state.version
+                ));
+            }
+            Err(e) => e.to_string(),
+        }
+    };
+    let (state, kept, dropped) = salvage(bytes, live);
+    Verdict::Corrupt {
+        state,
+        why,
+        kept,
+        dropped,
+    }
+}
+
+/// The top-level `version` of a state file, as far as it can be read.
+#[derive(Debug, PartialEq, Eq)]
+enum Version {
+    /// Exactly the integer 1.
+    One,
+    /// Any other JSON value, as shown to the user (escaped and cut).
+    Other(String),
+    /// None found: no top-level object, no `version` key before the text
+    /// stops being JSON, or a value that is not JSON.
+    Unreadable,
+}
+
+/// Reads the keys of the top-level object, skipping their values, until the
+/// text stops being JSON, and classifies every `version` found: one that is
+/// not `1` wins (a duplicate key cannot smuggle a newer file past this).
+/// Linear: each byte is looked at a bounded number of times, and a
+/// container value is skipped by counting brackets, not parsed.
+fn top_level_version(bytes: &[u8]) -> Version {
+    let mut found = Version::Unreadable;
+    let mut at = skip_space(bytes, 0);
+    if bytes.get(at) != Some(&b'{') {
+        return found;
+    }
+    at += 1;
+    loop {
+        at = skip_space(bytes, at);
+        if bytes.get(at) != Some(&b'"') {
+            return found;
+        }
+        let Some(key_end) = json_value_end(bytes, at) else {
+            return found;
+        };
+        let key = serde_json::from_slice::<String>(&bytes[at..key_end]).ok();
+        at = skip_space(bytes, key_end);
+        if bytes.get(at) != Some(&b':') {
+            return found;
+        }
+        at = skip_space(bytes, at + 1);
+        let Some(value_end) = json_value_end(bytes, at) else {
+            return found;
+        };
+        if key.as_deref() == Some("version") {
+            match classify_version(&bytes[at..value_end]) {
+                Version::One => found = Version::One,
+                Version::Unreadable => {}
+                other => return other,
+            }
+        }
+        at = skip_space(bytes, value_end);
+        if bytes.get(at) != Some(&b',') {
+            return found;
+        }
+        at += 1;
+    }
+}
+
+fn classify_version(token: &[u8]) -> Version {
+    match token.first() {
+        _ if token == b"1" => Version::One,
+        Some(b'{') => Version::Other("an object".into()),
+        Some(b'[') => Version::Other("an array".into()),
+        // IgnoredAny checks the grammar only: `1e400` is JSON, and not 1.
+        _ => match serde_json::from_slice::<serde::de::IgnoredAny>(token) {
+            Ok(_) => Version::Other(shown(token)),
+            Err(_) => Version::Unreadable,
+        },
+    }
+}
+
+/// A JSON token from the file, safe for a terminal: printable ASCII kept,
+/// everything else escaped, cut to 40 characters.
+fn shown(token: &[u8]) -> String {
+    let text = String::from_utf8_lossy(token);
+    let mut out: String = text
+        .chars()
+        .take(40)
+        .flat_map(|c| {
+            let plain = c.is_ascii_graphic() || c == ' ';
+            let escaped = (!plain).then(|| c.escape_default());
+            plain
+                .then_some(c)
+                .into_iter()
+                .chain(escaped.into_iter().flatten())
+        })
+        .collect();
+    if text.chars().nth(40).is_some() {
+        out.push_str("...");
+    }
+    out
+}
+
+fn skip_space(bytes: &[u8], mut at: usize) -> usize {
+    while bytes
+        .get(at)
+        .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+    {
+        at += 1;
+    }
+    at
+}
+
+/// Where the JSON value starting at `bytes[at]` ends (one past its last
+/// byte), judged leniently and without recursion: a string runs to its
+/// closing quote, a container to the bracket that balances it, anything
+/// else to the next delimiter. `None` if the text ends first, or there is no
+/// value.
+fn json_value_end(bytes: &[u8], at: usize) -> Option<usize> {
+    match *bytes.get(at)? {
+        b'"' => {
+            let mut i = at + 1;
+            loop {
+                match *bytes.get(i)? {
+                    b'"' => return Some(i + 1),
+                    b'\\' => i += 2,
+                    _ => i += 1,
+                }
+            }
+        }
+        b'{' | b'[' => {
+            let (mut depth, mut in_string, mut i) = (0usize, false, at);
+            loop {
+                let byte = *bytes.get(i)?;
+                if in_string {
+                    match byte {
+                        b'"' => in_string = false,
+                        b'\\' => i += 1,
+                        _ => {}
+                    }
+                } else {
+                    match byte {
+                        b'"' => in_string = true,
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                return Some(i + 1);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                i += 1;
+            }
+        }
+        b',' | b'}' | b']' | b':' => None,
+        _ => {
+            let end = at
+                + bytes[at..]
+                    .iter()
+                    .position(|b| matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))?;
+            Some(end)
+        }
     }
 }
 
@@ -699,19 +898,90 @@ mod tests {
     }
 
     #[test]
-    fn a_newer_state_file_is_refused_not_overwritten() {
+    fn a_newer_version_is_refused_never_rewritten() {
         let dir = temp("newer");
         let mut store = Store::open(&dir).unwrap();
-        let text = r#"{"version": 2, "leases": [], "future": true}"#;
-        std::fs::write(dir.join("leases.json"), text).unwrap();
+        let versions = [
+            "2",
+            "2.0",
+            "1.0",
+            "1e23",
+            "1E0",
+            "-1",
+            "0",
+            "18446744073709551617",
+            "1e400",
+            r#""1""#,
+            "null",
+            "true",
+            "[1]",
+            r#"{"major": 1}"#,
+        ];
+        for version in versions {
+            let whole = format!(
+                r#"{{"version": {version}, "leases": [{{"address": "127.0.0.2"}}], "future": true}}"#
+            );
+            // Whole, cut after the version, or damaged after it: refused alike.
+            let cut = whole[..whole.find("leases").unwrap() + 12].to_string();
+            let damaged = whole.replace("\"future\"", "future");
+            // A duplicate key cannot hide it behind a 1.
+            let twice = format!(r#"{{"version": 1, "version": {version}, "leases": []}}"#);
+            for text in [whole, cut, damaged, twice] {
+                std::fs::write(dir.join("leases.json"), &text).unwrap();
+                let e = store.load().map(|s| format!("{text}: {s:?}")).unwrap_err();
+                assert!(e.is_usage());
+                let e = e.to_string();
+                assert!(
+                    e.contains("has version") && e.contains("refusing") && !e.contains('\n'),
+                    "{version}: {e}"
+                );
+                assert_eq!(
+                    std::fs::read_to_string(dir.join("leases.json")).unwrap(),
+                    text
+                );
+                assert!(store.repaired.is_none());
+            }
+        }
+        let count = std::fs::read_dir(&dir).unwrap().count();
+        assert_eq!(count, 2, "only lock and leases.json");
+        // Shown escaped and cut.
+        std::fs::write(
+            dir.join("leases.json"),
+            format!(r#"{{"version": "\u001b]0;x\u0007{}"}}"#, "9".repeat(100)),
+        )
+        .unwrap();
         let e = store.load().unwrap_err().to_string();
-        assert!(e.contains("version 2") && e.contains("refusing"), "{e}");
-        assert_eq!(
-            std::fs::read_to_string(dir.join("leases.json")).unwrap(),
-            text
+        assert!(
+            !e.contains('\u{1b}') && e.contains("...") && e.len() < 400,
+            "{e}"
         );
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_a_file_without_a_readable_version_or_with_version_1_is_salvaged() {
+        let live = |_: &Lease| true;
+        for text in [
+            "",
+            "garbage",
+            "{",
+            r#"{"version""#,
+            r#"{"version": 1"#,
+            r#"{"version": 1, "leases": ["#,
+            r#"{"version": 1x, "leases": []}"#,
+            r#"{"leases": []}"#,
+            "[]",
+            r#"{"version": 1, "version": 1, "leases": []}"#,
+        ] {
+            let verdict = examine(text.as_bytes(), false, &live);
+            assert!(
+                matches!(verdict, Verdict::Corrupt { .. }),
+                "{text}: {verdict:?}"
+            );
+        }
+        let sound = examine(br#"{"version": 1, "leases": []}"#, false, &live);
+        assert!(matches!(sound, Verdict::Sound(_)));
     }
 
     fn mkfifo(path: &Path) {
