@@ -182,6 +182,12 @@ impl Store {
         match examine(&bytes, too_big, &|lease| lease.owner.alive()) {
             Verdict::Sound(state) => Ok(state),
             Verdict::Refused(why) => Err(unusable(&self.dir, why)),
+            Verdict::Duplicates { state, note } => {
+                // Said once: the file is rewritten without them.
+                self.repaired = Some(format!("{} {note}", path.display()));
+                self.save(&state)?;
+                Ok(state)
+            }
             Verdict::Corrupt {
                 state,
                 why,
@@ -238,6 +244,10 @@ enum Verdict {
     Sound(State),
     /// Not ours to read or rewrite: the reason, for the user.
     Refused(String),
+    /// A sound version-1 state that leased an address more than once (a
+    /// hand edit: sockcheck never writes that), with one lease kept per
+    /// address, and what was dropped, for the user.
+    Duplicates { state: State, note: String },
     /// A damaged version-1 file (or one with no readable version): the
     /// state rebuilt from it, why it was damaged, and how many entries were
     /// kept and dropped.
@@ -271,7 +281,12 @@ fn examine(bytes: &[u8], cut: bool, live: &dyn Fn(&Lease) -> bool) -> Verdict {
         format!("larger than {} MiB", MAX_STATE_FILE >> 20)
     } else {
         match serde_json::from_slice::<State>(bytes) {
-            Ok(state) if state.version == VERSION => return Verdict::Sound(state),
+            Ok(state) if state.version == VERSION => {
+                return match deduplicate(state, live) {
+                    (state, None) => Verdict::Sound(state),
+                    (state, Some(note)) => Verdict::Duplicates { state, note },
+                };
+            }
             // Not reached: the scan above saw this version.
             Ok(state) => {
                 return Verdict::Refused(format!(
@@ -290,6 +305,81 @@ fn examine(bytes: &[u8], cut: bool, live: &dyn Fn(&Lease) -> bool) -> Verdict {
         kept,
         dropped,
     }
+}
+
+/// Keeps one lease per address, and one quarantine entry. Which lease:
+/// one whose owner lives, before one whose owner is gone; then the older
+/// (smaller `acquired`); then the first in the file. The older lease is the
+/// one `acquire` would have honoured: the younger could only have been
+/// written past the lock, by hand. Keeping one rather than refusing the file
+/// keeps the gate working, and the address leased, so nobody else is handed
+/// it; the owner whose lease is dropped is named on stderr.
+fn deduplicate(mut state: State, live: &dyn Fn(&Lease) -> bool) -> (State, Option<String>) {
+    let (kept, dropped) = one_per_address(std::mem::take(&mut state.leases), live);
+    state.leases = kept;
+    let mut seen = std::collections::HashSet::new();
+    let before = state.quarantine.len();
+    state.quarantine.retain(|q| seen.insert(q.address));
+    let twice_quarantined = before - state.quarantine.len();
+    if dropped.is_empty() && twice_quarantined == 0 {
+        return (state, None);
+    }
+    let mut said: Vec<String> = dropped
+        .iter()
+        .take(3)
+        .map(|gone| {
+            let kept = state.lease(gone.address).expect("one is kept per address");
+            format!(
+                "{} kept for pid {} (acquired {}), dropped for pid {} (acquired {})",
+                gone.address, kept.owner.pid, kept.acquired, gone.owner.pid, gone.acquired
+            )
+        })
+        .collect();
+    if dropped.len() > 3 {
+        said.push(format!("and {} more", dropped.len() - 3));
+    }
+    if twice_quarantined > 0 {
+        said.push(format!(
+            "{twice_quarantined} duplicate quarantine entries dropped"
+        ));
+    }
+    let note = format!(
+        "leased an address more than once (edited by hand?); kept, for each, the \
+         lease of a live owner, the oldest, and rewrote the file without the others, \
+         whose owners now use the address without a lease: {}",
+        said.join("; ")
+    );
+    (state, Some(note))
+}
+
+/// Splits `leases` into one kept per address (see [`deduplicate`]), in
+/// their order, and the others. `live` is asked only about duplicates.
+fn one_per_address(leases: Vec<Lease>, live: &dyn Fn(&Lease) -> bool) -> (Vec<Lease>, Vec<Lease>) {
+    let mut count: std::collections::HashMap<IpAddr, usize> = Default::default();
+    for lease in &leases {
+        *count.entry(lease.address).or_default() += 1;
+    }
+    if count.len() == leases.len() {
+        return (leases, Vec::new());
+    }
+    // Per duplicated address, the best (smallest) key: (gone, acquired, index).
+    let mut best: std::collections::HashMap<IpAddr, (bool, u64, usize)> = Default::default();
+    for (index, lease) in leases.iter().enumerate() {
+        if count[&lease.address] > 1 {
+            let key = (!live(lease), lease.acquired, index);
+            best.entry(lease.address)
+                .and_modify(|b| *b = (*b).min(key))
+                .or_insert(key);
+        }
+    }
+    let (mut kept, mut dropped) = (Vec::new(), Vec::new());
+    for (index, lease) in leases.into_iter().enumerate() {
+        match best.get(&lease.address) {
+            Some(&(_, _, b)) if b != index => dropped.push(lease),
+            _ => kept.push(lease),
+        }
+    }
+    (kept, dropped)
 }
 
 /// The top-level `version` of a state file, as far as it can be read.
@@ -507,15 +597,14 @@ fn salvage(bytes: &[u8], live: &dyn Fn(&Lease) -> bool) -> (State, usize, usize)
         version: VERSION,
         ..State::default()
     };
-    let mut leased = std::collections::HashSet::new();
     let mut quarantined = std::collections::HashSet::new();
     let mut dropped = 0;
+    let mut leases = Vec::new();
     for (_, entry) in found {
         match entry {
             Entry::Lease(lease) => {
-                if !leased.contains(&lease.address) && live(&lease) {
-                    leased.insert(lease.address);
-                    state.leases.push(lease);
+                if live(&lease) {
+                    leases.push(lease);
                 } else {
                     dropped += 1;
                 }
@@ -527,6 +616,10 @@ fn salvage(bytes: &[u8], live: &dyn Fn(&Lease) -> bool) -> (State, usize, usize)
             }
         }
     }
+    // All live: of several for one address, the oldest is kept.
+    let (leases, twice) = one_per_address(leases, &|_| true);
+    state.leases = leases;
+    dropped += twice.len();
     let kept = state.leases.len() + state.quarantine.len();
     (state, kept, dropped)
 }
@@ -1146,6 +1239,65 @@ mod tests {
         store.save(&state).unwrap();
         assert!(!dir.join(TEMPORARY).exists());
         assert_eq!(store.load().unwrap(), state);
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn lease(address: &str, owner: ProcessId, acquired: u64) -> Lease {
+        Lease {
+            address: address.parse().unwrap(),
+            owner,
+            acquired,
+        }
+    }
+
+    #[test]
+    fn two_live_owners_of_one_address_keep_the_older_lease_and_say_so_once() {
+        let dir = temp("duplicates");
+        let mut store = Store::open(&dir).unwrap();
+        let me = ProcessId::of(std::process::id()).unwrap();
+        let parent = ProcessId::of(std::os::unix::process::parent_id()).unwrap();
+        let gone = ProcessId {
+            pid: me.pid,
+            start_ticks: me.start_ticks + 1,
+        };
+        let state = State {
+            version: VERSION,
+            leases: vec![
+                lease("127.0.0.2", me, 200),
+                lease("127.0.0.3", me, 1),
+                lease("127.0.0.2", parent, 100),
+                // Older, but its owner is gone: a live lease wins.
+                lease("127.0.0.2", gone, 50),
+            ],
+            quarantine: vec![],
+        };
+        std::fs::write(
+            dir.join("leases.json"),
+            serde_json::to_vec_pretty(&state).unwrap(),
+        )
+        .unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(
+            loaded.leases,
+            [lease("127.0.0.3", me, 1), lease("127.0.0.2", parent, 100)]
+        );
+        let said = store.repaired.take().unwrap();
+        assert!(
+            said.contains(&format!(
+                "127.0.0.2 kept for pid {} (acquired 100), dropped for pid {} (acquired 200)",
+                parent.pid, me.pid
+            )) && !said.contains('\n'),
+            "{said}"
+        );
+        // Rewritten: said once.
+        assert_eq!(store.load().unwrap(), loaded);
+        assert!(store.repaired.is_none());
+        // A salvage keeps the older of two live leases too.
+        let text = serde_json::to_string(&state).unwrap();
+        let (salvaged, _, dropped) = salvage(&text.as_bytes()[1..], &|l| l.owner != gone);
+        assert_eq!(salvaged.leases, loaded.leases);
+        assert_eq!(dropped, 2);
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
     }
