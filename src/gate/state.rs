@@ -1,12 +1,19 @@
 //! Leases and quarantine, kept in one directory per user.
 //!
 //! - The directory is created 0700; one owned by another user, open to
-//!   others, or reached through a symlink is refused.
+//!   others, or reached through a symlink is refused, saying how to recover.
+//!   Root's default is under /run, where no other user can create it first.
 //! - Every change happens under an exclusive `flock` on `DIR/lock`: a kernel
 //!   lock that dies with its holder, so there is no lock file to go stale.
-//! - `DIR/leases.json` is replaced atomically (write a temporary file, fsync,
-//!   rename). A corrupt or truncated file is reported, kept aside, and the
-//!   state is rebuilt from the entries that can still be verified.
+//! - `lock` and `leases.json` must be regular files: a FIFO, device, socket,
+//!   directory or symlink in their place is refused, never opened blocking.
+//! - `DIR/leases.json` is replaced atomically (write `.leases.json.tmp`,
+//!   fsync, rename); a temporary left by a killed writer is removed by the
+//!   next lock holder.
+//! - A file whose `version` is not 1 is refused and left as it is. A corrupt
+//!   or truncated version-1 file is reported, kept aside, and the state is
+//!   rebuilt, in linear time from at most 16 MiB, from the entries that can
+//!   still be verified. An address leased twice keeps its older lease.
 //! - A lease belongs to a process identified by pid *and* start time, so a
 //!   recycled pid never keeps a dead owner's lease.
 
