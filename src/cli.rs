@@ -178,7 +178,8 @@ struct CommonArgs {
     #[arg(long, global = true, value_name = "WHEN", default_value = "auto")]
     bpf: BpfChoice,
     /// Where leases live [default: $SOCKCHECK_STATE_DIR, else
-    /// $XDG_RUNTIME_DIR/sockcheck, else $TMPDIR/sockcheck-UID]
+    /// $XDG_RUNTIME_DIR/sockcheck, else /run/sockcheck for root, else
+    /// $TMPDIR/sockcheck-UID]
     #[arg(long, global = true, value_name = "DIR")]
     state_dir: Option<PathBuf>,
 }
