@@ -286,3 +286,186 @@ mod tests {
         }
     }
 }
+
+/// Property tests for the parsers of what users type (issue 9): pools,
+/// ports, durations and addresses. A fixed seed, 10^5 cases each, mixing
+/// well-formed input, near misses (signs, brackets, huge numbers, reversed
+/// ranges, hostile characters) and random bytes. They run under
+/// `cargo test --release`, whose profile has overflow checks on.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::inspect::{MAX_PORTS, parse_ports};
+    use crate::text::SplitMix64;
+
+    const CASES: usize = 100_000;
+
+    const PIECES: &[&str] = &[
+        "127.0.0.2",
+        "127.0.0.0",
+        "127.255.255.254",
+        "0.0.0.0",
+        "255.255.255.255",
+        "::",
+        "::1",
+        "[::1]",
+        "fe80::1",
+        "ff02::1",
+        "::ffff:127.0.0.2",
+        "224.0.0.1",
+        "10.0.0.1",
+        "-",
+        "/",
+        ",",
+        " ",
+        "+",
+        "0",
+        "1",
+        "8",
+        "16",
+        "24",
+        "27",
+        "30",
+        "31",
+        "32",
+        "120",
+        "127",
+        "128",
+        "65535",
+        "65536",
+        "99999999999999999999",
+        "-1",
+        ".",
+        ":",
+        "[",
+        "]",
+        "ms",
+        "s",
+        "m",
+        "h",
+        "1.5",
+        "1e9",
+        "NaN",
+        "inf",
+        "\u{2028}",
+        "\u{1b}]0;x\u{7}",
+        "\n",
+        "é",
+        "\u{0}",
+    ];
+
+    fn piece(rng: &mut SplitMix64, among: usize) -> &'static str {
+        PIECES[rng.below(among as u64) as usize]
+    }
+
+    /// Text built from the pieces above, or random bytes read as UTF-8.
+    fn text(rng: &mut SplitMix64) -> String {
+        if rng.one_in(8) {
+            let n = rng.below(40) as usize;
+            return String::from_utf8_lossy(&rng.bytes(n)).into_owned();
+        }
+        let mut out = String::new();
+        for _ in 0..=rng.below(6) {
+            out.push_str(piece(rng, PIECES.len()));
+        }
+        out
+    }
+
+    /// One line, bounded, naming where the value came from.
+    fn sane_error(e: &Error, source: &str, input: &str) {
+        let message = e.to_string();
+        assert!(
+            message.starts_with(source) || source.is_empty(),
+            "{input:?}: {message}"
+        );
+        assert!(!message.contains('\n'), "{input:?}: {message:?}");
+        assert!(message.chars().count() < 400, "{input:?}: {message}");
+    }
+
+    #[test]
+    fn pools_parse_or_fail_sanely() {
+        let mut rng = SplitMix64(0x9001);
+        for _ in 0..CASES {
+            let input = if rng.one_in(3) {
+                // A well-formed CIDR or range, of any size and kind.
+                let base = piece(&mut rng, 12);
+                if rng.one_in(2) {
+                    let bits = if base.contains(':') { 128 } else { 32 };
+                    format!("{base}/{}", bits - rng.below(18))
+                } else {
+                    format!("{base}-{}", piece(&mut rng, 12))
+                }
+            } else {
+                text(&mut rng)
+            };
+            match parse_pool(&input, "POOL") {
+                Ok(pool) => {
+                    assert!(
+                        !pool.is_empty() && pool.len() as u128 <= MAX_POOL,
+                        "{input:?}"
+                    );
+                    let unique: std::collections::HashSet<_> = pool.iter().collect();
+                    assert_eq!(unique.len(), pool.len(), "{input:?}: an address twice");
+                    for address in &pool {
+                        assert_eq!(not_bindable(*address), None, "{input:?} gave {address}");
+                        assert!(
+                            !matches!(address, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some()),
+                            "{input:?} gave the mapped {address}"
+                        );
+                    }
+                }
+                Err(e) => sane_error(&e, "POOL: ", &input),
+            }
+        }
+    }
+
+    #[test]
+    fn ports_parse_or_fail_sanely() {
+        let mut rng = SplitMix64(0x9002);
+        for _ in 0..CASES {
+            let input = text(&mut rng);
+            match parse_ports(&input, "--ports") {
+                Ok(ports) => {
+                    assert!(!ports.is_empty() && ports.len() <= MAX_PORTS, "{input:?}");
+                    assert!(!ports.contains(&0), "{input:?}");
+                    let mut sorted = ports.clone();
+                    sorted.sort_unstable();
+                    sorted.dedup();
+                    assert_eq!(sorted.len(), ports.len(), "{input:?}: a port twice");
+                    // Only digits, commas and white space make ports.
+                    assert!(
+                        input
+                            .chars()
+                            .all(|c| c.is_ascii_digit() || c == ',' || c.is_whitespace()),
+                        "{input:?} was taken as {ports:?}"
+                    );
+                }
+                Err(e) => sane_error(&e, "--ports: ", &input),
+            }
+        }
+    }
+
+    #[test]
+    fn durations_parse_or_fail_sanely() {
+        let mut rng = SplitMix64(0x9003);
+        for _ in 0..CASES {
+            let input = text(&mut rng);
+            match parse_duration(&input, "--wait") {
+                Ok(d) => assert!(d <= Duration::from_secs(86400 * 365), "{input:?}: {d:?}"),
+                Err(e) => sane_error(&e, "--wait: ", &input),
+            }
+        }
+    }
+
+    #[test]
+    fn addresses_parse_or_fail_sanely() {
+        let mut rng = SplitMix64(0x9004);
+        for _ in 0..CASES {
+            let input = text(&mut rng);
+            match crate::inspect::parse_address(&input) {
+                Ok(address) => assert_eq!(not_bindable(address), None, "{input:?}"),
+                Err(e) => sane_error(&e, "", &input),
+            }
+        }
+    }
+}
