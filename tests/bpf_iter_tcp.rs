@@ -1,11 +1,11 @@
 //! iter/tcp against real listeners (run as root). Each test owns one
 //! loopback address in 127.77.1.0/24 and ports in 40100..40199.
-mod common;
+mod support;
 
 use std::net::SocketAddr;
 
-use common::{Opts, inode, ip, listen};
 use sockcheck::bpf::{KernelListener, tcp_listeners};
+use support::sockets::{Opts, inode, ip, listen};
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -24,6 +24,9 @@ fn reported(port: u16, addr: &str) -> Vec<KernelListener> {
 
 #[test]
 fn reuseport_group_of_two() {
+    if !support::in_child() && !support::require_bpf("iter/tcp") {
+        return;
+    }
     let opts = Opts {
         reuseport: true,
         ..Opts::default()
@@ -50,6 +53,9 @@ fn reuseport_group_of_two() {
 
 #[test]
 fn single_reuseport_listener() {
+    if !support::in_child() && !support::require_bpf("iter/tcp") {
+        return;
+    }
     let fd = listen(
         sa("127.77.1.2:40102"),
         Opts {
@@ -66,6 +72,9 @@ fn single_reuseport_listener() {
 
 #[test]
 fn plain_and_reuseaddr_listeners() {
+    if !support::in_child() && !support::require_bpf("iter/tcp") {
+        return;
+    }
     let plain = listen(sa("127.77.1.3:40103"), Opts::default()).unwrap();
     let reuseaddr = listen(
         sa("127.77.1.3:40104"),
@@ -100,6 +109,9 @@ fn plain_and_reuseaddr_listeners() {
 
 #[test]
 fn ipv6_loopback() {
+    if !support::in_child() && !support::require_bpf("iter/tcp") {
+        return;
+    }
     let v6only = listen(
         sa("[::1]:40105"),
         Opts {
@@ -139,6 +151,9 @@ fn ipv6_loopback() {
 
 #[test]
 fn dual_stack_wildcard() {
+    if !support::in_child() && !support::require_bpf("iter/tcp") {
+        return;
+    }
     let fd = listen(
         sa("[::]:40107"),
         Opts {
@@ -160,6 +175,9 @@ fn dual_stack_wildcard() {
 
 #[test]
 fn port_set_filters_and_empty_set_means_all() {
+    if !support::in_child() && !support::require_bpf("iter/tcp") {
+        return;
+    }
     let a = listen(sa("127.77.1.8:40108"), Opts::default()).unwrap();
     let b = listen(sa("127.77.1.8:40109"), Opts::default()).unwrap();
     let only_a = tcp_listeners(&[40108, 40108, 9]).unwrap();
@@ -174,6 +192,9 @@ fn port_set_filters_and_empty_set_means_all() {
 
 #[test]
 fn connections_are_not_listeners() {
+    if !support::in_child() && !support::require_bpf("iter/tcp") {
+        return;
+    }
     // A connection waiting in the accept queue has the same local port and
     // address but is ESTABLISHED: only the listener may come back.
     let fd = listen(sa("127.77.1.9:40110"), Opts::default()).unwrap();

@@ -1,16 +1,11 @@
 //! iter/task_file against real processes (run as root). Addresses
 //! 127.77.2.0/24, ports 40200..40299.
-mod common;
+mod support;
 
-use std::{
-    io::{BufRead, BufReader},
-    os::fd::AsRawFd,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-};
+use std::os::fd::AsRawFd;
 
-use common::{Opts, gettid, inode, listen};
 use sockcheck::bpf::{TaskFile, task_files};
+use support::sockets::{Opts, gettid, inode, listen};
 
 fn sa(s: &str) -> std::net::SocketAddr {
     s.parse().unwrap()
@@ -18,6 +13,9 @@ fn sa(s: &str) -> std::net::SocketAddr {
 
 #[test]
 fn finds_own_listener_and_ignores_other_inodes() {
+    if !support::in_child() && !support::require_bpf("iter/task_file") {
+        return;
+    }
     own_listeners("127.77.2.1:40201", "127.77.2.1:40202");
 }
 
@@ -59,72 +57,54 @@ fn own_listeners(main_thread: &'static str, other_thread: &'static str) {
     );
 }
 
-/// Builds tests/helpers/zombie_leader.c with the C compiler Rust links with.
-fn zombie_leader_helper() -> PathBuf {
-    // One binary per test process: the pid-namespace test re-runs this
-    // binary, and two compiles to one path race ("Text file busy").
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("zombie_leader-{}", std::process::id()));
-    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/helpers/zombie_leader.c");
-    let status = Command::new("cc")
-        .args(["-O1", "-pthread", "-o"])
-        .arg(&out)
-        .arg(src)
-        .status()
-        .expect("cc");
-    assert!(status.success(), "compiling {src}");
-    out
-}
-
-/// Kills the helper by its pid however the test ends.
-struct Reaped(Child);
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn finds_socket_of_process_whose_main_thread_exited() {
-    zombie_leader("127.77.2.2", "40203");
+    if !support::require_bpf("iter/task_file") {
+        return;
+    }
+    zombie_leader("127.77.2.2", 40203);
 }
 
-fn zombie_leader(addr: &str, port: &str) {
-    let mut child = Reaped(
-        Command::new(zombie_leader_helper())
-            .args([addr, port])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(!line.is_empty(), "zombie_leader helper failed");
-    let f: Vec<u64> = line
-        .split_whitespace()
-        .map(|w| w.parse().unwrap())
-        .collect();
-    let (pid, tid, fd, ino) = (f[0] as u32, f[1] as u32, f[2] as u32, f[3]);
-    assert_eq!(pid, child.0.id());
+/// A `sockcheck-holder lingering` process: one worker thread holds a
+/// listener, and the main thread has exited.
+fn zombie_leader(addr: &str, port: u16) {
+    let holder = support::Holder::start("lingering", addr, port, &["1"]);
+    let (pid, tid) = (holder.pid, holder.tids[0]);
     assert_ne!(pid, tid);
 
     // The situation /proc scanners miss: the leader is a zombie with no fds.
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    assert!(
-        status
+    // (The holder says `ready` just before its main thread exits.)
+    let zombie = || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
             .lines()
-            .any(|l| l.starts_with("State:") && l.contains("Z")),
-        "{status}"
-    );
+            .any(|l| l.starts_with("State:") && l.contains('Z'))
+    };
+    let started = std::time::Instant::now();
+    while !zombie() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "the leader of {pid} never exited"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     assert_eq!(
         std::fs::read_dir(format!("/proc/{pid}/fd"))
             .unwrap()
             .count(),
         0
     );
+    // Only the worker's fd table shows the listener.
+    let (fd, ino) = std::fs::read_dir(format!("/proc/{pid}/task/{tid}/fd"))
+        .unwrap()
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let link = std::fs::read_link(entry.path()).ok()?;
+            let ino = link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?;
+            Some((entry.file_name().to_str()?.parse().ok()?, ino.parse().ok()?))
+        })
+        .next()
+        .expect("the worker holds a socket");
 
     let found = task_files(&[ino]).unwrap();
     assert_eq!(
@@ -143,13 +123,16 @@ fn zombie_leader(addr: &str, port: &str) {
 /// namespace's own, as getpid() and its /proc show them.
 #[test]
 fn ids_are_those_of_the_callers_pid_namespace() {
-    if common::in_child() {
+    if !support::in_child() && !support::require_bpf("iter/task_file") {
+        return;
+    }
+    if support::in_child() {
         own_listeners("127.77.2.3:40204", "127.77.2.3:40205");
-        zombie_leader("127.77.2.3", "40206");
+        zombie_leader("127.77.2.3", 40206);
         println!("PIDNS-OK pid={}", std::process::id());
         return;
     }
-    let (ok, out) = common::rerun_self(
+    let (ok, out) = support::rerun_self(
         &["unshare", "--pid", "--fork", "--mount-proc"],
         "ids_are_those_of_the_callers_pid_namespace",
     );

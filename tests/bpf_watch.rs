@@ -1,6 +1,6 @@
 //! Watcher against listeners opened by a spawned thread of this process
 //! (run as root). Addresses 127.77.3.0/24, ports 40300..40399.
-mod common;
+mod support;
 
 use std::{
     net::SocketAddr,
@@ -8,8 +8,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Opts, gettid, in_child, inode, ip, listen, rerun_self};
 use sockcheck::bpf::{ListenChange, ListenEvent, WatchHook, Watcher, task_files, tcp_listeners};
+use support::sockets::{Opts, gettid, inode, ip, listen};
+use support::{in_child, rerun_self};
 
 /// Serializes the tests here, so "nothing stays loaded" can be checked.
 static LOCK: Mutex<()> = Mutex::new(());
@@ -86,6 +87,9 @@ fn check(mut watcher: Watcher, addr: &str, port: u16, reuseport: bool) {
 
 #[test]
 fn watch_auto_ipv4() {
+    if !support::in_child() && !support::require_bpf("the BPF watch") {
+        return;
+    }
     let _serial = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     check(
         Watcher::new(&[40301, 9]).unwrap(),
@@ -97,6 +101,9 @@ fn watch_auto_ipv4() {
 
 #[test]
 fn watch_tp_btf_ipv6() {
+    if !support::in_child() && !support::require_bpf("the BPF watch") {
+        return;
+    }
     let _serial = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let watcher = Watcher::with_hook(&[40302], WatchHook::BtfTracePoint).unwrap();
     assert_eq!(watcher.hook(), WatchHook::BtfTracePoint);
@@ -108,6 +115,9 @@ fn watch_tp_btf_ipv6() {
 /// are left alone).
 #[test]
 fn watch_tracepoint() {
+    if !support::in_child() && !support::require_bpf("the BPF watch") {
+        return;
+    }
     let _serial = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let tracefs = std::path::Path::new("/sys/kernel/tracing/events").is_dir()
         || std::path::Path::new("/sys/kernel/debug/tracing/events").is_dir();
@@ -128,6 +138,9 @@ fn watch_tracepoint() {
 
 #[test]
 fn nothing_stays_loaded() {
+    if !support::in_child() && !support::require_bpf("the BPF watch") {
+        return;
+    }
     let _serial = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let ours = || {
         aya::programs::loaded_programs()
@@ -157,6 +170,9 @@ fn nothing_stays_loaded() {
 /// the namespace's own.
 #[test]
 fn watch_in_pid_namespace() {
+    if !support::in_child() && !support::require_bpf("the BPF watch") {
+        return;
+    }
     let _serial = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     if !in_child() {
         let (ok, out) = rerun_self(

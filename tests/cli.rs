@@ -1,9 +1,9 @@
 //! The command line's contract: bad input gets one clear line naming the bad
 //! value and exit status 2; help documents the exit statuses.
 
-mod util;
+mod support;
 
-use util::sockcheck;
+use support::sockcheck;
 
 fn usage_error(args: &[&str], needle: &str) {
     let run = sockcheck(args);
@@ -42,7 +42,7 @@ fn bad_input_is_one_line_and_exit_2() {
 
 #[test]
 fn bad_ports_from_the_environment_name_the_variable() {
-    let output = std::process::Command::new(&*util::SOCKCHECK)
+    let output = std::process::Command::new(&*support::SOCKCHECK)
         .arg("127.91.1.1")
         .env("SOCKCHECK_PORTS", "9925,nine")
         .output()
@@ -57,7 +57,7 @@ fn bad_ports_from_the_environment_name_the_variable() {
 
 #[test]
 fn ports_come_from_the_environment() {
-    let output = std::process::Command::new(&*util::SOCKCHECK)
+    let output = std::process::Command::new(&*support::SOCKCHECK)
         .args(["--json", "127.91.1.2"])
         .env("SOCKCHECK_PORTS", "45190,45191")
         .output()
@@ -104,7 +104,7 @@ fn help_documents_exit_statuses() {
 fn colour_only_when_asked_or_on_a_terminal() {
     let plain = sockcheck(&["--ports", "45193", "127.91.1.4"]);
     assert!(!plain.stdout.contains('\x1b'));
-    let forced = std::process::Command::new(&*util::SOCKCHECK)
+    let forced = std::process::Command::new(&*support::SOCKCHECK)
         .args(["--color", "always", "--ports", "45193", "127.91.1.4"])
         .output()
         .unwrap();
@@ -113,7 +113,7 @@ fn colour_only_when_asked_or_on_a_terminal() {
 
 #[test]
 fn an_address_given_twice_is_inspected_once() {
-    let run = util::sockcheck(&[
+    let run = support::sockcheck(&[
         "--json",
         "--ports",
         "45199",
@@ -130,7 +130,7 @@ fn an_address_given_twice_is_inspected_once() {
 #[test]
 fn a_signed_port_is_refused() {
     for ports in ["+5", "9925,+9926", "-1"] {
-        let run = util::sockcheck(&["--ports", ports, "127.91.0.198"]);
+        let run = support::sockcheck(&["--ports", ports, "127.91.0.198"]);
         assert_eq!(run.status, 2, "--ports {ports}: {}", run.stderr);
         assert!(
             run.stderr.contains(ports.rsplit(',').next().unwrap()),
@@ -172,7 +172,7 @@ fn error_messages_escape_and_cut_echoed_values() {
         (vec![&flag, "127.91.1.5"], vec![]),
     ];
     for (args, env) in cases {
-        let mut command = std::process::Command::new(&*util::SOCKCHECK);
+        let mut command = std::process::Command::new(&*support::SOCKCHECK);
         command
             .args(&args)
             .env_remove("SOCKCHECK_PORTS")

@@ -1,6 +1,6 @@
 //! `sockcheck doctor` as root and as nobody. Uses no address or port.
 
-mod util;
+mod support;
 
 use serde_json::Value;
 
@@ -15,11 +15,10 @@ fn source<'a>(json: &'a Value, name: &str) -> &'a Value {
 
 #[test]
 fn root_has_every_source() {
-    if !util::is_root() {
-        eprintln!("skipped: these tests run as root");
+    if !support::require_root("these tests (they run sockcheck and holders as other users)") {
         return;
     }
-    let run = util::sockcheck(&["doctor", "--json"]);
+    let run = support::sockcheck(&["doctor", "--json"]);
     assert_eq!(run.status, 0, "{}", run.stderr);
     let json = run.json();
     assert_eq!(json["schema"], 1);
@@ -41,7 +40,7 @@ fn root_has_every_source() {
     for name in ["bpf_iter", "bpf_watch"] {
         assert_eq!(source(&json, name)["available"], true, "{json}");
     }
-    let text = util::sockcheck(&["doctor"]);
+    let text = support::sockcheck(&["doctor"]);
     assert_eq!(text.status, 0);
     assert!(
         text.stdout
@@ -54,11 +53,10 @@ fn root_has_every_source() {
 
 #[test]
 fn nobody_is_told_what_is_missing() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root to run as nobody");
+    if !support::require_root("running as nobody") {
         return;
     }
-    let run = util::sockcheck_as_nobody(&["doctor", "--json"]);
+    let run = support::sockcheck_as_nobody(&["doctor", "--json"]);
     assert_eq!(run.status, 0, "{}", run.stderr);
     let json = run.json();
     assert_eq!(
@@ -78,7 +76,7 @@ fn nobody_is_told_what_is_missing() {
         assert!(why.contains("not root (euid 65534)"), "{why}");
         assert!(why.contains("CAP_BPF"), "{why}");
     }
-    let text = util::sockcheck_as_nobody(&["doctor"]);
+    let text = support::sockcheck_as_nobody(&["doctor"]);
     assert_eq!(text.status, 0);
     assert!(
         text.stdout.contains("uid 65534, euid 65534"),

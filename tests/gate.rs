@@ -3,40 +3,19 @@
 //! ports 45200-45299 belong to this file (45218 and 45219 carry wildcard
 //! listeners, which cover every address on them).
 
-mod util;
+mod support;
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use util::{Holder, SOCKCHECK, holder_from, kill, lingering_command, wait_gone};
+use support::{
+    Holder, KillOnDrop, SOCKCHECK, TempDir, holder_from, kill, lingering_command, wait_gone,
+};
 
-/// A private state directory, removed at the end.
-struct StateDir(PathBuf);
-
-impl StateDir {
-    fn new(name: &str) -> StateDir {
-        let dir =
-            std::env::temp_dir().join(format!("sockcheck-gate-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        StateDir(dir)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for StateDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn gate(state: &StateDir, ports: &str, args: &[&str]) -> Output {
+fn gate(state: &TempDir, ports: &str, args: &[&str]) -> Output {
     Command::new(&*SOCKCHECK)
         .args(["--state-dir", state.path(), "--ports", ports])
         .args(args)
@@ -56,7 +35,7 @@ fn stderr(output: &Output) -> String {
 
 #[test]
 fn thirty_two_concurrent_acquires_get_thirty_two_addresses() {
-    let state = StateDir::new("concurrent");
+    let state = TempDir::new("concurrent");
     let pool = "127.93.1.0/27";
     let children: Vec<_> = (0..32)
         .map(|_| {
@@ -97,7 +76,7 @@ fn thirty_two_concurrent_acquires_get_thirty_two_addresses() {
 
 #[test]
 fn no_address_is_ever_leased_twice_at_once() {
-    let state = Arc::new(StateDir::new("churn"));
+    let state = Arc::new(TempDir::new("churn"));
     let held = Arc::new(Mutex::new(HashSet::new()));
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut rounds = 0;
@@ -136,7 +115,7 @@ fn no_address_is_ever_leased_twice_at_once() {
 
 #[test]
 fn a_killed_owner_loses_its_lease() {
-    let state = StateDir::new("killed");
+    let state = TempDir::new("killed");
     let mut owner = Command::new("sleep").arg("100").spawn().unwrap();
     let pid = owner.id().to_string();
     let output = gate(&state, "45204", &["acquire", "127.93.3.1", "--owner", &pid]);
@@ -153,7 +132,7 @@ fn a_killed_owner_loses_its_lease() {
 
 #[test]
 fn an_address_held_outside_the_lease_system_is_skipped() {
-    let state = StateDir::new("outside");
+    let state = TempDir::new("outside");
     let holder = Holder::start("plain", "127.93.4.1", 45205, &[]);
     let output = gate(&state, "45205", &["-v", "acquire", "127.93.4.1-127.93.4.2"]);
     assert_eq!(stdout(&output).trim(), "127.93.4.2");
@@ -166,7 +145,7 @@ fn an_address_held_outside_the_lease_system_is_skipped() {
 
 #[test]
 fn scan_gives_one_line_per_address() {
-    let state = StateDir::new("scan");
+    let state = TempDir::new("scan");
     let holder = Holder::start("plain", "127.93.5.2", 45206, &[]);
     let output = gate(&state, "45206", &["scan", "127.93.5.1-127.93.5.3"]);
     assert_eq!(output.status.code(), Some(1));
@@ -193,7 +172,7 @@ fn scan_gives_one_line_per_address() {
 
 #[test]
 fn wait_returns_once_the_holder_is_gone() {
-    let state = StateDir::new("wait");
+    let state = TempDir::new("wait");
     let holder = Holder::start("plain", "127.93.6.1", 45207, &[]);
     let killer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(400));
@@ -208,7 +187,7 @@ fn wait_returns_once_the_holder_is_gone() {
 
 #[test]
 fn wait_times_out_naming_the_holder() {
-    let state = StateDir::new("waittimeout");
+    let state = TempDir::new("waittimeout");
     let holder = Holder::start("plain", "127.93.6.2", 45208, &[]);
     let output = gate(
         &state,
@@ -230,7 +209,7 @@ fn wait_times_out_naming_the_holder() {
 
 #[test]
 fn wait_fails_at_once_on_a_foreign_address() {
-    let state = StateDir::new("waitforeign");
+    let state = TempDir::new("waitforeign");
     let _holder = Holder::start("wildcard", "-", 45209, &[]);
     let started = Instant::now();
     let output = gate(&state, "45209", &["wait", "127.93.6.3", "--timeout", "20s"]);
@@ -245,7 +224,7 @@ fn wait_fails_at_once_on_a_foreign_address() {
 
 #[test]
 fn run_reports_and_quarantines_a_lingering_worker() {
-    let state = StateDir::new("run");
+    let state = TempDir::new("run");
     let ready = state.0.with_extension("ready");
     let report = state.0.with_extension("report.json");
     let output = gate(
@@ -265,7 +244,7 @@ fn run_reports_and_quarantines_a_lingering_worker() {
         ],
     );
     let (pid, tids) = holder_from(&ready);
-    let _cleanup = Guard(pid);
+    let _cleanup = KillOnDrop(pid);
     assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
     let text = stderr(&output);
     assert!(text.contains(&format!("## pid {pid}")), "{text}");
@@ -299,7 +278,7 @@ fn run_reports_and_quarantines_a_lingering_worker() {
 
 #[test]
 fn run_reap_frees_the_address() {
-    let state = StateDir::new("reap");
+    let state = TempDir::new("reap");
     let ready = state.0.with_extension("ready");
     let report = state.0.with_extension("report.md");
     let output = gate(
@@ -322,7 +301,7 @@ fn run_reap_frees_the_address() {
         ],
     );
     let (pid, _) = holder_from(&ready);
-    let _cleanup = Guard(pid);
+    let _cleanup = KillOnDrop(pid);
     assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
     let markdown = std::fs::read_to_string(&report).unwrap();
     assert!(
@@ -343,7 +322,7 @@ fn run_reap_frees_the_address() {
 
 #[test]
 fn run_passes_the_address_and_the_exit_status() {
-    let state = StateDir::new("status");
+    let state = TempDir::new("status");
     let output = gate(
         &state,
         "45212,45213",
@@ -366,7 +345,7 @@ fn run_passes_the_address_and_the_exit_status() {
 
 #[test]
 fn run_passes_signals_to_the_command() {
-    let state = StateDir::new("signal");
+    let state = TempDir::new("signal");
     let mut child = Command::new(&*SOCKCHECK)
         .args([
             "--state-dir",
@@ -400,7 +379,7 @@ fn run_passes_signals_to_the_command() {
 
 #[test]
 fn bad_input_is_one_line_exit_2_and_changes_nothing() {
-    let state = StateDir::new("bad");
+    let state = TempDir::new("bad");
     let output = gate(&state, "45215", &["acquire", "127.93.9.1"]);
     assert_eq!(output.status.code(), Some(0));
     let before = std::fs::read(state.0.join("leases.json")).unwrap();
@@ -460,17 +439,9 @@ fn bad_input_is_one_line_exit_2_and_changes_nothing() {
     assert_eq!(std::fs::read(&file).unwrap(), before);
 }
 
-struct Guard(u32);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        kill(self.0);
-    }
-}
-
 #[test]
 fn run_answers_like_a_shell_when_the_command_cannot_run() {
-    let state = StateDir::new("norun");
+    let state = TempDir::new("norun");
     let output = gate(
         &state,
         "45216",
@@ -488,7 +459,7 @@ fn run_answers_like_a_shell_when_the_command_cannot_run() {
 
 #[test]
 fn wait_fails_at_once_on_an_address_that_is_not_local() {
-    let state = StateDir::new("waitnotlocal");
+    let state = TempDir::new("waitnotlocal");
     let started = Instant::now();
     let output = gate(&state, "45217", &["wait", "192.0.2.7", "--timeout", "20s"]);
     assert_eq!(output.status.code(), Some(1));
@@ -509,7 +480,7 @@ fn refusal(output: &Output) -> Value {
 
 #[test]
 fn acquire_fails_at_once_when_every_candidate_is_foreign() {
-    let state = StateDir::new("allforeign");
+    let state = TempDir::new("allforeign");
     let holder = Holder::start("wildcard", "-", 45218, &[]);
     let started = Instant::now();
     let output = gate(
@@ -561,7 +532,7 @@ fn acquire_fails_at_once_when_every_candidate_is_foreign() {
 
 #[test]
 fn acquire_allow_foreign_waits_out_the_deadline() {
-    let state = StateDir::new("allowforeign");
+    let state = TempDir::new("allowforeign");
     let _holder = Holder::start("wildcard", "-", 45219, &[]);
     let started = Instant::now();
     let output = gate(
@@ -585,7 +556,7 @@ fn acquire_allow_foreign_waits_out_the_deadline() {
 
 #[test]
 fn a_failed_acquire_names_each_address_its_verdict_and_holder() {
-    let state = StateDir::new("failednames");
+    let state = TempDir::new("failednames");
     let holder = Holder::start("plain", "127.93.13.1", 45220, &[]);
     let mut owner = Command::new("sleep").arg("100").spawn().unwrap();
     let owner_pid = owner.id();
@@ -639,7 +610,7 @@ fn a_failed_acquire_names_each_address_its_verdict_and_holder() {
 
 #[test]
 fn run_wait_waits_for_a_free_address() {
-    let state = StateDir::new("runwait");
+    let state = TempDir::new("runwait");
     let mut owner = Command::new("sleep").arg("1").spawn().unwrap();
     let owner_pid = owner.id().to_string();
     let leased = gate(
@@ -674,7 +645,7 @@ fn run_wait_waits_for_a_free_address() {
 
 #[test]
 fn pools_holding_a_wildcard_or_broadcast_address_are_refused() {
-    let state = StateDir::new("badpools");
+    let state = TempDir::new("badpools");
     for (pool, names) in [
         ("::1/127", "holds ::,"),
         ("0.0.0.1/31", "holds 0.0.0.0,"),
@@ -696,7 +667,7 @@ fn pools_holding_a_wildcard_or_broadcast_address_are_refused() {
 }
 
 /// The leases of a state directory, as `leases --json` and the file say.
-fn lease_file(state: &StateDir) -> Value {
+fn lease_file(state: &TempDir) -> Value {
     std::fs::read_to_string(state.0.join("leases.json"))
         .ok()
         .and_then(|text| serde_json::from_str(&text).ok())
@@ -705,7 +676,7 @@ fn lease_file(state: &StateDir) -> Value {
 
 #[test]
 fn run_killed_while_its_command_runs_keeps_the_lease_for_the_command() {
-    let state = StateDir::new("runkilled");
+    let state = TempDir::new("runkilled");
     let pool = "127.93.15.1-127.93.15.2";
     let mut run = Command::new(&*SOCKCHECK)
         .args(["--state-dir", state.path(), "--ports", "45223", "run", pool])
@@ -722,7 +693,7 @@ fn run_killed_while_its_command_runs_keeps_the_lease_for_the_command() {
         assert!(started.elapsed() < Duration::from_secs(10), "{leases}");
         std::thread::sleep(Duration::from_millis(20));
     };
-    let _cleanup = Guard(command_pid);
+    let _cleanup = KillOnDrop(command_pid);
     run.kill().unwrap(); // SIGKILL: run cannot release or hand anything over
     run.wait().unwrap();
     let output = gate(&state, "45223", &["--json", "acquire", pool]);
@@ -741,7 +712,7 @@ fn run_killed_while_its_command_runs_keeps_the_lease_for_the_command() {
 #[test]
 fn a_cancelled_run_still_reports_and_quarantines() {
     for (signal, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
-        let state = StateDir::new(&format!("cancel{signal}"));
+        let state = TempDir::new(&format!("cancel{signal}"));
         let address = format!("127.93.16.{signal}");
         let ready = state.0.with_extension("ready");
         let report = state.0.with_extension("report.json");
@@ -760,7 +731,7 @@ fn a_cancelled_run_still_reports_and_quarantines() {
             std::thread::sleep(Duration::from_millis(20));
         }
         let (pid, _) = holder_from(&ready);
-        let _cleanup = Guard(pid);
+        let _cleanup = KillOnDrop(pid);
         // The command has exited; run is in its 60 s linger wait.
         std::thread::sleep(Duration::from_millis(500));
         let cancelled = Instant::now();
@@ -790,7 +761,7 @@ fn a_cancelled_run_still_reports_and_quarantines() {
 
 #[test]
 fn a_lease_taken_in_a_subshell_goes_to_the_shell_it_was_forked_from() {
-    let state = StateDir::new("subshell");
+    let state = TempDir::new("subshell");
     let script = format!(
         "addr=$('{bin}' --state-dir '{dir}' --ports 45225 acquire 127.93.17.1 | cat); \
          echo \"$$ $addr\"; '{bin}' --state-dir '{dir}' --json leases",
@@ -849,13 +820,13 @@ fn cell_separators(line: &str) -> usize {
 
 #[test]
 fn hostile_process_text_is_escaped_in_run_report_and_scan() {
-    let state = StateDir::new("hostile");
+    let state = TempDir::new("hostile");
     let ready = state.0.with_extension("hostile.ready");
     let report = state.0.with_extension("hostile.md");
     let dir = state.0.with_extension("hostile.bin");
     std::fs::create_dir_all(&dir).unwrap();
     let link = dir.join(HOSTILE_COMM);
-    std::os::unix::fs::symlink(&*util::HOLDER, &link).unwrap();
+    std::os::unix::fs::symlink(&*support::HOLDER, &link).unwrap();
     // The holder outlives the command, as a leaked server would.
     let script = format!(
         "\"$0\" \"$@\" > {r} 2>/dev/null < /dev/null & \
@@ -885,8 +856,8 @@ fn hostile_process_text_is_escaped_in_run_report_and_scan() {
         ],
     );
     let (pid, _) = holder_from(&ready);
-    let _cleanup = Guard(pid);
-    let _bin = Dir(dir);
+    let _cleanup = KillOnDrop(pid);
+    let _bin = TempDir(dir);
     assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
     assert_no_raw("run's stderr", &stderr(&output));
     let markdown = std::fs::read_to_string(&report).unwrap();
@@ -939,13 +910,4 @@ fn hostile_process_text_is_escaped_in_run_report_and_scan() {
         )),
         "{text}"
     );
-}
-
-/// Removes a directory on drop.
-struct Dir(PathBuf);
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

@@ -2,9 +2,9 @@
 //! verdict and name the right pids (and tids for the lingering shape).
 //! Addresses 127.91.0.x and ports 45101-45199 belong to this file.
 
-mod util;
+mod support;
 
-use util::{Holder, check, owner_pids, port, sockcheck, sockcheck_as_nobody};
+use support::{Holder, check, owner_pids, port, sockcheck, sockcheck_as_nobody};
 
 #[test]
 fn free_address_needs_no_proc_scan() {
@@ -331,8 +331,7 @@ fn human_output_names_the_lingering_pid_and_threads() {
 
 #[test]
 fn unprivileged_run_marks_hidden_owners_and_unknown_reuseport() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root to start a holder of another uid");
+    if !support::require_root("starting a holder of another uid") {
         return;
     }
     let holder = Holder::start("plain", "127.91.0.20", 45122, &[]);
@@ -363,8 +362,7 @@ fn unprivileged_run_marks_hidden_owners_and_unknown_reuseport() {
 
 #[test]
 fn unprivileged_run_still_sees_a_reuseport_group() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root to start a holder of another uid");
+    if !support::require_root("starting a holder of another uid") {
         return;
     }
     let _holder = Holder::start("lingering", "127.91.0.21", 45123, &["2"]);
@@ -379,6 +377,9 @@ fn unprivileged_run_still_sees_a_reuseport_group() {
 
 #[test]
 fn unprivileged_free_address_is_free() {
+    if !support::require_setpriv("running sockcheck as nobody") {
+        return;
+    }
     let run = sockcheck_as_nobody(&["--ports", "45124", "127.91.0.22"]);
     assert_eq!(run.status, 0, "{}{}", run.stdout, run.stderr);
     assert!(run.stdout.starts_with("127.91.0.22  free"));
@@ -546,8 +547,7 @@ fn task_file_owners_equal_proc_owners_for_every_shape() {
 /// untouched and every process dies with the namespace.
 #[test]
 fn hidepid_invisible_is_reported_not_mistaken_for_no_owner() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root for unshare and mount");
+    if !support::require_root("unshare and mount") {
         return;
     }
     let script = format!(
@@ -556,8 +556,8 @@ fn hidepid_invisible_is_reported_not_mistaken_for_no_owner() {
          mount -o remount,hidepid=invisible /proc && \
          setpriv --reuid=65534 --regid=65534 --clear-groups -- \
          {sockcheck} --json --ports 45150 127.91.0.50; kill $!",
-        holder = util::HOLDER.display(),
-        sockcheck = util::SOCKCHECK.display()
+        holder = support::HOLDER.display(),
+        sockcheck = support::SOCKCHECK.display()
     );
     let ready = std::env::temp_dir().join(format!("sockcheck-hidepid-{}", std::process::id()));
     let output = std::process::Command::new("unshare")
@@ -590,8 +590,7 @@ fn hidepid_invisible_is_reported_not_mistaken_for_no_owner() {
 /// tables are the user's own, so the owner and its threads are named.
 #[test]
 fn unprivileged_user_sees_its_own_lingering_worker() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root to start a holder as nobody");
+    if !support::require_root("starting a holder as nobody") {
         return;
     }
     let holder = Holder::start_as_nobody("lingering", "127.91.0.51", 45151, &["2"]);
@@ -627,7 +626,7 @@ impl Named {
         std::fs::create_dir_all(&dir).unwrap();
         let link = dir.join(comm);
         let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&*util::HOLDER, &link).unwrap();
+        std::os::unix::fs::symlink(&*support::HOLDER, &link).unwrap();
         let mut child = std::process::Command::new(&link)
             .args(["plain", address, &port.to_string(), "2", arg])
             .stdout(std::process::Stdio::piped())

@@ -3,44 +3,23 @@
 //! leases, a directory squatted by another user. Addresses 127.88.0.0/16 and
 //! ports 45600-45649 belong to this file.
 
-mod util;
+mod support;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use util::SOCKCHECK;
+use support::{SOCKCHECK, TempDir};
 
-/// A private state directory, removed at the end.
-struct StateDir(PathBuf);
-
-impl StateDir {
-    fn new(name: &str) -> StateDir {
-        let dir =
-            std::env::temp_dir().join(format!("sockcheck-state-dir-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        StateDir(dir)
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(&self.0)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
-}
-
-impl Drop for StateDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// The names in a directory, sorted.
+fn names(dir: &TempDir) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 /// Runs sockcheck on `dir`; fails the test, killing it, if it has not
@@ -94,7 +73,7 @@ fn lease(address: &str, pid: u32, acquired: u64) -> String {
 #[test]
 fn a_fifo_as_the_state_file_is_refused_not_waited_on() {
     for name in ["leases.json", "lock"] {
-        let state = StateDir::new(&format!("fifo-{name}"));
+        let state = TempDir::new(&format!("fifo-{name}"));
         assert_eq!(gate(&state.0, &["leases"]).status.code(), Some(0));
         let _ = std::fs::remove_file(state.join(name));
         let made = Command::new("mkfifo").arg(state.join(name)).status();
@@ -117,7 +96,7 @@ fn a_fifo_as_the_state_file_is_refused_not_waited_on() {
 
 #[test]
 fn temp_files_are_swept() {
-    let state = StateDir::new("sweep");
+    let state = TempDir::new("sweep");
     assert_eq!(gate(&state.0, &["leases"]).status.code(), Some(0));
     // What killed writers left, before and after the fixed name.
     for name in [".leases.json.4242", ".leases.json.1", ".leases.json.tmp"] {
@@ -126,18 +105,18 @@ fn temp_files_are_swept() {
     std::fs::write(state.join(".leases.json.notapid"), "").unwrap();
     let output = gate(&state.0, &["leases"]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    assert_eq!(state.names(), [".leases.json.notapid", "lock"]);
+    assert_eq!(names(&state), [".leases.json.notapid", "lock"]);
     let output = gate(&state.0, &["acquire", "127.88.0.5"]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_eq!(
-        state.names(),
+        names(&state),
         [".leases.json.notapid", "leases.json", "lock"]
     );
 }
 
 #[test]
 fn a_newer_version_is_refused_never_rewritten() {
-    let state = StateDir::new("newer");
+    let state = TempDir::new("newer");
     assert_eq!(gate(&state.0, &["leases"]).status.code(), Some(0));
     let me = lease("127.88.0.9", std::process::id(), 1);
     for version in ["2", "2.0", "1e23", "\"1\"", "1.0"] {
@@ -161,7 +140,7 @@ fn a_newer_version_is_refused_never_rewritten() {
                     std::fs::read_to_string(state.join("leases.json")).unwrap(),
                     text
                 );
-                assert_eq!(state.names(), ["leases.json", "lock"]);
+                assert_eq!(names(&state), ["leases.json", "lock"]);
             }
         }
     }
@@ -169,7 +148,7 @@ fn a_newer_version_is_refused_never_rewritten() {
 
 #[test]
 fn a_state_with_two_live_owners_of_one_address_keeps_the_older_lease() {
-    let state = StateDir::new("duplicates");
+    let state = TempDir::new("duplicates");
     assert_eq!(gate(&state.0, &["leases"]).status.code(), Some(0));
     let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
     let (me, other) = (std::process::id(), sleeper.id());
@@ -207,11 +186,10 @@ fn a_state_with_two_live_owners_of_one_address_keeps_the_older_lease() {
 
 #[test]
 fn a_state_dir_squatted_by_another_user_is_refused_with_a_way_out() {
-    if !rustix::process::geteuid().is_root() {
-        println!("skipped: needs root, to act as nobody");
+    if !support::require_root("acting as nobody") {
         return;
     }
-    let base = StateDir::new("squatted");
+    let base = TempDir::new("squatted");
     std::fs::create_dir(&base.0).unwrap();
     std::fs::set_permissions(&base.0, std::fs::Permissions::from_mode(0o1777)).unwrap();
     // nobody gets there first, as it could with /tmp/sockcheck-0.

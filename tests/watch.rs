@@ -3,22 +3,20 @@
 //! this file (127.95.0.0/16 and 45400-45499 are shared with tests/doctor.rs).
 //! Needs root; a test skips, saying why, only on a kernel without BTF.
 
-mod util;
+mod support;
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use util::{Holder, SOCKCHECK, holder_from, lingering_command};
+use support::{Holder, KillOnDrop, SOCKCHECK, TempDir, holder_from, lingering_command};
 
 /// Whether eBPF can be used; prints why not when it cannot. Only a kernel
 /// without BTF (or a non-root run, which these tests do not support) skips.
 fn bpf_or_skip() -> bool {
-    if !util::is_root() {
-        eprintln!("skipped: these tests run as root");
+    if !support::require_root("these tests (they run sockcheck and holders as other users)") {
         return false;
     }
     match sockcheck::bpf::availability() {
@@ -102,8 +100,8 @@ fn json_lines(out: &str) -> Vec<Value> {
 
 /// The inode sock_diag gives the one listener on ADDR:PORT.
 fn listener_inode(address: &str, port: u16) -> u64 {
-    let (json, _) = util::check(address, &port.to_string());
-    util::port(&json, port)["listeners"][0]["inode"]
+    let (json, _) = support::check(address, &port.to_string());
+    support::port(&json, port)["listeners"][0]["inode"]
         .as_u64()
         .unwrap()
 }
@@ -256,11 +254,10 @@ fn timeout_ends_it() {
 
 #[test]
 fn nobody_gets_exit_3_and_one_line_naming_cap_bpf() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root to run as nobody");
+    if !support::require_root("running as nobody") {
         return;
     }
-    let run = util::sockcheck_as_nobody(&["watch", "--ports", "45407"]);
+    let run = support::sockcheck_as_nobody(&["watch", "--ports", "45407"]);
     assert_eq!(run.status, 3, "{}", run.stderr);
     assert_eq!(run.stdout, "");
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
@@ -279,43 +276,13 @@ fn bad_input_is_exit_2() {
         &["watch", "127.0.0.256"],
         &["--ports", "0", "watch"],
     ] {
-        let run = util::sockcheck(args);
+        let run = support::sockcheck(args);
         assert_eq!(run.status, 2, "{args:?}: {}", run.stderr);
         assert_eq!(run.stderr.lines().count(), 1, "{args:?}: {}", run.stderr);
     }
 }
 
 // ------------------------------------------------------ run: attribution
-
-/// A directory of its own under /tmp, removed at the end.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir =
-            std::env::temp_dir().join(format!("sockcheck-watch-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Kills a holder started by a `run` command.
-struct Guard(u32);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if self.0 != 0 {
-            util::kill(self.0);
-        }
-    }
-}
 
 /// `PREFIX sockcheck -v [GLOBAL..] run POOL --linger 300ms --report R -- sh -c
 /// '<a lingering holder>'`: its output, the report, the holder's pid and
@@ -371,9 +338,9 @@ fn run_names_the_worker_thread_that_opened_each_lingering_listener() {
     if !bpf_or_skip() {
         return;
     }
-    let dir = TempDir::new("run");
+    let dir = TempDir::created("run");
     let (output, json, pid, tids) = run_lingering(&["env"], &[], &dir, "127.95.3.1", 45420);
-    let _cleanup = Guard(pid);
+    let _cleanup = KillOnDrop(pid);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(4), "{stderr}");
     assert_eq!(json["attribution"]["status"], "used", "{json}");
@@ -404,11 +371,10 @@ fn run_names_the_worker_thread_that_opened_each_lingering_listener() {
 
 #[test]
 fn run_without_ebpf_says_attribution_is_unavailable_and_why() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root to run as nobody");
+    if !support::require_root("running as nobody") {
         return;
     }
-    let dir = TempDir::new("nobody");
+    let dir = TempDir::created("nobody");
     std::os::unix::fs::chown(&dir.0, Some(65534), Some(65534)).unwrap();
     std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
     let (output, json, pid, _) = run_lingering(
@@ -424,7 +390,7 @@ fn run_without_ebpf_says_attribution_is_unavailable_and_why() {
         "127.95.3.2",
         45421,
     );
-    let _cleanup = Guard(pid);
+    let _cleanup = KillOnDrop(pid);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(4), "{stderr}");
     assert_eq!(json["attribution"]["status"], "unavailable", "{json}");
@@ -446,14 +412,13 @@ fn run_without_ebpf_says_attribution_is_unavailable_and_why() {
 
 #[test]
 fn run_with_bpf_never_skips_attribution() {
-    if !util::is_root() {
-        eprintln!("skipped: these tests run as root");
+    if !support::require_root("these tests (they run sockcheck and holders as other users)") {
         return;
     }
-    let dir = TempDir::new("never");
+    let dir = TempDir::created("never");
     let (output, json, pid, _) =
         run_lingering(&["env"], &["--bpf", "never"], &dir, "127.95.3.3", 45422);
-    let _cleanup = Guard(pid);
+    let _cleanup = KillOnDrop(pid);
     assert_eq!(output.status.code(), Some(4));
     assert_eq!(json["attribution"]["status"], "skipped", "{json}");
     assert_eq!(json["attribution"]["detail"], "disabled by --bpf never");

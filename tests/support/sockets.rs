@@ -1,12 +1,11 @@
-//! Helpers shared by the integration tests (all of which need root).
-#![allow(dead_code)]
+//! Sockets made in the test process itself, with exactly the options a
+//! test asks for (std's TcpListener always sets SO_REUSEADDR).
 
 use std::{
     io,
     mem::size_of,
     net::{IpAddr, SocketAddr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    process::Command,
 };
 
 /// Socket options set before bind().
@@ -143,32 +142,4 @@ pub fn gettid() -> u32 {
 
 pub fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
-}
-
-/// Runs the named test of this same test binary again in a child process,
-/// with `SOCKCHECK_TEST_CHILD=1`, behind `wrapper` (e.g. setpriv or unshare),
-/// and returns its stdout. The child's output is also shown on failure.
-pub fn rerun_self(wrapper: &[&str], test: &str) -> (bool, String) {
-    let exe = std::env::current_exe().unwrap();
-    let mut cmd = Command::new(wrapper[0]);
-    cmd.args(&wrapper[1..])
-        .arg(&exe)
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env("SOCKCHECK_TEST_CHILD", "1");
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {wrapper:?}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        eprintln!(
-            "child {test} failed: {}\nstdout:\n{stdout}\nstderr:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    (out.status.success(), stdout)
-}
-
-pub fn in_child() -> bool {
-    std::env::var_os("SOCKCHECK_TEST_CHILD").is_some()
 }

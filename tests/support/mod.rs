@@ -1,10 +1,21 @@
-//! Real processes holding real sockets, and sockcheck run against them.
+//! Support for every integration test: the binaries under test, real
+//! processes holding real sockets (the `sockcheck-holder` fixture), sockets
+//! made in the test process ([`sockets`]), guards that end what a test
+//! started, and the one rule for skips.
 //!
 //! Every test uses its own loopback address and its own ports, so tests
 //! never meet each other or other software on the machine, and every process
 //! a test starts is killed by pid when its guard drops.
+//!
+//! Skips: a test that needs what this machine lacks prints `skipped: ` and
+//! the missing feature or privilege, and passes. Missing privileges skip only
+//! when the tests run as an ordinary user; as root (CI) privileges are
+//! expected, and a test that lacks one fails (see [`require_root`]).
 
+// Each test binary compiles this module and uses its own part of it.
 #![allow(dead_code)]
+
+pub mod sockets;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -302,4 +313,110 @@ pub fn owner_pids(port: &Value) -> Vec<u64> {
 
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
+}
+
+/// Whether the tests may use root's privileges: true as root; as an
+/// ordinary user, prints `skipped: needs root for WHAT` and returns false.
+pub fn require_root(what: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    eprintln!("skipped: needs root for {what}");
+    false
+}
+
+/// Whether eBPF can be used here: as an ordinary user, prints why not and
+/// returns false (a skip); as root, a kernel without BTF is a skip that
+/// names it, while missing capabilities are a failure.
+pub fn require_bpf(what: &str) -> bool {
+    if !require_root(what) {
+        return false;
+    }
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        eprintln!("skipped: {what} needs kernel BTF (/sys/kernel/btf/vmlinux)");
+        return false;
+    }
+    true
+}
+
+/// Whether `setpriv` can drop to `nobody` here (it cannot without
+/// CAP_SETUID/CAP_SETGID, as an ordinary user): else prints the skip.
+pub fn require_setpriv(what: &str) -> bool {
+    require_root(&format!("{what} (setpriv to nobody)"))
+}
+
+/// A directory of its own under the temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// `sockcheck-test-NAME-PID`, empty: not created (a state directory
+    /// must be created by sockcheck itself), removed if left over.
+    pub fn new(name: &str) -> TempDir {
+        let dir =
+            std::env::temp_dir().join(format!("sockcheck-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        TempDir(dir)
+    }
+
+    /// The same, created.
+    pub fn created(name: &str) -> TempDir {
+        let dir = TempDir::new(name);
+        std::fs::create_dir_all(&dir.0).unwrap();
+        dir
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Kills a process by pid when dropped (one a test did not start as a
+/// [`Holder`]: a holder left behind by `run`'s command, a fixture's child).
+/// 0 guards nothing.
+pub struct KillOnDrop(pub u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0 != 0 {
+            kill(self.0);
+        }
+    }
+}
+
+/// Runs the named test of this same test binary again in a child process,
+/// with `SOCKCHECK_TEST_CHILD=1`, behind `wrapper` (e.g. setpriv or unshare),
+/// and returns its stdout. The child's output is also shown on failure.
+pub fn rerun_self(wrapper: &[&str], test: &str) -> (bool, String) {
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = Command::new(wrapper[0]);
+    cmd.args(&wrapper[1..])
+        .arg(&exe)
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env("SOCKCHECK_TEST_CHILD", "1");
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {wrapper:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        eprintln!(
+            "child {test} failed: {}\nstdout:\n{stdout}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    (out.status.success(), stdout)
+}
+
+pub fn in_child() -> bool {
+    std::env::var_os("SOCKCHECK_TEST_CHILD").is_some()
 }
