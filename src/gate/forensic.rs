@@ -95,14 +95,7 @@ pub struct HiddenHolder {
 }
 
 /// What `--reap` did to one process.
-#[derive(Debug, Clone, Serialize)]
-pub struct Reaped {
-    pub pid: u32,
-    /// `SIGTERM` (it exited), `SIGTERM, then SIGKILL`, `gone` when it had
-    /// exited already, or `skipped: …`.
-    pub action: String,
-    pub exited: bool,
-}
+pub use super::reap::Reaped;
 
 /// Groups an address report's sockets by the process that holds them.
 pub fn holders(

@@ -6,6 +6,7 @@ pub mod child;
 pub mod forensic;
 pub mod openers;
 pub mod pool;
+pub mod reap;
 pub mod state;
 
 use std::ffi::OsString;
@@ -21,7 +22,7 @@ use crate::exit::ExitStatus;
 use crate::inspect::{self, KernelView, Query};
 use crate::report::{AddressReport, ListenerReport, Report};
 use crate::verdict::{ReasonCode, Verdict, describe_owners, group_owners};
-use forensic::{Forensic, Reaped};
+use forensic::Forensic;
 use openers::Attribution;
 use state::{Lease, ProcessId, Quarantine, Store};
 
@@ -843,7 +844,8 @@ fn after(
         inspection: report,
     };
     if options.reap {
-        forensic.reaped = reap(&forensic, options.grace);
+        let pids: Vec<u32> = forensic.holders.iter().map(|h| h.pid).collect();
+        forensic.reaped = reap::reap(&pids, options.grace, false);
         let view = inspect::kernel_view(&gate.ports)?;
         if gate.one(&view, address, false).verdict == Verdict::Free {
             forensic.quarantined = false;
@@ -884,71 +886,6 @@ fn command_status(status: u8) -> ExitStatus {
     } else {
         ExitStatus::Command(status)
     }
-}
-
-/// SIGTERM to each lingering holder, SIGKILL to those still alive after
-/// `grace`. Signals go through a pidfd opened while the process is still the
-/// one that was reported, so a recycled pid is never hit.
-fn reap(report: &Forensic, grace: Duration) -> Vec<Reaped> {
-    use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
-    let me = std::process::id();
-    let mut targets = Vec::new();
-    let mut done = Vec::new();
-    for holder in &report.holders {
-        let pid = holder.pid;
-        if pid == me || pid == 1 {
-            done.push(Reaped {
-                pid,
-                action: "skipped: not a process sockcheck will signal".into(),
-                exited: false,
-            });
-            continue;
-        }
-        let Some(raw) = Pid::from_raw(pid as i32) else {
-            continue;
-        };
-        let before = ProcessId::of(pid);
-        let pidfd = pidfd_open(raw, PidfdFlags::empty()).ok();
-        match (before, pidfd) {
-            (Some(id), Some(pidfd)) if ProcessId::of(pid) == Some(id) => {
-                let _ = pidfd_send_signal(&pidfd, Signal::TERM);
-                // A stopped holder acts on SIGTERM only once it runs again.
-                let _ = pidfd_send_signal(&pidfd, Signal::CONT);
-                targets.push((id, pidfd));
-            }
-            _ => done.push(Reaped {
-                pid,
-                action: "gone".into(),
-                exited: true,
-            }),
-        }
-    }
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline && targets.iter().any(|(id, _)| id.alive()) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    for (id, pidfd) in targets {
-        if id.alive() {
-            let _ = pidfd_send_signal(&pidfd, Signal::KILL);
-            let until = Instant::now() + Duration::from_secs(2);
-            while id.alive() && Instant::now() < until {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            done.push(Reaped {
-                pid: id.pid,
-                action: "SIGTERM, then SIGKILL".into(),
-                exited: !id.alive(),
-            });
-        } else {
-            done.push(Reaped {
-                pid: id.pid,
-                action: "SIGTERM".into(),
-                exited: true,
-            });
-        }
-    }
-    done.sort_by_key(|r| r.pid);
-    done
 }
 
 /// Fails early (exit 2, nothing changed) when the report cannot be written.
