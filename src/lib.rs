@@ -13,6 +13,7 @@ pub mod error;
 pub mod exit;
 pub mod gate;
 pub mod inspect;
+pub mod netns;
 pub mod owners;
 pub mod report;
 pub mod reuseport;

@@ -1,0 +1,172 @@
+//! Other network namespaces: `--netns NAME|PATH|pid:PID`.
+//!
+//! sock_diag answers for the network namespace of the socket that asks, and
+//! a canary binds in the namespace of the thread that makes it. So the work
+//! that must see another namespace runs on a dedicated thread that has
+//! entered it with `setns(CLONE_NEWNET)`; the rest of sockcheck (its /proc,
+//! its pid namespace, its other threads) stays where it is.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+use crate::error::Error;
+use crate::text::echo;
+
+/// Where `ip netns` keeps named namespaces.
+const NAMED: &str = "/run/netns";
+
+/// A network namespace to inspect, opened.
+#[derive(Debug)]
+pub struct NetNs {
+    /// As the user named it: `NAME`, a path, or `pid:PID`.
+    pub spec: String,
+    pub path: PathBuf,
+    /// The namespace's inode (as `ip netns identify` and /proc/PID/ns/net
+    /// show it): what tells namespaces apart.
+    pub inode: u64,
+    file: File,
+}
+
+impl NetNs {
+    /// Resolves and opens `NAME` (under /run/netns), a path to an nsfs
+    /// file, or `pid:PID` (that process's network namespace). Bad input is
+    /// a usage error naming it.
+    pub fn open(spec: &str) -> Result<NetNs, Error> {
+        let path = if let Some(pid) = spec.strip_prefix("pid:") {
+            let pid: u32 = pid
+                .parse()
+                .ok()
+                .filter(|p| *p > 0 && pid.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or_else(|| Error::Usage(format!("--netns: {} is not pid:PID", echo(spec))))?;
+            PathBuf::from(format!("/proc/{pid}/ns/net"))
+        } else if spec.contains('/') {
+            PathBuf::from(spec)
+        } else if !spec.is_empty() && spec != "." && spec != ".." {
+            PathBuf::from(NAMED).join(spec)
+        } else {
+            return Err(Error::Usage(format!(
+                "--netns: {} is not a namespace name, path or pid:PID",
+                echo(spec)
+            )));
+        };
+        let file = File::open(&path).map_err(|e| {
+            Error::Usage(format!(
+                "--netns {}: cannot open {}: {e}",
+                echo(spec),
+                echo(&path.to_string_lossy())
+            ))
+        })?;
+        let meta = file.metadata().map_err(|e| Error::syscall("fstat", e))?;
+        // nsfs: what /proc/PID/ns/net and `ip netns add` bind mounts are.
+        let statfs =
+            rustix::fs::fstatfs(file.as_fd()).map_err(|e| Error::syscall("fstatfs", e.into()))?;
+        const NSFS_MAGIC: i64 = 0x6e73_6673;
+        if statfs.f_type as i64 != NSFS_MAGIC {
+            return Err(Error::Usage(format!(
+                "--netns {}: {} is not a namespace (not on nsfs)",
+                echo(spec),
+                echo(&path.to_string_lossy())
+            )));
+        }
+        Ok(NetNs {
+            spec: spec.to_string(),
+            path,
+            inode: meta.ino(),
+            file,
+        })
+    }
+
+    /// The name `ip netns` knows it by, when it is one of /run/netns.
+    pub fn name(&self) -> Option<String> {
+        let named = std::path::Path::new(NAMED);
+        if self.path.parent() == Some(named) {
+            return self
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned());
+        }
+        // pid:PID or a path: look for a named namespace with that inode.
+        std::fs::read_dir(named).ok()?.find_map(|entry| {
+            let entry = entry.ok()?;
+            (std::fs::metadata(entry.path()).ok()?.ino() == self.inode)
+                .then(|| entry.file_name().to_string_lossy().into_owned())
+        })
+    }
+
+    /// Runs `work` on a thread of its own that has entered this namespace,
+    /// and returns what it returns. Entering needs CAP_SYS_ADMIN: without
+    /// it, one error line says so.
+    pub fn run<T: Send>(&self, work: impl FnOnce() -> T + Send) -> Result<T, Error> {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    rustix::thread::move_into_link_name_space(
+                        self.file.as_fd(),
+                        Some(rustix::thread::LinkNameSpaceType::Network),
+                    )
+                    .map_err(|e| self.enter_error(e))?;
+                    Ok(work())
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    fn enter_error(&self, errno: rustix::io::Errno) -> Error {
+        let why = if errno == rustix::io::Errno::PERM {
+            " (entering a network namespace needs CAP_SYS_ADMIN: run as root)".to_string()
+        } else {
+            String::new()
+        };
+        Error::Syscall {
+            call: format!("setns(--netns {}, CLONE_NEWNET){why}", echo(&self.spec)),
+            source: errno.into(),
+        }
+    }
+}
+
+/// The inode of sockcheck's own network namespace.
+pub fn own_inode() -> Option<u64> {
+    std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.ino())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_that_name_no_namespace_are_usage_errors() {
+        for (spec, needle) in [
+            ("pid:", "is not pid:PID"),
+            ("pid:+5", "is not pid:PID"),
+            ("pid:0", "is not pid:PID"),
+            ("", "is not a namespace name"),
+            ("..", "is not a namespace name"),
+            ("/etc/hostname", "is not a namespace"),
+            ("no-such-namespace-for-sure", "cannot open"),
+        ] {
+            let e = NetNs::open(spec).unwrap_err();
+            assert!(matches!(e, Error::Usage(_)), "{spec:?}: {e}");
+            assert!(e.to_string().contains(needle), "{spec:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn our_own_namespace_by_pid() {
+        let ns = NetNs::open(&format!("pid:{}", std::process::id())).unwrap();
+        assert_eq!(Some(ns.inode), own_inode());
+        // Entering the namespace we are in: allowed only with
+        // CAP_SYS_ADMIN, and then the work runs there.
+        let thread_inode = || {
+            std::fs::metadata("/proc/thread-self/ns/net")
+                .ok()
+                .map(|m| m.ino())
+        };
+        match ns.run(thread_inode) {
+            Ok(inode) => assert_eq!(inode, Some(ns.inode)),
+            Err(e) => assert!(e.to_string().contains("CAP_SYS_ADMIN"), "{e}"),
+        }
+    }
+}
