@@ -9,6 +9,7 @@ pub mod pool;
 pub mod reap;
 pub mod state;
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -224,6 +225,11 @@ pub struct Skipped {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub hidden: bool,
     pub message: String,
+    /// The sockets (inodes; 0 for TIME_WAIT) that make it not free, as the
+    /// quick look saw them: addresses held by the same sockets (a wildcard
+    /// listener covers them all) are explained by one inspection.
+    #[serde(skip)]
+    sockets: Vec<u64>,
 }
 
 /// Every address of the pool was passed over.
@@ -280,10 +286,12 @@ pub fn try_acquire(
                 pids: vec![lease.owner.pid],
                 hidden: false,
                 message: format!("leased to pid {}", lease.owner.pid),
+                sockets: Vec::new(),
             });
             continue;
         }
-        let verdict = gate.one(&view, address, false).verdict;
+        let quick = gate.one(&view, address, false);
+        let verdict = quick.verdict;
         if verdict == Verdict::Free {
             if state.quarantined(address).is_some() {
                 state.quarantine.retain(|q| q.address != address);
@@ -309,6 +317,7 @@ pub fn try_acquire(
             pids: Vec::new(),
             hidden: false,
             message: verdict.as_str().to_string(),
+            sockets: socket_inodes(&quick),
         });
     }
     if let Some(address) = chosen {
@@ -351,27 +360,29 @@ pub fn try_acquire(
     Ok(Err(Refusal { skipped, hopeless }))
 }
 
-/// Names the holders of the addresses a refusal passed over: one
-/// inspection with owners (one /proc scan) for all of them, after the
-/// state lock is released.
+/// Names the holders of the addresses a refusal passed over, after the
+/// state lock is released: one inspection with owners (one /proc scan) of
+/// one address per distinct set of sockets, whose answer holds for every
+/// address the same sockets make not free. A /16 under one wildcard
+/// listener is one inspected address, not 65,536.
 pub fn explain(gate: &Gate, refusal: &mut Refusal) {
-    let inspected: Vec<IpAddr> = refusal
-        .skipped
-        .iter()
-        .filter(|s| s.verdict.is_some())
-        .map(|s| s.address)
-        .collect();
-    if inspected.is_empty() {
+    let mut representative: HashMap<Held, IpAddr> = HashMap::new();
+    for skip in refusal.skipped.iter().filter(|s| s.verdict.is_some()) {
+        representative.entry(Held::of(skip)).or_insert(skip.address);
+    }
+    if representative.is_empty() {
         return;
     }
+    let inspected: Vec<IpAddr> = representative.values().copied().collect();
     let Ok(report) = inspect::inspect(&gate.query(inspected, true)) else {
         return; // the verdicts stand; only the names are missing
     };
-    for address in &report.addresses {
-        let Some(skip) = refusal
-            .skipped
-            .iter_mut()
-            .find(|s| s.address == address.address)
+    let explained: HashMap<IpAddr, &AddressReport> =
+        report.addresses.iter().map(|a| (a.address, a)).collect();
+    for skip in refusal.skipped.iter_mut().filter(|s| s.verdict.is_some()) {
+        let Some(address) = representative
+            .get(&Held::of(skip))
+            .and_then(|a| explained.get(a))
         else {
             continue;
         };
@@ -388,6 +399,44 @@ pub fn explain(gate: &Gate, refusal: &mut Refusal) {
             _ => why,
         };
     }
+}
+
+/// What makes a skipped address not free, as far as one explanation can
+/// serve several addresses: the same verdict from the same sockets. An
+/// address with no socket to blame (not local; a canary failure nothing
+/// explains) is explained on its own, as its message names it.
+#[derive(PartialEq, Eq, Hash)]
+struct Held {
+    verdict: Option<Verdict>,
+    sockets: Vec<u64>,
+    alone: Option<IpAddr>,
+}
+
+impl Held {
+    fn of(skip: &Skipped) -> Held {
+        Held {
+            verdict: skip.verdict,
+            sockets: skip.sockets.clone(),
+            alone: skip.sockets.is_empty().then_some(skip.address),
+        }
+    }
+}
+
+/// The inodes of the sockets a quick look found on an address, sorted.
+fn socket_inodes(address: &AddressReport) -> Vec<u64> {
+    let mut inodes: Vec<u64> = address
+        .ports
+        .iter()
+        .flat_map(|p| {
+            p.listeners
+                .iter()
+                .map(|l| l.inode)
+                .chain(p.other_sockets.sockets.iter().map(|s| s.inode))
+        })
+        .collect();
+    inodes.sort_unstable();
+    inodes.dedup();
+    inodes
 }
 
 /// The pids that hold what makes an address not free: the owners of the
