@@ -11,10 +11,9 @@ use serde::Serialize;
 
 use crate::error::Error;
 use crate::owners::ProcessInfo;
-use crate::report::{AddressReport, SourceStatus, display};
+use crate::report::{AddressReport, SourceStatus, Verdict, display};
 use crate::reuseport::Reuseport;
 use crate::text::{Bytes, markdown as md, markdown_code, shell_word};
-use crate::verdict::Verdict;
 
 /// The forensic report's JSON schema version.
 pub const SCHEMA: u32 = 1;

@@ -13,9 +13,8 @@
 
 use std::fmt::Write;
 
-use crate::report::{AddressReport, ListenerReport, Owner, PortReport, Report};
+use crate::report::{AddressReport, ListenerReport, Owner, PortReport, Report, Verdict};
 use crate::text::{escape_hidden, shell_word};
-use crate::verdict::Verdict;
 
 /// ANSI styling, or none.
 #[derive(Debug, Clone, Copy)]
