@@ -11,7 +11,7 @@ use crate::error::Error;
 use crate::owners::{self, FdScan, ProcessInfo};
 use crate::report::{
     AddressReport, Coverage, ListenerReport, OtherSocket, OtherSockets, Owner, PortReport, Report,
-    SCHEMA, SourceStatus, Sources,
+    SCHEMA, SourceStatus, SourceStatuses,
 };
 use crate::reuseport::{self, Reuseport, Subject};
 use crate::text::echo;
@@ -22,29 +22,44 @@ use crate::verdict;
 pub struct Query {
     pub addresses: Vec<IpAddr>,
     pub ports: Vec<u16>,
-    /// Whether an owner's fd may be duplicated (pidfd_getfd) to read
-    /// SO_REUSEPORT.
-    pub reuseport_pidfd: bool,
-    /// Whether the SO_REUSEPORT bind probe may run.
-    pub reuseport_probe: bool,
-    /// When eBPF is used (it also needs privileges and kernel BTF).
-    pub bpf: BpfMode,
     /// Whether to find owners (and SO_REUSEPORT) at all. A gate that only
     /// needs the verdict turns this off and never reads /proc; such a report
     /// is for its verdict only and is never shown.
     pub owners: bool,
+    /// Which optional sources of evidence may be used.
+    pub sources: Sources,
 }
 
 impl Query {
-    /// A full inspection of `addresses` on `ports`.
+    /// A full inspection of `addresses` on `ports`, with every source.
     pub fn new(addresses: Vec<IpAddr>, ports: Vec<u16>) -> Query {
         Query {
             addresses,
             ports,
-            reuseport_pidfd: true,
-            reuseport_probe: true,
-            bpf: BpfMode::Auto,
             owners: true,
+            sources: Sources::default(),
+        }
+    }
+}
+
+/// Which optional sources of evidence may be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sources {
+    /// Whether an owner's fd may be duplicated (pidfd_getfd) to read
+    /// SO_REUSEPORT.
+    pub pidfd: bool,
+    /// Whether the SO_REUSEPORT bind probe may run.
+    pub probe: bool,
+    /// When eBPF is used (it also needs privileges and kernel BTF).
+    pub bpf: BpfMode,
+}
+
+impl Default for Sources {
+    fn default() -> Sources {
+        Sources {
+            pidfd: true,
+            probe: true,
+            bpf: BpfMode::Auto,
         }
     }
 }
@@ -307,7 +322,7 @@ pub fn inspect_view(query: &Query, view: &KernelView) -> Report {
     }
 
     // The /proc scan, only when some socket needs an owner.
-    let mut bpf = BpfUse::new(query.bpf);
+    let mut bpf = BpfUse::new(query.sources.bpf);
     let (scan, proc_status) = if needed.is_empty() {
         (
             FdScan::default(),
@@ -319,7 +334,7 @@ pub fn inspect_view(query: &Query, view: &KernelView) -> Report {
             SourceStatus::new("skipped", "owners were not asked for"),
         )
     } else {
-        find_owners(query.bpf, &needed, &mut bpf)
+        find_owners(query.sources.bpf, &needed, &mut bpf)
     };
     // The kernel's own SO_REUSEPORT bits: one iter/tcp pass over the queried
     // ports, on first use.
@@ -354,7 +369,7 @@ pub fn inspect_view(query: &Query, view: &KernelView) -> Report {
             Err(why) => Err(why.clone()),
         }
     };
-    let kernel_first = query.bpf == BpfMode::Always || !bpf.borrow().used.is_empty();
+    let kernel_first = query.sources.bpf == BpfMode::Always || !bpf.borrow().used.is_empty();
 
     let mut described: HashMap<u32, ProcessInfo> = HashMap::new();
     let mut owners_of = |inode: u64, uid: u32| -> (Vec<Owner>, bool) {
@@ -420,8 +435,8 @@ pub fn inspect_view(query: &Query, view: &KernelView) -> Report {
                         kernel_first,
                         holders: &holders,
                         probe_crowded: crowded || group_size > 1,
-                        allow_pidfd: query.reuseport_pidfd,
-                        allow_probe: query.reuseport_probe,
+                        allow_pidfd: query.sources.pidfd,
+                        allow_probe: query.sources.probe,
                     })
                 };
                 pidfd_used |= evidence.source == "pidfd_getfd";
@@ -482,7 +497,7 @@ pub fn inspect_view(query: &Query, view: &KernelView) -> Report {
     }
 
     let euid = rustix::process::geteuid().as_raw();
-    let sources = Sources {
+    let sources = SourceStatuses {
         sock_diag: SourceStatus::new(
             "used",
             if view.notes.is_empty() {
@@ -494,14 +509,14 @@ pub fn inspect_view(query: &Query, view: &KernelView) -> Report {
         proc: proc_status,
         pidfd_getfd: if pidfd_used {
             SourceStatus::new("used", "SO_REUSEPORT read from an owner's fd")
-        } else if !query.reuseport_pidfd {
+        } else if !query.sources.pidfd {
             SourceStatus::new("skipped", "disabled by --no-pidfd")
         } else {
             SourceStatus::new("skipped", "not needed or not permitted")
         },
         bind_probe: if probe_used {
             SourceStatus::new("used", format!("SO_REUSEPORT bind probe as euid {euid}"))
-        } else if !query.reuseport_probe {
+        } else if !query.sources.probe {
             SourceStatus::new("skipped", "disabled by --no-probe")
         } else {
             SourceStatus::new("skipped", "not needed or could not tell")

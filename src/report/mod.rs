@@ -85,7 +85,7 @@ pub struct Report {
     pub sockcheck: &'static str,
     pub ports: Vec<u16>,
     pub addresses: Vec<AddressReport>,
-    pub sources: Sources,
+    pub sources: SourceStatuses,
 }
 
 impl Report {
@@ -244,7 +244,7 @@ pub struct OtherSocket {
 
 /// Which sources of evidence were used, and why any was not.
 #[derive(Debug, Clone, Serialize)]
-pub struct Sources {
+pub struct SourceStatuses {
     pub sock_diag: SourceStatus,
     pub proc: SourceStatus,
     pub pidfd_getfd: SourceStatus,
