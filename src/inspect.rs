@@ -13,7 +13,7 @@ use crate::report::{
     AddressReport, Coverage, ListenerReport, OtherSocket, OtherSockets, Owner, PortReport, Report,
     SCHEMA, SourceStatus, SourceStatuses,
 };
-use crate::reuseport::{self, Reuseport, Subject};
+use crate::reuseport::{self, Holder, Reuseport, Source, Subject};
 use crate::text::echo;
 use crate::verdict;
 
@@ -250,7 +250,10 @@ pub fn kernel_view(ports: &[u16]) -> Result<KernelView, Error> {
             match diag.sockets(Family::Inet6, ports) {
                 Ok(more) => sockets.extend(more),
                 // No IPv6 in this kernel: the AF_INET6 handler is absent.
-                Err(Error::NetlinkReply { detail, .. }) if detail.contains("ENOENT") => view
+                Err(Error::NetlinkReply {
+                    errno: Some(libc::ENOENT),
+                    ..
+                }) => view
                     .notes
                     .push("IPv6 sock_diag is not available (no IPv6?)".into()),
                 Err(e) => return Err(e),
@@ -412,35 +415,40 @@ pub fn inspect_view(query: &Query, view: &KernelView) -> Report {
                     .iter()
                     .filter(|s| s.local == socket.local && s.family == socket.family)
                     .count();
-                let holders: Vec<(u32, Option<u32>, u32)> = scan
+                let holders: Vec<Holder> = scan
                     .holders
                     .get(&socket.inode)
                     .into_iter()
                     .flat_map(|pids| pids.iter())
                     .flat_map(|(&pid, fds)| {
-                        fds.iter()
-                            .map(move |r| (pid, r.via_tids.first().copied(), r.fd))
+                        fds.iter().map(move |r| Holder {
+                            pid,
+                            via_tid: r.via_tids.first().copied(),
+                            fd: r.fd,
+                        })
                     })
                     .collect();
                 let (reuseport, evidence) = if !query.owners {
                     (None, Reuseport::not_looked_up())
                 } else {
-                    reuseport::resolve(&Subject {
-                        local: socket.local,
-                        inode: socket.inode,
-                        uid: socket.uid,
-                        v6only: socket.v6only,
-                        group_size,
-                        kernel: &kernel,
-                        kernel_first,
-                        holders: &holders,
-                        probe_crowded: crowded || group_size > 1,
-                        allow_pidfd: query.sources.pidfd,
-                        allow_probe: query.sources.probe,
-                    })
+                    reuseport::resolve(
+                        &Subject {
+                            local: socket.local,
+                            inode: socket.inode,
+                            uid: socket.uid,
+                            v6only: socket.v6only,
+                            group_size,
+                            kernel_first,
+                            holders: &holders,
+                            probe_crowded: crowded || group_size > 1,
+                            allow_pidfd: query.sources.pidfd,
+                            allow_probe: query.sources.probe,
+                        },
+                        &mut |inode| kernel(inode),
+                    )
                 };
-                pidfd_used |= evidence.source == "pidfd_getfd";
-                probe_used |= evidence.source == "bind_probe";
+                pidfd_used |= evidence.source == Source::PidfdGetfd;
+                probe_used |= evidence.source == Source::BindProbe;
                 listener_reports.push(ListenerReport {
                     local: socket.local,
                     family: socket.family,

@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use crate::owners::ProcessState;
 use crate::report::{Coverage, ListenerReport, Owner, PortReport, Reason, ReasonCode, Verdict};
 
 /// The verdict, its reasons (most severe first) and notes that do not change
@@ -196,12 +197,12 @@ pub fn describe_owners(owners: &[Owner], complete: bool) -> String {
             let mut text = owner.label();
             if let Some(process) = &owner.process {
                 match process.state {
-                    "zombie-leader" => text.push_str(&format!(
+                    ProcessState::ZombieLeader => text.push_str(&format!(
                         ", a zombie leader whose {} {} live on",
                         plural(process.tids.len(), "thread", "threads"),
                         list(&process.tids)
                     )),
-                    "stopped" | "tracing-stop" => text.push_str(", stopped"),
+                    ProcessState::Stopped | ProcessState::TracingStop => text.push_str(", stopped"),
                     _ => {}
                 }
             }
@@ -304,7 +305,7 @@ mod tests {
     use crate::canary::Canary;
     use crate::diag::Family;
     use crate::report::{OtherSocket, OtherSockets};
-    use crate::reuseport::Reuseport;
+    use crate::reuseport::{Reuseport, Source};
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -325,7 +326,7 @@ mod tests {
             group_size,
             reuseport: Some(group_size > 1),
             reuseport_evidence: Reuseport {
-                source: "group",
+                source: Source::Group,
                 detail: String::new(),
                 tried: Vec::new(),
             },

@@ -272,7 +272,7 @@ pub fn markdown(report: &Forensic) -> String {
                     l.local,
                     l.inode,
                     l.fd.map(|f| f.to_string()).unwrap_or_default(),
-                    md(l.reuseport_evidence.source),
+                    md(l.reuseport_evidence.source.as_str()),
                     md(&l.reuseport_evidence.detail),
                     l.accept_queue,
                     l.backlog
