@@ -34,16 +34,7 @@ pub fn decide(address: IpAddr, ports: &[PortReport]) -> Decision {
         });
     }
     for port in ports {
-        // One reason per local address: the listeners of a reuseport group
-        // are one holder to a person.
-        let mut groups: Vec<Vec<&ListenerReport>> = Vec::new();
-        for listener in &port.listeners {
-            match groups.iter_mut().find(|g| g[0].local == listener.local) {
-                Some(group) => group.push(listener),
-                None => groups.push(vec![listener]),
-            }
-        }
-        for group in groups {
+        for group in groups(port) {
             reasons.push(listener_reason(address, port.port, &group));
         }
         let canary = &port.canary;
@@ -99,6 +90,19 @@ pub fn decide(address: IpAddr, ports: &[PortReport]) -> Decision {
         reasons,
         notes,
     }
+}
+
+/// The listeners of `port` by local address: one reason per address, since
+/// the listeners of a reuseport group are one holder to a person.
+fn groups(port: &PortReport) -> Vec<Vec<&ListenerReport>> {
+    let mut groups: Vec<Vec<&ListenerReport>> = Vec::new();
+    for listener in &port.listeners {
+        match groups.iter_mut().find(|g| g[0].local == listener.local) {
+            Some(group) => group.push(listener),
+            None => groups.push(vec![listener]),
+        }
+    }
+    groups
 }
 
 fn listener_reason(address: IpAddr, port: u16, group: &[&ListenerReport]) -> Reason {
