@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use crate::error::Error;
 use crate::exit::{self, ExitStatus};
 use crate::gate::{self, Gate, RunOptions, pool};
-use crate::inspect::{self, BpfMode, DEFAULT_PORTS, Query};
+use crate::inspect::{self, BpfMode, DEFAULT_PORTS, Query, Sources};
 use crate::report::{Report, human};
 use crate::text;
 
@@ -383,26 +383,6 @@ fn resolve_pool(pool: Option<String>) -> Result<Vec<std::net::IpAddr>, Error> {
     }
 }
 
-/// Which optional sources of evidence may be used.
-#[derive(Debug, Clone, Copy)]
-pub struct Sources {
-    pub pidfd: bool,
-    pub probe: bool,
-    pub bpf: BpfMode,
-}
-
-impl Sources {
-    /// A full query of `addresses` with these sources.
-    pub fn query(&self, addresses: Vec<std::net::IpAddr>, ports: Vec<u16>) -> Query {
-        Query {
-            reuseport_pidfd: self.pidfd,
-            reuseport_probe: self.probe,
-            bpf: self.bpf,
-            ..Query::new(addresses, ports)
-        }
-    }
-}
-
 fn check(
     addresses: &[String],
     ports: Vec<u16>,
@@ -415,7 +395,10 @@ fn check(
         ));
     }
     let addresses = parse_addresses(addresses)?;
-    let report = inspect::inspect(&sources.query(addresses, ports))?;
+    let report = inspect::inspect(&Query {
+        sources,
+        ..Query::new(addresses, ports)
+    })?;
     emit(&report, output)?;
     Ok(if report.all_free() {
         ExitStatus::Free

@@ -195,12 +195,14 @@ impl SockDiag {
                 return Err(Error::NetlinkReply {
                     what: what(),
                     detail: format!("datagram of {n} bytes truncated to {}", self.buffer.len()),
+                    errno: None,
                 });
             }
-            if parse_datagram(&self.buffer[..n], sequence, &mut sockets).map_err(|detail| {
+            if parse_datagram(&self.buffer[..n], sequence, &mut sockets).map_err(|e| {
                 Error::NetlinkReply {
                     what: what(),
-                    detail,
+                    detail: e.detail,
+                    errno: e.errno,
                 }
             })? {
                 return Ok(sockets);
@@ -316,15 +318,44 @@ fn append_bytecode(bytes: &mut Vec<u8>, bytecode: &[u8]) {
     bytes[..4].copy_from_slice(&total.to_ne_bytes());
 }
 
+/// Why a dump reply could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyError {
+    /// The errno the kernel answered with (NLMSG_ERROR, or NLMSG_DONE with
+    /// an error code), when the code is a negated errno.
+    pub errno: Option<i32>,
+    /// What was wrong, in words.
+    pub detail: String,
+}
+
+impl ReplyError {
+    /// The kernel's error `code` (a negated errno), described by `detail`.
+    fn kernel(code: i32, detail: String) -> ReplyError {
+        ReplyError {
+            errno: code.checked_neg().filter(|&errno| errno > 0),
+            detail,
+        }
+    }
+}
+
+impl From<String> for ReplyError {
+    fn from(detail: String) -> ReplyError {
+        ReplyError {
+            errno: None,
+            detail,
+        }
+    }
+}
+
 /// Parses one datagram of a dump reply into `out`. Returns true at
 /// NLMSG_DONE, the only legal end of a dump.
 pub fn parse_datagram(
     mut bytes: &[u8],
     sequence: u32,
     out: &mut Vec<DiagSocket>,
-) -> Result<bool, String> {
+) -> Result<bool, ReplyError> {
     if bytes.is_empty() {
-        return Err("empty datagram before NLMSG_DONE".into());
+        return Err(String::from("empty datagram before NLMSG_DONE").into());
     }
     while !bytes.is_empty() {
         let buffer = NetlinkBuffer::new_checked(bytes).map_err(|e| format!("bad header: {e}"))?;
@@ -333,7 +364,8 @@ pub fn parse_datagram(
             return Err(format!(
                 "reply for sequence {} while waiting for {sequence}",
                 buffer.sequence_number()
-            ));
+            )
+            .into());
         }
         if buffer.message_type() == TCPDIAG_GETSOCK {
             // A legacy reply carries the same struct inet_diag_msg.
@@ -348,18 +380,25 @@ pub fn parse_datagram(
         match message.payload {
             NetlinkPayload::Done(done) => {
                 if done.code != 0 {
-                    return Err(format!("dump ended with {}", error_code(done.code)));
+                    let detail = format!("dump ended with {}", error_code(done.code));
+                    return Err(ReplyError::kernel(done.code, detail));
                 }
                 return Ok(true);
             }
             NetlinkPayload::Error(error) => {
-                return Err(format!("NLMSG_ERROR {}", error_code(error.raw_code())));
+                let code = error.raw_code();
+                return Err(ReplyError::kernel(
+                    code,
+                    format!("NLMSG_ERROR {}", error_code(code)),
+                ));
             }
             NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
                 out.push(socket_from_response(&response));
             }
             NetlinkPayload::Noop => {}
-            other => return Err(format!("unexpected message type {}", other.message_type())),
+            other => {
+                return Err(format!("unexpected message type {}", other.message_type()).into());
+            }
         }
         let aligned = (length + 3) & !3;
         bytes = bytes.get(aligned..).unwrap_or(&[]);
@@ -497,7 +536,8 @@ mod tests {
     fn a_reply_for_another_request_is_an_error() {
         let mut out = Vec::new();
         let error = parse_datagram(&listener_datagram(7), 8, &mut out).unwrap_err();
-        assert!(error.contains("sequence 7"), "{error}");
+        assert!(error.detail.contains("sequence 7"), "{error:?}");
+        assert_eq!(error.errno, None);
     }
 
     #[test]
@@ -512,7 +552,8 @@ mod tests {
         bytes.extend_from_slice(&[0; 16]); // the request's header
         let mut out = Vec::new();
         let error = parse_datagram(&bytes, 5, &mut out).unwrap_err();
-        assert_eq!(error, "NLMSG_ERROR EPERM");
+        assert_eq!(error.detail, "NLMSG_ERROR EPERM");
+        assert_eq!(error.errno, Some(libc::EPERM));
     }
 
     #[test]
@@ -542,9 +583,10 @@ mod tests {
         let mut out = Vec::new();
         let error = parse_datagram(&bytes, 7, &mut out).unwrap_err();
         assert_eq!(
-            error,
+            error.detail,
             "dump ended with error code -2147483648, which is no negated errno"
         );
+        assert_eq!(error.errno, None);
         assert!(out.is_empty());
         // The same code in NLMSG_ERROR.
         let mut bytes = Vec::new();
@@ -557,9 +599,10 @@ mod tests {
         bytes.extend_from_slice(&[0; 16]);
         let error = parse_datagram(&bytes, 7, &mut out).unwrap_err();
         assert_eq!(
-            error,
+            error.detail,
             "NLMSG_ERROR error code -2147483648, which is no negated errno"
         );
+        assert_eq!(error.errno, None);
     }
 
     #[test]
@@ -946,7 +989,7 @@ mod property {
     /// Parses one datagram; a panic fails the test with the datagram.
     fn parse(bytes: &[u8], out: &mut Vec<DiagSocket>) -> Result<bool, String> {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            parse_datagram(bytes, SEQUENCE, out)
+            parse_datagram(bytes, SEQUENCE, out).map_err(|e| e.detail)
         })) {
             Ok(result) => result,
             Err(_) => panic!("parse_datagram panicked on {}", hex(bytes)),

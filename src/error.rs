@@ -18,7 +18,13 @@ pub enum Error {
     /// The kernel's reply could not be trusted (truncated, out of sequence,
     /// NLMSG_ERROR).
     #[error("{what}: {detail}")]
-    NetlinkReply { what: String, detail: String },
+    NetlinkReply {
+        what: String,
+        detail: String,
+        /// The errno the kernel answered with, when it answered with one
+        /// (NLMSG_ERROR): match on this, not on `detail`.
+        errno: Option<i32>,
+    },
     /// /proc could not be read at all.
     #[error("reading {path} failed: {}", errno_label(source))]
     Proc {

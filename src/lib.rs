@@ -24,4 +24,4 @@ pub mod watch;
 pub use error::Error;
 pub use inspect::{Query, inspect};
 pub use report::Report;
-pub use verdict::Verdict;
+pub use report::Verdict;

@@ -488,9 +488,7 @@ pub struct ProcessInfo {
     pub pid: u32,
     pub comm: Bytes,
     pub cmdline: Vec<Bytes>,
-    /// `running`, `sleeping`, `disk-sleep`, `stopped`, `tracing-stop`,
-    /// `zombie`, `zombie-leader`, `dead`, `idle`.
-    pub state: &'static str,
+    pub state: ProcessState,
     /// Live threads (for a zombie leader: the threads that live on).
     pub tids: Vec<u32>,
     pub uid: Option<u32>,
@@ -523,16 +521,16 @@ pub fn describe(pid: u32) -> ProcessInfo {
         })
         .unwrap_or_default();
     let state = match stat.as_ref().map(|s| s.state) {
-        Some('Z') if !tids.is_empty() => "zombie-leader",
-        Some(c) => state_name(c),
-        None => "gone",
+        Some('Z') if !tids.is_empty() => ProcessState::ZombieLeader,
+        Some(c) => ProcessState::from_stat(c),
+        None => ProcessState::Gone,
     };
     // procfs reads cmdline into a String (failing on non-UTF-8) and comm
     // lossily; a holder's name is chosen by the process and may be any
     // bytes, so these two are read raw and carried losslessly.
     // A zombie leader has no mm of its own; its live threads still do.
     let cmdline_path = match (state, tids.first()) {
-        ("zombie-leader", Some(tid)) => format!("/proc/{pid}/task/{tid}/cmdline"),
+        (ProcessState::ZombieLeader, Some(tid)) => format!("/proc/{pid}/task/{tid}/cmdline"),
         _ => format!("/proc/{pid}/cmdline"),
     };
     let cmdline = std::fs::read(cmdline_path)
@@ -582,26 +580,96 @@ pub fn describe(pid: u32) -> ProcessInfo {
     }
 }
 
-fn state_name(c: char) -> &'static str {
-    match c {
-        'R' => "running",
-        'S' => "sleeping",
-        'D' => "disk-sleep",
-        'T' => "stopped",
-        't' => "tracing-stop",
-        'Z' => "zombie",
-        'X' | 'x' => "dead",
-        'I' => "idle",
-        'P' => "parked",
-        'W' => "waking",
-        'K' => "wakekill",
-        _ => "unknown",
+/// A holder's state, from the state letter of /proc/PID/stat, serialized
+/// as `running`, `sleeping`, `disk-sleep`, `stopped`, `tracing-stop`,
+/// `zombie`, `zombie-leader`, `dead`, `idle`, …
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProcessState {
+    Running,
+    Sleeping,
+    DiskSleep,
+    Stopped,
+    TracingStop,
+    /// A zombie without live threads.
+    Zombie,
+    /// A thread-group leader that exited while other threads live on: its
+    /// /proc/PID/fd is empty, and the threads hold the fd table.
+    ZombieLeader,
+    Dead,
+    Idle,
+    Parked,
+    Waking,
+    Wakekill,
+    Unknown,
+    /// The process exited before it could be described.
+    Gone,
+}
+
+impl ProcessState {
+    /// The state of a process whose stat has `letter` (a zombie leader is
+    /// told apart by its live threads, not by the letter).
+    fn from_stat(letter: char) -> ProcessState {
+        match letter {
+            'R' => ProcessState::Running,
+            'S' => ProcessState::Sleeping,
+            'D' => ProcessState::DiskSleep,
+            'T' => ProcessState::Stopped,
+            't' => ProcessState::TracingStop,
+            'Z' => ProcessState::Zombie,
+            'X' | 'x' => ProcessState::Dead,
+            'I' => ProcessState::Idle,
+            'P' => ProcessState::Parked,
+            'W' => ProcessState::Waking,
+            'K' => ProcessState::Wakekill,
+            _ => ProcessState::Unknown,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProcessState::Running => "running",
+            ProcessState::Sleeping => "sleeping",
+            ProcessState::DiskSleep => "disk-sleep",
+            ProcessState::Stopped => "stopped",
+            ProcessState::TracingStop => "tracing-stop",
+            ProcessState::Zombie => "zombie",
+            ProcessState::ZombieLeader => "zombie-leader",
+            ProcessState::Dead => "dead",
+            ProcessState::Idle => "idle",
+            ProcessState::Parked => "parked",
+            ProcessState::Waking => "waking",
+            ProcessState::Wakekill => "wakekill",
+            ProcessState::Unknown => "unknown",
+            ProcessState::Gone => "gone",
+        }
+    }
+}
+
+impl std::fmt::Display for ProcessState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn states_serialize_as_their_names() {
+        for letter in "RSDTtZXIPWK?".chars() {
+            let state = ProcessState::from_stat(letter);
+            let json = serde_json::to_value(state).unwrap();
+            assert_eq!(json, state.as_str(), "{letter}");
+        }
+        for state in [ProcessState::ZombieLeader, ProcessState::Gone] {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+        }
+        assert_eq!(ProcessState::ZombieLeader.as_str(), "zombie-leader");
+        assert_eq!(ProcessState::from_stat('t').as_str(), "tracing-stop");
+        assert_eq!(ProcessState::from_stat('D').as_str(), "disk-sleep");
+    }
 
     #[test]
     fn socket_inode_parses_only_sockets() {

@@ -29,9 +29,8 @@ use crate::error::errno_label;
 /// The value and the evidence for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Reuseport {
-    /// Where the value came from: `kernel`, `group`, `pidfd_getfd`,
-    /// `bind_probe`, or `none` when nothing could tell.
-    pub source: &'static str,
+    /// Where the value came from.
+    pub source: Source,
     /// What exactly was observed, in words.
     pub detail: String,
     /// Sources tried before this one and why they could not tell.
@@ -42,8 +41,53 @@ pub struct Reuseport {
 impl Reuseport {
     /// For an inspection that did not ask about owners or SO_REUSEPORT.
     pub fn not_looked_up() -> Reuseport {
-        evidence("none", "not looked up".into(), Vec::new())
+        evidence(Source::None, "not looked up".into(), Vec::new())
     }
+}
+
+/// What a listener's SO_REUSEPORT value rests on, serialized as in the
+/// README: `kernel`, `group`, `pidfd_getfd`, `bind_probe`, or `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The socket's `skc_reuseport` bit, read by the BPF tcp iterator.
+    Kernel,
+    /// Several listeners on one address and port.
+    Group,
+    /// `getsockopt(SO_REUSEPORT)` on a duplicate of an owner's fd.
+    PidfdGetfd,
+    /// A bind with SO_REUSEPORT to the listener's address.
+    BindProbe,
+    /// Nothing could tell.
+    None,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Kernel => "kernel",
+            Source::Group => "group",
+            Source::PidfdGetfd => "pidfd_getfd",
+            Source::BindProbe => "bind_probe",
+            Source::None => "none",
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One fd through which a process holds the listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holder {
+    pub pid: u32,
+    /// A live thread to reach the fd table through, when the leader is a
+    /// zombie.
+    pub via_tid: Option<u32>,
+    pub fd: u32,
 }
 
 /// What the caller knows about one listener.
@@ -55,14 +99,11 @@ pub struct Subject<'a> {
     pub v6only: Option<bool>,
     /// Listeners on exactly this address and port, this one included.
     pub group_size: usize,
-    /// The kernel's bit for an inode, read by a BPF iterator on first use;
-    /// Err says why it is not available.
-    pub kernel: &'a dyn Fn(u64) -> Result<bool, String>,
     /// Ask the kernel before anything else (`--bpf always`, or when BPF is
     /// loaded anyway); otherwise only before the bind probe.
     pub kernel_first: bool,
-    /// (pid, live tid to reach the fd table through, fd) of each owner.
-    pub holders: &'a [(u32, Option<u32>, u32)],
+    /// Every fd through which an owner holds the listener.
+    pub holders: &'a [Holder],
     /// True when other sockets on the same port could make a bind probe
     /// fail for reasons other than this listener.
     pub probe_crowded: bool,
@@ -70,30 +111,16 @@ pub struct Subject<'a> {
     pub allow_probe: bool,
 }
 
-/// Works out SO_REUSEPORT for one listener.
-pub fn resolve(subject: &Subject<'_>) -> (Option<bool>, Reuseport) {
+/// The kernel's bit for an inode, read by a BPF iterator on first use; Err
+/// says why it is not available.
+pub type KernelBit<'k> = dyn FnMut(u64) -> Result<bool, String> + 'k;
+
+/// Works out SO_REUSEPORT for one listener, from the sources in the order
+/// the module documentation gives.
+pub fn resolve(subject: &Subject<'_>, kernel: &mut KernelBit<'_>) -> (Option<bool>, Reuseport) {
     let mut tried = Vec::new();
-    let kernel = |tried: &mut Vec<String>| -> Option<(Option<bool>, Reuseport)> {
-        match (subject.kernel)(subject.inode) {
-            Ok(bit) => Some((
-                Some(bit),
-                evidence(
-                    "kernel",
-                    format!(
-                        "skc_reuseport = {} read by the BPF tcp iterator",
-                        u8::from(bit)
-                    ),
-                    std::mem::take(tried),
-                ),
-            )),
-            Err(why) => {
-                tried.push(format!("kernel: {why}"));
-                None
-            }
-        }
-    };
     if subject.kernel_first
-        && let Some(found) = kernel(&mut tried)
+        && let Some(found) = from_kernel(subject, kernel, &mut tried)
     {
         return found;
     }
@@ -101,7 +128,7 @@ pub fn resolve(subject: &Subject<'_>) -> (Option<bool>, Reuseport) {
         return (
             Some(true),
             evidence(
-                "group",
+                Source::Group,
                 format!(
                     "{} listeners share {}: only a reuseport group can",
                     subject.group_size, subject.local
@@ -110,51 +137,88 @@ pub fn resolve(subject: &Subject<'_>) -> (Option<bool>, Reuseport) {
             ),
         );
     }
-    let holders = if subject.allow_pidfd {
-        subject.holders
-    } else {
+    if let Some(found) = from_pidfd(subject, &mut tried) {
+        return found;
+    }
+    if !subject.kernel_first
+        && let Some(found) = from_kernel(subject, kernel, &mut tried)
+    {
+        return found;
+    }
+    from_bind_probe(subject, tried)
+}
+
+/// The kernel's own bit, or None (with why in `tried`).
+fn from_kernel(
+    subject: &Subject<'_>,
+    kernel: &mut KernelBit<'_>,
+    tried: &mut Vec<String>,
+) -> Option<(Option<bool>, Reuseport)> {
+    match kernel(subject.inode) {
+        Ok(bit) => Some((
+            Some(bit),
+            evidence(
+                Source::Kernel,
+                format!(
+                    "skc_reuseport = {} read by the BPF tcp iterator",
+                    u8::from(bit)
+                ),
+                std::mem::take(tried),
+            ),
+        )),
+        Err(why) => {
+            tried.push(format!("kernel: {why}"));
+            None
+        }
+    }
+}
+
+/// The option read on a duplicate of an owner's fd, or None (with why in
+/// `tried`).
+fn from_pidfd(subject: &Subject<'_>, tried: &mut Vec<String>) -> Option<(Option<bool>, Reuseport)> {
+    if !subject.allow_pidfd {
         tried.push("pidfd_getfd: disabled (--no-pidfd)".to_string());
-        &[]
-    };
-    if subject.allow_pidfd && holders.is_empty() {
+        return None;
+    }
+    if subject.holders.is_empty() {
         tried.push("pidfd_getfd: no visible owner to take the fd from".to_string());
     }
-    for &(pid, tid, fd) in holders {
-        match getsockopt_via_pidfd(pid, tid, fd, subject.inode) {
+    for &Holder { pid, via_tid, fd } in subject.holders {
+        match getsockopt_via_pidfd(pid, via_tid, fd, subject.inode) {
             Ok(bit) => {
-                let through = match tid {
+                let through = match via_tid {
                     Some(tid) => format!("pid {pid} (through thread {tid})"),
                     None => format!("pid {pid}"),
                 };
-                return (
+                return Some((
                     Some(bit),
                     evidence(
-                        "pidfd_getfd",
+                        Source::PidfdGetfd,
                         format!(
                             "getsockopt(SO_REUSEPORT) = {} on fd {fd} of {through}",
                             u8::from(bit)
                         ),
-                        tried,
+                        std::mem::take(tried),
                     ),
-                );
+                ));
             }
             Err(why) => tried.push(format!("pidfd_getfd on fd {fd} of pid {pid}: {why}")),
         }
     }
-    if !subject.kernel_first
-        && let Some(found) = kernel(&mut tried)
-    {
-        return found;
-    }
+    None
+}
+
+/// The last resort: the bind probe, when allowed.
+fn from_bind_probe(subject: &Subject<'_>, mut tried: Vec<String>) -> (Option<bool>, Reuseport) {
     if !subject.allow_probe {
         tried.push("bind probe: disabled (--no-probe)".to_string());
-        return (None, evidence("none", "nothing could tell".into(), tried));
+        return (None, nothing_could_tell(tried));
     }
     match bind_probe(subject) {
         Probe::Joined(uid) => (
             Some(true),
             evidence(
-                "bind_probe",
+                Source::BindProbe,
                 format!(
                     "a bind with SO_REUSEPORT as uid {uid} to {} succeeded: it joined the \
                      listener's reuseport group",
@@ -166,7 +230,7 @@ pub fn resolve(subject: &Subject<'_>) -> (Option<bool>, Reuseport) {
         Probe::Refused(uid, errno) if !subject.probe_crowded => (
             Some(false),
             evidence(
-                "bind_probe",
+                Source::BindProbe,
                 format!(
                     "a bind with SO_REUSEPORT as uid {uid} (the listener's) to {} failed with \
                      {errno}, and no other socket on the port could cause that",
@@ -180,16 +244,20 @@ pub fn resolve(subject: &Subject<'_>) -> (Option<bool>, Reuseport) {
                 "bind probe as uid {uid} failed with {errno}, but other sockets on the port \
                  could cause that"
             ));
-            (None, evidence("none", "nothing could tell".into(), tried))
+            (None, nothing_could_tell(tried))
         }
         Probe::Cannot(why) => {
             tried.push(format!("bind probe: {why}"));
-            (None, evidence("none", "nothing could tell".into(), tried))
+            (None, nothing_could_tell(tried))
         }
     }
 }
 
-fn evidence(source: &'static str, detail: String, tried: Vec<String>) -> Reuseport {
+fn nothing_could_tell(tried: Vec<String>) -> Reuseport {
+    evidence(Source::None, "nothing could tell".into(), tried)
+}
+
+fn evidence(source: Source, detail: String, tried: Vec<String>) -> Reuseport {
     Reuseport {
         source,
         detail,
@@ -279,4 +347,23 @@ fn set_fsuid(uid: u32) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_serialize_as_the_readme_names_them() {
+        for (source, name) in [
+            (Source::Kernel, "kernel"),
+            (Source::Group, "group"),
+            (Source::PidfdGetfd, "pidfd_getfd"),
+            (Source::BindProbe, "bind_probe"),
+            (Source::None, "none"),
+        ] {
+            assert_eq!(serde_json::to_value(source).unwrap(), name);
+            assert_eq!(source.to_string(), name);
+        }
+    }
 }

@@ -3,68 +3,8 @@
 
 use std::net::IpAddr;
 
-use serde::Serialize;
-
-use crate::report::{Coverage, ListenerReport, Owner, PortReport};
-
-/// What a pool should do with an address. Ordered by severity: when several
-/// apply, the most severe wins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    /// Nothing covers ADDR on any port and every canary bind succeeds.
-    Free,
-    /// ADDR is not a local address: no server can bind it here.
-    Unavailable,
-    /// The canary fails but no listener explains it (a bound client socket,
-    /// a bound-but-inactive socket, or something the kernel does not show).
-    Conflict,
-    /// A listener bound to ADDR itself (or `::ffff:ADDR`) holds a port.
-    /// Waiting for it to go away may help.
-    Busy,
-    /// A wildcard listener covers ADDR. Waiting will not help.
-    Foreign,
-}
-
-impl Verdict {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Free => "free",
-            Verdict::Unavailable => "unavailable",
-            Verdict::Conflict => "conflict",
-            Verdict::Busy => "busy",
-            Verdict::Foreign => "foreign",
-        }
-    }
-}
-
-/// Why an address is not free, in a form programs can match on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReasonCode {
-    /// A listener bound to ADDR holds the port.
-    Listener,
-    /// A listener bound to `::ffff:ADDR` holds the port.
-    MappedListener,
-    /// A wildcard listener covers ADDR.
-    Wildcard,
-    /// ADDR is not local (the canary got EADDRNOTAVAIL).
-    NotLocal,
-    /// The canary failed and no listener explains it.
-    CanaryFailed,
-    /// The kernel shows a covering listener, yet the canary bound.
-    Disagreement,
-}
-
-/// One reason, tied to the port it is about.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Reason {
-    pub code: ReasonCode,
-    /// Null when the reason is about the address as a whole.
-    pub port: Option<u16>,
-    pub verdict: Verdict,
-    pub message: String,
-}
+use crate::owners::ProcessState;
+use crate::report::{Coverage, ListenerReport, Owner, PortReport, Reason, ReasonCode, Verdict};
 
 /// The verdict, its reasons (most severe first) and notes that do not change
 /// it.
@@ -94,16 +34,7 @@ pub fn decide(address: IpAddr, ports: &[PortReport]) -> Decision {
         });
     }
     for port in ports {
-        // One reason per local address: the listeners of a reuseport group
-        // are one holder to a person.
-        let mut groups: Vec<Vec<&ListenerReport>> = Vec::new();
-        for listener in &port.listeners {
-            match groups.iter_mut().find(|g| g[0].local == listener.local) {
-                Some(group) => group.push(listener),
-                None => groups.push(vec![listener]),
-            }
-        }
-        for group in groups {
+        for group in groups(port) {
             reasons.push(listener_reason(address, port.port, &group));
         }
         let canary = &port.canary;
@@ -159,6 +90,19 @@ pub fn decide(address: IpAddr, ports: &[PortReport]) -> Decision {
         reasons,
         notes,
     }
+}
+
+/// The listeners of `port` by local address: one reason per address, since
+/// the listeners of a reuseport group are one holder to a person.
+fn groups(port: &PortReport) -> Vec<Vec<&ListenerReport>> {
+    let mut groups: Vec<Vec<&ListenerReport>> = Vec::new();
+    for listener in &port.listeners {
+        match groups.iter_mut().find(|g| g[0].local == listener.local) {
+            Some(group) => group.push(listener),
+            None => groups.push(vec![listener]),
+        }
+    }
+    groups
 }
 
 fn listener_reason(address: IpAddr, port: u16, group: &[&ListenerReport]) -> Reason {
@@ -257,12 +201,12 @@ pub fn describe_owners(owners: &[Owner], complete: bool) -> String {
             let mut text = owner.label();
             if let Some(process) = &owner.process {
                 match process.state {
-                    "zombie-leader" => text.push_str(&format!(
+                    ProcessState::ZombieLeader => text.push_str(&format!(
                         ", a zombie leader whose {} {} live on",
                         plural(process.tids.len(), "thread", "threads"),
                         list(&process.tids)
                     )),
-                    "stopped" | "tracing-stop" => text.push_str(", stopped"),
+                    ProcessState::Stopped | ProcessState::TracingStop => text.push_str(", stopped"),
                     _ => {}
                 }
             }
@@ -365,7 +309,7 @@ mod tests {
     use crate::canary::Canary;
     use crate::diag::Family;
     use crate::report::{OtherSocket, OtherSockets};
-    use crate::reuseport::Reuseport;
+    use crate::reuseport::{Reuseport, Source};
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -386,7 +330,7 @@ mod tests {
             group_size,
             reuseport: Some(group_size > 1),
             reuseport_evidence: Reuseport {
-                source: "group",
+                source: Source::Group,
                 detail: String::new(),
                 tried: Vec::new(),
             },

@@ -11,10 +11,9 @@ use serde::Serialize;
 
 use crate::error::Error;
 use crate::owners::ProcessInfo;
-use crate::report::{AddressReport, SourceStatus, display};
+use crate::report::{AddressReport, SourceStatus, Verdict, display};
 use crate::reuseport::Reuseport;
 use crate::text::{Bytes, markdown as md, markdown_code, shell_word};
-use crate::verdict::Verdict;
 
 /// The forensic report's JSON schema version.
 pub const SCHEMA: u32 = 1;
@@ -266,7 +265,7 @@ pub fn markdown(report: &Forensic) -> String {
                     l.local,
                     l.inode,
                     l.fd.map(|f| f.to_string()).unwrap_or_default(),
-                    md(l.reuseport_evidence.source),
+                    md(l.reuseport_evidence.source.as_str()),
                     md(&l.reuseport_evidence.detail),
                     l.accept_queue,
                     l.backlog

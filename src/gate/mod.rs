@@ -17,12 +17,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::cli::{Output, Sources, emit, write_stdout};
+use crate::cli::{Output, emit, write_stdout};
 use crate::error::Error;
 use crate::exit::ExitStatus;
-use crate::inspect::{self, KernelView, Query};
-use crate::report::{AddressReport, ListenerReport, Report};
-use crate::verdict::{ReasonCode, Verdict, describe_owners, group_owners};
+use crate::inspect::{self, KernelView, Query, Sources};
+use crate::report::{AddressReport, ListenerReport, ReasonCode, Report, Verdict};
+use crate::verdict::{describe_owners, group_owners};
 use forensic::Forensic;
 use openers::Attribution;
 use state::{Lease, ProcessId, Quarantine, Store};
@@ -43,7 +43,8 @@ impl Gate {
     fn query(&self, addresses: Vec<IpAddr>, owners: bool) -> Query {
         Query {
             owners,
-            ..self.sources.query(addresses, self.ports.clone())
+            sources: self.sources,
+            ..Query::new(addresses, self.ports.clone())
         }
     }
 

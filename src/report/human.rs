@@ -13,9 +13,9 @@
 
 use std::fmt::Write;
 
-use crate::report::{AddressReport, ListenerReport, Owner, PortReport, Report};
+use crate::owners::ProcessState;
+use crate::report::{AddressReport, ListenerReport, Owner, PortReport, Report, Verdict};
 use crate::text::{escape_hidden, shell_word};
-use crate::verdict::Verdict;
 
 /// ANSI styling, or none.
 #[derive(Debug, Clone, Copy)]
@@ -252,7 +252,7 @@ fn render_owner(out: &mut String, owner: &Owner, indent: &str, style: Style, ver
         style.bold(&process.comm.escaped()),
         process.state
     );
-    if process.state == "zombie-leader" {
+    if process.state == ProcessState::ZombieLeader {
         let _ = write!(
             line,
             " (live threads {})",

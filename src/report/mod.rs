@@ -15,10 +15,68 @@ use crate::canary::Canary;
 use crate::diag::Family;
 use crate::owners::{FdRef, ProcessInfo};
 use crate::reuseport::Reuseport;
-use crate::verdict::{Reason, Verdict};
 
 /// The JSON schema version. Bump on any incompatible change.
 pub const SCHEMA: u32 = 1;
+
+/// What a pool should do with an address. Ordered by severity: when several
+/// apply, the most severe wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Nothing covers ADDR on any port and every canary bind succeeds.
+    Free,
+    /// ADDR is not a local address: no server can bind it here.
+    Unavailable,
+    /// The canary fails but no listener explains it (a bound client socket,
+    /// a bound-but-inactive socket, or something the kernel does not show).
+    Conflict,
+    /// A listener bound to ADDR itself (or `::ffff:ADDR`) holds a port.
+    /// Waiting for it to go away may help.
+    Busy,
+    /// A wildcard listener covers ADDR. Waiting will not help.
+    Foreign,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Free => "free",
+            Verdict::Unavailable => "unavailable",
+            Verdict::Conflict => "conflict",
+            Verdict::Busy => "busy",
+            Verdict::Foreign => "foreign",
+        }
+    }
+}
+
+/// Why an address is not free, in a form programs can match on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasonCode {
+    /// A listener bound to ADDR holds the port.
+    Listener,
+    /// A listener bound to `::ffff:ADDR` holds the port.
+    MappedListener,
+    /// A wildcard listener covers ADDR.
+    Wildcard,
+    /// ADDR is not local (the canary got EADDRNOTAVAIL).
+    NotLocal,
+    /// The canary failed and no listener explains it.
+    CanaryFailed,
+    /// The kernel shows a covering listener, yet the canary bound.
+    Disagreement,
+}
+
+/// One reason, tied to the port it is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reason {
+    pub code: ReasonCode,
+    /// Null when the reason is about the address as a whole.
+    pub port: Option<u16>,
+    pub verdict: Verdict,
+    pub message: String,
+}
 
 /// The answer for every address asked about.
 #[derive(Debug, Clone, Serialize)]
@@ -27,7 +85,7 @@ pub struct Report {
     pub sockcheck: &'static str,
     pub ports: Vec<u16>,
     pub addresses: Vec<AddressReport>,
-    pub sources: Sources,
+    pub sources: SourceStatuses,
 }
 
 impl Report {
@@ -186,7 +244,7 @@ pub struct OtherSocket {
 
 /// Which sources of evidence were used, and why any was not.
 #[derive(Debug, Clone, Serialize)]
-pub struct Sources {
+pub struct SourceStatuses {
     pub sock_diag: SourceStatus,
     pub proc: SourceStatus,
     pub pidfd_getfd: SourceStatus,

@@ -1,0 +1,411 @@
+//! Evidence for the plan: the owners of the planned sockets (/proc, or the
+//! BPF task_file iterator), SO_REUSEPORT for each planned listener, and the
+//! canary binds. After the kernel dump, this is the only stage that touches
+//! the system.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+
+use super::plan::{ListenerId, OwnerLookup, Plan};
+use super::{BpfMode, KernelView, Query};
+use crate::bpf;
+use crate::canary::{self, Canary};
+use crate::owners::{self, FdScan, ProcessInfo};
+use crate::report::{Owner, SourceStatus};
+use crate::reuseport::{self, Holder, Reuseport, Subject};
+
+/// Above this many open files (`/proc/sys/fs/file-nr`), `--bpf auto` finds
+/// owners with the BPF task_file iterator instead of /proc. The iterator
+/// costs about 30 ms and 40 MB (aya parses the 5 MB kernel BTF) whatever
+/// the load; the /proc scan about 1.3 µs a file on two cores and little
+/// memory, so it stays within the speed budget (4x faster than `ss -tlnp`)
+/// up to well past 100,000 files (BENCHMARKS.md).
+pub const BPF_OWNER_THRESHOLD: u64 = 150_000;
+
+/// Everything the report is assembled from, besides the kernel view.
+#[derive(Debug)]
+pub struct Evidence {
+    pub owners: Owners,
+    /// SO_REUSEPORT of each planned listener.
+    pub reuseport: HashMap<ListenerId, Finding>,
+    /// The canary bind of each address and port.
+    pub canaries: HashMap<SocketAddr, Canary>,
+    /// How the owners were found.
+    pub proc: SourceStatus,
+    /// What eBPF did, and why not when it did not.
+    pub bpf: SourceStatus,
+    /// The effective uid the bind probe ran as.
+    pub euid: u32,
+}
+
+/// A listener's SO_REUSEPORT: `true`, `false` or unknown, and what that
+/// rests on.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    pub value: Option<bool>,
+    pub evidence: Reuseport,
+}
+
+impl Finding {
+    /// For a listener whose SO_REUSEPORT was not asked.
+    pub fn not_looked_up() -> Finding {
+        Finding {
+            value: None,
+            evidence: Reuseport::not_looked_up(),
+        }
+    }
+}
+
+/// Gathers the evidence `plan` asks for.
+pub fn gather(query: &Query, view: &KernelView, plan: &Plan<'_>) -> Evidence {
+    let mut bpf = BpfUse::new(query.sources.bpf);
+    let (scan, proc) = find_owners(query.sources.bpf, &plan.owners, &mut bpf);
+    let owners = Owners::describe(scan, &plan.owners, query.owners);
+    let reuseport = reuseport_findings(query, view, plan, &owners, &mut bpf);
+    Evidence {
+        owners,
+        reuseport,
+        canaries: canaries(plan),
+        proc,
+        bpf: bpf.status(),
+        euid: rustix::process::geteuid().as_raw(),
+    }
+}
+
+/// The holders found by the scan, with each holder process described once.
+#[derive(Debug, Default)]
+pub struct Owners {
+    scan: FdScan,
+    processes: HashMap<u32, ProcessInfo>,
+    /// False when the query did not ask for owners.
+    asked: bool,
+}
+
+/// The owners of one socket.
+#[derive(Debug, Clone)]
+pub struct SocketOwners {
+    pub owners: Vec<Owner>,
+    /// False when some processes could not be read, so a further owner may
+    /// be hidden.
+    pub complete: bool,
+}
+
+impl Owners {
+    /// Describes every process that holds one of the looked-up sockets.
+    fn describe(scan: FdScan, lookup: &OwnerLookup, asked: bool) -> Owners {
+        let mut processes = HashMap::new();
+        if let OwnerLookup::Find(inodes) = lookup {
+            for pid in inodes
+                .iter()
+                .filter_map(|inode| scan.holders.get(inode))
+                .flat_map(|pids| pids.keys())
+            {
+                processes
+                    .entry(*pid)
+                    .or_insert_with(|| owners::describe(*pid));
+            }
+        }
+        Owners {
+            scan,
+            processes,
+            asked,
+        }
+    }
+
+    /// The owners of the socket `inode` whose uid is `uid`.
+    pub fn of(&self, inode: u64, uid: u32) -> SocketOwners {
+        let scan = &self.scan;
+        let mut owners = Vec::new();
+        if !self.asked {
+            return SocketOwners {
+                owners,
+                complete: false,
+            };
+        }
+        for (pid, fds) in scan.holders.get(&inode).into_iter().flatten() {
+            if let Some(info) = self.processes.get(pid) {
+                owners.push(Owner::visible(info.clone(), fds.clone()));
+            }
+        }
+        let complete = scan.looked_up && scan.unreadable.is_empty() && scan.invisible.is_none();
+        // Hidden means: the scan ran and some process was out of reach.
+        // When /proc could not be read at all, the owner is just unknown.
+        if owners.is_empty() && !complete && scan.looked_up {
+            owners.push(Owner::hidden(uid, scan.hidden_candidates(uid)));
+        }
+        SocketOwners { owners, complete }
+    }
+
+    /// Each fd through which some process holds `inode`, with a live thread
+    /// to reach it through when the leader is a zombie.
+    fn holders(&self, inode: u64) -> Vec<Holder> {
+        let pids = self.scan.holders.get(&inode).into_iter().flatten();
+        pids.flat_map(|(&pid, fds)| {
+            fds.iter().map(move |r| Holder {
+                pid,
+                via_tid: r.via_tids.first().copied(),
+                fd: r.fd,
+            })
+        })
+        .collect()
+    }
+}
+
+/// Finds the owners of the sockets `lookup` names, through /proc or the BPF
+/// task_file iterator.
+fn find_owners(mode: BpfMode, lookup: &OwnerLookup, bpf: &mut BpfUse) -> (FdScan, SourceStatus) {
+    let inodes = match lookup {
+        OwnerLookup::NoneNeeded => {
+            let status = SourceStatus::new("skipped", "no socket needed an owner");
+            return (FdScan::default(), status);
+        }
+        OwnerLookup::NotAsked => {
+            let status = SourceStatus::new("skipped", "owners were not asked for");
+            return (FdScan::default(), status);
+        }
+        OwnerLookup::Find(inodes) => inodes,
+    };
+    let try_bpf = match mode {
+        BpfMode::Never => false,
+        BpfMode::Always => bpf.usable(),
+        BpfMode::Auto => open_files().is_some_and(|n| n > BPF_OWNER_THRESHOLD) && bpf.usable(),
+    };
+    if try_bpf {
+        let inodes: Vec<u64> = inodes.iter().copied().collect();
+        match bpf::task_files(&inodes) {
+            Ok(rows) => {
+                bpf.used.push("iter/task_file for owners");
+                return (
+                    owners::from_task_files(rows),
+                    SourceStatus::new("skipped", "owners came from the BPF task_file iterator"),
+                );
+            }
+            Err(e) => bpf
+                .failures
+                .push(format!("{e}; owners read from /proc instead")),
+        }
+    }
+    let inodes: HashSet<u64> = inodes.iter().copied().collect();
+    match owners::scan(&inodes) {
+        Ok(scan) => {
+            let status = proc_status(&scan);
+            (scan, status)
+        }
+        Err(e) => (
+            FdScan::default(),
+            SourceStatus::new("unavailable", e.to_string()),
+        ),
+    }
+}
+
+/// What the /proc scan could read, and why not all of it.
+fn proc_status(scan: &FdScan) -> SourceStatus {
+    if let Some(mode) = &scan.invisible {
+        return SourceStatus::new(
+            "partial",
+            format!(
+                "{} read; /proc is mounted with hidepid={mode}, so other \
+                 users' processes cannot even be listed (needs root or CAP_SYS_PTRACE)",
+                processes(scan.processes)
+            ),
+        );
+    }
+    if scan.unreadable.is_empty() {
+        return SourceStatus::new(
+            "used",
+            format!("{}, {} fds read", processes(scan.processes), scan.fds),
+        );
+    }
+    let mut pids: Vec<String> = scan
+        .unreadable
+        .iter()
+        .take(5)
+        .map(|u| match u.uid {
+            Some(uid) => format!("{} (uid {uid})", u.pid),
+            None => u.pid.to_string(),
+        })
+        .collect();
+    if scan.unreadable.len() > pids.len() {
+        pids.push(format!("and {} more", scan.unreadable.len() - pids.len()));
+    }
+    let why = if rustix::process::geteuid().is_root() {
+        "their fd links are not readable even as root; --bpf always sees them"
+    } else {
+        "other users' processes need root or CAP_SYS_PTRACE"
+    };
+    SourceStatus::new(
+        "partial",
+        format!(
+            "{} read; could not read the fd table of pid {} ({why})",
+            processes(scan.processes),
+            pids.join(", ")
+        ),
+    )
+}
+
+/// `1 process`, `2 processes`.
+fn processes(n: usize) -> String {
+    format!("{n} process{}", if n == 1 { "" } else { "es" })
+}
+
+/// The system's count of open files: the first field of /proc/sys/fs/file-nr.
+fn open_files() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/fs/file-nr")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// SO_REUSEPORT of every planned listener.
+fn reuseport_findings(
+    query: &Query,
+    view: &KernelView,
+    plan: &Plan<'_>,
+    owners: &Owners,
+    bpf: &mut BpfUse,
+) -> HashMap<ListenerId, Finding> {
+    // Ask the kernel first with --bpf always, or when BPF is loaded anyway.
+    let kernel_first = query.sources.bpf == BpfMode::Always || !bpf.used.is_empty();
+    let mut kernel = KernelBits::new(bpf, &query.ports);
+    let mut findings = HashMap::new();
+    for need in &plan.reuseport {
+        let socket = &view.listeners[need.id.0];
+        let holders = owners.holders(socket.inode);
+        let subject = Subject {
+            local: socket.local,
+            inode: socket.inode,
+            uid: socket.uid,
+            v6only: socket.v6only,
+            group_size: need.group_size,
+            kernel_first,
+            holders: &holders,
+            probe_crowded: need.probe_crowded,
+            allow_pidfd: query.sources.pidfd,
+            allow_probe: query.sources.probe,
+        };
+        let (value, evidence) = reuseport::resolve(&subject, &mut |inode| kernel.bit(inode));
+        findings.insert(need.id, Finding { value, evidence });
+    }
+    findings
+}
+
+/// The canary bind of every planned address and port.
+fn canaries(plan: &Plan<'_>) -> HashMap<SocketAddr, Canary> {
+    let mut canaries = HashMap::new();
+    for address in &plan.addresses {
+        for port in &address.ports {
+            let at = SocketAddr::new(address.address, port.port);
+            canaries.entry(at).or_insert_with(|| canary::bind(at));
+        }
+    }
+    canaries
+}
+
+/// The kernel's own SO_REUSEPORT bits: one iter/tcp pass over the queried
+/// ports, on first use.
+struct KernelBits<'a> {
+    bpf: &'a mut BpfUse,
+    ports: &'a [u16],
+    bits: Option<Result<HashMap<u64, bool>, String>>,
+}
+
+impl<'a> KernelBits<'a> {
+    fn new(bpf: &'a mut BpfUse, ports: &'a [u16]) -> KernelBits<'a> {
+        KernelBits {
+            bpf,
+            ports,
+            bits: None,
+        }
+    }
+
+    /// The bit of the listener `inode`, or why it cannot be read.
+    fn bit(&mut self, inode: u64) -> Result<bool, String> {
+        if self.bits.is_none() {
+            self.bits = Some(self.load());
+        }
+        match self.bits.as_ref().expect("loaded above") {
+            Ok(bits) => bits
+                .get(&inode)
+                .copied()
+                .ok_or_else(|| "the iterator did not see this listener (it closed?)".into()),
+            Err(why) => Err(why.clone()),
+        }
+    }
+
+    fn load(&mut self) -> Result<HashMap<u64, bool>, String> {
+        if !self.bpf.usable() {
+            return Err(self.bpf.why_not());
+        }
+        match bpf::tcp_listeners(self.ports) {
+            Ok(listeners) => {
+                self.bpf.used.push("iter/tcp for SO_REUSEPORT");
+                Ok(listeners
+                    .into_iter()
+                    .map(|l| (l.inode, l.reuseport))
+                    .collect())
+            }
+            Err(e) => {
+                self.bpf.failures.push(e.to_string());
+                Err(e.to_string())
+            }
+        }
+    }
+}
+
+/// What eBPF did for one inspection, and why not when it did not.
+#[derive(Debug)]
+struct BpfUse {
+    allowed: bool,
+    availability: Option<Result<(), String>>,
+    used: Vec<&'static str>,
+    failures: Vec<String>,
+}
+
+impl BpfUse {
+    fn new(mode: BpfMode) -> BpfUse {
+        BpfUse {
+            allowed: mode != BpfMode::Never,
+            availability: None,
+            used: Vec::new(),
+            failures: Vec::new(),
+        }
+    }
+
+    /// Whether eBPF may be tried: allowed, privileged, with BTF.
+    fn usable(&mut self) -> bool {
+        self.allowed
+            && self
+                .availability
+                .get_or_insert_with(|| bpf::availability().map_err(|e| e.to_string()))
+                .is_ok()
+    }
+
+    fn why_not(&self) -> String {
+        match &self.availability {
+            _ if !self.allowed => "disabled by --bpf never".into(),
+            Some(Err(why)) => why.clone(),
+            _ => "not usable".into(),
+        }
+    }
+
+    fn status(&self) -> SourceStatus {
+        if !self.failures.is_empty() {
+            let status = if self.used.is_empty() {
+                "unavailable"
+            } else {
+                "partial"
+            };
+            return SourceStatus::new(status, self.failures.join("; "));
+        }
+        if !self.used.is_empty() {
+            return SourceStatus::new("used", self.used.join(", "));
+        }
+        match (&self.availability, self.allowed) {
+            (_, false) => SourceStatus::new("skipped", "disabled by --bpf never"),
+            (Some(Err(why)), _) => SourceStatus::new("unavailable", why.clone()),
+            _ => SourceStatus::new("skipped", "not needed"),
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! The plan: which sockets cover which address and port, which need an
+//! owner and which listeners need SO_REUSEPORT evidence. A pure function of
+//! the query and the kernel view, so it is unit-tested without a kernel.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use super::{KernelView, Query};
+use crate::diag::DiagSocket;
+use crate::report::Coverage;
+
+/// What the evidence stage has to find, and for which address and port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan<'v> {
+    pub addresses: Vec<AddressPlan<'v>>,
+    pub owners: OwnerLookup,
+    /// The listeners whose SO_REUSEPORT is asked, each once however many
+    /// addresses it covers. Empty when the query does not ask for owners.
+    pub reuseport: Vec<ReuseportNeed>,
+}
+
+/// The sockets that cover one address, port by port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressPlan<'v> {
+    pub address: IpAddr,
+    pub ports: Vec<PortPlan<'v>>,
+}
+
+/// The sockets that cover one address on one port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortPlan<'v> {
+    pub port: u16,
+    pub listeners: Vec<CoveringListener<'v>>,
+    /// Sockets that are not listening (connected, TIME_WAIT, bound but
+    /// inactive).
+    pub others: Vec<&'v DiagSocket>,
+}
+
+/// A listener that covers the address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoveringListener<'v> {
+    pub id: ListenerId,
+    pub socket: &'v DiagSocket,
+    pub coverage: Coverage,
+    /// Listeners on exactly this local address and port, this one included.
+    pub group_size: usize,
+}
+
+/// A listener of the kernel view: its index in [`KernelView::listeners`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ListenerId(pub usize);
+
+/// Whether /proc (or the BPF task_file iterator) is read, and for which
+/// sockets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnerLookup {
+    /// No socket covers any address: a free address never scans /proc.
+    NoneNeeded,
+    /// Sockets need owners, but the query did not ask (a gate that only
+    /// needs the verdict).
+    NotAsked,
+    /// The socket inodes whose holders to find.
+    Find(BTreeSet<u64>),
+}
+
+/// One listener whose SO_REUSEPORT is to be found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReuseportNeed {
+    pub id: ListenerId,
+    pub group_size: usize,
+    /// Other sockets on the port (or the listener's own group) could make
+    /// a bind probe fail for reasons other than this listener.
+    pub probe_crowded: bool,
+}
+
+/// Works out the plan for `query` against `view`.
+pub fn plan<'v>(query: &Query, view: &'v KernelView) -> Plan<'v> {
+    let addresses: Vec<AddressPlan<'v>> = query
+        .addresses
+        .iter()
+        .map(|&address| AddressPlan {
+            address,
+            ports: query
+                .ports
+                .iter()
+                .map(|&port| port_plan(view, address, port))
+                .collect(),
+        })
+        .collect();
+    let inodes: BTreeSet<u64> = addresses
+        .iter()
+        .flat_map(|a| &a.ports)
+        .flat_map(|p| {
+            let listeners = p.listeners.iter().map(|l| l.socket.inode);
+            listeners.chain(p.others.iter().map(|s| s.inode))
+        })
+        .filter(|&inode| inode != 0)
+        .collect();
+    let owners = if inodes.is_empty() {
+        OwnerLookup::NoneNeeded
+    } else if !query.owners {
+        OwnerLookup::NotAsked
+    } else {
+        OwnerLookup::Find(inodes)
+    };
+    let reuseport = if query.owners {
+        reuseport_needs(view, &addresses)
+    } else {
+        Vec::new()
+    };
+    Plan {
+        addresses,
+        owners,
+        reuseport,
+    }
+}
+
+/// The listeners and other sockets that cover `address` on `port`.
+fn port_plan(view: &KernelView, address: IpAddr, port: u16) -> PortPlan<'_> {
+    let listeners = view
+        .listeners
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.local.port() == port)
+        .filter_map(|(index, socket)| {
+            let coverage = super::coverage(address, socket.local.ip(), socket.v6only)?;
+            Some(CoveringListener {
+                id: ListenerId(index),
+                socket,
+                coverage,
+                group_size: group_size(view, socket),
+            })
+        })
+        .collect();
+    let others = view
+        .others
+        .iter()
+        .filter(|s| s.local.port() == port)
+        .filter(|s| super::coverage(address, s.local.ip(), s.v6only).is_some())
+        .collect();
+    PortPlan {
+        port,
+        listeners,
+        others,
+    }
+}
+
+/// How many listeners share `socket`'s local address, port and family.
+fn group_size(view: &KernelView, socket: &DiagSocket) -> usize {
+    view.listeners
+        .iter()
+        .filter(|s| s.local == socket.local && s.family == socket.family)
+        .count()
+}
+
+/// Every covering listener once, in the order first met.
+fn reuseport_needs(view: &KernelView, addresses: &[AddressPlan<'_>]) -> Vec<ReuseportNeed> {
+    let mut needs: Vec<ReuseportNeed> = Vec::new();
+    for port in addresses.iter().flat_map(|a| &a.ports) {
+        // Any socket on the port but a TIME_WAIT one can refuse a bind.
+        let crowded = view
+            .others
+            .iter()
+            .any(|s| s.local.port() == port.port && s.state.name() != "TIME_WAIT");
+        for listener in &port.listeners {
+            if needs.iter().all(|n| n.id != listener.id) {
+                needs.push(ReuseportNeed {
+                    id: listener.id,
+                    group_size: listener.group_size,
+                    probe_crowded: crowded || listener.group_size > 1,
+                });
+            }
+        }
+    }
+    needs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diag::{Family, TCP_LISTEN, TcpState};
+
+    const TIME_WAIT: u8 = 6;
+    const ESTABLISHED: u8 = 1;
+
+    fn socket(state: u8, local: &str, inode: u64) -> DiagSocket {
+        let local: std::net::SocketAddr = local.parse().unwrap();
+        DiagSocket {
+            family: if local.is_ipv4() {
+                Family::Inet
+            } else {
+                Family::Inet6
+            },
+            state: TcpState(state),
+            local,
+            remote: "0.0.0.0:0".parse().unwrap(),
+            uid: 1000,
+            inode,
+            cookie: inode,
+            recv_queue: 0,
+            send_queue: 128,
+            v6only: (!local.is_ipv4()).then_some(false),
+            cgroup_id: None,
+        }
+    }
+
+    fn view(sockets: Vec<DiagSocket>) -> KernelView {
+        let (listeners, others): (Vec<_>, Vec<_>) =
+            sockets.into_iter().partition(|s| s.state.0 == TCP_LISTEN);
+        KernelView {
+            listeners,
+            others,
+            notes: Vec::new(),
+        }
+    }
+
+    fn query(addresses: &[&str], ports: &[u16]) -> Query {
+        let addresses = addresses.iter().map(|a| a.parse().unwrap()).collect();
+        Query::new(addresses, ports.to_vec())
+    }
+
+    fn find(inodes: &[u64]) -> OwnerLookup {
+        OwnerLookup::Find(inodes.iter().copied().collect())
+    }
+
+    #[test]
+    fn a_free_address_needs_no_owner_and_no_evidence() {
+        let view = view(vec![socket(TCP_LISTEN, "127.81.0.9:9926", 7)]);
+        let planned = plan(&query(&["127.81.0.2"], &[9925, 9926]), &view);
+        assert_eq!(planned.owners, OwnerLookup::NoneNeeded);
+        assert!(planned.reuseport.is_empty());
+        let ports = &planned.addresses[0].ports;
+        assert_eq!(
+            ports.iter().map(|p| p.port).collect::<Vec<_>>(),
+            [9925, 9926]
+        );
+        assert!(
+            ports
+                .iter()
+                .all(|p| p.listeners.is_empty() && p.others.is_empty())
+        );
+    }
+
+    #[test]
+    fn only_covering_sockets_on_the_queried_ports_are_planned() {
+        let view = view(vec![
+            socket(TCP_LISTEN, "127.81.0.2:9926", 11),
+            socket(TCP_LISTEN, "127.81.0.3:9926", 12),
+            socket(TCP_LISTEN, "127.81.0.2:9927", 13),
+            socket(ESTABLISHED, "127.81.0.2:9925", 14),
+        ]);
+        let planned = plan(&query(&["127.81.0.2"], &[9925, 9926]), &view);
+        assert_eq!(planned.owners, find(&[11, 14]));
+        let [p9925, p9926] = &planned.addresses[0].ports[..] else {
+            panic!("two ports");
+        };
+        assert_eq!(
+            p9925.others.iter().map(|s| s.inode).collect::<Vec<_>>(),
+            [14]
+        );
+        assert!(p9925.listeners.is_empty());
+        assert_eq!(p9926.listeners.len(), 1);
+        let listener = &p9926.listeners[0];
+        assert_eq!(
+            (listener.id, listener.coverage),
+            (ListenerId(0), Coverage::Exact)
+        );
+        assert_eq!(
+            planned.reuseport,
+            [ReuseportNeed {
+                id: ListenerId(0),
+                group_size: 1,
+                probe_crowded: false,
+            }]
+        );
+    }
+
+    #[test]
+    fn a_wildcard_covering_two_addresses_needs_evidence_once() {
+        let view = view(vec![socket(TCP_LISTEN, "0.0.0.0:9926", 21)]);
+        let planned = plan(&query(&["127.81.0.2", "127.81.0.3"], &[9926]), &view);
+        for address in &planned.addresses {
+            assert_eq!(address.ports[0].listeners[0].coverage, Coverage::Wildcard);
+        }
+        assert_eq!(planned.owners, find(&[21]));
+        assert_eq!(planned.reuseport.len(), 1);
+    }
+
+    #[test]
+    fn a_group_is_sized_and_crowds_the_bind_probe() {
+        let view = view(vec![
+            socket(TCP_LISTEN, "127.81.0.2:9926", 31),
+            socket(TCP_LISTEN, "127.81.0.2:9926", 32),
+        ]);
+        let planned = plan(&query(&["127.81.0.2"], &[9926]), &view);
+        let sizes: Vec<usize> = planned.addresses[0].ports[0]
+            .listeners
+            .iter()
+            .map(|l| l.group_size)
+            .collect();
+        assert_eq!(sizes, [2, 2]);
+        assert!(planned.reuseport.iter().all(|n| n.probe_crowded));
+        assert_eq!(planned.reuseport.len(), 2);
+    }
+
+    #[test]
+    fn time_wait_needs_no_owner_and_does_not_crowd_the_probe() {
+        let view = view(vec![
+            socket(TCP_LISTEN, "127.81.0.2:9926", 41),
+            socket(TIME_WAIT, "127.81.0.2:9926", 0),
+        ]);
+        let planned = plan(&query(&["127.81.0.2"], &[9926]), &view);
+        assert_eq!(planned.owners, find(&[41]));
+        assert!(!planned.reuseport[0].probe_crowded);
+        // Any other socket on the port, on any address, can refuse a bind.
+        let view = view_with_client(view);
+        let planned = plan(&query(&["127.81.0.2"], &[9926]), &view);
+        assert!(planned.reuseport[0].probe_crowded);
+    }
+
+    fn view_with_client(mut view: KernelView) -> KernelView {
+        view.others.push(socket(ESTABLISHED, "127.81.0.5:9926", 42));
+        view
+    }
+
+    #[test]
+    fn owners_not_asked_means_no_lookup_and_no_evidence() {
+        let view = view(vec![socket(TCP_LISTEN, "127.81.0.2:9926", 51)]);
+        let mut query = query(&["127.81.0.2"], &[9926]);
+        query.owners = false;
+        let planned = plan(&query, &view);
+        assert_eq!(planned.owners, OwnerLookup::NotAsked);
+        assert!(planned.reuseport.is_empty());
+        assert_eq!(planned.addresses[0].ports[0].listeners.len(), 1);
+    }
+
+    #[test]
+    fn a_v6only_wildcard_does_not_cover_ipv4() {
+        let mut v6only = socket(TCP_LISTEN, "[::]:9926", 61);
+        v6only.v6only = Some(true);
+        let view = view(vec![
+            v6only,
+            socket(TCP_LISTEN, "[::ffff:127.81.0.2]:9926", 62),
+        ]);
+        let planned = plan(&query(&["127.81.0.2"], &[9926]), &view);
+        let listeners = &planned.addresses[0].ports[0].listeners;
+        assert_eq!(listeners.len(), 1);
+        assert_eq!(
+            (listeners[0].id, listeners[0].coverage),
+            (ListenerId(1), Coverage::Mapped)
+        );
+        assert_eq!(planned.owners, find(&[62]));
+    }
+}
