@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::cli::{Output, Sources, emit, write_stdout};
+use crate::cli::Sources;
 use crate::error::Error;
 use crate::exit::ExitStatus;
 use crate::inspect::{self, KernelView, Query};
+use crate::output::{Output, emit};
 use crate::report::{AddressReport, ListenerReport, Report};
 use crate::verdict::{ReasonCode, Verdict, describe_owners, group_owners};
 use forensic::{Forensic, Reaped};
@@ -114,7 +115,7 @@ pub fn scan(gate: &Gate, pool: Vec<IpAddr>) -> Result<ExitStatus, Error> {
             text.push_str(line.trim_end());
             text.push('\n');
         }
-        write_stdout(&text)?;
+        gate.output.print(&text)?;
     }
     Ok(if report.all_free() {
         ExitStatus::Free
@@ -151,8 +152,8 @@ pub fn wait(
             // Who still holds it, with every detail `check` gives.
             let report = single(gate, &view, address);
             emit(&report, gate.output)?;
-            eprintln!(
-                "sockcheck: {address} is {}{}",
+            gate.output.note(&format!(
+                "sockcheck: {address} is {}{}\n",
                 quick.verdict.as_str(),
                 if quick.verdict == Verdict::Foreign && hopeless {
                     "; waiting will not help (--allow-foreign waits anyway)".to_string()
@@ -161,7 +162,7 @@ pub fn wait(
                 } else {
                     format!(" after waiting {}", show_duration(timeout))
                 }
-            );
+            ));
             return Ok(ExitStatus::NotFree);
         }
         std::thread::sleep(POLL.min(deadline.saturating_duration_since(Instant::now())));
@@ -498,7 +499,7 @@ fn report_refusal(
             error: line.clone(),
             refusal,
         };
-        write_stdout(&(serde_json::to_string(&doc).expect("serializes") + "\n"))?;
+        gate.output.print(&crate::output::json(&doc))?;
     }
     let width = refusal
         .skipped
@@ -522,7 +523,7 @@ fn report_refusal(
             refusal.skipped.len() - SKIPPED_SHOWN
         ));
     }
-    eprint!("{text}");
+    gate.output.note(&text);
     Ok(())
 }
 
@@ -554,7 +555,7 @@ pub fn acquire(
             } else {
                 format!("{address}\n")
             };
-            write_stdout(&text)?;
+            gate.output.print(&text)?;
             Ok(ExitStatus::Free)
         }
         Err(refusal) => {
@@ -605,7 +606,8 @@ pub fn release(gate: &Gate, address: IpAddr) -> Result<ExitStatus, Error> {
     let before = state.leases.len();
     state.leases.retain(|l| l.address != address);
     if state.leases.len() == before {
-        eprintln!("sockcheck: {address} is not leased");
+        gate.output
+            .note(&format!("sockcheck: {address} is not leased\n"));
         return Ok(ExitStatus::NotFree);
     }
     store.save(&state)?;
@@ -688,7 +690,7 @@ pub fn leases(gate: &Gate, pool: Option<Vec<IpAddr>>) -> Result<ExitStatus, Erro
         }
         text
     };
-    write_stdout(&text)?;
+    gate.output.print(&text)?;
     Ok(ExitStatus::Free)
 }
 
@@ -860,7 +862,7 @@ fn after(
         });
         store.save(&state)?;
     }
-    eprint!("{}", forensic::markdown(&forensic));
+    gate.output.note(&forensic::markdown(&forensic));
     if let Some(path) = &options.report {
         forensic::write(&forensic, path)?;
     }
