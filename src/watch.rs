@@ -240,57 +240,27 @@ impl Clock {
         }
     }
 
-    /// Unix time of a monotonic stamp: (seconds, milliseconds).
-    fn unix(&self, ktime_ns: u64) -> (i64, u32) {
+    /// The wall-clock time of a monotonic stamp.
+    fn timestamp(&self, ktime_ns: u64) -> jiff::Timestamp {
         let ns = ktime_ns as i128 + self.offset_ns;
-        (
-            ns.div_euclid(1_000_000_000) as i64,
-            (ns.rem_euclid(1_000_000_000) / 1_000_000) as u32,
-        )
+        jiff::Timestamp::from_nanosecond(ns).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
     }
 
-    /// `HH:MM:SS.mmm` in local time.
+    /// `HH:MM:SS.mmm` in local time (jiff's system time zone: `TZ`, else
+    /// /etc/localtime, else UTC).
     pub fn local_hms(&self, ktime_ns: u64) -> String {
-        let (secs, ms) = self.unix(ktime_ns);
-        let tm = broken_down(secs, true);
-        format!(
-            "{:02}:{:02}:{:02}.{ms:03}",
-            tm.tm_hour, tm.tm_min, tm.tm_sec
-        )
+        self.timestamp(ktime_ns)
+            .to_zoned_datetime(jiff::tz::TimeZone::system())
+            .strftime("%H:%M:%S%.3f")
+            .to_string()
     }
 
     /// `2025-11-24T12:34:56.789Z`.
     pub fn utc_rfc3339(&self, ktime_ns: u64) -> String {
-        let (secs, ms) = self.unix(ktime_ns);
-        let tm = broken_down(secs, false);
-        format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-            tm.tm_year + 1900,
-            tm.tm_mon + 1,
-            tm.tm_mday,
-            tm.tm_hour,
-            tm.tm_min,
-            tm.tm_sec
-        )
+        self.timestamp(ktime_ns)
+            .strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string()
     }
-}
-
-fn broken_down(secs: i64, local: bool) -> libc::tm {
-    // The libc crate deprecates `time_t` on musl targets only: it is still
-    // 32-bit there on 32-bit CPUs, where musl 1.2 made it 64-bit. On the
-    // 64-bit targets sockcheck ships (x86_64, aarch64) it is i64 either way.
-    #[allow(deprecated)]
-    let t = secs as libc::time_t;
-    // SAFETY: an all-zero tm is valid; both calls only write into it.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    unsafe {
-        if local {
-            libc::localtime_r(&t, &mut tm);
-        } else {
-            libc::gmtime_r(&t, &mut tm);
-        }
-    }
-    tm
 }
 
 // --------------------------------------------------------------- signals

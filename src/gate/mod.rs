@@ -179,7 +179,7 @@ struct Acquired {
     schema: u32,
     address: IpAddr,
     ports: Vec<u16>,
-    owner: ProcessId,
+    owner: LeaseOwner,
     state_dir: PathBuf,
 }
 
@@ -548,10 +548,13 @@ pub fn acquire(
                     schema: 1,
                     address,
                     ports: gate.ports.clone(),
-                    owner,
+                    owner: LeaseOwner {
+                        id: owner,
+                        alive: owner.alive(),
+                    },
                     state_dir: gate.state_dir.clone(),
                 };
-                serde_json::to_string(&acquired).expect("serializes") + "\n"
+                crate::output::json(&acquired)
             } else {
                 format!("{address}\n")
             };
@@ -605,20 +608,48 @@ pub fn release(gate: &Gate, address: IpAddr) -> Result<ExitStatus, Error> {
     let (store, mut state) = gate.open()?;
     let before = state.leases.len();
     state.leases.retain(|l| l.address != address);
-    if state.leases.len() == before {
+    let released = state.leases.len() != before;
+    if released {
+        store.save(&state)?;
+    }
+    if gate.output.json {
+        gate.output.print(&crate::output::json(&Released {
+            schema: 1,
+            address,
+            released,
+        }))?;
+    }
+    if !released {
         gate.output
             .note(&format!("sockcheck: {address} is not leased\n"));
         return Ok(ExitStatus::NotFree);
     }
-    store.save(&state)?;
     Ok(ExitStatus::Free)
+}
+
+/// What `release --json` prints.
+#[derive(Debug, Serialize)]
+struct Released {
+    schema: u32,
+    address: IpAddr,
+    /// False when the address was not leased (exit status 1).
+    released: bool,
+}
+
+/// A lease's owner, as `acquire` and `leases` print it.
+#[derive(Debug, Serialize)]
+struct LeaseOwner {
+    #[serde(flatten)]
+    id: ProcessId,
+    /// Whether that process still runs (a dead owner's lease is reclaimed
+    /// on the next acquire).
+    alive: bool,
 }
 
 #[derive(Debug, Serialize)]
 struct LeaseRow {
     address: IpAddr,
-    owner_pid: u32,
-    owner_alive: bool,
+    owner: LeaseOwner,
     age_seconds: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     quarantined: Option<Quarantine>,
@@ -635,8 +666,10 @@ pub fn leases(gate: &Gate, pool: Option<Vec<IpAddr>>) -> Result<ExitStatus, Erro
         .filter(|l| wanted(&l.address))
         .map(|l| LeaseRow {
             address: l.address,
-            owner_pid: l.owner.pid,
-            owner_alive: l.alive(),
+            owner: LeaseOwner {
+                id: l.owner,
+                alive: l.alive(),
+            },
             age_seconds: now.saturating_sub(l.acquired),
             quarantined: state.quarantined(l.address).cloned(),
         })
@@ -654,21 +687,21 @@ pub fn leases(gate: &Gate, pool: Option<Vec<IpAddr>>) -> Result<ExitStatus, Erro
             leases: &'a [LeaseRow],
             quarantine: Vec<&'a Quarantine>,
         }
-        serde_json::to_string_pretty(&Doc {
+        crate::output::json(&Doc {
             schema: 1,
             leases: &rows,
             quarantine: quarantined,
         })
-        .expect("serializes")
-            + "\n"
+    } else if rows.is_empty() && quarantined.is_empty() {
+        "no leases, nothing quarantined\n".to_string()
     } else {
         let mut text = String::new();
         for r in &rows {
             text.push_str(&format!(
                 "{}  leased to pid {} ({}), {}\n",
                 r.address,
-                r.owner_pid,
-                if r.owner_alive {
+                r.owner.id.pid,
+                if r.owner.alive {
                     "alive"
                 } else {
                     "gone: reclaimed on the next acquire"
