@@ -1,24 +1,30 @@
-//! The command line: what the user typed (clap) apart from what it resolves
-//! to (a [`Query`] and output settings), and the dispatch to commands.
+//! The command line: what the user typed (clap, with every value parsed by
+//! [`input`]) apart from what it resolves to (output settings, a gate,
+//! the commands' options), and the dispatch to commands. Only `main`
+//! imports this module.
 
 use std::ffi::OsString;
-use std::io::{IsTerminal, Write};
-
-use clap::{Args, Parser, Subcommand, ValueEnum};
-
 use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::error::Error;
 use crate::exit::{self, ExitStatus};
-use crate::gate::{self, Gate, RunOptions, pool};
-use crate::inspect::{self, BpfMode, DEFAULT_PORTS, Query, Sources};
-use crate::report::{Report, human};
+use crate::gate::{self, Gate, RunOptions};
+use crate::input::{self, Pool, Ports};
+use crate::inspect::{self, BpfMode, Query, Sources};
+use crate::output::{self, ColorChoice, Output, emit};
 use crate::text;
 
 const ABOUT: &str =
     "Can this loopback address go to a new server right now, and if not, who holds it?";
 
 const AFTER_HELP: &str = "\
+Run 'sockcheck --help' for the verdicts, the environment and the exit statuses; \
+'sockcheck COMMAND --help' for a command's own.";
+
+const AFTER_LONG_HELP: &str = "\
 Verdicts, most severe first:
   foreign      a wildcard listener (0.0.0.0, or [::] dual-stack) covers the address
   busy         a listener bound to the address (or ::ffff:ADDR) holds a port
@@ -31,6 +37,7 @@ Environment:
   SOCKCHECK_POOL       the pool of scan, acquire and run when none is given
   SOCKCHECK_STATE_DIR  where leases live when --state-dir is not given
   NO_COLOR             disables colour when set and not empty
+  CLICOLOR_FORCE       colour even when stdout is not a terminal (not with NO_COLOR)
 ";
 
 #[derive(Debug, Parser)]
@@ -39,149 +46,234 @@ Environment:
     version,
     about = ABOUT,
     after_help = AFTER_HELP,
+    after_long_help = format!("{AFTER_LONG_HELP}\n{}", exit::HELP),
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
     check: CheckArgs,
+    /// Where leases live (for the lease commands, given before them).
+    #[arg(long, value_name = "DIR", hide = true)]
+    state_dir: Option<PathBuf>,
     #[command(flatten)]
-    common: CommonArgs,
+    output: OutputArgs,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Inspect addresses (the default command).
+    #[command(after_long_help = exit::HELP_CHECK)]
     Check(CheckArgs),
     /// One line per address of a pool: its verdict and why.
+    #[command(after_long_help = exit::HELP_SCAN)]
     Scan {
-        /// A range (127.0.0.2-127.0.0.33), a CIDR (127.0.0.0/27) or a comma
-        /// list [default: $SOCKCHECK_POOL]
-        pool: Option<String>,
+        #[command(flatten)]
+        pool: PoolArg,
+        #[command(flatten)]
+        ports: PortsArg,
+        #[command(flatten)]
+        sources: SourceArgs,
     },
     /// Wait until an address is free.
+    #[command(after_long_help = exit::HELP_WAIT)]
     Wait {
-        address: String,
-        /// Give up after this long (500ms, 30s, 2m).
-        #[arg(long, default_value = "30s", value_name = "DURATION")]
-        timeout: String,
+        /// The address to wait for: 127.0.0.2, ::1, [::1].
+        #[arg(value_name = "ADDRESS", value_parser = input::Address)]
+        address: std::net::IpAddr,
+        /// Give up after this long (500ms, 30s, 1m30s; a bare number is seconds).
+        #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = input::duration())]
+        timeout: Duration,
         /// Wait even when a wildcard listener covers the address.
         #[arg(long)]
         allow_foreign: bool,
+        #[command(flatten)]
+        ports: PortsArg,
+        #[command(flatten)]
+        sources: SourceArgs,
     },
     /// Lease the first free address of a pool and print it.
+    #[command(after_long_help = exit::HELP_ACQUIRE)]
     Acquire {
-        /// The pool [default: $SOCKCHECK_POOL]
-        pool: Option<String>,
+        #[command(flatten)]
+        pool: PoolArg,
         /// The process that owns the lease [default: sockcheck's parent]
         #[arg(long, value_name = "PID")]
         owner: Option<u32>,
         /// Wait this long for an address instead of failing at once.
-        #[arg(long, value_name = "DURATION")]
-        wait: Option<String>,
+        #[arg(long, value_name = "DURATION", value_parser = input::duration())]
+        wait: Option<Duration>,
         /// Keep waiting when every candidate is foreign (a wildcard
         /// listener covers it) instead of failing at once.
         #[arg(long)]
         allow_foreign: bool,
+        #[command(flatten)]
+        ports: PortsArg,
+        #[command(flatten)]
+        sources: SourceArgs,
+        #[command(flatten)]
+        state: StateArgs,
     },
     /// Give a leased address back.
-    Release { address: String },
+    #[command(after_long_help = exit::HELP_RELEASE)]
+    Release {
+        /// The leased address to give back.
+        #[arg(value_name = "ADDRESS", value_parser = input::Address)]
+        address: std::net::IpAddr,
+        #[command(flatten)]
+        state: StateArgs,
+    },
     /// List leases and quarantined addresses.
+    #[command(after_long_help = exit::HELP_LEASES)]
     Leases {
-        /// Only addresses of this pool.
-        pool: Option<String>,
+        /// Only addresses of this pool (a range, a CIDR or a comma list).
+        #[arg(value_name = "POOL", value_parser = input::pool())]
+        pool: Option<Pool>,
+        #[command(flatten)]
+        state: StateArgs,
     },
     /// Lease an address, run CMD with SOCKCHECK_ADDR set, then check for
     /// lingering holders.
-    #[command(after_help = "\
-Exit status: the command's own; 4 when it succeeded but left lingering
-holders; 5 when no address of the pool could be leased; 2 bad usage.")]
-    Run {
-        /// The pool [default: $SOCKCHECK_POOL]
-        pool: Option<String>,
-        /// How long the address may stay held after CMD exits.
-        #[arg(long, default_value = "5s", value_name = "DURATION")]
-        linger: String,
-        /// Write the forensic report here (.json: JSON, otherwise Markdown).
-        #[arg(long, value_name = "FILE")]
-        report: Option<PathBuf>,
-        /// SIGTERM lingering holders, then SIGKILL after --grace.
-        #[arg(long)]
-        reap: bool,
-        /// How long --reap waits between SIGTERM and SIGKILL.
-        #[arg(long, default_value = "2s", value_name = "DURATION")]
-        grace: String,
-        /// Wait this long for a free address instead of failing at once.
-        #[arg(long, value_name = "DURATION")]
-        wait: Option<String>,
-        /// Words before `--` that are not the pool (an error).
-        #[arg(hide = true)]
-        stray: Vec<OsString>,
-        /// The command, after `--`.
-        #[arg(last = true, value_name = "CMD")]
-        command: Vec<OsString>,
-    },
+    #[command(after_long_help = exit::HELP_RUN)]
+    Run(RunArgs),
     /// Stream TCP listeners appearing and disappearing on the ports, with
     /// the process and thread that did it (needs eBPF).
-    #[command(after_help = "\
-Prints one line per event (--json: one JSON object per line) until
-Ctrl-C (SIGINT), SIGTERM, --count or --timeout. Once attached it says so on
-stderr. Exit status: 0 after --count events, or at --timeout when no
---count was given; 1 at --timeout before --count events; 130 on SIGINT,
-143 on SIGTERM; 2 bad usage; 3 eBPF unavailable (watch needs eBPF).")]
+    ///
+    /// Prints one line per event (--json: one compact JSON object per line)
+    /// until Ctrl-C (SIGINT), SIGTERM, --count or --timeout. Once attached
+    /// it says so on stderr.
+    #[command(after_long_help = exit::HELP_WATCH)]
     Watch {
         /// Only events whose address covers one of these (the address,
         /// ::ffff:ADDR, or a wildcard) [default: every address]
-        #[arg(value_name = "ADDRESS")]
-        addresses: Vec<String>,
+        #[arg(value_name = "ADDRESS", value_parser = input::Address)]
+        addresses: Vec<std::net::IpAddr>,
         /// Stop after this many events.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         count: Option<u64>,
-        /// Stop after this long (500ms, 30s, 2m).
-        #[arg(long, value_name = "DURATION")]
-        timeout: Option<String>,
+        /// Stop after this long (500ms, 30s, 1m30s; a bare number is seconds).
+        #[arg(long, value_name = "DURATION", value_parser = input::duration())]
+        timeout: Option<Duration>,
+        #[command(flatten)]
+        ports: PortsArg,
     },
     /// What this user and kernel let sockcheck see, and why not.
+    #[command(after_long_help = exit::HELP_DOCTOR)]
     Doctor,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_long_help = exit::HELP_GENERATE)]
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `sockcheck man | man -l -`.
+    #[command(after_long_help = exit::HELP_GENERATE)]
+    Man,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    pool: PoolArg,
+    /// How long the address may stay held after CMD exits.
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = input::duration())]
+    linger: Duration,
+    /// Write the forensic report here (.json: JSON, otherwise Markdown).
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// SIGTERM lingering holders, then SIGKILL after --grace.
+    #[arg(long)]
+    reap: bool,
+    /// How long --reap waits between SIGTERM and SIGKILL.
+    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = input::duration())]
+    grace: Duration,
+    /// Wait this long for a free address instead of failing at once.
+    #[arg(long, value_name = "DURATION", value_parser = input::duration())]
+    wait: Option<Duration>,
+    #[command(flatten)]
+    ports: PortsArg,
+    #[command(flatten)]
+    sources: SourceArgs,
+    #[command(flatten)]
+    state: StateArgs,
+    /// Words before `--` that are not the pool (an error).
+    #[arg(hide = true)]
+    stray: Vec<OsString>,
+    /// The command to run, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<OsString>,
 }
 
 #[derive(Debug, Args)]
 struct CheckArgs {
     /// Addresses to inspect: 127.0.0.2, ::1, [::1].
-    #[arg(value_name = "ADDRESS")]
-    addresses: Vec<String>,
+    #[arg(value_name = "ADDRESS", value_parser = input::Address)]
+    addresses: Vec<std::net::IpAddr>,
+    #[command(flatten)]
+    ports: PortsArg,
+    #[command(flatten)]
+    sources: SourceArgs,
 }
 
 #[derive(Debug, Args)]
-struct CommonArgs {
+struct PoolArg {
+    /// A range (127.0.0.2-127.0.0.33), a CIDR (127.0.0.0/27) or a comma
+    /// list [default: $SOCKCHECK_POOL]
+    #[arg(value_name = "POOL", value_parser = input::pool())]
+    pool: Option<Pool>,
+}
+
+#[derive(Debug, Args)]
+struct PortsArg {
     /// Comma-separated TCP ports [default: $SOCKCHECK_PORTS, else 9925,9926]
-    #[arg(long, global = true, value_name = "P,..")]
-    ports: Option<String>,
-    /// One JSON document on stdout (schema in the README).
+    #[arg(long, value_name = "P,..", value_parser = input::ports())]
+    ports: Option<Ports>,
+}
+
+/// The optional sources of evidence.
+#[derive(Debug, Args)]
+struct SourceArgs {
+    /// Never run the SO_REUSEPORT bind probe.
+    #[arg(long)]
+    no_probe: bool,
+    /// Never duplicate an owner's fd (pidfd_getfd) to read SO_REUSEPORT.
+    #[arg(long)]
+    no_pidfd: bool,
+    /// When to use eBPF [default: auto]
+    ///
+    /// eBPF needs root or CAP_BPF+CAP_PERFMON, and kernel BTF. auto: only
+    /// where it pays (owners on a machine with many open files;
+    /// SO_REUSEPORT when nothing cheaper can tell); always; or never.
+    #[arg(long, value_name = "WHEN")]
+    bpf: Option<BpfChoice>,
+}
+
+#[derive(Debug, Args)]
+struct StateArgs {
+    /// Where leases live [default: $SOCKCHECK_STATE_DIR, else
+    /// $XDG_RUNTIME_DIR/sockcheck, else /run/sockcheck for root, else
+    /// $TMPDIR/sockcheck-UID]
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+/// What every command may be asked about its output.
+#[derive(Debug, Args)]
+struct OutputArgs {
+    /// One JSON document on stdout (schemas in schema/).
     #[arg(long, global = true)]
     json: bool,
     /// When to colour the output.
     #[arg(long, global = true, value_name = "WHEN", default_value = "auto")]
-    color: ColorChoice,
+    color: ColorArg,
     /// Show every source's status, every socket, and what was tried.
     #[arg(short, long, global = true)]
     verbose: bool,
-    /// Never run the SO_REUSEPORT bind probe.
-    #[arg(long, global = true)]
-    no_probe: bool,
-    /// Never duplicate an owner's fd (pidfd_getfd) to read SO_REUSEPORT.
-    #[arg(long, global = true)]
-    no_pidfd: bool,
-    /// When to use eBPF (needs root or CAP_BPF+CAP_PERFMON, and kernel BTF):
-    /// auto only where it pays (owners on a machine with many open files;
-    /// SO_REUSEPORT when nothing cheaper can tell), always, or never.
-    #[arg(long, global = true, value_name = "WHEN", default_value = "auto")]
-    bpf: BpfChoice,
-    /// Where leases live [default: $SOCKCHECK_STATE_DIR, else
-    /// $XDG_RUNTIME_DIR/sockcheck, else /run/sockcheck for root, else
-    /// $TMPDIR/sockcheck-UID]
-    #[arg(long, global = true, value_name = "DIR")]
-    state_dir: Option<PathBuf>,
+    /// Nothing on stdout and no notes on stderr: the exit status only
+    /// (usage errors and failures still print one line on stderr).
+    #[arg(short, long, global = true)]
+    quiet: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -192,18 +284,10 @@ enum BpfChoice {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum ColorChoice {
+enum ColorArg {
     Auto,
     Always,
     Never,
-}
-
-/// Output settings resolved from the command line and the environment.
-#[derive(Debug, Clone, Copy)]
-pub struct Output {
-    pub json: bool,
-    pub color: bool,
-    pub verbose: bool,
 }
 
 /// Parses the command line and runs the command. Errors are returned for
@@ -222,6 +306,10 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Result<ExitStatus, Erro
 fn one_line(error: Error) -> Error {
     match error {
         Error::Usage(message) => Error::Usage(text::escape_hidden(&message)),
+        Error::UsageTip { message, tip } => Error::UsageTip {
+            message: text::escape_hidden(&message),
+            tip: text::escape_hidden(&tip),
+        },
         Error::Syscall { call, source } => Error::Syscall {
             call: text::escape_hidden(&call),
             source,
@@ -233,173 +321,207 @@ fn one_line(error: Error) -> Error {
 fn run_command<I: IntoIterator<Item = OsString>>(args: I) -> Result<ExitStatus, Error> {
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                print!("{e}");
-                if e.kind() == ErrorKind::DisplayHelp {
-                    println!("\n{}", exit::HELP);
-                }
-                return Ok(ExitStatus::Free);
-            }
-            return Err(Error::Usage(first_line(&e.to_string())));
-        }
+        Err(e) => return clap_outcome(&e),
     };
-    let ports = resolve_ports(cli.common.ports.as_deref())?;
     let output = Output {
-        json: cli.common.json,
-        color: use_color(cli.common.color),
-        verbose: cli.common.verbose,
+        json: cli.output.json,
+        color: output::use_color(match cli.output.color {
+            ColorArg::Auto => ColorChoice::Auto,
+            ColorArg::Always => ColorChoice::Always,
+            ColorArg::Never => ColorChoice::Never,
+        }),
+        verbose: cli.output.verbose && !cli.output.quiet,
+        quiet: cli.output.quiet,
     };
-    let sources = Sources {
-        pidfd: !cli.common.no_pidfd,
-        probe: !cli.common.no_probe,
-        bpf: match cli.common.bpf {
-            BpfChoice::Auto => BpfMode::Auto,
-            BpfChoice::Always => BpfMode::Always,
-            BpfChoice::Never => BpfMode::Never,
-        },
-    };
-    let gate = || Gate {
-        ports: ports.clone(),
-        state_dir: cli
-            .common
-            .state_dir
-            .clone()
-            .unwrap_or_else(gate::state::default_dir),
+    let top = Top {
+        ports: cli.check.ports.ports,
+        sources: cli.check.sources,
+        state_dir: cli.state_dir,
         output,
-        sources,
     };
     match cli.command {
-        None => check(&cli.check.addresses, ports.clone(), sources, output),
-        Some(Command::Check(args)) => check(&args.addresses, ports.clone(), sources, output),
-        Some(Command::Scan { pool }) => gate::scan(&gate(), resolve_pool(pool)?),
-        Some(Command::Wait {
+        None => check(cli.check.addresses, &top, CheckArgs::none()),
+        Some(Command::Check(args)) => check(args.addresses.clone(), &top, args),
+        Some(command) => dispatch(command, &top),
+    }
+}
+
+/// Help and version are printed and succeed; every other clap error is a
+/// usage error of one line, with clap's `tip:` (`--port` → `--ports`)
+/// kept for a second line.
+fn clap_outcome(e: &clap::Error) -> Result<ExitStatus, Error> {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        output::write_stdout(&e.render().to_string())?;
+        return Ok(ExitStatus::Free);
+    }
+    let rendered = e.render().to_string();
+    // A value parser of `input` made the message (clap adds no context to
+    // it): its values are escaped and cut already.
+    let ours = e.kind() == ErrorKind::ValueValidation && e.context().next().is_none();
+    let message = if ours {
+        let first = rendered.lines().next().unwrap_or_default();
+        text::escape_hidden(first.strip_prefix("error: ").unwrap_or(first))
+    } else {
+        first_line(&rendered)
+    };
+    // Only a suggestion of what was meant; not "to pass '--x' as a value,
+    // use '-- --x'", which a mistyped flag almost never wants.
+    let tip = rendered
+        .split("\n\n")
+        .filter_map(|block| block.trim_start().strip_prefix("tip: "))
+        .find(|tip| tip.starts_with("a similar "))
+        .map(|tip| text::echo_line(tip.trim_end(), CLAP_LINE_MAX));
+    Err(match tip {
+        Some(tip) => Error::UsageTip { message, tip },
+        None => Error::Usage(message),
+    })
+}
+
+/// What was given before the subcommand: `sockcheck --ports P --state-dir
+/// D leases` reads as `sockcheck leases --ports P --state-dir D`.
+struct Top {
+    ports: Option<Ports>,
+    sources: SourceArgs,
+    state_dir: Option<PathBuf>,
+    output: Output,
+}
+
+impl Top {
+    fn gate(
+        &self,
+        ports: PortsArg,
+        sources: Option<SourceArgs>,
+        state: Option<StateArgs>,
+    ) -> Result<Gate, Error> {
+        let state_dir = state.and_then(|s| s.state_dir).or(self.state_dir.clone());
+        Ok(Gate {
+            ports: self.ports(ports)?,
+            state_dir: state_dir.unwrap_or_else(gate::state::default_dir),
+            output: self.output,
+            sources: self.sources(sources.unwrap_or_else(SourceArgs::none)),
+        })
+    }
+
+    fn ports(&self, given: PortsArg) -> Result<Vec<u16>, Error> {
+        input::resolve_ports(given.ports.or(self.ports.clone()))
+    }
+
+    fn sources(&self, given: SourceArgs) -> Sources {
+        let bpf = given.bpf.or(self.sources.bpf).unwrap_or(BpfChoice::Auto);
+        Sources {
+            pidfd: !(given.no_pidfd || self.sources.no_pidfd),
+            probe: !(given.no_probe || self.sources.no_probe),
+            bpf: match bpf {
+                BpfChoice::Auto => BpfMode::Auto,
+                BpfChoice::Always => BpfMode::Always,
+                BpfChoice::Never => BpfMode::Never,
+            },
+        }
+    }
+}
+
+impl CheckArgs {
+    fn none() -> CheckArgs {
+        CheckArgs {
+            addresses: Vec::new(),
+            ports: PortsArg { ports: None },
+            sources: SourceArgs::none(),
+        }
+    }
+}
+
+impl SourceArgs {
+    fn none() -> SourceArgs {
+        SourceArgs {
+            no_probe: false,
+            no_pidfd: false,
+            bpf: None,
+        }
+    }
+}
+
+/// Every command but `check`.
+fn dispatch(command: Command, top: &Top) -> Result<ExitStatus, Error> {
+    match command {
+        Command::Check(_) => unreachable!("check is dispatched by run_command"),
+        Command::Scan {
+            pool,
+            ports,
+            sources,
+        } => gate::scan(
+            &top.gate(ports, Some(sources), None)?,
+            input::resolve_pool(pool.pool)?,
+        ),
+        Command::Wait {
             address,
             timeout,
             allow_foreign,
-        }) => {
-            let address = inspect::parse_address(&address)?;
-            let timeout = pool::parse_duration(&timeout, "--timeout")?;
-            gate::wait(&gate(), address, timeout, allow_foreign)
-        }
-        Some(Command::Acquire {
+            ports,
+            sources,
+        } => gate::wait(
+            &top.gate(ports, Some(sources), None)?,
+            address,
+            timeout,
+            allow_foreign,
+        ),
+        Command::Acquire {
             pool,
             owner,
             wait,
             allow_foreign,
-        }) => {
-            let pool = resolve_pool(pool)?;
-            let wait = wait
-                .map(|w| pool::parse_duration(&w, "--wait"))
-                .transpose()?;
-            gate::acquire(&gate(), &pool, owner, wait, allow_foreign)
+            ports,
+            sources,
+            state,
+        } => {
+            let gate = top.gate(ports, Some(sources), Some(state))?;
+            let pool = input::resolve_pool(pool.pool)?;
+            gate::acquire(&gate, &pool, owner, wait, allow_foreign)
         }
-        Some(Command::Release { address }) => {
-            gate::release(&gate(), inspect::parse_address(&address)?)
-        }
-        Some(Command::Leases { pool }) => {
-            let pool = match pool {
-                Some(text) => Some(pool::parse_pool(&text, "POOL")?),
-                None => None,
-            };
-            gate::leases(&gate(), pool)
-        }
-        Some(Command::Run {
-            pool,
-            linger,
-            report,
-            reap,
-            grace,
-            wait,
-            stray,
-            command,
-        }) => {
-            let linger = pool::parse_duration(&linger, "--linger")?;
-            let grace = pool::parse_duration(&grace, "--grace")?;
-            let wait = wait
-                .map(|w| pool::parse_duration(&w, "--wait"))
-                .transpose()?;
-            if !stray.is_empty() || command.is_empty() {
-                return Err(Error::Usage(
-                    "run: the command must follow '--' (sockcheck run POOL -- CMD [ARGS...])"
-                        .into(),
-                ));
-            }
-            let options = RunOptions {
-                linger,
-                report,
-                reap,
-                grace,
-                wait,
-                command,
-            };
-            gate::run(&gate(), &resolve_pool(pool)?, &options)
-        }
-        Some(Command::Watch {
+        Command::Release { address, state } => gate::release(
+            &top.gate(PortsArg { ports: None }, None, Some(state))?,
+            address,
+        ),
+        Command::Leases { pool, state } => gate::leases(
+            &top.gate(PortsArg { ports: None }, None, Some(state))?,
+            pool.map(|p| p.0),
+        ),
+        Command::Run(args) => run_cmd(args, top),
+        Command::Watch {
             addresses,
             count,
             timeout,
-        }) => {
-            let addresses = parse_addresses(&addresses)?;
-            let timeout = timeout
-                .map(|t| pool::parse_duration(&t, "--timeout"))
-                .transpose()?;
-            crate::watch::watch(&crate::watch::WatchOptions {
-                ports: ports.clone(),
-                addresses,
-                json: output.json,
-                count,
-                timeout,
-            })
-        }
-        Some(Command::Doctor) => crate::doctor::doctor(output),
-    }
-}
-
-/// Addresses as typed, each once: `127.0.0.2 ::ffff:127.0.0.2` is one
-/// address, inspected once, in the order first given.
-fn parse_addresses(texts: &[String]) -> Result<Vec<std::net::IpAddr>, Error> {
-    let mut addresses = Vec::with_capacity(texts.len());
-    for text in texts {
-        let address = inspect::parse_address(text)?;
-        if !addresses.contains(&address) {
-            addresses.push(address);
-        }
-    }
-    Ok(addresses)
-}
-
-/// POOL, else SOCKCHECK_POOL.
-fn resolve_pool(pool: Option<String>) -> Result<Vec<std::net::IpAddr>, Error> {
-    match pool {
-        Some(text) => pool::parse_pool(&text, "POOL"),
-        None => match std::env::var("SOCKCHECK_POOL") {
-            Ok(text) if !text.trim().is_empty() => pool::parse_pool(&text, "SOCKCHECK_POOL"),
-            _ => Err(Error::Usage(
-                "no pool given (give POOL or set SOCKCHECK_POOL)".into(),
-            )),
-        },
+            ports,
+        } => crate::watch::watch(&crate::watch::WatchOptions {
+            ports: top.ports(ports)?,
+            addresses: input::unique(addresses),
+            output: top.output,
+            count,
+            timeout,
+        }),
+        Command::Doctor => crate::doctor::doctor(top.output),
+        Command::Completions { shell } => completions(shell),
+        Command::Man => man(),
     }
 }
 
 fn check(
-    addresses: &[String],
-    ports: Vec<u16>,
-    sources: Sources,
-    output: Output,
+    addresses: Vec<std::net::IpAddr>,
+    top: &Top,
+    args: CheckArgs,
 ) -> Result<ExitStatus, Error> {
     if addresses.is_empty() {
         return Err(Error::Usage(
             "no address given (usage: sockcheck [OPTIONS] ADDRESS...)".into(),
         ));
     }
-    let addresses = parse_addresses(addresses)?;
-    let report = inspect::inspect(&Query {
-        sources,
-        ..Query::new(addresses, ports)
-    })?;
-    emit(&report, output)?;
+    let ports = top.ports(args.ports)?;
+    let query = Query {
+        sources: top.sources(args.sources),
+        ..Query::new(input::unique(addresses), ports)
+    };
+    let report = inspect::inspect(&query)?;
+    emit(&report, top.output)?;
     Ok(if report.all_free() {
         ExitStatus::Free
     } else {
@@ -407,59 +529,46 @@ fn check(
     })
 }
 
-/// Writes the report as JSON or for people.
-pub fn emit(report: &Report, output: Output) -> Result<(), Error> {
-    let text = if output.json {
-        let mut text = serde_json::to_string_pretty(report).expect("a report always serializes");
-        text.push('\n');
-        text
-    } else {
-        human::render(
-            report,
-            human::Style {
-                color: output.color,
-            },
-            output.verbose,
-        )
+fn run_cmd(args: RunArgs, top: &Top) -> Result<ExitStatus, Error> {
+    if !args.stray.is_empty() || args.command.is_empty() {
+        return Err(Error::Usage(
+            "run: the command must follow '--' (sockcheck run POOL -- CMD [ARGS...])".into(),
+        ));
+    }
+    let gate = top.gate(args.ports, Some(args.sources), Some(args.state))?;
+    let pool = input::resolve_pool(args.pool.pool)?;
+    let options = RunOptions {
+        linger: args.linger,
+        report: args.report,
+        reap: args.reap,
+        grace: args.grace,
+        wait: args.wait,
+        command: args.command,
     };
-    write_stdout(&text)
+    gate::run(&gate, &pool, &options)
 }
 
-/// Writes to stdout; a closed pipe (`| head`) is not an error.
-pub fn write_stdout(text: &str) -> Result<(), Error> {
-    let mut stdout = std::io::stdout().lock();
-    match stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(Error::syscall("write to stdout", e))
-        }
-        _ => Ok(()),
-    }
+/// `sockcheck completions SHELL`.
+fn completions(shell: clap_complete::Shell) -> Result<ExitStatus, Error> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "sockcheck", &mut script);
+    output::write_stdout(&String::from_utf8_lossy(&script))?;
+    Ok(ExitStatus::Free)
 }
 
-/// `--ports`, else SOCKCHECK_PORTS, else 9925,9926.
-fn resolve_ports(flag: Option<&str>) -> Result<Vec<u16>, Error> {
-    match flag {
-        Some(text) => inspect::parse_ports(text, "--ports"),
-        None => match std::env::var("SOCKCHECK_PORTS") {
-            Ok(text) if !text.trim().is_empty() => inspect::parse_ports(&text, "SOCKCHECK_PORTS"),
-            _ => Ok(DEFAULT_PORTS.to_vec()),
-        },
-    }
+/// `sockcheck man`.
+fn man() -> Result<ExitStatus, Error> {
+    let mut page = Vec::new();
+    clap_mangen::Man::new(Cli::command())
+        .render(&mut page)
+        .map_err(|e| Error::syscall("rendering the man page", e))?;
+    output::write_stdout(&String::from_utf8_lossy(&page))?;
+    Ok(ExitStatus::Free)
 }
 
-fn use_color(choice: ColorChoice) -> bool {
-    match choice {
-        ColorChoice::Always => true,
-        ColorChoice::Never => false,
-        ColorChoice::Auto => {
-            std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-                && std::env::var_os("TERM").is_none_or(|t| t != "dumb")
-                && std::io::stdout().is_terminal()
-        }
-    }
+/// The command line's definition, for tests and generators.
+pub fn command() -> clap::Command {
+    Cli::command()
 }
 
 /// The most characters of clap's line an error shows: clap quotes the bad
@@ -474,4 +583,14 @@ fn first_line(message: &str) -> String {
         first.strip_prefix("error: ").unwrap_or(first),
         CLAP_LINE_MAX,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
 }

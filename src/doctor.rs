@@ -9,10 +9,10 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::bpf;
-use crate::cli::{Output, write_stdout};
 use crate::diag::SockDiag;
 use crate::error::Error;
 use crate::exit::ExitStatus;
+use crate::output::{self, Output};
 
 /// The JSON schema version of `doctor --json`.
 pub const SCHEMA: u32 = 1;
@@ -78,11 +78,11 @@ pub struct SourceRow {
 pub fn doctor(output: Output) -> Result<ExitStatus, Error> {
     let found = examine();
     let text = if output.json {
-        serde_json::to_string_pretty(&found).expect("a doctor report always serializes") + "\n"
+        output::json(&found)
     } else {
         render(&found)
     };
-    write_stdout(&text)?;
+    output.print(&text)?;
     Ok(ExitStatus::Free)
 }
 

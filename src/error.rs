@@ -35,6 +35,19 @@ pub enum Error {
     /// A value given on the command line or in the environment is malformed.
     #[error("{0}")]
     Usage(String),
+    /// An eBPF program could not be loaded, attached or read (`watch`
+    /// needs it; elsewhere eBPF is optional and its failure a note).
+    #[error("{what}: {}", bpf_detail(source))]
+    Bpf {
+        what: String,
+        /// Boxed: an aya error is large, and errors travel by value.
+        #[source]
+        source: Box<crate::bpf::BpfError>,
+    },
+    /// A malformed command line, with clap's suggestion (`tip: a similar
+    /// argument exists: '--ports'`) for a second line.
+    #[error("{message}")]
+    UsageTip { message: String, tip: String },
     /// Any other failed system call.
     #[error("{call} failed: {}", errno_label(source))]
     Syscall {
@@ -68,7 +81,34 @@ impl Error {
 
     /// Whether this error is the user's (exit 2) rather than the system's (exit 3).
     pub fn is_usage(&self) -> bool {
-        matches!(self, Error::Usage(_))
+        matches!(self, Error::Usage(_) | Error::UsageTip { .. })
+    }
+
+    /// A suggestion to print on a line of its own after the error.
+    pub fn tip(&self) -> Option<&str> {
+        match self {
+            Error::UsageTip { tip, .. } => Some(tip),
+            _ => None,
+        }
+    }
+}
+
+impl Error {
+    /// An eBPF failure: `what` sockcheck was doing.
+    pub fn bpf(what: impl Into<String>, source: crate::bpf::BpfError) -> Error {
+        Error::Bpf {
+            what: what.into(),
+            source: Box::new(source),
+        }
+    }
+}
+
+/// An eBPF error without a repeated "eBPF unavailable" after a `what`
+/// that says eBPF already.
+fn bpf_detail(error: &crate::bpf::BpfError) -> String {
+    match error {
+        crate::bpf::BpfError::Unavailable(reason) => reason.to_string(),
+        other => other.to_string(),
     }
 }
 

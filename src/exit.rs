@@ -48,6 +48,83 @@ Exit status:
   5  run: no address of the pool could be leased
   (run otherwise exits with the command's own status)";
 
+/// `check`'s exit statuses, for its `--help`.
+pub const HELP_CHECK: &str = "\
+Exit status:
+  0  every address is free
+  1  at least one address is not free (busy, foreign, conflict or unavailable)
+  2  bad usage or input (nothing was inspected or changed)
+  3  the inspection itself failed (netlink sock_diag unavailable, ...)";
+
+/// `scan`'s exit statuses.
+pub const HELP_SCAN: &str = "\
+Exit status:
+  0  every address of the pool is free
+  1  at least one address of the pool is not free
+  2  bad usage or input
+  3  the inspection itself failed";
+
+/// `wait`'s exit statuses.
+pub const HELP_WAIT: &str = "\
+Exit status:
+  0  the address is free (or became free before --timeout)
+  1  it is still not free at --timeout, or waiting cannot help (foreign, unavailable)
+  2  bad usage or input
+  3  the inspection itself failed";
+
+/// `acquire`'s exit statuses.
+pub const HELP_ACQUIRE: &str = "\
+Exit status:
+  0  an address was leased (and printed)
+  1  no address of the pool could be leased (each one and why on stderr)
+  2  bad usage or input (nothing was leased)
+  3  the inspection or the state directory failed";
+
+/// `release`'s exit statuses.
+pub const HELP_RELEASE: &str = "\
+Exit status:
+  0  the lease was given back
+  1  the address was not leased
+  2  bad usage or input
+  3  the state directory failed";
+
+/// `leases`' exit statuses.
+pub const HELP_LEASES: &str = "\
+Exit status:
+  0  the leases were listed (also when there are none)
+  2  bad usage or input
+  3  the state directory failed";
+
+/// `run`'s exit statuses.
+pub const HELP_RUN: &str = "\
+Exit status:
+  N  the command's own (128+N when it was killed by signal N)
+  4  the command succeeded but left lingering holders
+  5  no address of the pool could be leased
+  2  bad usage or input (the command was not run)
+  3  the inspection or the state directory failed";
+
+/// `watch`'s exit statuses.
+pub const HELP_WATCH: &str = "\
+Exit status:
+  0    after --count events, or at --timeout when no --count was given
+  1    at --timeout before --count events
+  130  on SIGINT, 143 on SIGTERM
+  2    bad usage or input
+  3    eBPF unavailable (watch needs eBPF) or failed";
+
+/// `doctor`'s exit statuses.
+pub const HELP_DOCTOR: &str = "\
+Exit status:
+  0  the report was printed (what is unavailable is part of it)
+  2  bad usage";
+
+/// The exit statuses of `completions` and `man`.
+pub const HELP_GENERATE: &str = "\
+Exit status:
+  0  printed
+  2  bad usage";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,9 @@
 //! sockcheck: can this loopback address go to a new server right now, and if
 //! not, who holds it?
 //!
-//! The library does the work; the binary is a thin shell around [`cli::run`].
+//! The library does the work; the binary is a thin shell around [`cli::run`]; only
+//! `main` uses [`cli`]. What users type is parsed in [`input`], and
+//! everything printed goes through [`output`].
 //! Tests and the CI-gate commands call [`inspect::inspect`] directly.
 
 pub mod bpf;
@@ -12,8 +14,10 @@ pub mod doctor;
 pub mod error;
 pub mod exit;
 pub mod gate;
+pub mod input;
 pub mod inspect;
 pub mod netns;
+pub mod output;
 pub mod owners;
 pub mod report;
 pub mod reuseport;

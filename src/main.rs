@@ -7,6 +7,9 @@ fn main() -> ExitCode {
         Ok(status) => ExitCode::from(status.code()),
         Err(error) => {
             eprintln!("sockcheck: {error}");
+            if let Some(tip) = error.tip() {
+                eprintln!("  tip: {tip}");
+            }
             let status = if error.is_usage() {
                 ExitStatus::Usage
             } else {

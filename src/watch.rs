@@ -7,7 +7,6 @@
 //! the watch ends on `--count`, `--timeout`, SIGINT or SIGTERM. The watcher
 //! is dropped (detached and unloaded) before returning, whatever ended it.
 
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -17,6 +16,7 @@ use crate::bpf::{self, BpfError, ListenChange, ListenEvent, Watcher};
 use crate::error::Error;
 use crate::exit::ExitStatus;
 use crate::inspect;
+use crate::output::{self, Output, Stdout};
 use crate::text::{Bytes, escape};
 
 /// How long one wait for events lasts: the latency of noticing a signal or
@@ -32,7 +32,8 @@ pub struct WatchOptions {
     pub ports: Vec<u16>,
     /// Only events whose address covers one of these (all events if empty).
     pub addresses: Vec<IpAddr>,
-    pub json: bool,
+    /// `--json` (one compact document per line) and `-q`.
+    pub output: Output,
     /// Stop after this many events (those shown).
     pub count: Option<u64>,
     /// Stop after this long.
@@ -77,8 +78,10 @@ enum End {
 /// `sockcheck watch`.
 pub fn watch(options: &WatchOptions) -> Result<ExitStatus, Error> {
     if let Err(reason) = bpf::availability() {
-        eprintln!("sockcheck: watch needs eBPF: {reason}");
-        return Ok(ExitStatus::Failed);
+        return Err(Error::bpf(
+            "watch needs eBPF",
+            BpfError::Unavailable(reason),
+        ));
     }
     // Block SIGINT and SIGTERM before attaching, so neither can end the
     // process while the program is loaded; they are taken with a
@@ -86,13 +89,10 @@ pub fn watch(options: &WatchOptions) -> Result<ExitStatus, Error> {
     let signals = SignalGuard::block(&[libc::SIGINT, libc::SIGTERM]);
     let mut watcher = Watcher::new(&options.ports).map_err(|e| match e {
         BpfError::TooManyPorts { .. } => Error::Usage(format!("--ports: {e}")),
-        e => Error::syscall(
-            "attaching the eBPF watch",
-            std::io::Error::other(e.to_string()),
-        ),
+        source => Error::bpf("attaching the eBPF watch", source),
     })?;
-    eprintln!(
-        "sockcheck: watching TCP listeners on port{} {} ({})",
+    options.output.note(&format!(
+        "sockcheck: watching TCP listeners on port{} {} ({})\n",
         if options.ports.len() == 1 { "" } else { "s" },
         options
             .ports
@@ -104,7 +104,7 @@ pub fn watch(options: &WatchOptions) -> Result<ExitStatus, Error> {
             bpf::WatchHook::TracePoint => "tracepoint sock/inet_sock_set_state",
             bpf::WatchHook::BtfTracePoint => "tp_btf inet_sock_set_state",
         }
-    );
+    ));
     let end = pump(&mut watcher, &signals, options);
     // Detach and unload before anything else happens.
     drop(watcher);
@@ -138,12 +138,9 @@ fn pump(
             }
             None => POLL,
         };
-        let events = watcher.poll(wait).map_err(|e| {
-            Error::syscall(
-                "reading the eBPF watch",
-                std::io::Error::other(e.to_string()),
-            )
-        })?;
+        let events = watcher
+            .poll(wait)
+            .map_err(|source| Error::bpf("reading the eBPF watch", source))?;
         let clock = Clock::now();
         for event in &events {
             let covers: Vec<&IpAddr> = options
@@ -154,12 +151,14 @@ fn pump(
             if !options.addresses.is_empty() && covers.is_empty() {
                 continue;
             }
-            let line = if options.json {
+            let line = if options.output.quiet {
+                String::new()
+            } else if options.output.json {
                 json_line(event, &clock, covers)
             } else {
                 human_line(event, &clock)
             };
-            if !write_line(&line)? {
+            if output::write(&line)? == Stdout::Closed {
                 return Ok(End::ClosedStdout);
             }
             shown += 1;
@@ -167,19 +166,6 @@ fn pump(
                 return Ok(End::Count);
             }
         }
-    }
-}
-
-/// Writes and flushes one line; false when stdout is a closed pipe.
-fn write_line(line: &str) -> Result<bool, Error> {
-    let mut stdout = std::io::stdout().lock();
-    match stdout
-        .write_all(line.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
-        Err(e) => Err(Error::syscall("write to stdout", e)),
     }
 }
 
@@ -223,7 +209,7 @@ fn json_line(event: &ListenEvent, clock: &Clock, covers: Vec<&IpAddr>) -> String
         new_state: event.new_state,
         covers,
     };
-    serde_json::to_string(&line).expect("an event always serializes") + "\n"
+    output::json_line(&line)
 }
 
 // ------------------------------------------------------------------ time
@@ -254,57 +240,27 @@ impl Clock {
         }
     }
 
-    /// Unix time of a monotonic stamp: (seconds, milliseconds).
-    fn unix(&self, ktime_ns: u64) -> (i64, u32) {
+    /// The wall-clock time of a monotonic stamp.
+    fn timestamp(&self, ktime_ns: u64) -> jiff::Timestamp {
         let ns = ktime_ns as i128 + self.offset_ns;
-        (
-            ns.div_euclid(1_000_000_000) as i64,
-            (ns.rem_euclid(1_000_000_000) / 1_000_000) as u32,
-        )
+        jiff::Timestamp::from_nanosecond(ns).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
     }
 
-    /// `HH:MM:SS.mmm` in local time.
+    /// `HH:MM:SS.mmm` in local time (jiff's system time zone: `TZ`, else
+    /// /etc/localtime, else UTC).
     pub fn local_hms(&self, ktime_ns: u64) -> String {
-        let (secs, ms) = self.unix(ktime_ns);
-        let tm = broken_down(secs, true);
-        format!(
-            "{:02}:{:02}:{:02}.{ms:03}",
-            tm.tm_hour, tm.tm_min, tm.tm_sec
-        )
+        self.timestamp(ktime_ns)
+            .to_zoned_datetime(jiff::tz::TimeZone::system())
+            .strftime("%H:%M:%S%.3f")
+            .to_string()
     }
 
     /// `2025-11-24T12:34:56.789Z`.
     pub fn utc_rfc3339(&self, ktime_ns: u64) -> String {
-        let (secs, ms) = self.unix(ktime_ns);
-        let tm = broken_down(secs, false);
-        format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-            tm.tm_year + 1900,
-            tm.tm_mon + 1,
-            tm.tm_mday,
-            tm.tm_hour,
-            tm.tm_min,
-            tm.tm_sec
-        )
+        self.timestamp(ktime_ns)
+            .strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string()
     }
-}
-
-fn broken_down(secs: i64, local: bool) -> libc::tm {
-    // The libc crate deprecates `time_t` on musl targets only: it is still
-    // 32-bit there on 32-bit CPUs, where musl 1.2 made it 64-bit. On the
-    // 64-bit targets sockcheck ships (x86_64, aarch64) it is i64 either way.
-    #[allow(deprecated)]
-    let t = secs as libc::time_t;
-    // SAFETY: an all-zero tm is valid; both calls only write into it.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    unsafe {
-        if local {
-            libc::localtime_r(&t, &mut tm);
-        } else {
-            libc::gmtime_r(&t, &mut tm);
-        }
-    }
-    tm
 }
 
 // --------------------------------------------------------------- signals

@@ -108,7 +108,21 @@ fn colour_only_when_asked_or_on_a_terminal() {
         .args(["--color", "always", "--ports", "45193", "127.91.1.4"])
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&forced.stdout).contains("\x1b[1;32mfree"));
+    let green = sockcheck::report::human::Style::of(sockcheck::Verdict::Free);
+    assert!(String::from_utf8_lossy(&forced.stdout).contains(&format!("{green}free")));
+    // CLICOLOR_FORCE colours a pipe; NO_COLOR wins over it; TERM=dumb
+    // leaves a pipe plain.
+    let with_env = |env: &[(&str, &str)]| {
+        let mut command = std::process::Command::new(&*support::SOCKCHECK);
+        command.args(["--ports", "45193", "127.91.1.4"]);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        String::from_utf8_lossy(&command.output().unwrap().stdout).into_owned()
+    };
+    assert!(with_env(&[("CLICOLOR_FORCE", "1")]).contains('\x1b'));
+    assert!(!with_env(&[("CLICOLOR_FORCE", "1"), ("NO_COLOR", "1")]).contains('\x1b'));
+    assert!(!with_env(&[("TERM", "dumb")]).contains('\x1b'));
 }
 
 #[test]
@@ -213,4 +227,116 @@ fn error_messages_escape_and_cut_echoed_values() {
         run.stderr,
         "sockcheck: '\\x1b]0;x\\x07' is not an IP address (host names are not resolved; give an IP address)\n"
     );
+}
+
+#[test]
+fn a_misspelt_flag_keeps_clap_s_tip_on_a_second_line() {
+    let run = sockcheck(&["--port", "9925", "127.91.1.6"]);
+    assert_eq!(run.status, 2, "{}", run.stderr);
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{:?}", run.stderr);
+    assert!(
+        lines[0].starts_with("sockcheck: ") && lines[0].contains("'--port'"),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[1].starts_with("  tip: ") && lines[1].contains("'--ports'"));
+}
+
+#[test]
+fn a_misspelt_subcommand_is_suggested() {
+    usage_error(&["chek", "127.0.0.2"], "did you mean `check`?");
+    usage_error(&["sacn"], "did you mean `scan`?");
+}
+
+#[test]
+fn durations_read_as_people_write_them() {
+    usage_error(
+        &["wait", "127.91.1.7", "--timeout", "soon"],
+        "--timeout: 'soon'",
+    );
+    let run = sockcheck(&[
+        "wait",
+        "--ports",
+        "45194",
+        "--timeout",
+        "1m30s",
+        "127.91.1.7",
+    ]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+}
+
+#[test]
+fn quiet_prints_nothing_and_keeps_the_exit_status() {
+    let run = sockcheck(&["-q", "--ports", "45195", "127.91.1.8"]);
+    assert_eq!(
+        (run.status, run.stdout.as_str(), run.stderr.as_str()),
+        (0, "", "")
+    );
+    let run = sockcheck(&["--quiet", "--json", "--ports", "45195", "127.91.1.8"]);
+    assert_eq!((run.status, run.stdout.as_str()), (0, ""));
+    // Usage errors still say what was wrong.
+    usage_error(&["-q", "127.0.0.256"], "'127.0.0.256'");
+}
+
+#[test]
+fn completions_and_the_man_page_generate() {
+    for shell in ["bash", "zsh", "fish"] {
+        let run = sockcheck(&["completions", shell]);
+        assert_eq!(run.status, 0, "{shell}: {}", run.stderr);
+        assert!(run.stdout.contains("sockcheck"), "{shell}");
+        assert!(run.stdout.contains("acquire"), "{shell}: no subcommands");
+    }
+    let run = sockcheck(&["man"]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert!(run.stdout.starts_with(".ie") || run.stdout.contains(".TH sockcheck"));
+    assert!(
+        run.stdout.contains("Exit status"),
+        "the man page lacks exit statuses"
+    );
+}
+
+#[test]
+fn each_command_s_help_has_its_own_exit_statuses_and_flags() {
+    for (command, has, lacks) in [
+        (
+            "run",
+            "4  the command succeeded",
+            "0  every address is free",
+        ),
+        (
+            "watch",
+            "0    after --count events",
+            "0  every address is free",
+        ),
+        ("doctor", "0  the report was printed", "--state-dir"),
+        ("leases", "--state-dir", "--no-probe"),
+        ("release", "--state-dir", "--bpf"),
+        ("watch", "--ports", "--state-dir"),
+    ] {
+        let run = sockcheck(&[command, "--help"]);
+        assert_eq!(run.status, 0, "{command}");
+        assert_eq!(run.stdout.matches("Exit status").count(), 1, "{command}");
+        assert!(run.stdout.contains(has), "{command} --help lacks {has:?}");
+        assert!(
+            !run.stdout.contains(lacks),
+            "{command} --help has {lacks:?}"
+        );
+    }
+    // Every positional argument says what it is.
+    let cli = sockcheck::cli::command();
+    for command in std::iter::once(&cli).chain(cli.get_subcommands()) {
+        for arg in command.get_positionals().filter(|a| !a.is_hide_set()) {
+            assert!(
+                arg.get_help().is_some(),
+                "{} {}: no description",
+                command.get_name(),
+                arg.get_id()
+            );
+        }
+    }
+    // -h is short, --help long.
+    let short = sockcheck(&["-h"]).stdout;
+    let long = sockcheck(&["--help"]).stdout;
+    assert!(short.len() < long.len() && !short.contains("Exit status"));
 }

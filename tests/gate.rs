@@ -775,11 +775,11 @@ fn a_lease_taken_in_a_subshell_goes_to_the_shell_it_was_forked_from() {
     assert_eq!(address, "127.93.17.1", "{}", stderr(&output));
     let leases: Value = serde_json::from_str(leases).unwrap();
     assert_eq!(
-        leases["leases"][0]["owner_pid"].to_string(),
+        leases["leases"][0]["owner"]["pid"].to_string(),
         shell,
         "{leases}"
     );
-    assert_eq!(leases["leases"][0]["owner_alive"], true);
+    assert_eq!(leases["leases"][0]["owner"]["alive"], true);
     assert!(
         stderr(&output).contains(&format!("the lease goes to pid {shell}")),
         "{}",
@@ -910,4 +910,33 @@ fn hostile_process_text_is_escaped_in_run_report_and_scan() {
         )),
         "{text}"
     );
+}
+
+/// Every command that takes --json prints a document; release did not.
+#[test]
+fn release_and_leases_say_what_they_did() {
+    let state = TempDir::new("release-json");
+    let empty = gate(&state, "45290", &["leases"]);
+    assert_eq!(stdout(&empty), "no leases, nothing quarantined\n");
+    let owner = std::process::id().to_string();
+    let acquired = gate(
+        &state,
+        "45290",
+        &["--json", "acquire", "127.93.90.1", "--owner", &owner],
+    );
+    assert_eq!(acquired.status.code(), Some(0));
+    let doc: serde_json::Value = serde_json::from_slice(&acquired.stdout).unwrap();
+    assert_eq!(doc["owner"]["pid"].to_string(), owner);
+    assert_eq!(doc["owner"]["alive"], true);
+    let released = gate(&state, "45290", &["--json", "release", "127.93.90.1"]);
+    assert_eq!(released.status.code(), Some(0));
+    let doc: serde_json::Value = serde_json::from_slice(&released.stdout).unwrap();
+    assert_eq!(
+        (doc["schema"].clone(), doc["released"].clone()),
+        (1.into(), true.into())
+    );
+    let again = gate(&state, "45290", &["--json", "release", "127.93.90.1"]);
+    assert_eq!(again.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(doc["released"], false);
 }

@@ -173,7 +173,7 @@ fn a_state_with_two_live_owners_of_one_address_keeps_the_older_lease() {
     );
     let doc: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
     assert_eq!(doc["leases"].as_array().unwrap().len(), 1);
-    assert_eq!(doc["leases"][0]["owner_pid"], other);
+    assert_eq!(doc["leases"][0]["owner"]["pid"], other);
     // Said once.
     let output = gate(&state.0, &["leases"]);
     assert_eq!(stderr(&output), "");

@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::cli::{Output, emit, write_stdout};
 use crate::error::Error;
 use crate::exit::ExitStatus;
 use crate::inspect::{self, KernelView, Query, Sources};
+use crate::output::{Output, emit};
 use crate::report::{AddressReport, ListenerReport, ReasonCode, Report, Verdict};
 use crate::verdict::{describe_owners, group_owners};
 use forensic::Forensic;
@@ -117,7 +117,7 @@ pub fn scan(gate: &Gate, pool: Vec<IpAddr>) -> Result<ExitStatus, Error> {
             text.push_str(line.trim_end());
             text.push('\n');
         }
-        write_stdout(&text)?;
+        gate.output.print(&text)?;
     }
     Ok(if report.all_free() {
         ExitStatus::Free
@@ -154,8 +154,8 @@ pub fn wait(
             // Who still holds it, with every detail `check` gives.
             let report = single(gate, &view, address);
             emit(&report, gate.output)?;
-            eprintln!(
-                "sockcheck: {address} is {}{}",
+            gate.output.note(&format!(
+                "sockcheck: {address} is {}{}\n",
                 quick.verdict.as_str(),
                 if quick.verdict == Verdict::Foreign && hopeless {
                     "; waiting will not help (--allow-foreign waits anyway)".to_string()
@@ -164,7 +164,7 @@ pub fn wait(
                 } else {
                     format!(" after waiting {}", show_duration(timeout))
                 }
-            );
+            ));
             return Ok(ExitStatus::NotFree);
         }
         std::thread::sleep(POLL.min(deadline.saturating_duration_since(Instant::now())));
@@ -181,7 +181,7 @@ struct Acquired {
     schema: u32,
     address: IpAddr,
     ports: Vec<u16>,
-    owner: ProcessId,
+    owner: LeaseOwner,
     state_dir: PathBuf,
 }
 
@@ -549,7 +549,7 @@ fn report_refusal(
             error: line.clone(),
             refusal,
         };
-        write_stdout(&(serde_json::to_string(&doc).expect("serializes") + "\n"))?;
+        gate.output.print(&crate::output::json(&doc))?;
     }
     let width = refusal
         .skipped
@@ -573,7 +573,7 @@ fn report_refusal(
             refusal.skipped.len() - SKIPPED_SHOWN
         ));
     }
-    eprint!("{text}");
+    gate.output.note(&text);
     Ok(())
 }
 
@@ -598,14 +598,17 @@ pub fn acquire(
                     schema: 1,
                     address,
                     ports: gate.ports.clone(),
-                    owner,
+                    owner: LeaseOwner {
+                        id: owner,
+                        alive: owner.alive(),
+                    },
                     state_dir: gate.state_dir.clone(),
                 };
-                serde_json::to_string(&acquired).expect("serializes") + "\n"
+                crate::output::json(&acquired)
             } else {
                 format!("{address}\n")
             };
-            write_stdout(&text)?;
+            gate.output.print(&text)?;
             Ok(ExitStatus::Free)
         }
         Err(refusal) => {
@@ -655,19 +658,48 @@ pub fn release(gate: &Gate, address: IpAddr) -> Result<ExitStatus, Error> {
     let (store, mut state) = gate.open()?;
     let before = state.leases.len();
     state.leases.retain(|l| l.address != address);
-    if state.leases.len() == before {
-        eprintln!("sockcheck: {address} is not leased");
+    let released = state.leases.len() != before;
+    if released {
+        store.save(&state)?;
+    }
+    if gate.output.json {
+        gate.output.print(&crate::output::json(&Released {
+            schema: 1,
+            address,
+            released,
+        }))?;
+    }
+    if !released {
+        gate.output
+            .note(&format!("sockcheck: {address} is not leased\n"));
         return Ok(ExitStatus::NotFree);
     }
-    store.save(&state)?;
     Ok(ExitStatus::Free)
+}
+
+/// What `release --json` prints.
+#[derive(Debug, Serialize)]
+struct Released {
+    schema: u32,
+    address: IpAddr,
+    /// False when the address was not leased (exit status 1).
+    released: bool,
+}
+
+/// A lease's owner, as `acquire` and `leases` print it.
+#[derive(Debug, Serialize)]
+struct LeaseOwner {
+    #[serde(flatten)]
+    id: ProcessId,
+    /// Whether that process still runs (a dead owner's lease is reclaimed
+    /// on the next acquire).
+    alive: bool,
 }
 
 #[derive(Debug, Serialize)]
 struct LeaseRow {
     address: IpAddr,
-    owner_pid: u32,
-    owner_alive: bool,
+    owner: LeaseOwner,
     age_seconds: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     quarantined: Option<Quarantine>,
@@ -684,8 +716,10 @@ pub fn leases(gate: &Gate, pool: Option<Vec<IpAddr>>) -> Result<ExitStatus, Erro
         .filter(|l| wanted(&l.address))
         .map(|l| LeaseRow {
             address: l.address,
-            owner_pid: l.owner.pid,
-            owner_alive: l.alive(),
+            owner: LeaseOwner {
+                id: l.owner,
+                alive: l.alive(),
+            },
             age_seconds: now.saturating_sub(l.acquired),
             quarantined: state.quarantined(l.address).cloned(),
         })
@@ -703,21 +737,21 @@ pub fn leases(gate: &Gate, pool: Option<Vec<IpAddr>>) -> Result<ExitStatus, Erro
             leases: &'a [LeaseRow],
             quarantine: Vec<&'a Quarantine>,
         }
-        serde_json::to_string_pretty(&Doc {
+        crate::output::json(&Doc {
             schema: 1,
             leases: &rows,
             quarantine: quarantined,
         })
-        .expect("serializes")
-            + "\n"
+    } else if rows.is_empty() && quarantined.is_empty() {
+        "no leases, nothing quarantined\n".to_string()
     } else {
         let mut text = String::new();
         for r in &rows {
             text.push_str(&format!(
                 "{}  leased to pid {} ({}), {}\n",
                 r.address,
-                r.owner_pid,
-                if r.owner_alive {
+                r.owner.id.pid,
+                if r.owner.alive {
                     "alive"
                 } else {
                     "gone: reclaimed on the next acquire"
@@ -739,7 +773,7 @@ pub fn leases(gate: &Gate, pool: Option<Vec<IpAddr>>) -> Result<ExitStatus, Erro
         }
         text
     };
-    write_stdout(&text)?;
+    gate.output.print(&text)?;
     Ok(ExitStatus::Free)
 }
 
@@ -912,7 +946,7 @@ fn after(
         });
         store.save(&state)?;
     }
-    eprint!("{}", forensic::markdown(&forensic));
+    gate.output.note(&forensic::markdown(&forensic));
     if let Some(path) = &options.report {
         forensic::write(&forensic, path)?;
     }

@@ -1,7 +1,7 @@
-//! Pools of addresses and durations, as users write them.
+//! Pools of addresses, as users write them. (Durations are parsed in
+//! [`crate::input`]; their tests stay here beside the other parsers'.)
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::time::Duration;
 
 use crate::error::Error;
 use crate::inspect::not_bindable;
@@ -139,36 +139,11 @@ fn from_u128(n: u128, v4: bool) -> IpAddr {
     }
 }
 
-/// Parses `30s`, `500ms`, `2m`, `1h`, `1.5s`, or a bare number of seconds.
-pub fn parse_duration(text: &str, source: &str) -> Result<Duration, Error> {
-    let bad = || {
-        Error::Usage(format!(
-            "{source}: {} is not a duration (examples: 500ms, 30s, 2m, 1h)",
-            echo(text)
-        ))
-    };
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().map_err(|_| bad())?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(bad()),
-    };
-    if !seconds.is_finite() || !(0.0..=86400.0 * 365.0).contains(&seconds) {
-        return Err(bad());
-    }
-    Ok(Duration::from_secs_f64(seconds))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::input::parse_duration;
+    use std::time::Duration;
 
     fn ips(pool: &[IpAddr]) -> Vec<String> {
         pool.iter().map(|a| a.to_string()).collect()
@@ -295,8 +270,10 @@ mod tests {
 #[cfg(test)]
 mod fuzz {
     use super::*;
+    use crate::input::parse_duration;
     use crate::inspect::{MAX_PORTS, parse_ports};
     use crate::text::SplitMix64;
+    use std::time::Duration;
 
     const CASES: usize = 100_000;
 

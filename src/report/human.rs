@@ -13,41 +13,53 @@
 
 use std::fmt::Write;
 
+use anstyle::{AnsiColor, Color, Style as Ansi};
+
 use crate::owners::ProcessState;
 use crate::report::{AddressReport, ListenerReport, Owner, PortReport, Report, Verdict};
 use crate::text::{escape_hidden, shell_word};
 
-/// ANSI styling, or none.
+/// ANSI styling (anstyle), or none.
 #[derive(Debug, Clone, Copy)]
 pub struct Style {
     pub color: bool,
 }
 
+const BOLD: Ansi = Ansi::new().bold();
+const DIM: Ansi = Ansi::new().dimmed();
+const WARN: Ansi = BOLD.fg_color(Some(Color::Ansi(AnsiColor::Yellow)));
+
 impl Style {
-    fn paint(&self, code: &str, text: &str) -> String {
+    fn paint(&self, style: Ansi, text: &str) -> String {
         if self.color {
-            format!("\x1b[{code}m{text}\x1b[0m")
+            format!("{style}{text}{style:#}")
         } else {
             text.to_string()
         }
     }
 
-    fn verdict(&self, verdict: Verdict) -> String {
-        let code = match verdict {
-            Verdict::Free => "1;32",
-            Verdict::Busy => "1;33",
-            Verdict::Foreign | Verdict::Conflict => "1;31",
-            Verdict::Unavailable => "1;35",
+    /// The style of a verdict: green free, yellow busy, red foreign and
+    /// conflict, magenta unavailable.
+    pub fn of(verdict: Verdict) -> Ansi {
+        let color = match verdict {
+            Verdict::Free => AnsiColor::Green,
+            Verdict::Busy => AnsiColor::Yellow,
+            Verdict::Foreign | Verdict::Conflict => AnsiColor::Red,
+            Verdict::Unavailable => AnsiColor::Magenta,
         };
-        self.paint(code, verdict.as_str())
+        BOLD.fg_color(Some(Color::Ansi(color)))
+    }
+
+    fn verdict(&self, verdict: Verdict) -> String {
+        self.paint(Style::of(verdict), verdict.as_str())
     }
 
     fn dim(&self, text: &str) -> String {
-        self.paint("2", text)
+        self.paint(DIM, text)
     }
 
     fn bold(&self, text: &str) -> String {
-        self.paint("1", text)
+        self.paint(BOLD, text)
     }
 }
 
@@ -218,7 +230,7 @@ fn render_owner(out: &mut String, owner: &Owner, indent: &str, style: Style, ver
         let _ = writeln!(
             out,
             "{indent}owner: {} (uid {}){who}",
-            style.paint("1;33", "hidden by permissions"),
+            style.paint(WARN, "hidden by permissions"),
             owner.uid.unwrap_or(0)
         );
         return;

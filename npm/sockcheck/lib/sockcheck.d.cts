@@ -82,6 +82,8 @@ export interface LeaseOwner {
   pid: number;
   /** Start time in clock ticks since boot (null in the fallback). */
   start_ticks: number | null;
+  /** Whether the owner still runs (sockcheck 0.1 with owner.alive; absent in the fallback). */
+  alive?: boolean;
 }
 
 /** A leased address. `await using lease = await acquire(...)` releases it at the end of the scope. */

@@ -1,0 +1,259 @@
+//! What users type, parsed once, at the edge: addresses, ports, pools and
+//! durations as clap value parsers, and the environment fallbacks
+//! (`SOCKCHECK_PORTS`, `SOCKCHECK_POOL`). Code further in never sees a
+//! string that might still be a bad value.
+//!
+//! The parsers themselves are the inspection's and the gate's
+//! ([`inspect::parse_address`], [`inspect::parse_ports`],
+//! [`pool::parse_pool`]), plus [`parse_duration`] here; their messages name
+//! where a value came from and echo it escaped and cut ([`text::echo`]).
+//!
+//! [`text::echo`]: crate::text::echo
+
+use std::ffi::OsStr;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
+
+use crate::error::Error;
+use crate::gate::pool;
+use crate::inspect::{self, DEFAULT_PORTS};
+use crate::text::echo;
+
+/// Ports as given with `--ports` (a newtype, so clap takes the list as one
+/// value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ports(pub Vec<u16>);
+
+/// A pool of addresses as given on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool(pub Vec<IpAddr>);
+
+/// The longest duration accepted: a year.
+pub const MAX_DURATION: Duration = Duration::from_secs(86400 * 365);
+
+/// A clap value parser over one of sockcheck's parsers: `source` (the
+/// flag, `--timeout`, or the positional, `POOL`) names where the value
+/// came from, and the message is the parser's own, as `sockcheck: MESSAGE`.
+#[derive(Clone, Copy)]
+pub struct Parser<T>(fn(&str, &str) -> Result<T, Error>);
+
+impl<T: Clone + Send + Sync + 'static> TypedValueParser for Parser<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<T, clap::Error> {
+        let source = match arg {
+            Some(arg) => match arg.get_long() {
+                Some(long) => format!("--{long}"),
+                None => arg
+                    .get_value_names()
+                    .and_then(|names| names.first())
+                    .map_or_else(|| arg.get_id().to_string(), ToString::to_string),
+            },
+            None => "value".to_string(),
+        };
+        (self.0)(&value.to_string_lossy(), &source).map_err(|e| {
+            let mut cmd = cmd.clone();
+            cmd.error(ErrorKind::ValueValidation, e.to_string())
+        })
+    }
+}
+
+/// `--ports 9925,9926`.
+pub fn ports() -> Parser<Ports> {
+    Parser(|text, source| inspect::parse_ports(text, source).map(Ports))
+}
+
+/// `POOL`: a range, a CIDR or a comma list.
+pub fn pool() -> Parser<Pool> {
+    Parser(|text, source| pool::parse_pool(text, source).map(Pool))
+}
+
+/// `--timeout 30s`, `--wait 1m30s`.
+pub fn duration() -> Parser<Duration> {
+    Parser(parse_duration)
+}
+
+/// An address to inspect. A word close to a subcommand's name is taken
+/// for a misspelt subcommand (`chek`), not for a bad address.
+#[derive(Clone)]
+pub struct Address;
+
+impl TypedValueParser for Address {
+    type Value = IpAddr;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<IpAddr, clap::Error> {
+        let text = value.to_string_lossy();
+        inspect::parse_address(&text).map_err(|e| {
+            let message = match misspelt_subcommand(cmd, &text) {
+                Some(name) => format!(
+                    "unrecognized subcommand {}; did you mean `{name}`?",
+                    echo(&text)
+                ),
+                None => e.to_string(),
+            };
+            cmd.clone().error(ErrorKind::ValueValidation, message)
+        })
+    }
+}
+
+/// The subcommand `word` is a likely misspelling of, if any: within two
+/// edits, for a word of letters.
+fn misspelt_subcommand(cmd: &clap::Command, word: &str) -> Option<String> {
+    if word.len() < 3 || !word.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return None;
+    }
+    cmd.get_subcommands()
+        .map(|sub| sub.get_name())
+        .map(|name| (edit_distance(word, name), name))
+        .filter(|(distance, _)| *distance <= 2)
+        .min()
+        .map(|(_, name)| name.to_string())
+}
+
+/// Edit distance of two short words, a swap of two neighbours counting
+/// as one edit (`sacn` is one from `scan`, two from `man`).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    d[0] = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+/// Addresses as typed, each once: `127.0.0.2 ::ffff:127.0.0.2` is one
+/// address (the parser maps it), inspected once, in the order first given.
+pub fn unique(addresses: Vec<IpAddr>) -> Vec<IpAddr> {
+    let mut out = Vec::with_capacity(addresses.len());
+    for address in addresses {
+        if !out.contains(&address) {
+            out.push(address);
+        }
+    }
+    out
+}
+
+/// `--ports`, else `SOCKCHECK_PORTS`, else 9925,9926. An error names the
+/// variable.
+pub fn resolve_ports(flag: Option<Ports>) -> Result<Vec<u16>, Error> {
+    match flag {
+        Some(Ports(ports)) => Ok(ports),
+        None => match std::env::var("SOCKCHECK_PORTS") {
+            Ok(text) if !text.trim().is_empty() => inspect::parse_ports(&text, "SOCKCHECK_PORTS"),
+            _ => Ok(DEFAULT_PORTS.to_vec()),
+        },
+    }
+}
+
+/// POOL, else `SOCKCHECK_POOL`. An error names the variable.
+pub fn resolve_pool(pool: Option<Pool>) -> Result<Vec<IpAddr>, Error> {
+    match pool {
+        Some(Pool(pool)) => Ok(pool),
+        None => match std::env::var("SOCKCHECK_POOL") {
+            Ok(text) if !text.trim().is_empty() => pool::parse_pool(&text, "SOCKCHECK_POOL"),
+            _ => Err(Error::Usage(
+                "no pool given (give POOL or set SOCKCHECK_POOL)".into(),
+            )),
+        },
+    }
+}
+
+/// Parses a duration as humans write it, through jiff's "friendly" format:
+/// `500ms`, `30s`, `2m`, `1m30s`, `1h`, `1.5s`, `2 minutes`. A bare number
+/// is seconds (`30`, `1.5`), as it always was. At most a year; never
+/// negative. `source` names where it came from (`--timeout`).
+pub fn parse_duration(text: &str, source: &str) -> Result<Duration, Error> {
+    let bad = || {
+        Error::Usage(format!(
+            "{source}: {} is not a duration (examples: 500ms, 30s, 2m, 1m30s, 1h)",
+            echo(text)
+        ))
+    };
+    let trimmed = text.trim();
+    let bare = !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    let duration = if bare {
+        let seconds: f64 = trimmed.parse().map_err(|_| bad())?;
+        if !seconds.is_finite() || seconds > MAX_DURATION.as_secs_f64() {
+            return Err(bad());
+        }
+        Duration::from_secs_f64(seconds)
+    } else {
+        let signed: jiff::SignedDuration = trimmed.parse().map_err(|_| bad())?;
+        Duration::try_from(signed).map_err(|_| bad())?
+    };
+    if duration > MAX_DURATION {
+        return Err(bad());
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_as_people_write_them() {
+        for (text, ms) in [
+            ("30s", 30_000),
+            ("500ms", 500),
+            ("2m", 120_000),
+            ("1m30s", 90_000),
+            ("1h", 3_600_000),
+            ("1.5s", 1_500),
+            ("2 minutes", 120_000),
+            ("30", 30_000),
+            ("1.5", 1_500),
+            (" 0 ", 0),
+        ] {
+            assert_eq!(
+                parse_duration(text, "--timeout").unwrap(),
+                Duration::from_millis(ms),
+                "{text}"
+            );
+        }
+        for bad in [
+            "", "s", "10x", "-1s", "1e9h", "1s ago", "NaN", "inf", "9999999h",
+        ] {
+            let e = parse_duration(bad, "--timeout").unwrap_err().to_string();
+            assert!(e.starts_with("--timeout: "), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn misspelt_subcommands_are_suggested() {
+        let cmd = clap::Command::new("x")
+            .subcommand(clap::Command::new("check"))
+            .subcommand(clap::Command::new("scan"));
+        assert_eq!(misspelt_subcommand(&cmd, "chek").as_deref(), Some("check"));
+        assert_eq!(misspelt_subcommand(&cmd, "sacn").as_deref(), Some("scan"));
+        let cmd = cmd.subcommand(clap::Command::new("man"));
+        assert_eq!(misspelt_subcommand(&cmd, "sacn").as_deref(), Some("scan"));
+        assert_eq!(misspelt_subcommand(&cmd, "localhost"), None);
+        assert_eq!(misspelt_subcommand(&cmd, "127.0.0.1"), None);
+    }
+}

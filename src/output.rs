@@ -1,0 +1,121 @@
+//! Everything sockcheck writes to stdout goes through here: the output
+//! settings, a report as JSON or for people, and one writer that takes a
+//! closed stdout pipe (`sockcheck ... | head`) as success, for every
+//! command including `watch`.
+
+use std::io::Write;
+
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::report::{Report, human};
+
+/// Output settings, resolved from the command line and the environment.
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    /// One JSON document on stdout (for `watch`, one per line).
+    pub json: bool,
+    /// Colour the human output.
+    pub color: bool,
+    /// Every source's status, every socket, and what was tried.
+    pub verbose: bool,
+    /// `-q`: nothing on stdout and no notes on stderr; the exit status says
+    /// it all. Errors still reach stderr (through `main`).
+    pub quiet: bool,
+}
+
+impl Output {
+    /// Writes `text` to stdout, unless quiet.
+    pub fn print(&self, text: &str) -> Result<(), Error> {
+        if self.quiet {
+            return Ok(());
+        }
+        write_stdout(text)
+    }
+
+    /// A note for people on stderr (`text` ends with a newline), unless
+    /// quiet.
+    pub fn note(&self, text: &str) {
+        if !self.quiet {
+            eprint!("{text}");
+        }
+    }
+}
+
+/// When to colour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+/// Whether to colour stdout: `--color always|never` decides; `auto` asks
+/// anstream, which colours a terminal unless `NO_COLOR` is set (and not
+/// empty) or `TERM` is `dumb`, and colours anything when `CLICOLOR_FORCE`
+/// is set (and not `0`) without `NO_COLOR`.
+pub fn use_color(choice: ColorChoice) -> bool {
+    match choice {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => !matches!(
+            anstream::AutoStream::choice(&std::io::stdout()),
+            anstream::ColorChoice::Never
+        ),
+    }
+}
+
+/// Writes the report as JSON or for people.
+pub fn emit(report: &Report, output: Output) -> Result<(), Error> {
+    if output.quiet {
+        return Ok(());
+    }
+    let text = if output.json {
+        json(report)
+    } else {
+        human::render(
+            report,
+            human::Style {
+                color: output.color,
+            },
+            output.verbose,
+        )
+    };
+    write_stdout(&text)
+}
+
+/// A document as sockcheck prints JSON: pretty, with a final newline.
+pub fn json<T: Serialize + ?Sized>(document: &T) -> String {
+    serde_json::to_string_pretty(document).expect("a document always serializes") + "\n"
+}
+
+/// A document on one line, for line-oriented streams (`watch --json`).
+pub fn json_line<T: Serialize + ?Sized>(document: &T) -> String {
+    serde_json::to_string(document).expect("a document always serializes") + "\n"
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error.
+pub fn write_stdout(text: &str) -> Result<(), Error> {
+    write(text).map(|_| ())
+}
+
+/// Whether stdout is still open after a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stdout {
+    Open,
+    /// The reader went away (`| head`): stop writing, and succeed.
+    Closed,
+}
+
+/// Writes and flushes `text`, and says whether stdout is still open.
+pub fn write(text: &str) -> Result<Stdout, Error> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(Stdout::Open),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(Stdout::Closed),
+        Err(e) => Err(Error::syscall("write to stdout", e)),
+    }
+}
