@@ -75,6 +75,15 @@ enum Command {
         #[command(flatten)]
         sources: SourceArgs,
     },
+    /// Every address with a socket on the ports (wildcard listeners too),
+    /// with its verdict, its listeners and their holders.
+    #[command(after_long_help = exit::HELP_LIST)]
+    List {
+        #[command(flatten)]
+        ports: PortsArg,
+        #[command(flatten)]
+        sources: SourceArgs,
+    },
     /// Wait until an address is free.
     #[command(after_long_help = exit::HELP_WAIT)]
     Wait {
@@ -226,7 +235,8 @@ struct PoolArg {
 
 #[derive(Debug, Args)]
 struct PortsArg {
-    /// Comma-separated TCP ports [default: $SOCKCHECK_PORTS, else 9925,9926]
+    /// TCP ports: a list (9925,9926), ranges (9925-9927) or both, at most
+    /// 64 [default: $SOCKCHECK_PORTS, else 9925,9926]
     #[arg(long, value_name = "P,..", value_parser = input::ports())]
     ports: Option<Ports>,
 }
@@ -453,6 +463,7 @@ fn dispatch(command: Command, top: &Top) -> Result<ExitStatus, Error> {
             &top.gate(ports, Some(sources), None)?,
             input::resolve_pool(pool.pool)?,
         ),
+        Command::List { ports, sources } => gate::list(&top.gate(ports, Some(sources), None)?),
         Command::Wait {
             address,
             timeout,
@@ -512,7 +523,9 @@ fn check(
 ) -> Result<ExitStatus, Error> {
     if addresses.is_empty() {
         return Err(Error::Usage(
-            "no address given (usage: sockcheck [OPTIONS] ADDRESS...)".into(),
+            "no address given (usage: sockcheck [OPTIONS] ADDRESS...; 'sockcheck list' \
+             shows every address with a socket on the ports)"
+                .into(),
         ));
     }
     let ports = top.ports(args.ports)?;

@@ -64,6 +64,13 @@ Exit status:
   2  bad usage or input
   3  the inspection itself failed";
 
+/// `list`'s exit statuses.
+pub const HELP_LIST: &str = "\
+Exit status:
+  0  the listing was made (whatever it found; nothing found is said in one line)
+  2  bad usage or input
+  3  the inspection itself failed";
+
 /// `wait`'s exit statuses.
 pub const HELP_WAIT: &str = "\
 Exit status:

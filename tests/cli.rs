@@ -340,3 +340,25 @@ fn each_command_s_help_has_its_own_exit_statuses_and_flags() {
     let long = sockcheck(&["--help"]).stdout;
     assert!(short.len() < long.len() && !short.contains("Exit status"));
 }
+
+#[test]
+fn port_ranges_are_taken_and_bad_ones_refused() {
+    let run = support::sockcheck(&["--json", "--ports", "45195-45197,45195", "127.91.0.195"]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert_eq!(
+        run.json()["ports"],
+        serde_json::json!([45195, 45196, 45197])
+    );
+    for (ports, needle) in [
+        ("45197-45195", "ends before it starts"),
+        ("45195-", "is not a port or a range"),
+        ("1-65", "at most 64"),
+    ] {
+        usage_error(&["--ports", ports, "127.91.0.195"], needle);
+    }
+}
+
+#[test]
+fn no_address_points_to_list() {
+    usage_error(&["--ports", "45195"], "sockcheck list");
+}

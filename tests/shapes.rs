@@ -689,3 +689,83 @@ fn hostile_comm_and_cmdline_are_escaped_in_the_human_report() {
         "{text}"
     );
 }
+
+// ------------------------------------------------- list (ports 45190-45193)
+
+#[test]
+fn list_on_ports_nothing_uses_says_so_and_exits_0() {
+    let run = sockcheck(&["list", "--ports", "45190"]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert_eq!(
+        run.stdout,
+        "no socket on port 45190: nothing listens there, on any address\n"
+    );
+    let run = sockcheck(&["--json", "list", "--ports", "45190"]);
+    assert_eq!(run.status, 0);
+    let json = run.json();
+    assert_eq!(json["schema"], 1);
+    assert_eq!(json["addresses"], serde_json::json!([]));
+}
+
+#[test]
+fn list_names_every_address_its_verdict_and_holders_sorted() {
+    let group = Holder::start("group", "127.91.0.191", 45191, &["2"]);
+    let plain = Holder::start("plain", "127.91.0.190", 45191, &[]);
+    let wildcard = Holder::start("wildcard", "-", 45192, &[]);
+    let run = sockcheck(&["list", "--ports", "45191"]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let line = |address: &str| {
+        run.stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{address} ")))
+            .unwrap_or_else(|| panic!("no line for {address}: {}", run.stdout))
+            .to_string()
+    };
+    let plain_line = line("127.91.0.190");
+    assert!(plain_line.contains("busy") && plain_line.contains(&format!("pid {}", plain.pid)));
+    let group_line = line("127.91.0.191");
+    assert!(
+        group_line.contains("busy")
+            && group_line.contains(&format!("pid {}", group.pid))
+            && group_line.contains("2 listeners"),
+        "{group_line}"
+    );
+    // A range: both ports at once, the wildcard too (which now covers the
+    // other two: foreign), sorted by address.
+    let run = sockcheck(&["list", "--ports", "45191-45192"]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("0.0.0.0 ") && l.contains(&format!("pid {}", wildcard.pid))),
+        "{}",
+        run.stdout
+    );
+    let order: Vec<usize> = ["0.0.0.0 ", "127.91.0.190 ", "127.91.0.191 "]
+        .iter()
+        .map(|a| lines.iter().position(|l| l.starts_with(a)).unwrap())
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{}", run.stdout);
+
+    // --json: the check document, one address object each.
+    let json = sockcheck(&["--json", "list", "--ports", "45191"]).json();
+    let addresses: Vec<&serde_json::Value> = json["addresses"].as_array().unwrap().iter().collect();
+    let listed: Vec<&str> = addresses
+        .iter()
+        .map(|a| a["address"].as_str().unwrap())
+        .collect();
+    assert!(
+        listed.contains(&"127.91.0.190") && listed.contains(&"127.91.0.191"),
+        "{listed:?}"
+    );
+    let group_json = addresses
+        .iter()
+        .find(|a| a["address"] == "127.91.0.191")
+        .unwrap();
+    assert_eq!(group_json["verdict"], "busy");
+    assert_eq!(
+        owner_pids(port(group_json, 45191)),
+        vec![u64::from(group.pid)]
+    );
+}

@@ -100,30 +100,92 @@ pub fn scan(gate: &Gate, pool: Vec<IpAddr>) -> Result<ExitStatus, Error> {
     if gate.output.json {
         emit(&report, gate.output)?;
     } else {
-        let width = report
-            .addresses
-            .iter()
-            .map(|a| a.address.to_string().len())
-            .max()
-            .unwrap_or(0);
-        let mut text = String::new();
-        for address in &report.addresses {
-            let line = format!(
-                "{:<width$}  {:<11}  {}",
-                address.address.to_string(),
-                address.verdict.as_str(),
-                summary(address)
-            );
-            text.push_str(line.trim_end());
-            text.push('\n');
-        }
-        gate.output.print(&text)?;
+        gate.output.print(&lines(&report, false))?;
     }
     Ok(if report.all_free() {
         ExitStatus::Free
     } else {
         ExitStatus::NotFree
     })
+}
+
+/// One line per address: the address, its verdict, who holds it, and
+/// (`counts`) how many sockets it has on the ports.
+fn lines(report: &Report, counts: bool) -> String {
+    let width = report
+        .addresses
+        .iter()
+        .map(|a| a.address.to_string().len())
+        .max()
+        .unwrap_or(0);
+    let mut text = String::new();
+    for address in &report.addresses {
+        let listeners: usize = address.ports.iter().map(|p| p.listeners.len()).sum();
+        let others: usize = address.ports.iter().map(|p| p.other_sockets.total).sum();
+        let line = format!(
+            "{:<width$}  {:<11}  {}{}",
+            address.address.to_string(),
+            address.verdict.as_str(),
+            summary(address),
+            match (listeners, others) {
+                _ if !counts => String::new(),
+                (0, 0) => String::new(),
+                (l, 0) => format!(" ({l} listener{})", plural(l)),
+                (0, o) => format!(" ({o} other socket{})", plural(o)),
+                (l, o) => format!(
+                    " ({l} listener{}, {o} other socket{})",
+                    plural(l),
+                    plural(o)
+                ),
+            }
+        );
+        text.push_str(line.trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// `sockcheck list`: every address with a socket on the ports (wildcard
+/// listeners too, as 0.0.0.0 and ::), each with its verdict and holders,
+/// sorted by address; the `check` document with `--json`. Exits 0: it
+/// lists, it does not judge.
+pub fn list(gate: &Gate) -> Result<ExitStatus, Error> {
+    let view = inspect::kernel_view(&gate.ports)?;
+    let report = inspect::inspect_view(&gate.query(local_addresses(&view), true), &view);
+    if gate.output.json {
+        emit(&report, gate.output)?;
+    } else if report.addresses.is_empty() {
+        let ports: Vec<String> = gate.ports.iter().map(u16::to_string).collect();
+        gate.output.print(&format!(
+            "no socket on port{} {}: nothing listens there, on any address\n",
+            plural(gate.ports.len()),
+            ports.join(",")
+        ))?;
+    } else {
+        gate.output.print(&lines(&report, true))?;
+    }
+    Ok(ExitStatus::Free)
+}
+
+/// The local addresses of every socket in the view, each once, sorted; an
+/// IPv4-mapped address is the IPv4 address it maps.
+fn local_addresses(view: &KernelView) -> Vec<IpAddr> {
+    let mut addresses: Vec<IpAddr> = view
+        .listeners
+        .iter()
+        .chain(&view.others)
+        .map(|s| match s.local.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        })
+        .collect();
+    addresses.sort_unstable();
+    addresses.dedup();
+    addresses
 }
 
 /// `sockcheck wait ADDR`.

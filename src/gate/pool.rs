@@ -409,11 +409,12 @@ mod fuzz {
                     sorted.sort_unstable();
                     sorted.dedup();
                     assert_eq!(sorted.len(), ports.len(), "{input:?}: a port twice");
-                    // Only digits, commas and white space make ports.
+                    // Only digits, ranges, commas and white space make ports.
                     assert!(
-                        input
-                            .chars()
-                            .all(|c| c.is_ascii_digit() || c == ',' || c.is_whitespace()),
+                        input.chars().all(|c| c.is_ascii_digit()
+                            || c == ','
+                            || c == '-'
+                            || c.is_whitespace()),
                         "{input:?} was taken as {ports:?}"
                     );
                 }

@@ -68,49 +68,76 @@ pub fn not_bindable(address: IpAddr) -> Option<&'static str> {
     }
 }
 
-/// Parses `9925,9926` (from `--ports` or SOCKCHECK_PORTS, named by `source`).
+/// Parses `9925,9926`, ranges (`9925-9927`) and lists of both (from
+/// `--ports` or SOCKCHECK_PORTS, named by `source`): duplicates merged, in
+/// the order given, at most [`MAX_PORTS`].
 pub fn parse_ports(text: &str, source: &str) -> Result<Vec<u16>, Error> {
     let mut ports = Vec::new();
     for item in text.split(',') {
         let item = item.trim();
-        // Digits only: u32's parser also takes a sign (`+5`).
-        let digits = !item.is_empty() && item.bytes().all(|b| b.is_ascii_digit());
-        let port = match item.parse::<u32>().ok().filter(|_| digits).ok_or(()) {
-            Ok(n) if (1..=65535).contains(&n) => n as u16,
-            Ok(n) => {
-                return Err(Error::Usage(format!(
-                    "{source}: port {n} is out of range (1-65535)"
-                )));
+        let (first, last) = match item.split_once('-') {
+            Some((from, to)) => {
+                if from.trim().is_empty() || to.trim().is_empty() {
+                    return Err(Error::Usage(format!(
+                        "{source}: {} is not a port or a range (9925-9927)",
+                        echo(item)
+                    )));
+                }
+                let (from, to) = (
+                    port(from.trim(), text, source)?,
+                    port(to.trim(), text, source)?,
+                );
+                if to < from {
+                    return Err(Error::Usage(format!(
+                        "{source}: the range {} ends before it starts",
+                        echo(item)
+                    )));
+                }
+                (from, to)
             }
-            Err(_) if item.is_empty() => {
+            None => {
+                let port = port(item, text, source)?;
+                (port, port)
+            }
+        };
+        for port in first..=last {
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
+            if ports.len() > MAX_PORTS {
                 return Err(Error::Usage(format!(
-                    "{source}: empty port in {}",
+                    "{source}: {} holds more than {MAX_PORTS} ports; at most {MAX_PORTS} at once",
                     echo(text)
                 )));
             }
-            Err(_) => {
-                return Err(Error::Usage(format!(
-                    "{source}: {} is not a port number",
-                    echo(item)
-                )));
-            }
-        };
-        if !ports.contains(&port) {
-            ports.push(port);
         }
-    }
-    if ports.len() > MAX_PORTS {
-        return Err(Error::Usage(format!(
-            "{source}: {} ports; at most {MAX_PORTS} at once",
-            ports.len()
-        )));
     }
     Ok(ports)
 }
 
-/// The most ports one inspection takes (their filter program grows with
-/// them, and the kernel echoes it back in an error reply).
-pub const MAX_PORTS: usize = 1024;
+/// One port number, 1-65535: digits only (u32's parser also takes a sign,
+/// `+5`).
+fn port(item: &str, text: &str, source: &str) -> Result<u16, Error> {
+    let digits = !item.is_empty() && item.bytes().all(|b| b.is_ascii_digit());
+    match item.parse::<u32>().ok().filter(|_| digits) {
+        Some(n) if (1..=65535).contains(&n) => Ok(n as u16),
+        Some(n) => Err(Error::Usage(format!(
+            "{source}: port {n} is out of range (1-65535)"
+        ))),
+        None if item.is_empty() => Err(Error::Usage(format!(
+            "{source}: empty port in {}",
+            echo(text)
+        ))),
+        None => Err(Error::Usage(format!(
+            "{source}: {} is not a port number",
+            echo(item)
+        ))),
+    }
+}
+
+/// The most ports one inspection takes: what the BPF programs' port set
+/// holds, and plenty for a test server's ports.
+pub const MAX_PORTS: usize = crate::bpf::MAX_PORTS;
 
 /// The default ports: 9925 (operations) and 9926 (HTTP).
 pub const DEFAULT_PORTS: [u16; 2] = [9925, 9926];
@@ -154,7 +181,12 @@ mod tests {
             vec![9925, 9926]
         );
         assert_eq!(parse_ports("9926, 9926", "--ports").unwrap(), vec![9926]);
-        let many = (1..=1025)
+        assert_eq!(
+            parse_ports("9925-9927,1883, 9926 ,8883-8883", "--ports").unwrap(),
+            vec![9925, 9926, 9927, 1883, 8883]
+        );
+        assert_eq!(parse_ports("1-64", "--ports").unwrap().len(), 64);
+        let many = (1..=65)
             .map(|p| p.to_string())
             .collect::<Vec<_>>()
             .join(",");
@@ -165,7 +197,13 @@ mod tests {
             ("1,,2", "empty"),
             ("+5", "'+5'"),
             ("9925,-1", "'-1'"),
-            (many.as_str(), "at most 1024"),
+            (many.as_str(), "at most 64"),
+            ("1-65", "at most 64"),
+            ("9927-9925", "'9927-9925' ends before it starts"),
+            ("9925-", "'9925-' is not a port or a range"),
+            ("-9925", "'-9925' is not a port or a range"),
+            ("9925-x", "'x' is not a port number"),
+            ("9925-99999", "port 99999"),
         ] {
             let e = parse_ports(bad, "--ports").unwrap_err().to_string();
             assert!(
