@@ -84,6 +84,28 @@ enum Command {
         #[command(flatten)]
         sources: SourceArgs,
     },
+    /// End the processes holding listeners that cover an address: SIGTERM,
+    /// then SIGKILL after --grace for those still holding.
+    ///
+    /// Never signals pid 1, sockcheck itself or its ancestors; an
+    /// unprivileged user signals only their own processes, and the others
+    /// are listed as not permitted.
+    #[command(after_long_help = exit::HELP_REAP)]
+    Reap {
+        /// The address whose holders to end: 127.0.0.2, ::1, [::1].
+        #[arg(value_name = "ADDRESS", value_parser = input::Address)]
+        address: std::net::IpAddr,
+        /// How long to wait between SIGTERM and SIGKILL.
+        #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = input::duration())]
+        grace: Duration,
+        /// Say what would be signalled, and signal nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        ports: PortsArg,
+        #[command(flatten)]
+        sources: SourceArgs,
+    },
     /// Wait until an address is free.
     #[command(after_long_help = exit::HELP_WAIT)]
     Wait {
@@ -464,6 +486,18 @@ fn dispatch(command: Command, top: &Top) -> Result<ExitStatus, Error> {
             input::resolve_pool(pool.pool)?,
         ),
         Command::List { ports, sources } => gate::list(&top.gate(ports, Some(sources), None)?),
+        Command::Reap {
+            address,
+            grace,
+            dry_run,
+            ports,
+            sources,
+        } => gate::reap_address(
+            &top.gate(ports, Some(sources), None)?,
+            address,
+            grace,
+            dry_run,
+        ),
         Command::Wait {
             address,
             timeout,

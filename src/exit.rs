@@ -71,6 +71,14 @@ Exit status:
   2  bad usage or input
   3  the inspection itself failed";
 
+/// `reap`'s exit statuses.
+pub const HELP_REAP: &str = "\
+Exit status:
+  0  the address is free (after reaping, or it already was)
+  1  something still holds it (not permitted, hidden, survived SIGKILL, or --dry-run)
+  2  bad usage or input
+  3  the inspection itself failed";
+
 /// `wait`'s exit statuses.
 pub const HELP_WAIT: &str = "\
 Exit status:

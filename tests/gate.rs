@@ -940,3 +940,111 @@ fn release_and_leases_say_what_they_did() {
     let doc: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(doc["released"], false);
 }
+
+// ------------------------------------------- reap (127.93.70.0/24, 45281-45285)
+
+#[test]
+fn reap_ends_the_holders_of_an_address_and_exits_0_once_it_is_free() {
+    let state = TempDir::new("reap-cmd");
+    let holder = Holder::start("group", "127.93.70.1", 45281, &["2"]);
+    let output = gate(&state, "45281", &["reap", "127.93.70.1", "--grace", "2s"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(
+        text.contains(&format!(
+            "pid {} (sockcheck-holde): SIGTERM, exited",
+            holder.pid
+        )),
+        "{text}"
+    );
+    assert!(text.contains("127.93.70.1 was busy; now free"), "{text}");
+    wait_gone(holder.pid);
+}
+
+#[test]
+fn reap_dry_run_signals_nothing() {
+    let state = TempDir::new("reap-dry");
+    let holder = Holder::start("plain", "127.93.70.2", 45282, &[]);
+    let output = gate(
+        &state,
+        "45282",
+        &["--json", "reap", "127.93.70.2", "--dry-run"],
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(doc["schema"], 1);
+    assert_eq!(doc["dry_run"], true);
+    assert_eq!(doc["before"], "busy");
+    assert_eq!(doc["after"], "busy");
+    assert_eq!(
+        doc["reaped"],
+        serde_json::json!([{"pid": holder.pid, "action": "would signal", "exited": false}])
+    );
+    assert!(
+        std::fs::metadata(format!("/proc/{}", holder.pid)).is_ok(),
+        "a dry run killed the holder"
+    );
+}
+
+#[test]
+fn reap_sends_sigkill_to_a_holder_that_ignores_sigterm() {
+    let state = TempDir::new("reap-kill");
+    let ready = state.0.with_extension("ready");
+    // The holder inherits SIGTERM ignored across exec.
+    let mut shell = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "trap '' TERM; exec '{}' plain 127.93.70.3 45283 > '{}'",
+                support::HOLDER.display(),
+                ready.display()
+            ),
+        ])
+        .spawn()
+        .unwrap();
+    let pid = shell.id();
+    let _cleanup = KillOnDrop(pid);
+    let started = Instant::now();
+    while !std::fs::read_to_string(&ready).is_ok_and(|r| r.contains("ready")) {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let waiter = std::thread::spawn(move || shell.wait());
+    let output = gate(
+        &state,
+        "45283",
+        &["--json", "reap", "127.93.70.3", "--grace", "300ms"],
+    );
+    waiter.join().unwrap().unwrap();
+    let _ = std::fs::remove_file(&ready);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        doc["reaped"],
+        serde_json::json!([{"pid": pid, "action": "SIGTERM, then SIGKILL", "exited": true}])
+    );
+    assert_eq!(doc["after"], "free");
+}
+
+#[test]
+fn reap_as_another_user_is_not_permitted_and_keeps_the_holder() {
+    if !support::require_setpriv("reaping as nobody") {
+        return;
+    }
+    let roots = Holder::start("plain", "127.93.70.4", 45284, &[]);
+    let run = support::sockcheck_as_nobody(&["--json", "reap", "127.93.70.4", "--ports", "45284"]);
+    assert_eq!(run.status, 1, "{}{}", run.stdout, run.stderr);
+    let doc = run.json();
+    assert_eq!(doc["after"], "busy");
+    assert_eq!(doc["hidden"], serde_json::json!([0]), "{doc}");
+    assert!(std::fs::metadata(format!("/proc/{}", roots.pid)).is_ok());
+    // nobody's own holder is nobody's to end.
+    let own = Holder::start_as_nobody("plain", "127.93.70.5", 45285, &[]);
+    let run = support::sockcheck_as_nobody(&["reap", "127.93.70.5", "--ports", "45285"]);
+    assert_eq!(run.status, 0, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains(&format!("pid {}", own.pid)),
+        "{}",
+        run.stdout
+    );
+}

@@ -192,3 +192,76 @@ mod tests {
         assert_eq!(reaped, [Reaped::new(pid, "SIGTERM", true)]);
     }
 }
+
+/// What `sockcheck reap --json` prints.
+#[derive(Debug, Serialize)]
+pub struct ReapReport {
+    pub schema: u32,
+    pub address: std::net::IpAddr,
+    pub ports: Vec<u16>,
+    pub dry_run: bool,
+    /// The verdict before and after.
+    pub before: crate::report::Verdict,
+    pub after: crate::report::Verdict,
+    pub reaped: Vec<Reaped>,
+    /// The uids of holders that could not be read (another user's
+    /// processes): not permitted, so not signalled.
+    pub hidden: Vec<u32>,
+}
+
+/// The pids holding listeners that cover the address (itself,
+/// `::ffff:ADDR`, or a wildcard), and the uids of hidden holders.
+pub fn holders(address: &crate::report::AddressReport) -> (Vec<u32>, Vec<u32>) {
+    let mut pids = Vec::new();
+    let mut hidden = Vec::new();
+    for owner in address
+        .ports
+        .iter()
+        .flat_map(|p| &p.listeners)
+        .flat_map(|l| &l.owners)
+    {
+        match (owner.pid, owner.uid) {
+            (Some(pid), _) => pids.push(pid),
+            (None, uid) => hidden.push(uid.unwrap_or(0)),
+        }
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    hidden.sort_unstable();
+    hidden.dedup();
+    (pids, hidden)
+}
+
+/// The human lines of a reap: one per process, then the outcome.
+pub fn render(report: &ReapReport, comms: &std::collections::BTreeMap<u32, String>) -> String {
+    let mut text = String::new();
+    for r in &report.reaped {
+        let comm = comms
+            .get(&r.pid)
+            .map(|c| format!(" ({c})"))
+            .unwrap_or_default();
+        let fate = match (r.exited, r.action.as_str()) {
+            (true, "gone") => "",
+            (true, _) => ", exited",
+            (false, "SIGTERM, then SIGKILL") => ", still alive",
+            _ => "",
+        };
+        text.push_str(&format!("pid {}{comm}: {}{fate}\n", r.pid, r.action));
+    }
+    for uid in &report.hidden {
+        text.push_str(&format!(
+            "a holder of uid {uid}, hidden by permissions: not permitted, not signalled\n"
+        ));
+    }
+    text.push_str(&format!(
+        "{} was {}{}\n",
+        report.address,
+        report.before.as_str(),
+        if report.dry_run {
+            " (dry run: nothing was signalled)".to_string()
+        } else {
+            format!("; now {}", report.after.as_str())
+        }
+    ));
+    text
+}
