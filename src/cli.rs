@@ -74,6 +74,8 @@ enum Command {
         ports: PortsArg,
         #[command(flatten)]
         sources: SourceArgs,
+        #[command(flatten)]
+        netns: NetnsArg,
     },
     /// Every address with a socket on the ports (wildcard listeners too),
     /// with its verdict, its listeners and their holders.
@@ -83,6 +85,8 @@ enum Command {
         ports: PortsArg,
         #[command(flatten)]
         sources: SourceArgs,
+        #[command(flatten)]
+        netns: NetnsArg,
     },
     /// End the processes holding listeners that cover an address: SIGTERM,
     /// then SIGKILL after --grace for those still holding.
@@ -122,6 +126,8 @@ enum Command {
         ports: PortsArg,
         #[command(flatten)]
         sources: SourceArgs,
+        #[command(flatten)]
+        netns: NetnsArg,
     },
     /// Lease the first free address of a pool and print it.
     #[command(after_long_help = exit::HELP_ACQUIRE)]
@@ -245,6 +251,8 @@ struct CheckArgs {
     ports: PortsArg,
     #[command(flatten)]
     sources: SourceArgs,
+    #[command(flatten)]
+    netns: NetnsArg,
 }
 
 #[derive(Debug, Args)]
@@ -261,6 +269,16 @@ struct PortsArg {
     /// 64 [default: $SOCKCHECK_PORTS, else 9925,9926]
     #[arg(long, value_name = "P,..", value_parser = input::ports())]
     ports: Option<Ports>,
+}
+
+/// Another network namespace to look into.
+#[derive(Debug, Args, Default)]
+struct NetnsArg {
+    /// Inspect another network namespace: NAME (under /run/netns, as `ip
+    /// netns` names them), a PATH to one, or pid:PID (that process's).
+    /// Needs CAP_SYS_ADMIN.
+    #[arg(long, value_name = "NAME|PATH|pid:PID")]
+    netns: Option<String>,
 }
 
 /// The optional sources of evidence.
@@ -368,6 +386,7 @@ fn run_command<I: IntoIterator<Item = OsString>>(args: I) -> Result<ExitStatus, 
     let top = Top {
         ports: cli.check.ports.ports,
         sources: cli.check.sources,
+        netns: cli.check.netns.netns,
         state_dir: cli.state_dir,
         output,
     };
@@ -415,6 +434,7 @@ fn clap_outcome(e: &clap::Error) -> Result<ExitStatus, Error> {
 struct Top {
     ports: Option<Ports>,
     sources: SourceArgs,
+    netns: Option<String>,
     state_dir: Option<PathBuf>,
     output: Output,
 }
@@ -432,6 +452,7 @@ impl Top {
             state_dir: state_dir.unwrap_or_else(gate::state::default_dir),
             output: self.output,
             sources: self.sources(sources.unwrap_or_else(SourceArgs::none)),
+            netns: None,
         })
     }
 
@@ -459,6 +480,7 @@ impl CheckArgs {
             addresses: Vec::new(),
             ports: PortsArg { ports: None },
             sources: SourceArgs::none(),
+            netns: NetnsArg::default(),
         }
     }
 }
@@ -481,11 +503,23 @@ fn dispatch(command: Command, top: &Top) -> Result<ExitStatus, Error> {
             pool,
             ports,
             sources,
-        } => gate::scan(
-            &top.gate(ports, Some(sources), None)?,
-            input::resolve_pool(pool.pool)?,
+            netns,
+        } => {
+            let gate = top.gate(ports, Some(sources), None)?;
+            let pool = input::resolve_pool(pool.pool)?;
+            in_netns(netns.netns.or(top.netns.clone()), gate, |gate| {
+                gate::scan(&gate, pool)
+            })
+        }
+        Command::List {
+            ports,
+            sources,
+            netns,
+        } => in_netns(
+            netns.netns.or(top.netns.clone()),
+            top.gate(ports, Some(sources), None)?,
+            |gate| gate::list(&gate),
         ),
-        Command::List { ports, sources } => gate::list(&top.gate(ports, Some(sources), None)?),
         Command::Reap {
             address,
             grace,
@@ -504,11 +538,11 @@ fn dispatch(command: Command, top: &Top) -> Result<ExitStatus, Error> {
             allow_foreign,
             ports,
             sources,
-        } => gate::wait(
-            &top.gate(ports, Some(sources), None)?,
-            address,
-            timeout,
-            allow_foreign,
+            netns,
+        } => in_netns(
+            netns.netns.or(top.netns.clone()),
+            top.gate(ports, Some(sources), None)?,
+            |gate| gate::wait(&gate, address, timeout, allow_foreign),
         ),
         Command::Acquire {
             pool,
@@ -562,13 +596,20 @@ fn check(
                 .into(),
         ));
     }
-    let ports = top.ports(args.ports)?;
+    let gate = top.gate(args.ports, Some(args.sources), None)?;
     let query = Query {
-        sources: top.sources(args.sources),
-        ..Query::new(input::unique(addresses), ports)
+        sources: gate.sources,
+        ..Query::new(input::unique(addresses), gate.ports.clone())
     };
-    let report = inspect::inspect(&query)?;
-    emit(&report, top.output)?;
+    let output = top.output;
+    let netns = args.netns.netns.or(top.netns.clone());
+    let report = in_netns(netns, gate, |gate| {
+        inspect::inspect(&Query {
+            netns: gate.netns,
+            ..query
+        })
+    })?;
+    emit(&report, output)?;
     Ok(if report.all_free() {
         ExitStatus::Free
     } else {
@@ -593,6 +634,25 @@ fn run_cmd(args: RunArgs, top: &Top) -> Result<ExitStatus, Error> {
         command: args.command,
     };
     gate::run(&gate, &pool, &options)
+}
+
+/// Runs `command` with `gate` in the network namespace `--netns` names, on
+/// a thread of its own that entered it (sock_diag and the canary then see
+/// that namespace; /proc and the rest stay sockcheck's), or here.
+fn in_netns<T: Send>(
+    netns: Option<String>,
+    mut gate: Gate,
+    command: impl FnOnce(Gate) -> Result<T, Error> + Send,
+) -> Result<T, Error> {
+    let Some(spec) = netns else {
+        return command(gate);
+    };
+    let namespace = crate::netns::NetNs::open(&spec)?;
+    gate.netns = Some(crate::report::NetnsInfo {
+        inode: namespace.inode,
+        name: namespace.name(),
+    });
+    namespace.run(|| command(gate))?
 }
 
 /// `sockcheck completions SHELL`.

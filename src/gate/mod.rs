@@ -37,6 +37,8 @@ pub struct Gate {
     pub state_dir: PathBuf,
     pub output: Output,
     pub sources: Sources,
+    /// The network namespace the command runs in (`--netns`).
+    pub netns: Option<crate::report::NetnsInfo>,
 }
 
 impl Gate {
@@ -44,6 +46,7 @@ impl Gate {
         Query {
             owners,
             sources: self.sources,
+            netns: self.netns.clone(),
             ..Query::new(addresses, self.ports.clone())
         }
     }
@@ -118,7 +121,7 @@ fn lines(report: &Report, counts: bool) -> String {
         .map(|a| a.address.to_string().len())
         .max()
         .unwrap_or(0);
-    let mut text = String::new();
+    let mut text = crate::report::human::netns_line(report);
     for address in &report.addresses {
         let listeners: usize = address.ports.iter().map(|p| p.listeners.len()).sum();
         let others: usize = address.ports.iter().map(|p| p.other_sockets.total).sum();

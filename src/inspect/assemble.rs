@@ -21,6 +21,7 @@ pub fn report(query: &Query, view: &KernelView, plan: &Plan<'_>, evidence: &Evid
         schema: SCHEMA,
         sockcheck: env!("CARGO_PKG_VERSION"),
         ports: query.ports.clone(),
+        netns: query.netns.clone(),
         addresses: plan
             .addresses
             .iter()

@@ -34,6 +34,9 @@ pub struct Query {
     pub owners: bool,
     /// Which optional sources of evidence may be used.
     pub sources: Sources,
+    /// The network namespace the inspection runs in, when `--netns` chose
+    /// one (the caller runs it there): named in the report.
+    pub netns: Option<crate::report::NetnsInfo>,
 }
 
 impl Query {
@@ -44,6 +47,7 @@ impl Query {
             ports,
             owners: true,
             sources: Sources::default(),
+            netns: None,
         }
     }
 }

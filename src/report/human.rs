@@ -64,8 +64,24 @@ impl Style {
 }
 
 /// Renders the whole report.
+/// `network namespace ci-7 (inode 4026532281)`, as a first line, when the
+/// report is of another network namespace (`--netns`).
+pub fn netns_line(report: &Report) -> String {
+    match &report.netns {
+        Some(ns) => format!(
+            "network namespace {}(inode {})\n",
+            ns.name
+                .as_deref()
+                .map(|n| format!("{} ", crate::text::escape(n.as_bytes())))
+                .unwrap_or_default(),
+            ns.inode
+        ),
+        None => String::new(),
+    }
+}
+
 pub fn render(report: &Report, style: Style, verbose: bool) -> String {
-    let mut out = String::new();
+    let mut out = netns_line(report);
     for (i, address) in report.addresses.iter().enumerate() {
         if i > 0 {
             out.push('\n');

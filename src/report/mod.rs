@@ -84,8 +84,21 @@ pub struct Report {
     pub schema: u32,
     pub sockcheck: &'static str,
     pub ports: Vec<u16>,
+    /// The network namespace inspected, when `--netns` chose one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<NetnsInfo>,
     pub addresses: Vec<AddressReport>,
     pub sources: SourceStatuses,
+}
+
+/// A network namespace, as `--netns` named it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetnsInfo {
+    /// Its inode (as /proc/PID/ns/net and `ip netns identify` show it).
+    pub inode: u64,
+    /// Its name under /run/netns, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl Report {

@@ -1,0 +1,171 @@
+//! --netns: the inspection of another network namespace, against real
+//! listeners in a namespace each test makes (`ip netns add`), with `lo` up,
+//! deleted at the end. Namespaces named sockcheck-test-PID-N; ports
+//! 45660-45669 (inside them any address is private).
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+
+use support::{KillOnDrop, sockcheck, sockcheck_as_nobody};
+
+/// A network namespace of this test, deleted (with what runs in it
+/// killed) on drop.
+struct Namespace {
+    name: String,
+    holders: Vec<Child>,
+}
+
+impl Namespace {
+    fn new(n: u32) -> Namespace {
+        let name = format!("sockcheck-test-{}-{n}", std::process::id());
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .is_ok_and(|s| s.success())
+            && Command::new("ip")
+                .args(["netns", "exec", &name, "ip", "link", "set", "lo", "up"])
+                .status()
+                .is_ok_and(|s| s.success());
+        assert!(ok, "ip netns add {name} (iproute2, as root)");
+        Namespace {
+            name,
+            holders: Vec::new(),
+        }
+    }
+
+    /// `sockcheck-holder SHAPE ADDR PORT` inside; returns its pid once ready.
+    fn holder(&mut self, shape: &str, address: &str, port: u16) -> u32 {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .arg(&*support::HOLDER)
+            .args([shape, address, &port.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert!(line.starts_with("ready "), "{line:?}");
+        // `ip netns exec` execs the holder: same pid.
+        let pid = child.id();
+        self.holders.push(child);
+        pid
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        for child in &mut self.holders {
+            let _guard = KillOnDrop(child.id());
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+#[test]
+fn the_namespace_view_differs_from_the_hosts() {
+    if !support::require_root("ip netns add") {
+        return;
+    }
+    let mut ns = Namespace::new(1);
+    let pid = ns.holder("plain", "127.0.0.2", 45660);
+    // The host: nothing there.
+    let host = sockcheck(&["--json", "--ports", "45660", "127.0.0.2"]);
+    assert_eq!(host.status, 0, "{}", host.stderr);
+    assert!(host.json().get("netns").is_none());
+    // The namespace, by name and by pid: busy, held by the holder.
+    for spec in [ns.name.clone(), format!("pid:{pid}")] {
+        let run = sockcheck(&["--json", "--netns", &spec, "--ports", "45660", "127.0.0.2"]);
+        assert_eq!(run.status, 1, "--netns {spec}: {}", run.stderr);
+        let json = run.json();
+        assert_eq!(json["netns"]["name"], ns.name.as_str(), "{json}");
+        assert!(json["netns"]["inode"].as_u64().unwrap() > 0);
+        let address = &json["addresses"][0];
+        assert_eq!(address["verdict"], "busy");
+        assert_eq!(
+            support::owner_pids(support::port(address, 45660)),
+            vec![u64::from(pid)],
+            "owners are found through sockcheck's own /proc"
+        );
+    }
+    // For people, the namespace comes first.
+    let run = sockcheck(&["--netns", &ns.name, "--ports", "45660", "127.0.0.2"]);
+    assert!(
+        run.stdout
+            .starts_with(&format!("network namespace {} (inode ", ns.name)),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn list_scan_and_wait_look_into_the_namespace() {
+    if !support::require_root("ip netns add") {
+        return;
+    }
+    let mut ns = Namespace::new(2);
+    let pid = ns.holder("group", "127.0.0.3", 45661);
+    let run = sockcheck(&["list", "--netns", &ns.name, "--ports", "45661"]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.lines().any(|l| l.starts_with("127.0.0.3 ")
+            && l.contains("busy")
+            && l.contains(&format!("pid {pid}"))),
+        "{}",
+        run.stdout
+    );
+    let run = sockcheck(&["list", "--ports", "45661"]);
+    assert!(
+        run.stdout.starts_with("no socket on port 45661"),
+        "{}",
+        run.stdout
+    );
+    let run = sockcheck(&[
+        "scan",
+        "--netns",
+        &ns.name,
+        "--ports",
+        "45661",
+        "127.0.0.3-127.0.0.4",
+    ]);
+    assert_eq!(run.status, 1);
+    assert!(run.stdout.contains("127.0.0.4  free"), "{}", run.stdout);
+    let run = sockcheck(&[
+        "wait",
+        "--netns",
+        &ns.name,
+        "--ports",
+        "45661",
+        "127.0.0.3",
+        "--timeout",
+        "200ms",
+    ]);
+    assert_eq!(run.status, 1, "{}", run.stderr);
+}
+
+#[test]
+fn without_cap_sys_admin_the_error_says_so_in_one_line() {
+    if !support::require_setpriv("--netns as nobody") {
+        return;
+    }
+    let ns = Namespace::new(3);
+    let run = sockcheck_as_nobody(&["--netns", &ns.name, "--ports", "45662", "127.0.0.2"]);
+    assert_eq!(run.status, 3, "{}{}", run.stdout, run.stderr);
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(run.stderr.contains("CAP_SYS_ADMIN"), "{}", run.stderr);
+    // A name that is no namespace is bad input.
+    let run = sockcheck(&["--netns", "sockcheck-test-no-such-ns", "127.0.0.2"]);
+    assert_eq!(run.status, 2, "{}", run.stderr);
+}
