@@ -497,6 +497,94 @@ pub struct ProcessInfo {
     pub start_time: Option<u64>,
     /// Seconds since it started.
     pub age_seconds: Option<u64>,
+    /// Its pid in its own pid namespace, when that is not sockcheck's (a
+    /// container's): the last of /proc/PID/status's NSpid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ns_pid: Option<u32>,
+    /// Its cgroup (v2) path, when it is in another pid namespace or the
+    /// path names a container.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// The container the cgroup path names (docker, containerd, CRI-O,
+    /// podman, a systemd machine).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
+}
+
+/// A container, as a cgroup path names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Container {
+    /// `docker`, `containerd`, `cri-o`, `podman`, `kubepods` or
+    /// `systemd-machine`.
+    pub runtime: &'static str,
+    pub id: String,
+}
+
+/// The container a cgroup path names, if any: a `docker-ID.scope`,
+/// `cri-containerd-ID.scope`, `crio-ID.scope`, `libpod-ID.scope`
+/// (podman) or `machine-NAME.scope` segment, or a 64-hex-digit segment
+/// under `/docker/` or `/kubepods`.
+pub fn container_of(cgroup: &str) -> Option<Container> {
+    let hex64 = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let segments: Vec<&str> = cgroup.split('/').filter(|s| !s.is_empty()).collect();
+    for (i, segment) in segments.iter().enumerate().rev() {
+        if let Some(scope) = segment.strip_suffix(".scope") {
+            for (prefix, runtime) in [
+                ("docker-", "docker"),
+                ("cri-containerd-", "containerd"),
+                ("crio-", "cri-o"),
+                ("libpod-", "podman"),
+            ] {
+                if let Some(id) = scope.strip_prefix(prefix).filter(|id| hex64(id)) {
+                    return Some(Container {
+                        runtime,
+                        id: id.to_string(),
+                    });
+                }
+            }
+            if let Some(name) = scope.strip_prefix("machine-") {
+                return Some(Container {
+                    runtime: "systemd-machine",
+                    id: name.to_string(),
+                });
+            }
+        }
+        if hex64(segment) {
+            let runtime = match segments[..i].first() {
+                Some(&"docker") => "docker",
+                Some(s) if s.starts_with("kubepods") => "kubepods",
+                _ => continue,
+            };
+            return Some(Container {
+                runtime,
+                id: segment.to_string(),
+            });
+        }
+    }
+    None
+}
+
+/// Where a process lives: its pid in its own pid namespace (when that is
+/// not sockcheck's), its cgroup and its container, as far as they tell.
+fn whereabouts(
+    process: &procfs::process::Process,
+    pid: u32,
+) -> (Option<u32>, Option<String>, Option<Container>) {
+    let ns_pid = process
+        .status()
+        .ok()
+        .and_then(|s| s.nspid)
+        .and_then(|levels| levels.last().copied())
+        .map(|p| p as u32)
+        .filter(|&p| p != pid);
+    let cgroup = process
+        .cgroups()
+        .ok()
+        .and_then(|groups| groups.0.into_iter().find(|g| g.hierarchy == 0))
+        .map(|g| g.pathname);
+    let container = cgroup.as_deref().and_then(container_of);
+    let cgroup = cgroup.filter(|_| ns_pid.is_some() || container.is_some());
+    (ns_pid, cgroup, container)
 }
 
 /// Reads the details of a holder. The process may have exited since the
@@ -567,6 +655,10 @@ pub fn describe(pid: u32) -> ProcessInfo {
             .as_secs();
         now.checked_sub(start)
     });
+    let (ns_pid, cgroup, container) = process
+        .as_ref()
+        .map(|p| whereabouts(p, pid))
+        .unwrap_or_default();
     ProcessInfo {
         pid,
         comm,
@@ -577,6 +669,9 @@ pub fn describe(pid: u32) -> ProcessInfo {
         ppid: stat.as_ref().map(|s| s.ppid as u32),
         start_time,
         age_seconds,
+        ns_pid,
+        cgroup,
+        container,
     }
 }
 
@@ -701,5 +796,42 @@ mod tests {
         let refs = &scan.holders[&inode][&me];
         assert_eq!(refs[0].fd, fd as u32);
         assert!(refs[0].via_tids.is_empty());
+    }
+
+    #[test]
+    fn container_ids_from_cgroup_paths() {
+        let id = "3f2a".repeat(16);
+        for (path, runtime) in [
+            (format!("/system.slice/docker-{id}.scope"), "docker"),
+            (format!("/docker/{id}"), "docker"),
+            (
+                format!("/kubepods.slice/kubepods-burstable.slice/cri-containerd-{id}.scope"),
+                "containerd",
+            ),
+            (format!("/kubepods/besteffort/pod1/{id}"), "kubepods"),
+            (
+                format!("/machine.slice/libpod-{id}.scope/container"),
+                "podman",
+            ),
+            (format!("/kubepods.slice/crio-{id}.scope"), "cri-o"),
+        ] {
+            let found = container_of(&path).unwrap_or_else(|| panic!("{path}"));
+            assert_eq!(
+                (found.runtime, found.id.as_str()),
+                (runtime, id.as_str()),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            container_of("/machine.slice/machine-web.scope").map(|c| c.id),
+            Some("web".to_string())
+        );
+        for plain in [
+            "/",
+            "/user.slice/user-0.slice/session-1.scope",
+            "/system.slice/nginx.service",
+        ] {
+            assert_eq!(container_of(plain), None, "{plain}");
+        }
     }
 }

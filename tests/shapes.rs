@@ -769,3 +769,46 @@ fn list_names_every_address_its_verdict_and_holders_sorted() {
         vec![u64::from(group.pid)]
     );
 }
+
+/// Issue 12: an owner in another pid namespace (as in a container) is
+/// named by sockcheck's pid and by its own, with its cgroup.
+#[test]
+fn an_owner_in_another_pid_namespace_is_named_with_its_own_pid() {
+    if !support::require_root("unshare --pid") {
+        return;
+    }
+    let mut unshare = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+        .arg(&*support::HOLDER)
+        .args(["plain", "127.91.0.80", "45180"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let unshare_pid = unshare.id();
+    let _unshare = support::KillOnDrop(unshare_pid);
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(unshare.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.starts_with("ready pid=1"), "{line:?}");
+    let (address, status) = check("127.91.0.80", "45180");
+    assert_eq!(status, 1);
+    let owner = &port(&address, 45180)["listeners"][0]["owners"][0];
+    let pid = owner["pid"].as_u64().unwrap() as u32;
+    let _holder = support::KillOnDrop(pid);
+    assert_ne!(pid, 1);
+    assert_eq!(owner["ns_pid"], 1, "{owner}");
+    assert_eq!(owner["ppid"], unshare_pid, "{owner}");
+    assert!(owner["cgroup"].is_string(), "{owner}");
+    let run = sockcheck(&["--ports", "45180", "127.91.0.80"]);
+    assert!(
+        run.stdout
+            .contains(&format!("owner: pid {pid} (pid 1 in its namespace)")),
+        "{}",
+        run.stdout
+    );
+    drop(_holder);
+    let _ = unshare.wait();
+}

@@ -254,29 +254,11 @@ fn render_owner(out: &mut String, owner: &Owner, indent: &str, style: Style, ver
     let Some(process) = &owner.process else {
         return;
     };
-    let fds: Vec<String> = owner
-        .fds
-        .iter()
-        .map(|r| {
-            if r.via_tids.is_empty() {
-                format!("fd {}", r.fd)
-            } else {
-                format!(
-                    "fd {} via thread{} {}",
-                    r.fd,
-                    if r.via_tids.len() == 1 { "" } else { "s" },
-                    r.via_tids
-                        .iter()
-                        .map(u32::to_string)
-                        .collect::<Vec<_>>()
-                        .join(",")
-                )
-            }
-        })
-        .collect();
+    let fds = fd_list(owner);
     let mut line = format!(
-        "{indent}owner: pid {} {}  {}",
+        "{indent}owner: pid {}{} {}  {}",
         owner.pid.unwrap_or(0),
+        whereabouts(process),
         style.bold(&process.comm.escaped()),
         process.state
     );
@@ -303,7 +285,7 @@ fn render_owner(out: &mut String, owner: &Owner, indent: &str, style: Style, ver
     if let Some(age) = process.age_seconds {
         let _ = write!(line, "  age {}", human_age(age));
     }
-    let _ = write!(line, "  {}", fds.join(", "));
+    let _ = write!(line, "  {fds}");
     let _ = writeln!(out, "{line}");
     if !process.cmdline.is_empty() {
         let words: Vec<String> = process.cmdline.iter().map(|w| shell_word(&w.0)).collect();
@@ -313,6 +295,56 @@ fn render_owner(out: &mut String, owner: &Owner, indent: &str, style: Style, ver
         }
         let _ = writeln!(out, "{indent}  {}", style.dim(&cmd));
     }
+}
+
+/// `fd 4`, `fd 4 via threads 6641,6642`, …
+fn fd_list(owner: &Owner) -> String {
+    let fds: Vec<String> = owner
+        .fds
+        .iter()
+        .map(|r| {
+            if r.via_tids.is_empty() {
+                format!("fd {}", r.fd)
+            } else {
+                format!(
+                    "fd {} via thread{} {}",
+                    r.fd,
+                    if r.via_tids.len() == 1 { "" } else { "s" },
+                    r.via_tids
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )
+            }
+        })
+        .collect();
+    fds.join(", ")
+}
+
+/// ` (pid 1 in its namespace), container docker 3f2a3f2a3f2a`: where a
+/// holder in a container lives; empty for one in sockcheck's own.
+fn whereabouts(process: &crate::owners::ProcessInfo) -> String {
+    let mut text = String::new();
+    if let Some(ns_pid) = process.ns_pid {
+        let _ = write!(text, " (pid {ns_pid} in its namespace)");
+    }
+    if let Some(container) = &process.container {
+        let id: String = container.id.chars().take(12).collect();
+        let _ = write!(
+            text,
+            ", container {} {}",
+            container.runtime,
+            crate::text::escape(id.as_bytes())
+        );
+    }
+    if process.container.is_none()
+        && process.ns_pid.is_some()
+        && let Some(cgroup) = &process.cgroup
+    {
+        let _ = write!(text, ", cgroup {}", crate::text::escape(cgroup.as_bytes()));
+    }
+    text
 }
 
 /// `42s`, `3m12s`, `5h03m`, `2d04h`.
