@@ -6,13 +6,14 @@
 
 use std::net::SocketAddr;
 
+use schemars::JsonSchema;
 use serde::Serialize;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::error::errno_label;
 
 /// The result of one canary bind.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct Canary {
     /// `ok`, or the errno name (`EADDRINUSE`, `EADDRNOTAVAIL`, `EACCES`, …).
     pub result: String,

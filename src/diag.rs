@@ -22,6 +22,7 @@ use netlink_packet_sock_diag::{
 use netlink_sys::{
     Socket as NetlinkSocket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIAG,
 };
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::error::{Error, errno_name};
@@ -40,7 +41,7 @@ pub const TCP_LISTEN: u8 = 10;
 const TCP_CLOSE: u8 = 7;
 
 /// Address family of a socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     Inet,

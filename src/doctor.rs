@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::Path;
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::bpf;
@@ -28,7 +29,7 @@ const CAPABILITIES: [(&str, u32); 6] = [
 ];
 
 /// Everything `doctor` found.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Doctor {
     pub schema: u32,
     pub sockcheck: &'static str,
@@ -50,7 +51,7 @@ pub struct Doctor {
 }
 
 /// How /proc is mounted.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct ProcMount {
     pub mounted: bool,
     /// `off`, `noaccess`, `invisible` or `ptraceable` (null when /proc is not
@@ -63,7 +64,7 @@ pub struct ProcMount {
 }
 
 /// One source of evidence.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct SourceRow {
     /// `sock_diag`, `proc_other_users`, `pidfd_getfd`, `bind_probe`,
     /// `bpf_iter` or `bpf_watch`.

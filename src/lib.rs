@@ -21,6 +21,7 @@ pub mod output;
 pub mod owners;
 pub mod report;
 pub mod reuseport;
+pub mod schema;
 pub mod text;
 pub mod verdict;
 pub mod watch;

@@ -17,13 +17,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rustix::fs::{AtFlags, Mode, OFlags, RawDir};
 use rustix::io::Errno;
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::error::Error;
 use crate::text::Bytes;
 
 /// Where one process keeps one of the sockets asked about.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, JsonSchema)]
 pub struct FdRef {
     /// The fd number.
     pub fd: u32,
@@ -481,7 +482,7 @@ fn parse_decimal(digits: &[u8]) -> Option<u64> {
 }
 
 /// What a person wants to know about a holder process.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct ProcessInfo {
     /// Serialized by the owner that carries it.
     #[serde(skip)]
@@ -512,7 +513,7 @@ pub struct ProcessInfo {
 }
 
 /// A container, as a cgroup path names it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct Container {
     /// `docker`, `containerd`, `cri-o`, `podman`, `kubepods` or
     /// `systemd-machine`.
@@ -678,7 +679,7 @@ pub fn describe(pid: u32) -> ProcessInfo {
 /// A holder's state, from the state letter of /proc/PID/stat, serialized
 /// as `running`, `sleeping`, `disk-sleep`, `stopped`, `tracing-stop`,
 /// `zombie`, `zombie-leader`, `dead`, `idle`, …
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ProcessState {
     Running,

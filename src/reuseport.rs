@@ -21,13 +21,14 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags};
+use schemars::JsonSchema;
 use serde::Serialize;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::error::errno_label;
 
 /// The value and the evidence for it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct Reuseport {
     /// Where the value came from.
     pub source: Source,
@@ -47,7 +48,7 @@ impl Reuseport {
 
 /// What a listener's SO_REUSEPORT value rests on, serialized as in the
 /// README: `kernel`, `group`, `pidfd_getfd`, `bind_probe`, or `none`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     /// The socket's `skc_reuseport` bit, read by the BPF tcp iterator.

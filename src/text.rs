@@ -41,6 +41,31 @@ impl Serialize for Bytes {
     }
 }
 
+/// The schema of what [`Bytes`] serializes to: a string, or
+/// `{"bytes": "<base64>"}`.
+impl schemars::JsonSchema for Bytes {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Bytes".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "Text a process chose: a string when it is valid UTF-8, otherwise its bytes in base64 (standard alphabet, padded).",
+            "anyOf": [
+                {"type": "string"},
+                {
+                    "type": "object",
+                    "properties": {
+                        "bytes": {"type": "string", "contentEncoding": "base64"}
+                    },
+                    "required": ["bytes"],
+                    "additionalProperties": false
+                }
+            ]
+        })
+    }
+}
+
 impl fmt::Display for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.escaped())

@@ -10,6 +10,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::bpf::{self, BpfError, ListenChange, ListenEvent, Watcher};
@@ -41,10 +42,11 @@ pub struct WatchOptions {
 }
 
 /// One event as `watch --json` prints it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 pub struct EventLine<'a> {
     pub schema: u32,
     /// `listen` or `close`.
+    #[schemars(extend("enum" = ["listen", "close"]))]
     pub event: &'static str,
     /// Wall-clock time, UTC, RFC 3339 with milliseconds.
     pub time: String,

@@ -7,6 +7,7 @@ use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::error::Error;
@@ -18,7 +19,7 @@ use crate::text::{Bytes, markdown as md, markdown_code, shell_word};
 /// The forensic report's JSON schema version.
 pub const SCHEMA: u32 = 1;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Forensic {
     pub schema: u32,
     pub address: IpAddr,
@@ -45,7 +46,7 @@ pub struct Forensic {
 }
 
 /// One lingering process.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Holder {
     pub pid: u32,
     #[serde(flatten)]
@@ -54,9 +55,10 @@ pub struct Holder {
     pub sockets: Vec<HeldSocket>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct HeldListener {
     #[serde(serialize_with = "display")]
+    #[schemars(with = "String")]
     pub local: SocketAddr,
     pub inode: u64,
     pub fd: Option<u32>,
@@ -70,23 +72,25 @@ pub struct HeldListener {
 }
 
 /// The thread that put a socket into LISTEN.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct Opener {
     pub tid: u32,
     pub comm: Bytes,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct HeldSocket {
     pub state: &'static str,
     #[serde(serialize_with = "display")]
+    #[schemars(with = "String")]
     pub local: SocketAddr,
     #[serde(serialize_with = "display")]
+    #[schemars(with = "String")]
     pub remote: SocketAddr,
     pub inode: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct HiddenHolder {
     pub uid: u32,
     pub inode: u64,

@@ -15,6 +15,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::error::Error;
@@ -290,8 +291,8 @@ fn single(gate: &Gate, view: &KernelView, address: IpAddr) -> Report {
 }
 
 /// What `acquire --json` prints when it leased an address.
-#[derive(Debug, Serialize)]
-struct Acquired {
+#[derive(Debug, Serialize, JsonSchema)]
+pub(crate) struct Acquired {
     schema: u32,
     address: IpAddr,
     ports: Vec<u16>,
@@ -300,7 +301,7 @@ struct Acquired {
 }
 
 /// Why `acquire` passed over an address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SkipReason {
     /// Leased to a live process.
@@ -327,7 +328,7 @@ impl SkipReason {
 }
 
 /// One address of the pool that `acquire` passed over, and why.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Skipped {
     pub address: IpAddr,
     pub reason: SkipReason,
@@ -348,7 +349,7 @@ pub struct Skipped {
 }
 
 /// Every address of the pool was passed over.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Refusal {
     pub skipped: Vec<Skipped>,
     /// Every candidate is foreign (without `--allow-foreign`) or
@@ -357,9 +358,11 @@ pub struct Refusal {
 }
 
 /// What `acquire --json` prints when no address could be leased.
-#[derive(Debug, Serialize)]
-struct NotAcquired<'a> {
+#[derive(Debug, Serialize, JsonSchema)]
+pub(crate) struct NotAcquired<'a> {
     schema: u32,
+    /// Always null: no address was leased.
+    #[schemars(with = "()")]
     address: Option<IpAddr>,
     ports: &'a [u16],
     state_dir: &'a std::path::Path,
@@ -792,8 +795,8 @@ pub fn release(gate: &Gate, address: IpAddr) -> Result<ExitStatus, Error> {
 }
 
 /// What `release --json` prints.
-#[derive(Debug, Serialize)]
-struct Released {
+#[derive(Debug, Serialize, JsonSchema)]
+pub(crate) struct Released {
     schema: u32,
     address: IpAddr,
     /// False when the address was not leased (exit status 1).
@@ -801,7 +804,7 @@ struct Released {
 }
 
 /// A lease's owner, as `acquire` and `leases` print it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 struct LeaseOwner {
     #[serde(flatten)]
     id: ProcessId,
@@ -810,13 +813,23 @@ struct LeaseOwner {
     alive: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 struct LeaseRow {
     address: IpAddr,
     owner: LeaseOwner,
     age_seconds: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     quarantined: Option<Quarantine>,
+}
+
+/// What `leases --json` prints.
+#[derive(Debug, Serialize, JsonSchema)]
+pub(crate) struct Leases<'a> {
+    schema: u32,
+    leases: &'a [LeaseRow],
+    /// Quarantined addresses that are not leased (a leased one's
+    /// quarantine is its row's `quarantined`).
+    quarantine: Vec<&'a Quarantine>,
 }
 
 /// `sockcheck leases [POOL]`.
@@ -845,13 +858,7 @@ pub fn leases(gate: &Gate, pool: Option<Vec<IpAddr>>) -> Result<ExitStatus, Erro
         .collect();
     rows.sort_by_key(|r| r.address);
     let text = if gate.output.json {
-        #[derive(Serialize)]
-        struct Doc<'a> {
-            schema: u32,
-            leases: &'a [LeaseRow],
-            quarantine: Vec<&'a Quarantine>,
-        }
-        crate::output::json(&Doc {
+        crate::output::json(&Leases {
             schema: 1,
             leases: &rows,
             quarantine: quarantined,

@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::state::ProcessId;
 
 /// What was done to one process, and what became of it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct Reaped {
     pub pid: u32,
     /// `SIGTERM` (it exited), `SIGTERM, then SIGKILL`, `gone` when it had
@@ -194,7 +195,7 @@ mod tests {
 }
 
 /// What `sockcheck reap --json` prints.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct ReapReport {
     pub schema: u32,
     pub address: std::net::IpAddr,

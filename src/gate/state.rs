@@ -24,6 +24,7 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt,
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
@@ -42,7 +43,7 @@ const MAX_STATE_FILE: u64 = 16 << 20;
 const TEMPORARY: &str = ".leases.json.tmp";
 
 /// A process, identified so that a recycled pid is not mistaken for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ProcessId {
     pub pid: u32,
     /// `starttime` from /proc/PID/stat, in clock ticks since boot.
@@ -97,7 +98,7 @@ impl Lease {
 
 /// An address that a command left held; `acquire` skips it until an
 /// inspection finds it free.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Quarantine {
     pub address: IpAddr,
     /// Unix seconds.

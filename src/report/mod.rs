@@ -9,6 +9,7 @@ pub mod human;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
+use schemars::JsonSchema;
 use serde::{Serialize, Serializer};
 
 use crate::canary::Canary;
@@ -21,7 +22,7 @@ pub const SCHEMA: u32 = 1;
 
 /// What a pool should do with an address. Ordered by severity: when several
 /// apply, the most severe wins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     /// Nothing covers ADDR on any port and every canary bind succeeds.
@@ -51,7 +52,7 @@ impl Verdict {
 }
 
 /// Why an address is not free, in a form programs can match on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReasonCode {
     /// A listener bound to ADDR holds the port.
@@ -69,7 +70,7 @@ pub enum ReasonCode {
 }
 
 /// One reason, tied to the port it is about.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct Reason {
     pub code: ReasonCode,
     /// Null when the reason is about the address as a whole.
@@ -79,7 +80,7 @@ pub struct Reason {
 }
 
 /// The answer for every address asked about.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Report {
     pub schema: u32,
     pub sockcheck: &'static str,
@@ -92,7 +93,7 @@ pub struct Report {
 }
 
 /// A network namespace, as `--netns` named it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct NetnsInfo {
     /// Its inode (as /proc/PID/ns/net and `ip netns identify` show it).
     pub inode: u64,
@@ -109,7 +110,7 @@ impl Report {
 }
 
 /// One address's verdict, its reasons, and the evidence per port.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct AddressReport {
     pub address: IpAddr,
     pub verdict: Verdict,
@@ -121,7 +122,7 @@ pub struct AddressReport {
 }
 
 /// One port of one address.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct PortReport {
     pub port: u16,
     pub canary: Canary,
@@ -131,7 +132,7 @@ pub struct PortReport {
 }
 
 /// How a listener's local address relates to the address asked about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Coverage {
     /// Bound to the address itself.
@@ -143,9 +144,10 @@ pub enum Coverage {
 }
 
 /// A listening socket that covers the address.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct ListenerReport {
     #[serde(serialize_with = "display")]
+    #[schemars(with = "String")]
     pub local: SocketAddr,
     pub family: Family,
     pub coverage: Coverage,
@@ -175,7 +177,7 @@ pub struct ListenerReport {
 
 /// A process that holds a socket, or a placeholder for one that may hold it
 /// but could not be read.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Owner {
     /// Null for a hidden owner.
     pub pid: Option<u32>,
@@ -233,7 +235,7 @@ impl Owner {
 }
 
 /// Sockets on ADDR:PORT that are not listening.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, JsonSchema)]
 pub struct OtherSockets {
     pub total: usize,
     /// Count per TCP state name (`ESTABLISHED`, `TIME_WAIT`, `BOUND_INACTIVE`, …).
@@ -242,12 +244,14 @@ pub struct OtherSockets {
 }
 
 /// One non-listening socket on ADDR:PORT.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct OtherSocket {
     pub state: &'static str,
     #[serde(serialize_with = "display")]
+    #[schemars(with = "String")]
     pub local: SocketAddr,
     #[serde(serialize_with = "display")]
+    #[schemars(with = "String")]
     pub remote: SocketAddr,
     /// Zero for sockets without a file (TIME_WAIT): the kernel owns those.
     pub inode: u64,
@@ -256,7 +260,7 @@ pub struct OtherSocket {
 }
 
 /// Which sources of evidence were used, and why any was not.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct SourceStatuses {
     pub sock_diag: SourceStatus,
     pub proc: SourceStatus,
@@ -266,9 +270,10 @@ pub struct SourceStatuses {
 }
 
 /// Whether a source was used, and what a person should know about it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct SourceStatus {
     /// `used`, `partial`, `skipped` or `unavailable`.
+    #[schemars(extend("enum" = ["used", "partial", "skipped", "unavailable"]))]
     pub status: &'static str,
     pub detail: String,
 }

@@ -1,0 +1,111 @@
+//! JSON Schemas (draft 2020-12) of every document `--json` prints, made
+//! from the very types that are serialized, so they cannot drift apart.
+//!
+//! They are committed under `schema/` in the repository; `tests/schema.rs`
+//! fails when these and the committed files differ, and
+//! `SOCKCHECK_BLESS=1 cargo test --release --test schema` rewrites the files.
+
+use schemars::generate::SchemaSettings;
+use schemars::{JsonSchema, Schema};
+use serde_json::Value;
+
+use crate::{doctor, gate, report, watch};
+
+/// Every document, as `(name, schema)`: the schema of `schema/NAME.json`.
+pub fn schemas() -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "check",
+            document::<report::Report>(
+                "check",
+                "`sockcheck --json [check] ADDR...`, `scan --json POOL` and `wait --json ADDR`: \
+                 the verdict for every address and the evidence for it.",
+                report::SCHEMA,
+            ),
+        ),
+        (
+            "acquire",
+            document::<gate::Acquired>(
+                "acquire",
+                "`sockcheck acquire --json POOL` when it leased an address (exit status 0).",
+                1,
+            ),
+        ),
+        (
+            "acquire-refusal",
+            document::<gate::NotAcquired>(
+                "acquire-refusal",
+                "`sockcheck acquire --json POOL` (and `run --json`) when no address could be \
+                 leased (exit status 1): why each address of the pool was passed over.",
+                1,
+            ),
+        ),
+        (
+            "reap",
+            document::<gate::reap::ReapReport>(
+                "reap",
+                "`sockcheck reap --json ADDR`: what was done to each holder, and the verdict \
+                 before and after.",
+                1,
+            ),
+        ),
+        (
+            "release",
+            document::<gate::Released>("release", "`sockcheck release --json ADDR`.", 1),
+        ),
+        (
+            "leases",
+            document::<gate::Leases>(
+                "leases",
+                "`sockcheck leases --json [POOL]`: the leases and the quarantined addresses.",
+                1,
+            ),
+        ),
+        (
+            "run-report",
+            document::<gate::forensic::Forensic>(
+                "run-report",
+                "The forensic report `sockcheck run --report FILE.json` writes when its command \
+                 left something holding the address.",
+                gate::forensic::SCHEMA,
+            ),
+        ),
+        (
+            "watch-event",
+            document::<watch::EventLine>(
+                "watch-event",
+                "One line of `sockcheck watch --json`: a TCP socket entering or leaving LISTEN.",
+                watch::SCHEMA,
+            ),
+        ),
+        (
+            "doctor",
+            document::<doctor::Doctor>(
+                "doctor",
+                "`sockcheck doctor --json`: what this user, on this kernel, lets sockcheck see.",
+                doctor::SCHEMA,
+            ),
+        ),
+    ]
+}
+
+/// The schema of `T` as it is serialized (fields skipped when empty are
+/// optional, every other field required), titled `name`, with the
+/// document's `schema` number as a constant.
+fn document<T: JsonSchema>(name: &str, description: &str, version: u32) -> Value {
+    let schema: Schema = SchemaSettings::draft2020_12()
+        .for_serialize()
+        .into_generator()
+        .into_root_schema_for::<T>();
+    let mut value = schema.to_value();
+    let object = value.as_object_mut().expect("a root schema is an object");
+    object.insert("title".into(), Value::from(name));
+    object.insert("description".into(), Value::from(description));
+    let version_field = object
+        .get_mut("properties")
+        .and_then(|p| p.get_mut("schema"))
+        .and_then(Value::as_object_mut)
+        .expect("every document has a `schema` field");
+    version_field.insert("const".into(), Value::from(version));
+    value
+}
