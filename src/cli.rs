@@ -495,10 +495,41 @@ impl SourceArgs {
     }
 }
 
-/// Every command but `check`.
+/// Every command but `check`: the gate commands go to
+/// [`dispatch_inspecting`] or [`dispatch_leasing`], the others run here.
 fn dispatch(command: Command, top: &Top) -> Result<ExitStatus, Error> {
     match command {
         Command::Check(_) => unreachable!("check is dispatched by run_command"),
+        command @ (Command::Scan { .. }
+        | Command::List { .. }
+        | Command::Reap { .. }
+        | Command::Wait { .. }) => dispatch_inspecting(command, top),
+        command @ (Command::Acquire { .. }
+        | Command::Release { .. }
+        | Command::Leases { .. }
+        | Command::Run(_)) => dispatch_leasing(command, top),
+        Command::Watch {
+            addresses,
+            count,
+            timeout,
+            ports,
+        } => crate::watch::watch(&crate::watch::WatchOptions {
+            ports: top.ports(ports)?,
+            addresses: input::unique(addresses),
+            output: top.output,
+            count,
+            timeout,
+        }),
+        Command::Doctor => crate::doctor::doctor(top.output),
+        Command::Completions { shell } => completions(shell),
+        Command::Man => man(),
+    }
+}
+
+/// The gate commands that inspect without leasing: `scan`, `list`, `reap`
+/// and `wait`. They take no state directory.
+fn dispatch_inspecting(command: Command, top: &Top) -> Result<ExitStatus, Error> {
+    match command {
         Command::Scan {
             pool,
             ports,
@@ -544,6 +575,14 @@ fn dispatch(command: Command, top: &Top) -> Result<ExitStatus, Error> {
             top.gate(ports, Some(sources), None)?,
             |gate| gate::wait(&gate, address, timeout, allow_foreign),
         ),
+        _ => unreachable!("only the inspecting gate commands come here"),
+    }
+}
+
+/// The gate commands that lease from the state directory: `acquire`,
+/// `release`, `leases` and `run`.
+fn dispatch_leasing(command: Command, top: &Top) -> Result<ExitStatus, Error> {
+    match command {
         Command::Acquire {
             pool,
             owner,
@@ -566,21 +605,7 @@ fn dispatch(command: Command, top: &Top) -> Result<ExitStatus, Error> {
             pool.map(|p| p.0),
         ),
         Command::Run(args) => run_cmd(args, top),
-        Command::Watch {
-            addresses,
-            count,
-            timeout,
-            ports,
-        } => crate::watch::watch(&crate::watch::WatchOptions {
-            ports: top.ports(ports)?,
-            addresses: input::unique(addresses),
-            output: top.output,
-            count,
-            timeout,
-        }),
-        Command::Doctor => crate::doctor::doctor(top.output),
-        Command::Completions { shell } => completions(shell),
-        Command::Man => man(),
+        _ => unreachable!("only the leasing gate commands come here"),
     }
 }
 

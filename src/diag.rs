@@ -750,34 +750,7 @@ mod property {
         bytes.extend_from_slice(&wqueue.to_ne_bytes());
         bytes.extend_from_slice(&uid.to_ne_bytes());
         bytes.extend_from_slice(&inode.to_ne_bytes());
-        let mut v6only = None;
-        let mut cgroup_id = None;
-        for _ in 0..rng.below(5) {
-            case.attributes.push(start + bytes.len());
-            let (kind, value): (u16, Vec<u8>) = match rng.below(5) {
-                0 => {
-                    let on = rng.one_in(2);
-                    v6only = Some(on);
-                    (11, vec![u8::from(on)]) // INET_DIAG_SKV6ONLY
-                }
-                1 => {
-                    let id = rng.next();
-                    cgroup_id = Some(id);
-                    (INET_DIAG_CGROUP_ID, id.to_ne_bytes().to_vec())
-                }
-                2 => (15, rng.bytes(4)), // INET_DIAG_MARK
-                3 => (5, rng.bytes(1)),  // INET_DIAG_TOS
-                _ => {
-                    // Kinds the crate does not know.
-                    let n = rng.below(13) as usize;
-                    (22 + rng.below(20) as u16, rng.bytes(n))
-                }
-            };
-            bytes.extend_from_slice(&(4 + value.len() as u16).to_ne_bytes());
-            bytes.extend_from_slice(&kind.to_ne_bytes());
-            bytes.extend_from_slice(&value);
-            align(&mut bytes);
-        }
+        let (v6only, cgroup_id) = attributes(rng, case, start, &mut bytes);
         let length = bytes.len() as u32;
         bytes[..4].copy_from_slice(&length.to_ne_bytes());
         case.bytes.extend_from_slice(&bytes);
@@ -805,6 +778,48 @@ mod property {
             v6only,
             cgroup_id,
         });
+    }
+
+    /// Zero to four rtattrs after an inet_diag_msg (`bytes`, the message so
+    /// far, starts at `start` in the datagram): INET_DIAG_SKV6ONLY,
+    /// INET_DIAG_CGROUP_ID, INET_DIAG_MARK, INET_DIAG_TOS or kinds the crate
+    /// does not know, each padded to 4 bytes. Returns the v6only flag and
+    /// the cgroup id the parser must report.
+    fn attributes(
+        rng: &mut SplitMix64,
+        case: &mut Case,
+        start: usize,
+        bytes: &mut Vec<u8>,
+    ) -> (Option<bool>, Option<u64>) {
+        let mut v6only = None;
+        let mut cgroup_id = None;
+        for _ in 0..rng.below(5) {
+            case.attributes.push(start + bytes.len());
+            let (kind, value): (u16, Vec<u8>) = match rng.below(5) {
+                0 => {
+                    let on = rng.one_in(2);
+                    v6only = Some(on);
+                    (11, vec![u8::from(on)]) // INET_DIAG_SKV6ONLY
+                }
+                1 => {
+                    let id = rng.next();
+                    cgroup_id = Some(id);
+                    (INET_DIAG_CGROUP_ID, id.to_ne_bytes().to_vec())
+                }
+                2 => (15, rng.bytes(4)), // INET_DIAG_MARK
+                3 => (5, rng.bytes(1)),  // INET_DIAG_TOS
+                _ => {
+                    // Kinds the crate does not know.
+                    let n = rng.below(13) as usize;
+                    (22 + rng.below(20) as u16, rng.bytes(n))
+                }
+            };
+            bytes.extend_from_slice(&(4 + value.len() as u16).to_ne_bytes());
+            bytes.extend_from_slice(&kind.to_ne_bytes());
+            bytes.extend_from_slice(&value);
+            align(bytes);
+        }
+        (v6only, cgroup_id)
     }
 
     fn random_code(rng: &mut SplitMix64) -> i32 {
@@ -879,58 +894,17 @@ mod property {
         for _ in 0..1 + rng.below(3) {
             match rng.below(8) {
                 0 if !case.messages.is_empty() => {
-                    let at = *rng.pick(&case.messages);
-                    if at + 4 > bytes.len() {
-                        continue;
-                    }
-                    let old = u32::from_ne_bytes(bytes[at..at + 4].try_into().unwrap());
-                    let random = rng.next() as u32;
-                    let length = *rng.pick(&[
-                        0,
-                        1,
-                        15,
-                        16,
-                        17,
-                        19,
-                        20,
-                        87,
-                        88,
-                        old.wrapping_sub(1),
-                        old.wrapping_add(1),
-                        old.wrapping_add(4),
-                        0x7fff_ffff,
-                        0x8000_0000,
-                        u32::MAX,
-                        u32::MAX - 2,
-                        random,
-                    ]);
-                    bytes[at..at + 4].copy_from_slice(&length.to_ne_bytes());
+                    break_message_length(rng, &mut bytes, &case.messages);
                 }
                 1 if !case.attributes.is_empty() => {
-                    let at = *rng.pick(&case.attributes);
-                    if at + 4 <= bytes.len() {
-                        let length =
-                            *rng.pick(&[0u16, 1, 2, 3, 4, 5, 7, 8, 12, 0xfff, 0xffff, 0x8000]);
-                        bytes[at..at + 2].copy_from_slice(&length.to_ne_bytes());
-                        if rng.one_in(3) {
-                            // A kind the crate parses strictly, or flags set.
-                            let kind = *rng.pick(&[1u16, 2, 4, 7, 11, 15, 21, 0x8000 | 11]);
-                            bytes[at + 2..at + 4].copy_from_slice(&kind.to_ne_bytes());
-                        }
-                    }
+                    break_attribute(rng, &mut bytes, &case.attributes);
                 }
                 2 if !bytes.is_empty() => {
                     let at = rng.below(bytes.len() as u64 + 1) as usize;
                     bytes.truncate(at);
                 }
                 3 if !case.messages.is_empty() => {
-                    let at = *rng.pick(&case.messages);
-                    if at + 6 <= bytes.len() {
-                        let random = rng.next() as u16;
-                        let kind =
-                            *rng.pick(&[0u16, 1, 2, 3, 4, 16, 18, 19, 20, 21, 0xffff, random]);
-                        bytes[at + 4..at + 6].copy_from_slice(&kind.to_ne_bytes());
-                    }
+                    break_message_kind(rng, &mut bytes, &case.messages);
                 }
                 4 => {
                     if let Some(at) = case.code.filter(|at| at + 4 <= bytes.len()) {
@@ -957,6 +931,66 @@ mod property {
             }
         }
         bytes
+    }
+
+    /// Sets the nlmsg_len of one message (one of the `messages` offsets) to
+    /// an edge value: too short for a header or an inet_diag_msg, one off,
+    /// huge, or random. A message cut off by an earlier truncation is left.
+    fn break_message_length(rng: &mut SplitMix64, bytes: &mut [u8], messages: &[usize]) {
+        let at = *rng.pick(messages);
+        if at + 4 > bytes.len() {
+            return;
+        }
+        let old = u32::from_ne_bytes(bytes[at..at + 4].try_into().unwrap());
+        let random = rng.next() as u32;
+        let length = *rng.pick(&[
+            0,
+            1,
+            15,
+            16,
+            17,
+            19,
+            20,
+            87,
+            88,
+            old.wrapping_sub(1),
+            old.wrapping_add(1),
+            old.wrapping_add(4),
+            0x7fff_ffff,
+            0x8000_0000,
+            u32::MAX,
+            u32::MAX - 2,
+            random,
+        ]);
+        bytes[at..at + 4].copy_from_slice(&length.to_ne_bytes());
+    }
+
+    /// Sets the rta_len of one attribute (one of the `attributes` offsets)
+    /// to an edge value, and one time in three its rta_type to a kind the
+    /// crate parses strictly or one with flags set.
+    fn break_attribute(rng: &mut SplitMix64, bytes: &mut [u8], attributes: &[usize]) {
+        let at = *rng.pick(attributes);
+        if at + 4 <= bytes.len() {
+            let length = *rng.pick(&[0u16, 1, 2, 3, 4, 5, 7, 8, 12, 0xfff, 0xffff, 0x8000]);
+            bytes[at..at + 2].copy_from_slice(&length.to_ne_bytes());
+            if rng.one_in(3) {
+                // A kind the crate parses strictly, or flags set.
+                let kind = *rng.pick(&[1u16, 2, 4, 7, 11, 15, 21, 0x8000 | 11]);
+                bytes[at + 2..at + 4].copy_from_slice(&kind.to_ne_bytes());
+            }
+        }
+    }
+
+    /// Sets the nlmsg_type of one message (one of the `messages` offsets) to
+    /// NLMSG_NOOP, _ERROR, _DONE or _OVERRUN, a sock_diag type (18, 20), an
+    /// unknown one, or random.
+    fn break_message_kind(rng: &mut SplitMix64, bytes: &mut [u8], messages: &[usize]) {
+        let at = *rng.pick(messages);
+        if at + 6 <= bytes.len() {
+            let random = rng.next() as u16;
+            let kind = *rng.pick(&[0u16, 1, 2, 3, 4, 16, 18, 19, 20, 21, 0xffff, random]);
+            bytes[at + 4..at + 6].copy_from_slice(&kind.to_ne_bytes());
+        }
     }
 
     /// Random messages with plausible headers (the right sequence, a common

@@ -593,22 +593,7 @@ fn whereabouts(
 pub fn describe(pid: u32) -> ProcessInfo {
     let process = procfs::process::Process::new(pid as i32).ok();
     let stat = process.as_ref().and_then(|p| p.stat().ok());
-    let tids: Vec<u32> = process
-        .as_ref()
-        .and_then(|p| p.tasks().ok())
-        .map(|tasks| {
-            tasks
-                .flatten()
-                .filter_map(|task| {
-                    let tid = task.tid as u32;
-                    match task.stat() {
-                        Ok(st) if st.state == 'Z' || st.state == 'X' => None,
-                        _ => Some(tid),
-                    }
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let tids = process.as_ref().map(live_tids).unwrap_or_default();
     let state = match stat.as_ref().map(|s| s.state) {
         Some('Z') if !tids.is_empty() => ProcessState::ZombieLeader,
         Some(c) => ProcessState::from_stat(c),
@@ -617,45 +602,9 @@ pub fn describe(pid: u32) -> ProcessInfo {
     // procfs reads cmdline into a String (failing on non-UTF-8) and comm
     // lossily; a holder's name is chosen by the process and may be any
     // bytes, so these two are read raw and carried losslessly.
-    // A zombie leader has no mm of its own; its live threads still do.
-    let cmdline_path = match (state, tids.first()) {
-        (ProcessState::ZombieLeader, Some(tid)) => format!("/proc/{pid}/task/{tid}/cmdline"),
-        _ => format!("/proc/{pid}/cmdline"),
-    };
-    let cmdline = std::fs::read(cmdline_path)
-        .map(|raw| {
-            raw.split(|&b| b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| Bytes(a.to_vec()))
-                .collect()
-        })
-        .unwrap_or_default();
-    let comm = std::fs::read(format!("/proc/{pid}/comm"))
-        .map(|mut raw| {
-            if raw.last() == Some(&b'\n') {
-                raw.pop();
-            }
-            Bytes(raw)
-        })
-        .unwrap_or_else(|_| {
-            Bytes(
-                stat.as_ref()
-                    .map(|s| s.comm.clone())
-                    .unwrap_or_default()
-                    .into_bytes(),
-            )
-        });
-    let start_time = stat.as_ref().and_then(|s| {
-        let boot = procfs::boot_time_secs().ok()?;
-        Some(boot + s.starttime / procfs::ticks_per_second())
-    });
-    let age_seconds = start_time.and_then(|start| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .ok()?
-            .as_secs();
-        now.checked_sub(start)
-    });
+    let cmdline = raw_cmdline(pid, state, &tids);
+    let comm = raw_comm(pid, stat.as_ref());
+    let (start_time, age_seconds) = stat.as_ref().map(start_and_age).unwrap_or_default();
     let (ns_pid, cgroup, container) = process
         .as_ref()
         .map(|p| whereabouts(p, pid))
@@ -674,6 +623,79 @@ pub fn describe(pid: u32) -> ProcessInfo {
         cgroup,
         container,
     }
+}
+
+/// The tids of a process's threads (/proc/PID/task) that are not zombie
+/// or dead; a thread whose stat cannot be read counts as live.
+fn live_tids(process: &procfs::process::Process) -> Vec<u32> {
+    process
+        .tasks()
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter_map(|task| {
+                    let tid = task.tid as u32;
+                    match task.stat() {
+                        Ok(st) if st.state == 'Z' || st.state == 'X' => None,
+                        _ => Some(tid),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The command line's arguments from /proc/PID/cmdline, as raw bytes
+/// (empty arguments left out). A zombie leader has no mm of its own; its
+/// first live thread's cmdline is read instead.
+fn raw_cmdline(pid: u32, state: ProcessState, tids: &[u32]) -> Vec<Bytes> {
+    let cmdline_path = match (state, tids.first()) {
+        (ProcessState::ZombieLeader, Some(tid)) => format!("/proc/{pid}/task/{tid}/cmdline"),
+        _ => format!("/proc/{pid}/cmdline"),
+    };
+    std::fs::read(cmdline_path)
+        .map(|raw| {
+            raw.split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| Bytes(a.to_vec()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The comm from /proc/PID/comm as raw bytes without its newline; when it
+/// cannot be read, the (lossy) comm of /proc/PID/stat, or empty.
+fn raw_comm(pid: u32, stat: Option<&procfs::process::Stat>) -> Bytes {
+    std::fs::read(format!("/proc/{pid}/comm"))
+        .map(|mut raw| {
+            if raw.last() == Some(&b'\n') {
+                raw.pop();
+            }
+            Bytes(raw)
+        })
+        .unwrap_or_else(|_| {
+            Bytes(
+                stat.map(|s| s.comm.clone())
+                    .unwrap_or_default()
+                    .into_bytes(),
+            )
+        })
+}
+
+/// When the process started (Unix seconds: the boot time plus its stat
+/// starttime in clock ticks) and how many seconds ago that was.
+fn start_and_age(stat: &procfs::process::Stat) -> (Option<u64>, Option<u64>) {
+    let start_time = procfs::boot_time_secs()
+        .ok()
+        .map(|boot| boot + stat.starttime / procfs::ticks_per_second());
+    let age_seconds = start_time.and_then(|start| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs();
+        now.checked_sub(start)
+    });
+    (start_time, age_seconds)
 }
 
 /// A holder's state, from the state letter of /proc/PID/stat, serialized

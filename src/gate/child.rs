@@ -3,7 +3,7 @@
 
 use std::ffi::OsString;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::Command;
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -66,6 +66,27 @@ pub fn run(
     env: &[(&str, String)],
     spawned: impl FnOnce(u32),
 ) -> Result<Finished, Error> {
+    let (set, restore) = block_forwarded();
+    let mut child = match spawn(command(argv, env, restore), &restore) {
+        Ok(child) => child,
+        Err(finished) => return Ok(finished),
+    };
+    spawned(child.id());
+    let signals = forward(set, child.id());
+    let status = child.wait().map_err(|e| Error::syscall("waitpid", e))?;
+    let signalled = signals.take();
+    Ok(Finished {
+        status: shell_status(status),
+        signalled,
+        signals,
+    })
+}
+
+/// Blocks the [`FORWARDED`] signals in this thread (and so in the
+/// forwarding thread spawned after), which waits for them with
+/// sigwaitinfo instead. Returns the blocked set and the signal mask
+/// sockcheck had before.
+fn block_forwarded() -> (libc::sigset_t, libc::sigset_t) {
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: plain libc calls on a local sigset.
     unsafe {
@@ -74,12 +95,15 @@ pub fn run(
             libc::sigaddset(&mut set, signal);
         }
     }
-    // Block the signals in this thread (and so in the forwarding thread
-    // spawned after), and wait for them with sigwaitinfo instead.
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: valid sigsets.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) };
-    let restore = old;
+    (set, old)
+}
+
+/// The command for `argv` with `env` added, whose child sets its signal
+/// mask back to `restore` (the mask sockcheck started with) before exec.
+fn command(argv: &[OsString], env: &[(&str, String)], restore: libc::sigset_t) -> Command {
     let mut command = Command::new(&argv[0]);
     command.args(&argv[1..]);
     for (key, value) in env {
@@ -93,29 +117,41 @@ pub fn run(
             Ok(())
         });
     }
-    let mut child = match command.spawn() {
-        Ok(child) => child,
-        Err(e) => {
-            // SAFETY: restoring our own mask.
-            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &restore, std::ptr::null_mut()) };
-            eprintln!("sockcheck: cannot run '{}': {e}", argv[0].to_string_lossy());
-            // What a shell answers: 127 not found, 126 found but not runnable.
-            let status = if e.kind() == std::io::ErrorKind::NotFound {
-                127
-            } else {
-                126
-            };
-            return Ok(Finished {
-                status,
-                signalled: None,
-                signals: Signals(Arc::default()),
-            });
+    command
+}
+
+/// Forks and execs the command. When it cannot be run: puts the signal
+/// mask `restore` back, says why, and gives the status a shell would (127
+/// not found, 126 found but not runnable).
+fn spawn(mut command: Command, restore: &libc::sigset_t) -> Result<Child, Finished> {
+    command.spawn().map_err(|e| {
+        // SAFETY: restoring our own mask.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, restore, std::ptr::null_mut()) };
+        eprintln!(
+            "sockcheck: cannot run '{}': {e}",
+            command.get_program().to_string_lossy()
+        );
+        // What a shell answers: 127 not found, 126 found but not runnable.
+        let status = if e.kind() == std::io::ErrorKind::NotFound {
+            127
+        } else {
+            126
+        };
+        Finished {
+            status,
+            signalled: None,
+            signals: Signals(Arc::default()),
         }
-    };
-    spawned(child.id());
+    })
+}
+
+/// Starts the thread that waits (sigwaitinfo) for the blocked signals in
+/// `set`, records each terminating one in the returned [`Signals`], and
+/// passes each sent to sockcheck itself on to the command `pid`.
+fn forward(set: libc::sigset_t, pid: u32) -> Signals {
     // Signals go through a pidfd: once the command is reaped it refers to
     // a dead process, never to a recycled pid.
-    let pidfd = rustix::process::Pid::from_raw(child.id() as i32).and_then(|pid| {
+    let pidfd = rustix::process::Pid::from_raw(pid as i32).and_then(|pid| {
         rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
     });
     let signals = Signals(Arc::default());
@@ -142,16 +178,15 @@ pub fn run(
             }
         }
     });
-    let status = child.wait().map_err(|e| Error::syscall("waitpid", e))?;
-    let signalled = signals.take();
-    let status = match (status.code(), status.signal()) {
+    signals
+}
+
+/// The exit status a shell gives for a child that ended: its exit code, or
+/// 128+N when signal N killed it.
+fn shell_status(status: std::process::ExitStatus) -> u8 {
+    match (status.code(), status.signal()) {
         (Some(code), _) => code as u8,
         (None, Some(signal)) => 128u8.saturating_add(signal as u8),
         _ => 1,
-    };
-    Ok(Finished {
-        status,
-        signalled,
-        signals,
-    })
+    }
 }

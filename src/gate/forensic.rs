@@ -181,9 +181,19 @@ pub fn write(report: &Forensic, path: &Path) -> Result<(), Error> {
 /// is printed.
 pub fn markdown(report: &Forensic) -> String {
     let mut out = String::new();
-    let command: Vec<String> = report.command.iter().map(|w| shell_word(&w.0)).collect();
-    let _ = writeln!(out, "# Lingering holders on {}\n", report.address);
-    // The ports something still holds, not every port checked.
+    markdown_header(&mut out, report);
+    for holder in &report.holders {
+        markdown_holder(&mut out, holder);
+    }
+    markdown_hidden(&mut out, &report.hidden);
+    markdown_attribution(&mut out, report);
+    markdown_reaped(&mut out, &report.reaped);
+    out
+}
+
+/// The ports something still holds (a reason names the port), sorted and
+/// once each; every port checked when no reason names one.
+fn held_ports(report: &Forensic) -> Vec<u16> {
     let mut held: Vec<u16> = report
         .inspection
         .reasons
@@ -195,6 +205,17 @@ pub fn markdown(report: &Forensic) -> String {
     if held.is_empty() {
         held = report.ports.clone();
     }
+    held
+}
+
+/// The title, the one-sentence summary (command, exit status, linger time,
+/// verdict and held ports), the signal that cut the wait short if any, and
+/// the inspection's reasons as a list.
+fn markdown_header(out: &mut String, report: &Forensic) {
+    let command: Vec<String> = report.command.iter().map(|w| shell_word(&w.0)).collect();
+    let _ = writeln!(out, "# Lingering holders on {}\n", report.address);
+    // The ports something still holds, not every port checked.
+    let held = held_ports(report);
     let _ = writeln!(
         out,
         "{} exited with status {}; {:.1}s later {} was still **{}** on port{} {}.\n",
@@ -220,72 +241,93 @@ pub fn markdown(report: &Forensic) -> String {
         let _ = writeln!(out, "- {}", md(&reason.message));
     }
     out.push('\n');
-    for holder in &report.holders {
-        let p = &holder.process;
-        let _ = writeln!(out, "## pid {} ({})\n", holder.pid, p.comm.markdown());
-        let _ = writeln!(out, "- state: {}", p.state);
-        let tids: Vec<String> = p.tids.iter().map(u32::to_string).collect();
+}
+
+/// One lingering process's section: its /proc facts, its listeners as a
+/// table and its other sockets as a list.
+fn markdown_holder(out: &mut String, holder: &Holder) {
+    markdown_process(out, holder.pid, &holder.process);
+    if !holder.listeners.is_empty() {
+        markdown_listeners(out, &holder.listeners);
+    }
+    for s in &holder.sockets {
         let _ = writeln!(
             out,
-            "- live threads: {}",
-            if tids.is_empty() {
-                "none".into()
-            } else {
-                tids.join(", ")
-            }
+            "- {} socket {} → {} (inode {})",
+            s.state, s.local, s.remote, s.inode
         );
-        if !p.cmdline.is_empty() {
-            let words: Vec<String> = p.cmdline.iter().map(|w| shell_word(&w.0)).collect();
-            let _ = writeln!(out, "- command line: {}", markdown_code(&words.join(" ")));
-        }
-        if let Some(ppid) = p.ppid {
-            let _ = writeln!(out, "- parent: {ppid}");
-        }
-        if let Some(uid) = p.uid {
-            let _ = writeln!(out, "- uid: {uid}");
-        }
-        if let Some(age) = p.age_seconds {
-            let _ = writeln!(out, "- age: {}", crate::report::human::human_age(age));
-        }
-        if !holder.listeners.is_empty() {
-            let _ = writeln!(
-                out,
-                "\n| listener | inode | fd | SO_REUSEPORT | evidence | accept queue | opened by |"
-            );
-            let _ = writeln!(out, "|---|---|---|---|---|---|---|");
-            for l in &holder.listeners {
-                let reuseport = match l.reuseport {
-                    Some(true) => "yes",
-                    Some(false) => "no",
-                    None => "unknown",
-                };
-                let opener = match &l.opened_by {
-                    Some(o) => format!("thread {} ({})", o.tid, o.comm.markdown()),
-                    None => "—".into(),
-                };
-                let _ = writeln!(
-                    out,
-                    "| {} | {} | {} | {reuseport} | {}: {} | {}/{} | {opener} |",
-                    l.local,
-                    l.inode,
-                    l.fd.map(|f| f.to_string()).unwrap_or_default(),
-                    md(l.reuseport_evidence.source.as_str()),
-                    md(&l.reuseport_evidence.detail),
-                    l.accept_queue,
-                    l.backlog
-                );
-            }
-        }
-        for s in &holder.sockets {
-            let _ = writeln!(
-                out,
-                "- {} socket {} → {} (inode {})",
-                s.state, s.local, s.remote, s.inode
-            );
-        }
-        out.push('\n');
     }
-    for h in &report.hidden {
+    out.push('\n');
+}
+
+/// The heading and the list of what /proc says about the process: state,
+/// live threads (tids), command line, parent, uid and age; a field /proc
+/// did not give is left out.
+fn markdown_process(out: &mut String, pid: u32, p: &ProcessInfo) {
+    let _ = writeln!(out, "## pid {} ({})\n", pid, p.comm.markdown());
+    let _ = writeln!(out, "- state: {}", p.state);
+    let tids: Vec<String> = p.tids.iter().map(u32::to_string).collect();
+    let _ = writeln!(
+        out,
+        "- live threads: {}",
+        if tids.is_empty() {
+            "none".into()
+        } else {
+            tids.join(", ")
+        }
+    );
+    if !p.cmdline.is_empty() {
+        let words: Vec<String> = p.cmdline.iter().map(|w| shell_word(&w.0)).collect();
+        let _ = writeln!(out, "- command line: {}", markdown_code(&words.join(" ")));
+    }
+    if let Some(ppid) = p.ppid {
+        let _ = writeln!(out, "- parent: {ppid}");
+    }
+    if let Some(uid) = p.uid {
+        let _ = writeln!(out, "- uid: {uid}");
+    }
+    if let Some(age) = p.age_seconds {
+        let _ = writeln!(out, "- age: {}", crate::report::human::human_age(age));
+    }
+}
+
+/// The table of a process's listeners: local address, inode, fd, whether
+/// SO_REUSEPORT is set and the evidence for it, the accept queue against
+/// the backlog, and the thread that opened the socket.
+fn markdown_listeners(out: &mut String, listeners: &[HeldListener]) {
+    let _ = writeln!(
+        out,
+        "\n| listener | inode | fd | SO_REUSEPORT | evidence | accept queue | opened by |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    for l in listeners {
+        let reuseport = match l.reuseport {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "unknown",
+        };
+        let opener = match &l.opened_by {
+            Some(o) => format!("thread {} ({})", o.tid, o.comm.markdown()),
+            None => "—".into(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {reuseport} | {}: {} | {}/{} | {opener} |",
+            l.local,
+            l.inode,
+            l.fd.map(|f| f.to_string()).unwrap_or_default(),
+            md(l.reuseport_evidence.source.as_str()),
+            md(&l.reuseport_evidence.detail),
+            l.accept_queue,
+            l.backlog
+        );
+    }
+}
+
+/// One line per socket inode whose holder could not be read: its uid and
+/// the pids that may hold it.
+fn markdown_hidden(out: &mut String, hidden: &[HiddenHolder]) {
+    for h in hidden {
         let _ = writeln!(
             out,
             "- inode {} is held by a process of uid {} that could not be read (candidates: {})",
@@ -298,6 +340,11 @@ pub fn markdown(report: &Forensic) -> String {
                 .join(", ")
         );
     }
+}
+
+/// Whether the opening threads could be named, and the quarantine notice
+/// when the address was quarantined.
+fn markdown_attribution(out: &mut String, report: &Forensic) {
     let _ = writeln!(
         out,
         "Thread attribution: {} ({})",
@@ -311,21 +358,26 @@ pub fn markdown(report: &Forensic) -> String {
             report.address
         );
     }
-    if !report.reaped.is_empty() {
-        let _ = writeln!(out, "\n## Reaped\n");
-        for r in &report.reaped {
-            let _ = writeln!(
-                out,
-                "- pid {}: {}{}",
-                r.pid,
-                md(&r.action),
-                if r.exited {
-                    ", exited"
-                } else {
-                    ", still alive"
-                }
-            );
-        }
+}
+
+/// The `Reaped` section: each process `--reap` acted on, what was done and
+/// whether it exited; nothing when none was.
+fn markdown_reaped(out: &mut String, reaped: &[Reaped]) {
+    if reaped.is_empty() {
+        return;
     }
-    out
+    let _ = writeln!(out, "\n## Reaped\n");
+    for r in reaped {
+        let _ = writeln!(
+            out,
+            "- pid {}: {}{}",
+            r.pid,
+            md(&r.action),
+            if r.exited {
+                ", exited"
+            } else {
+                ", still alive"
+            }
+        );
+    }
 }

@@ -396,47 +396,16 @@ pub fn try_acquire(
     let mut skipped = Vec::new();
     let mut changed = !reclaimed.is_empty();
     for &address in pool {
-        if let Some(lease) = state.lease(address) {
-            skipped.push(Skipped {
-                address,
-                reason: SkipReason::Leased,
-                verdict: None,
-                pids: vec![lease.owner.pid],
-                hidden: false,
-                message: format!("leased to pid {}", lease.owner.pid),
-                sockets: Vec::new(),
-            });
+        if let Some(skip) = pass_over(gate, &view, &state, address) {
+            skipped.push(skip);
             continue;
         }
-        let quick = gate.one(&view, address, false);
-        let verdict = quick.verdict;
-        if verdict == Verdict::Free {
-            if state.quarantined(address).is_some() {
-                state.quarantine.retain(|q| q.address != address);
-                changed = true;
-            }
-            chosen = Some(address);
-            break;
+        if state.quarantined(address).is_some() {
+            state.quarantine.retain(|q| q.address != address);
+            changed = true;
         }
-        let reason = if state.quarantined(address).is_some() {
-            SkipReason::Quarantined
-        } else {
-            match verdict {
-                Verdict::Busy => SkipReason::Busy,
-                Verdict::Foreign => SkipReason::Foreign,
-                Verdict::Conflict => SkipReason::Conflict,
-                _ => SkipReason::Unavailable,
-            }
-        };
-        skipped.push(Skipped {
-            address,
-            reason,
-            verdict: Some(verdict),
-            pids: Vec::new(),
-            hidden: false,
-            message: verdict.as_str().to_string(),
-            sockets: socket_inodes(&quick),
-        });
+        chosen = Some(address);
+        break;
     }
     if let Some(address) = chosen {
         state.leases.push(Lease {
@@ -453,29 +422,90 @@ pub fn try_acquire(
     drop(store); // the lock: holders are named outside it
     if let Some(address) = chosen {
         if gate.output.verbose && !skipped.is_empty() {
-            let mut passed = Refusal {
-                skipped,
-                hopeless: false,
-            };
-            explain(gate, &mut passed);
-            for skip in &passed.skipped {
-                eprintln!(
-                    "sockcheck: skip {}: {} ({})",
-                    skip.address,
-                    skip.reason.as_str(),
-                    skip.message
-                );
-            }
+            explain_skips(gate, skipped);
         }
         return Ok(Ok(address));
     }
-    let hopeless = !skipped.is_empty()
+    let hopeless = hopeless(&skipped, allow_foreign);
+    Ok(Err(Refusal { skipped, hopeless }))
+}
+
+/// Why `acquire` passes over one pool address, or `None` when it can have
+/// it: leased to a process (no inspection needed), or not free in a quick
+/// inspection (no owners) against the kernel view, where a quarantined
+/// address stays quarantined and any other verdict becomes the reason.
+fn pass_over(
+    gate: &Gate,
+    view: &KernelView,
+    state: &state::State,
+    address: IpAddr,
+) -> Option<Skipped> {
+    if let Some(lease) = state.lease(address) {
+        return Some(Skipped {
+            address,
+            reason: SkipReason::Leased,
+            verdict: None,
+            pids: vec![lease.owner.pid],
+            hidden: false,
+            message: format!("leased to pid {}", lease.owner.pid),
+            sockets: Vec::new(),
+        });
+    }
+    let quick = gate.one(view, address, false);
+    let verdict = quick.verdict;
+    if verdict == Verdict::Free {
+        return None;
+    }
+    let reason = if state.quarantined(address).is_some() {
+        SkipReason::Quarantined
+    } else {
+        match verdict {
+            Verdict::Busy => SkipReason::Busy,
+            Verdict::Foreign => SkipReason::Foreign,
+            Verdict::Conflict => SkipReason::Conflict,
+            _ => SkipReason::Unavailable,
+        }
+    };
+    Some(Skipped {
+        address,
+        reason,
+        verdict: Some(verdict),
+        pids: Vec::new(),
+        hidden: false,
+        message: verdict.as_str().to_string(),
+        sockets: socket_inodes(&quick),
+    })
+}
+
+/// `--verbose` after a lease: names the holders of the addresses passed
+/// over (outside the state lock, see [`explain`]) and prints one line per
+/// skipped address with its reason.
+fn explain_skips(gate: &Gate, skipped: Vec<Skipped>) {
+    let mut passed = Refusal {
+        skipped,
+        hopeless: false,
+    };
+    explain(gate, &mut passed);
+    for skip in &passed.skipped {
+        eprintln!(
+            "sockcheck: skip {}: {} ({})",
+            skip.address,
+            skip.reason.as_str(),
+            skip.message
+        );
+    }
+}
+
+/// Whether waiting cannot help: the inspection found every address passed
+/// over foreign (without `--allow-foreign`) or unavailable. A leased
+/// address (no verdict) or a busy or conflicting one may come free.
+fn hopeless(skipped: &[Skipped], allow_foreign: bool) -> bool {
+    !skipped.is_empty()
         && skipped.iter().all(|s| match s.verdict {
             Some(Verdict::Foreign) => !allow_foreign,
             Some(Verdict::Unavailable) => true,
             _ => false,
-        });
-    Ok(Err(Refusal { skipped, hopeless }))
+        })
 }
 
 /// Names the holders of the addresses a refusal passed over, after the

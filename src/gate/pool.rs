@@ -22,92 +22,111 @@ pub fn parse_pool(text: &str, source: &str) -> Result<Vec<IpAddr>, Error> {
         if item.is_empty() {
             return Err(bad(format!("empty item in pool {}", echo(text))));
         }
-        let (first, count) = if let Some((base, prefix)) = item.split_once('/') {
-            let base = parse_ip(base).ok_or_else(|| {
-                bad(format!(
-                    "{} in {} is not an IP address",
-                    echo(base),
-                    echo(item)
-                ))
-            })?;
-            let bits: u32 = if base.is_ipv4() { 32 } else { 128 };
-            let digits = !prefix.is_empty() && prefix.bytes().all(|b| b.is_ascii_digit());
-            let prefix: u32 = prefix
-                .parse()
-                .ok()
-                .filter(|p| digits && *p <= bits)
-                .ok_or_else(|| {
-                    bad(format!(
-                        "{} in {} is not a prefix length (0-{bits})",
-                        echo(prefix),
-                        echo(item)
-                    ))
-                })?;
-            let size = 1u128.checked_shl(bits - prefix).unwrap_or(u128::MAX);
-            if size > MAX_POOL {
-                return Err(bad(format!(
-                    "{} holds {size} addresses; a pool holds at most {MAX_POOL}",
-                    echo(item)
-                )));
-            }
-            let start = to_u128(base) & !(size - 1);
-            (from_u128(start, base.is_ipv4()), size)
-        } else if let Some((from, to)) = item.split_once('-') {
-            let from = parse_ip(from).ok_or_else(|| {
-                bad(format!(
-                    "{} in {} is not an IP address",
-                    echo(from.trim()),
-                    echo(item)
-                ))
-            })?;
-            let to = parse_ip(to).ok_or_else(|| {
-                bad(format!(
-                    "{} in {} is not an IP address",
-                    echo(to.trim()),
-                    echo(item)
-                ))
-            })?;
-            if from.is_ipv4() != to.is_ipv4() {
-                return Err(bad(format!("{} mixes IPv4 and IPv6", echo(item))));
-            }
-            let (a, b) = (to_u128(from), to_u128(to));
-            if b < a {
-                return Err(bad(format!("{} ends before it starts", echo(item))));
-            }
-            (from, b - a + 1)
-        } else {
-            let address = parse_ip(item).ok_or_else(|| {
-                bad(format!(
-                    "{} is not an IP address, range or CIDR",
-                    echo(item)
-                ))
-            })?;
-            (address, 1)
-        };
+        let (first, count) = parse_item(item).map_err(bad)?;
         if pool.len() as u128 + count > MAX_POOL {
             return Err(bad(format!(
                 "pool {} holds more than {MAX_POOL} addresses",
                 echo(text)
             )));
         }
-        let start = to_u128(first);
-        for i in 0..count {
-            let address = from_u128(start + i, first.is_ipv4());
-            // Every address, not just the first, must be one a server can
-            // bind: `::1/127` holds `::`, `0.0.0.1/31` holds 0.0.0.0.
-            if let Some(kind) = not_bindable(address) {
-                return Err(bad(format!(
-                    "{} holds {address}, {kind}; every address of a pool must be \
-                     one a server can bind",
-                    echo(item)
-                )));
-            }
-            if seen.insert(address) {
-                pool.push(address);
-            }
-        }
+        expand(item, first, count, &mut pool, &mut seen).map_err(bad)?;
     }
     Ok(pool)
+}
+
+/// One item of a pool as its first address and how many addresses it
+/// holds: a CIDR (`/`), a range (`-`) or a single address. The error says
+/// why the item is not one of these.
+fn parse_item(item: &str) -> Result<(IpAddr, u128), String> {
+    if let Some((base, prefix)) = item.split_once('/') {
+        parse_cidr(item, base, prefix)
+    } else if let Some((from, to)) = item.split_once('-') {
+        parse_range(item, from, to)
+    } else {
+        let address = parse_ip(item)
+            .ok_or_else(|| format!("{} is not an IP address, range or CIDR", echo(item)))?;
+        Ok((address, 1))
+    }
+}
+
+/// A CIDR item `base/prefix`: the network's first address (the base with
+/// its host bits cleared) and its size, at most [`MAX_POOL`].
+fn parse_cidr(item: &str, base: &str, prefix: &str) -> Result<(IpAddr, u128), String> {
+    let base = parse_ip(base)
+        .ok_or_else(|| format!("{} in {} is not an IP address", echo(base), echo(item)))?;
+    let bits: u32 = if base.is_ipv4() { 32 } else { 128 };
+    let digits = !prefix.is_empty() && prefix.bytes().all(|b| b.is_ascii_digit());
+    let prefix: u32 = prefix
+        .parse()
+        .ok()
+        .filter(|p| digits && *p <= bits)
+        .ok_or_else(|| {
+            format!(
+                "{} in {} is not a prefix length (0-{bits})",
+                echo(prefix),
+                echo(item)
+            )
+        })?;
+    let size = 1u128.checked_shl(bits - prefix).unwrap_or(u128::MAX);
+    if size > MAX_POOL {
+        return Err(format!(
+            "{} holds {size} addresses; a pool holds at most {MAX_POOL}",
+            echo(item)
+        ));
+    }
+    let start = to_u128(base) & !(size - 1);
+    Ok((from_u128(start, base.is_ipv4()), size))
+}
+
+/// A range item `from-to`, both ends included and of one family: its first
+/// address and how many it holds.
+fn parse_range(item: &str, from: &str, to: &str) -> Result<(IpAddr, u128), String> {
+    let from = parse_ip(from).ok_or_else(|| {
+        format!(
+            "{} in {} is not an IP address",
+            echo(from.trim()),
+            echo(item)
+        )
+    })?;
+    let to = parse_ip(to)
+        .ok_or_else(|| format!("{} in {} is not an IP address", echo(to.trim()), echo(item)))?;
+    if from.is_ipv4() != to.is_ipv4() {
+        return Err(format!("{} mixes IPv4 and IPv6", echo(item)));
+    }
+    let (a, b) = (to_u128(from), to_u128(to));
+    if b < a {
+        return Err(format!("{} ends before it starts", echo(item)));
+    }
+    Ok((from, b - a + 1))
+}
+
+/// Appends the `count` addresses from `first` to the pool, each once (an
+/// address already in `seen` is skipped), after checking that a server can
+/// bind every one of them.
+fn expand(
+    item: &str,
+    first: IpAddr,
+    count: u128,
+    pool: &mut Vec<IpAddr>,
+    seen: &mut std::collections::HashSet<IpAddr>,
+) -> Result<(), String> {
+    let start = to_u128(first);
+    for i in 0..count {
+        let address = from_u128(start + i, first.is_ipv4());
+        // Every address, not just the first, must be one a server can
+        // bind: `::1/127` holds `::`, `0.0.0.1/31` holds 0.0.0.0.
+        if let Some(kind) = not_bindable(address) {
+            return Err(format!(
+                "{} holds {address}, {kind}; every address of a pool must be \
+                 one a server can bind",
+                echo(item)
+            ));
+        }
+        if seen.insert(address) {
+            pool.push(address);
+        }
+    }
+    Ok(())
 }
 
 /// An address of a pool as written (`[::1]` too), any kind: whether a
