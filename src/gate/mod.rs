@@ -5,7 +5,6 @@
 pub mod child;
 pub mod forensic;
 pub mod openers;
-pub mod pool;
 pub mod reap;
 pub mod state;
 

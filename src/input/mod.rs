@@ -17,8 +17,9 @@ use std::time::Duration;
 use clap::builder::TypedValueParser;
 use clap::error::ErrorKind;
 
+pub mod pool;
+
 use crate::error::Error;
-use crate::gate::pool;
 use crate::inspect::{self, DEFAULT_PORTS};
 use crate::text::echo;
 

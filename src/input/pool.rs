@@ -1,5 +1,5 @@
-//! Pools of addresses, as users write them. (Durations are parsed in
-//! [`crate::input`]; their tests stay here beside the other parsers'.)
+//! Pools of addresses, as users write them. The property tests of every
+//! parser of outside input (pools, ports, durations, addresses) live here.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
