@@ -277,11 +277,42 @@ impl PortSet {
     }
 }
 
+/// Inode of the initial pid namespace (`PROC_PID_INIT_INO`), fixed by the
+/// kernel.
+const INIT_PIDNS_INUM: u32 = 0xEFFF_FFFC;
+
 /// Inode of this process's pid namespace: the programs translate task ids
-/// into it (0, meaning "global ids", if it cannot be read).
+/// into it. 0 means "global ids": when it cannot be read, and in the initial
+/// namespace, where global ids are the caller's ids. The 0 matters for cost:
+/// the programs read it from frozen `.rodata`, so the verifier drops the
+/// namespace walk of `bpf/pidns.h` (a loop of up to 33 levels, verified at
+/// each call) and loading `iter/task_file` takes ~1 ms instead of ~20-40 ms.
 fn pidns_inum() -> u32 {
     use std::os::unix::fs::MetadataExt;
-    fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino() as u32)
+    match fs::metadata("/proc/self/ns/pid").map(|m| m.ino() as u32) {
+        Ok(INIT_PIDNS_INUM) | Err(_) => 0,
+        Ok(inum) => inum,
+    }
+}
+
+/// The one loader prologue of every program: privileges and kernel BTF
+/// ([`availability`]), the parsed kernel BTF, an [`EbpfLoader`] configured by
+/// `configure` (globals, map sizes), the load, and its error mapping.
+/// Returns the loaded object and the kernel BTF (to load programs with).
+fn load_object<'a>(
+    program: &'static str,
+    object: &[u8],
+    configure: impl FnOnce(&mut EbpfLoader<'a>),
+) -> Result<(Ebpf, &'static Btf), BpfError> {
+    availability()?;
+    let btf = kernel_btf()?;
+    let mut loader = EbpfLoader::new();
+    loader.btf(Some(btf));
+    configure(&mut loader);
+    let ebpf = loader
+        .load(object)
+        .map_err(|error| BpfError::Object { program, error })?;
+    Ok((ebpf, btf))
 }
 
 /// Runs a loaded-but-not-yet-attached iterator once and returns all it wrote.
@@ -389,17 +420,10 @@ const LISTENER_RECORD: usize = 40;
 pub fn tcp_listeners(ports: &[u16]) -> Result<Vec<KernelListener>, BpfError> {
     const PROGRAM: &str = "iter/tcp";
     availability()?;
-    let btf = kernel_btf()?;
     let ports = PortSet::new(ports)?;
-    let mut loader = EbpfLoader::new();
-    loader.btf(Some(btf));
-    ports.write_into(&mut loader);
-    let mut ebpf = loader
-        .load(iter_tcp_object())
-        .map_err(|error| BpfError::Object {
-            program: PROGRAM,
-            error,
-        })?;
+    let (mut ebpf, _) = load_object(PROGRAM, iter_tcp_object(), |loader| {
+        ports.write_into(loader)
+    })?;
     let raw = run_iter(&mut ebpf, "sockcheck_iter_tcp", "tcp", PROGRAM)?;
     Ok(records(&raw, LISTENER_RECORD, PROGRAM)?
         .map(|rec| {
@@ -456,17 +480,12 @@ pub fn task_files(inodes: &[u64]) -> Result<Vec<TaskFile>, BpfError> {
     if wanted.is_empty() {
         return Ok(Vec::new());
     }
-    let btf = kernel_btf()?;
     let pidns = pidns_inum();
-    let mut ebpf = EbpfLoader::new()
-        .btf(Some(btf))
-        .override_global("pidns_inum", &pidns, true)
-        .map_max_entries("inodes", wanted.len() as u32)
-        .load(iter_task_file_object())
-        .map_err(|error| BpfError::Object {
-            program: PROGRAM,
-            error,
-        })?;
+    let (mut ebpf, _) = load_object(PROGRAM, iter_task_file_object(), |loader| {
+        loader
+            .override_global("pidns_inum", &pidns, true)
+            .map_max_entries("inodes", wanted.len() as u32);
+    })?;
     let map_err = |error| BpfError::Map {
         step: "filling map inodes of",
         program: PROGRAM,
@@ -601,21 +620,12 @@ impl Watcher {
     /// Watches `ports` (every port if empty) through the given hook only.
     pub fn with_hook(ports: &[u16], hook: WatchHook) -> Result<Self, BpfError> {
         const PROGRAM: &str = "sock/inet_sock_set_state";
-        availability()?;
-        let btf = kernel_btf()?;
         let ports = PortSet::new(ports)?;
         let pidns = pidns_inum();
-        let mut loader = EbpfLoader::new();
-        loader
-            .btf(Some(btf))
-            .override_global("pidns_inum", &pidns, true);
-        ports.write_into(&mut loader);
-        let mut ebpf = loader
-            .load(watch_object())
-            .map_err(|error| BpfError::Object {
-                program: PROGRAM,
-                error,
-            })?;
+        let (mut ebpf, btf) = load_object(PROGRAM, watch_object(), |loader| {
+            loader.override_global("pidns_inum", &pidns, true);
+            ports.write_into(loader);
+        })?;
 
         let prog_err = |step| {
             move |error| BpfError::Program {
