@@ -26,8 +26,11 @@
 //! keeps its program until dropped): nothing stays in the kernel (the kernel
 //! frees a dropped program after an RCU grace period, a few ms later).
 //!
-//! Cost: each call parses the kernel BTF inside aya's `EbpfLoader::new()` and
-//! relocates against it, ~30 ms (release build) before the program runs.
+//! Cost: the first call of a process maps `/sys/kernel/btf/vmlinux` and
+//! reduces it to the few hundred types the programs need ([`btf_view`]);
+//! every loader call of the process shares that one parsed view, so
+//! relocation is quick. `SOCKCHECK_BPF_TRACE=1` prints the time of each step
+//! (reduce BTF, parse, relocate, verify, iterate) to stderr.
 
 use std::{
     collections::BTreeMap,
@@ -37,11 +40,11 @@ use std::{
     os::fd::AsRawFd,
     path::Path,
     sync::OnceLock,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use aya::{
-    Btf, BtfError, Ebpf, EbpfError, EbpfLoader, include_bytes_aligned,
+    Btf, BtfError, Ebpf, EbpfError, EbpfLoader, Endianness, include_bytes_aligned,
     maps::{HashMap, MapData, MapError, RingBuf},
     programs::{BtfTracePoint, Iter, ProgramError, TracePoint, links::LinkError},
 };
@@ -148,6 +151,8 @@ pub enum BpfError {
     TooManyPorts { given: usize },
     #[error("parsing kernel BTF at {KERNEL_BTF} failed: {error}")]
     Btf { error: BtfError },
+    #[error("reading kernel BTF at {KERNEL_BTF} failed: {error}")]
+    BtfView { error: String },
     #[error("loading the object of {program} failed: {error}")]
     Object {
         program: &'static str,
@@ -236,13 +241,117 @@ fn effective_capabilities() -> io::Result<u64> {
 
 // ---------------------------------------------------------- shared loading
 
-/// The kernel's BTF, parsed once per process (a few MB, tens of ms).
-fn kernel_btf() -> Result<&'static Btf, BpfError> {
-    static BTF: OnceLock<Btf> = OnceLock::new();
+mod btf_view;
+
+/// What the programs' CO-RE relocations and attach points need of the kernel
+/// BTF: every struct `bpf/sockcheck.h` declares with `preserve_access_index`
+/// (keep the two lists in step), the iterator targets and the `tp_btf` hook.
+const BTF_ROOTS: btf_view::Roots<'static> = btf_view::Roots {
+    structs: &[
+        "in6_addr",
+        "sock_common",
+        "sock",
+        "inode",
+        "file",
+        "socket",
+        "socket_alloc",
+        "ns_common",
+        "pid_namespace",
+        "upid",
+        "pid",
+        "task_struct",
+        "bpf_iter_meta",
+        "bpf_iter__tcp",
+        "bpf_iter__task_file",
+        "trace_event_raw_inet_sock_set_state",
+    ],
+    funcs: &["bpf_iter_tcp", "bpf_iter_task_file"],
+    typedefs: &["btf_trace_inet_sock_set_state"],
+};
+
+/// `SOCKCHECK_BPF_TRACE=1` prints the time of each loading step to stderr.
+fn trace(step: &str, since: Instant) {
+    static ON: OnceLock<bool> = OnceLock::new();
+    if *ON.get_or_init(|| std::env::var_os("SOCKCHECK_BPF_TRACE").is_some_and(|v| v != "0")) {
+        eprintln!(
+            "sockcheck bpf: {step}: {:.2} ms",
+            since.elapsed().as_secs_f64() * 1e3
+        );
+    }
+}
+
+/// Runs `f` on the bytes of the kernel BTF: mapped read-only where the
+/// kernel allows it (6.16+: no copy, no 4 KB reads), else read whole.
+fn with_kernel_btf<R>(f: impl FnOnce(&[u8]) -> R) -> io::Result<R> {
+    let file = fs::File::open(KERNEL_BTF)?;
+    let len = file.metadata()?.len() as usize;
+    if len > 0 {
+        // SAFETY: a fresh private read-only mapping of a whole file, unmapped
+        // below; the kernel's BTF never changes while the kernel runs.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr != libc::MAP_FAILED {
+            // SAFETY: `len` readable bytes at `ptr` until the munmap.
+            let out = f(unsafe { std::slice::from_raw_parts(ptr as *const u8, len) });
+            // SAFETY: the mapping made above, no longer borrowed.
+            unsafe { libc::munmap(ptr, len) };
+            return Ok(out);
+        }
+    }
+    let mut raw = Vec::with_capacity(len);
+    (&file).read_to_end(&mut raw)?;
+    Ok(f(&raw))
+}
+
+/// The kernel's BTF as the loader needs it ([`btf_view`]).
+struct KernelBtf {
+    /// For CO-RE relocation: the types the programs touch.
+    relocation: Btf,
+    /// For looking up `attach_btf_id`s: the attach points at their ids.
+    attach: Btf,
+}
+
+/// The kernel's BTF, reduced to what the programs need ([`btf_view`]) and
+/// parsed once per process; every loader call borrows it.
+fn kernel_btf() -> Result<&'static KernelBtf, BpfError> {
+    static BTF: OnceLock<KernelBtf> = OnceLock::new();
     if let Some(btf) = BTF.get() {
         return Ok(btf);
     }
-    let btf = Btf::from_sys_fs().map_err(|error| BpfError::Btf { error })?;
+    let start = Instant::now();
+    let view_err = |error: String| BpfError::BtfView { error };
+    let views = with_kernel_btf(|raw| btf_view::minimal(raw, &BTF_ROOTS))
+        .map_err(|e| view_err(e.to_string()))?
+        .map_err(view_err)?;
+    let stats = views.stats;
+    trace(
+        &format!(
+            "read and reduce kernel BTF ({} bytes, {} types -> {} kept in {} bytes; attach ids up to {})",
+            stats.kernel_bytes,
+            stats.kernel_types,
+            stats.kept_types,
+            stats.relocation_bytes,
+            stats.attach_ids
+        ),
+        start,
+    );
+    let start = Instant::now();
+    let parse = |blob: &[u8]| {
+        Btf::parse(blob, Endianness::default()).map_err(|error| BpfError::Btf { error })
+    };
+    let btf = KernelBtf {
+        relocation: parse(&views.relocation)?,
+        attach: parse(&views.attach)?,
+    };
+    trace("parse reduced BTF", start);
     Ok(BTF.get_or_init(|| btf))
 }
 
@@ -298,7 +407,7 @@ fn pidns_inum() -> u32 {
 /// The one loader prologue of every program: privileges and kernel BTF
 /// ([`availability`]), the parsed kernel BTF, an [`EbpfLoader`] configured by
 /// `configure` (globals, map sizes), the load, and its error mapping.
-/// Returns the loaded object and the kernel BTF (to load programs with).
+/// Returns the loaded object and the kernel BTF to load its programs with.
 fn load_object<'a>(
     program: &'static str,
     object: &[u8],
@@ -306,13 +415,15 @@ fn load_object<'a>(
 ) -> Result<(Ebpf, &'static Btf), BpfError> {
     availability()?;
     let btf = kernel_btf()?;
+    let start = Instant::now();
     let mut loader = EbpfLoader::new();
-    loader.btf(Some(btf));
+    loader.btf(&btf.relocation);
     configure(&mut loader);
     let ebpf = loader
         .load(object)
         .map_err(|error| BpfError::Object { program, error })?;
-    Ok((ebpf, btf))
+    trace(&format!("{program}: relocate, create maps"), start);
+    Ok((ebpf, &btf.attach))
 }
 
 /// Runs a loaded-but-not-yet-attached iterator once and returns all it wrote.
@@ -322,7 +433,7 @@ fn run_iter(
     target: &str,
     program: &'static str,
 ) -> Result<Vec<u8>, BpfError> {
-    let btf = kernel_btf()?;
+    let btf = &kernel_btf()?.attach;
     let prog_err = |step| {
         move |error| BpfError::Program {
             step,
@@ -338,7 +449,10 @@ fn run_iter(
         })?
         .try_into()
         .map_err(prog_err("finding"))?;
+    let start = Instant::now();
     iter.load(target, btf).map_err(prog_err("loading"))?;
+    trace(&format!("{program}: verify (BPF_PROG_LOAD)"), start);
+    let start = Instant::now();
     let link = iter.attach().map_err(prog_err("attaching"))?;
     let link = iter.take_link(link).map_err(prog_err("attaching"))?;
     let mut seq = link.into_file().map_err(|error| BpfError::Link {
@@ -352,6 +466,7 @@ fn run_iter(
         program,
         error,
     })?;
+    trace(&format!("{program}: attach and iterate"), start);
     Ok(out)
 }
 
@@ -500,7 +615,7 @@ pub fn task_files(inodes: &[u64]) -> Result<Vec<TaskFile>, BpfError> {
         .try_into()
         .map_err(map_err)?;
     for inode in &wanted {
-        set.insert(inode, 1, 0).map_err(map_err)?;
+        set.insert(inode, &1, 0).map_err(map_err)?;
     }
     let raw = run_iter(&mut ebpf, "sockcheck_iter_task_file", "task_file", PROGRAM)?;
     let mut rows: BTreeMap<(u64, u32, u32), Vec<u32>> = BTreeMap::new();
