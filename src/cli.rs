@@ -351,6 +351,7 @@ fn run_command<I: IntoIterator<Item = OsString>>(args: I) -> Result<ExitStatus, 
                 json: output.json,
                 count,
                 timeout,
+                verbose: output.verbose,
             })
         }
         Some(Command::Doctor) => crate::doctor::doctor(output),

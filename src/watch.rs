@@ -37,6 +37,8 @@ pub struct WatchOptions {
     pub count: Option<u64>,
     /// Stop after this long.
     pub timeout: Option<Duration>,
+    /// `-v`: also say how long loading and attaching took.
+    pub verbose: bool,
 }
 
 /// One event as `watch --json` prints it.
@@ -76,6 +78,7 @@ enum End {
 
 /// `sockcheck watch`.
 pub fn watch(options: &WatchOptions) -> Result<ExitStatus, Error> {
+    let started = Instant::now();
     if let Err(reason) = bpf::availability() {
         eprintln!("sockcheck: watch needs eBPF: {reason}");
         return Ok(ExitStatus::Failed);
@@ -105,6 +108,12 @@ pub fn watch(options: &WatchOptions) -> Result<ExitStatus, Error> {
             bpf::WatchHook::BtfTracePoint => "tp_btf inet_sock_set_state",
         }
     );
+    if options.verbose {
+        eprintln!(
+            "sockcheck: watching after {:.1} ms (load and attach)",
+            started.elapsed().as_secs_f64() * 1e3
+        );
+    }
     let end = pump(&mut watcher, &signals, options);
     // Detach and unload before anything else happens.
     drop(watcher);
