@@ -167,6 +167,15 @@ impl<'a> Kernel<'a> {
         &rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())]
     }
 
+    /// Whether the string at `name_off` is `name`, without scanning for its
+    /// end first (most kernel names differ from every root in byte one).
+    fn name_is(&self, name_off: u32, name: &str) -> bool {
+        let at = name_off as usize;
+        let name = name.as_bytes();
+        self.strings.get(at..at + name.len()) == Some(name)
+            && self.strings.get(at + name.len()) == Some(&0)
+    }
+
     /// Type ids a type refers to (members, target, element, parameters).
     fn refs(&self, id: u32) -> Result<Vec<u32>, String> {
         let (at, _, info, size_or_type) = self.header(id)?;
@@ -258,8 +267,7 @@ pub(crate) fn minimal(raw: &[u8], roots: &Roots<'_>) -> Result<Views, String> {
         if !matches!(kind, KIND_STRUCT | KIND_UNION | KIND_FUNC | KIND_TYPEDEF) || name_off == 0 {
             continue;
         }
-        let name = kernel.name(name_off);
-        let named = |list: &[&str]| list.iter().any(|r| r.as_bytes() == name);
+        let named = |list: &[&str]| list.iter().any(|r| kernel.name_is(name_off, r));
         match kind {
             KIND_STRUCT | KIND_UNION if named(roots.structs) => full.push(id),
             KIND_FUNC if named(roots.funcs) => pinned.push(id),
