@@ -26,8 +26,11 @@
 //! keeps its program until dropped): nothing stays in the kernel (the kernel
 //! frees a dropped program after an RCU grace period, a few ms later).
 //!
-//! Cost: each call parses the kernel BTF inside aya's `EbpfLoader::new()` and
-//! relocates against it, ~30 ms (release build) before the program runs.
+//! Cost: the first call of a process maps `/sys/kernel/btf/vmlinux` and
+//! reduces it to the few hundred types the programs need ([`btf_view`]);
+//! every loader call of the process shares that one parsed view, so
+//! relocation is quick. `SOCKCHECK_BPF_TRACE=1` prints the time of each step
+//! (reduce BTF, parse, relocate, verify, iterate) to stderr.
 
 use std::{
     collections::BTreeMap,
@@ -37,11 +40,11 @@ use std::{
     os::fd::AsRawFd,
     path::Path,
     sync::OnceLock,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use aya::{
-    Btf, BtfError, Ebpf, EbpfError, EbpfLoader, include_bytes_aligned,
+    Btf, BtfError, Ebpf, EbpfError, EbpfLoader, Endianness, include_bytes_aligned,
     maps::{HashMap, MapData, MapError, RingBuf},
     programs::{BtfTracePoint, Iter, ProgramError, TracePoint, links::LinkError},
 };
@@ -148,6 +151,8 @@ pub enum BpfError {
     TooManyPorts { given: usize },
     #[error("parsing kernel BTF at {KERNEL_BTF} failed: {error}")]
     Btf { error: BtfError },
+    #[error("reading kernel BTF at {KERNEL_BTF} failed: {error}")]
+    BtfView { error: String },
     #[error("loading the object of {program} failed: {error}")]
     Object {
         program: &'static str,
@@ -236,13 +241,117 @@ fn effective_capabilities() -> io::Result<u64> {
 
 // ---------------------------------------------------------- shared loading
 
-/// The kernel's BTF, parsed once per process (a few MB, tens of ms).
-fn kernel_btf() -> Result<&'static Btf, BpfError> {
-    static BTF: OnceLock<Btf> = OnceLock::new();
+mod btf_view;
+
+/// What the programs' CO-RE relocations and attach points need of the kernel
+/// BTF: every struct `bpf/sockcheck.h` declares with `preserve_access_index`
+/// (keep the two lists in step), the iterator targets and the `tp_btf` hook.
+const BTF_ROOTS: btf_view::Roots<'static> = btf_view::Roots {
+    structs: &[
+        "in6_addr",
+        "sock_common",
+        "sock",
+        "inode",
+        "file",
+        "socket",
+        "socket_alloc",
+        "ns_common",
+        "pid_namespace",
+        "upid",
+        "pid",
+        "task_struct",
+        "bpf_iter_meta",
+        "bpf_iter__tcp",
+        "bpf_iter__task_file",
+        "trace_event_raw_inet_sock_set_state",
+    ],
+    funcs: &["bpf_iter_tcp", "bpf_iter_task_file"],
+    typedefs: &["btf_trace_inet_sock_set_state"],
+};
+
+/// `SOCKCHECK_BPF_TRACE=1` prints the time of each loading step to stderr.
+fn trace(step: &str, since: Instant) {
+    static ON: OnceLock<bool> = OnceLock::new();
+    if *ON.get_or_init(|| std::env::var_os("SOCKCHECK_BPF_TRACE").is_some_and(|v| v != "0")) {
+        eprintln!(
+            "sockcheck bpf: {step}: {:.2} ms",
+            since.elapsed().as_secs_f64() * 1e3
+        );
+    }
+}
+
+/// Runs `f` on the bytes of the kernel BTF: mapped read-only where the
+/// kernel allows it (6.16+: no copy, no 4 KB reads), else read whole.
+fn with_kernel_btf<R>(f: impl FnOnce(&[u8]) -> R) -> io::Result<R> {
+    let file = fs::File::open(KERNEL_BTF)?;
+    let len = file.metadata()?.len() as usize;
+    if len > 0 {
+        // SAFETY: a fresh private read-only mapping of a whole file, unmapped
+        // below; the kernel's BTF never changes while the kernel runs.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr != libc::MAP_FAILED {
+            // SAFETY: `len` readable bytes at `ptr` until the munmap.
+            let out = f(unsafe { std::slice::from_raw_parts(ptr as *const u8, len) });
+            // SAFETY: the mapping made above, no longer borrowed.
+            unsafe { libc::munmap(ptr, len) };
+            return Ok(out);
+        }
+    }
+    let mut raw = Vec::with_capacity(len);
+    (&file).read_to_end(&mut raw)?;
+    Ok(f(&raw))
+}
+
+/// The kernel's BTF as the loader needs it ([`btf_view`]).
+struct KernelBtf {
+    /// For CO-RE relocation: the types the programs touch.
+    relocation: Btf,
+    /// For looking up `attach_btf_id`s: the attach points at their ids.
+    attach: Btf,
+}
+
+/// The kernel's BTF, reduced to what the programs need ([`btf_view`]) and
+/// parsed once per process; every loader call borrows it.
+fn kernel_btf() -> Result<&'static KernelBtf, BpfError> {
+    static BTF: OnceLock<KernelBtf> = OnceLock::new();
     if let Some(btf) = BTF.get() {
         return Ok(btf);
     }
-    let btf = Btf::from_sys_fs().map_err(|error| BpfError::Btf { error })?;
+    let start = Instant::now();
+    let view_err = |error: String| BpfError::BtfView { error };
+    let views = with_kernel_btf(|raw| btf_view::minimal(raw, &BTF_ROOTS))
+        .map_err(|e| view_err(e.to_string()))?
+        .map_err(view_err)?;
+    let stats = views.stats;
+    trace(
+        &format!(
+            "read and reduce kernel BTF ({} bytes, {} types -> {} kept in {} bytes; attach ids up to {})",
+            stats.kernel_bytes,
+            stats.kernel_types,
+            stats.kept_types,
+            stats.relocation_bytes,
+            stats.attach_ids
+        ),
+        start,
+    );
+    let start = Instant::now();
+    let parse = |blob: &[u8]| {
+        Btf::parse(blob, Endianness::default()).map_err(|error| BpfError::Btf { error })
+    };
+    let btf = KernelBtf {
+        relocation: parse(&views.relocation)?,
+        attach: parse(&views.attach)?,
+    };
+    trace("parse reduced BTF", start);
     Ok(BTF.get_or_init(|| btf))
 }
 
@@ -277,11 +386,44 @@ impl PortSet {
     }
 }
 
+/// Inode of the initial pid namespace (`PROC_PID_INIT_INO`), fixed by the
+/// kernel.
+const INIT_PIDNS_INUM: u32 = 0xEFFF_FFFC;
+
 /// Inode of this process's pid namespace: the programs translate task ids
-/// into it (0, meaning "global ids", if it cannot be read).
+/// into it. 0 means "global ids": when it cannot be read, and in the initial
+/// namespace, where global ids are the caller's ids. The 0 matters for cost:
+/// the programs read it from frozen `.rodata`, so the verifier drops the
+/// namespace walk of `bpf/pidns.h` (a loop of up to 33 levels, verified at
+/// each call) and loading `iter/task_file` takes ~1 ms instead of ~20-40 ms.
 fn pidns_inum() -> u32 {
     use std::os::unix::fs::MetadataExt;
-    fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino() as u32)
+    match fs::metadata("/proc/self/ns/pid").map(|m| m.ino() as u32) {
+        Ok(INIT_PIDNS_INUM) | Err(_) => 0,
+        Ok(inum) => inum,
+    }
+}
+
+/// The one loader prologue of every program: privileges and kernel BTF
+/// ([`availability`]), the parsed kernel BTF, an [`EbpfLoader`] configured by
+/// `configure` (globals, map sizes), the load, and its error mapping.
+/// Returns the loaded object and the kernel BTF to load its programs with.
+fn load_object<'a>(
+    program: &'static str,
+    object: &[u8],
+    configure: impl FnOnce(&mut EbpfLoader<'a>),
+) -> Result<(Ebpf, &'static Btf), BpfError> {
+    availability()?;
+    let btf = kernel_btf()?;
+    let start = Instant::now();
+    let mut loader = EbpfLoader::new();
+    loader.btf(&btf.relocation);
+    configure(&mut loader);
+    let ebpf = loader
+        .load(object)
+        .map_err(|error| BpfError::Object { program, error })?;
+    trace(&format!("{program}: relocate, create maps"), start);
+    Ok((ebpf, &btf.attach))
 }
 
 /// Runs a loaded-but-not-yet-attached iterator once and returns all it wrote.
@@ -291,7 +433,7 @@ fn run_iter(
     target: &str,
     program: &'static str,
 ) -> Result<Vec<u8>, BpfError> {
-    let btf = kernel_btf()?;
+    let btf = &kernel_btf()?.attach;
     let prog_err = |step| {
         move |error| BpfError::Program {
             step,
@@ -307,7 +449,10 @@ fn run_iter(
         })?
         .try_into()
         .map_err(prog_err("finding"))?;
+    let start = Instant::now();
     iter.load(target, btf).map_err(prog_err("loading"))?;
+    trace(&format!("{program}: verify (BPF_PROG_LOAD)"), start);
+    let start = Instant::now();
     let link = iter.attach().map_err(prog_err("attaching"))?;
     let link = iter.take_link(link).map_err(prog_err("attaching"))?;
     let mut seq = link.into_file().map_err(|error| BpfError::Link {
@@ -321,6 +466,7 @@ fn run_iter(
         program,
         error,
     })?;
+    trace(&format!("{program}: attach and iterate"), start);
     Ok(out)
 }
 
@@ -389,17 +535,10 @@ const LISTENER_RECORD: usize = 40;
 pub fn tcp_listeners(ports: &[u16]) -> Result<Vec<KernelListener>, BpfError> {
     const PROGRAM: &str = "iter/tcp";
     availability()?;
-    let btf = kernel_btf()?;
     let ports = PortSet::new(ports)?;
-    let mut loader = EbpfLoader::new();
-    loader.btf(Some(btf));
-    ports.write_into(&mut loader);
-    let mut ebpf = loader
-        .load(iter_tcp_object())
-        .map_err(|error| BpfError::Object {
-            program: PROGRAM,
-            error,
-        })?;
+    let (mut ebpf, _) = load_object(PROGRAM, iter_tcp_object(), |loader| {
+        ports.write_into(loader)
+    })?;
     let raw = run_iter(&mut ebpf, "sockcheck_iter_tcp", "tcp", PROGRAM)?;
     Ok(records(&raw, LISTENER_RECORD, PROGRAM)?
         .map(|rec| {
@@ -456,17 +595,12 @@ pub fn task_files(inodes: &[u64]) -> Result<Vec<TaskFile>, BpfError> {
     if wanted.is_empty() {
         return Ok(Vec::new());
     }
-    let btf = kernel_btf()?;
     let pidns = pidns_inum();
-    let mut ebpf = EbpfLoader::new()
-        .btf(Some(btf))
-        .override_global("pidns_inum", &pidns, true)
-        .map_max_entries("inodes", wanted.len() as u32)
-        .load(iter_task_file_object())
-        .map_err(|error| BpfError::Object {
-            program: PROGRAM,
-            error,
-        })?;
+    let (mut ebpf, _) = load_object(PROGRAM, iter_task_file_object(), |loader| {
+        loader
+            .override_global("pidns_inum", &pidns, true)
+            .map_max_entries("inodes", wanted.len() as u32);
+    })?;
     let map_err = |error| BpfError::Map {
         step: "filling map inodes of",
         program: PROGRAM,
@@ -481,7 +615,7 @@ pub fn task_files(inodes: &[u64]) -> Result<Vec<TaskFile>, BpfError> {
         .try_into()
         .map_err(map_err)?;
     for inode in &wanted {
-        set.insert(inode, 1, 0).map_err(map_err)?;
+        set.insert(inode, &1, 0).map_err(map_err)?;
     }
     let raw = run_iter(&mut ebpf, "sockcheck_iter_task_file", "task_file", PROGRAM)?;
     let mut rows: BTreeMap<(u64, u32, u32), Vec<u32>> = BTreeMap::new();
@@ -601,21 +735,12 @@ impl Watcher {
     /// Watches `ports` (every port if empty) through the given hook only.
     pub fn with_hook(ports: &[u16], hook: WatchHook) -> Result<Self, BpfError> {
         const PROGRAM: &str = "sock/inet_sock_set_state";
-        availability()?;
-        let btf = kernel_btf()?;
         let ports = PortSet::new(ports)?;
         let pidns = pidns_inum();
-        let mut loader = EbpfLoader::new();
-        loader
-            .btf(Some(btf))
-            .override_global("pidns_inum", &pidns, true);
-        ports.write_into(&mut loader);
-        let mut ebpf = loader
-            .load(watch_object())
-            .map_err(|error| BpfError::Object {
-                program: PROGRAM,
-                error,
-            })?;
+        let (mut ebpf, btf) = load_object(PROGRAM, watch_object(), |loader| {
+            loader.override_global("pidns_inum", &pidns, true);
+            ports.write_into(loader);
+        })?;
 
         let prog_err = |step| {
             move |error| BpfError::Program {

@@ -79,6 +79,7 @@ enum End {
 
 /// `sockcheck watch`.
 pub fn watch(options: &WatchOptions) -> Result<ExitStatus, Error> {
+    let started = Instant::now();
     if let Err(reason) = bpf::availability() {
         return Err(Error::bpf(
             "watch needs eBPF",
@@ -107,6 +108,13 @@ pub fn watch(options: &WatchOptions) -> Result<ExitStatus, Error> {
             bpf::WatchHook::BtfTracePoint => "tp_btf inet_sock_set_state",
         }
     ));
+    if options.output.verbose {
+        options.output.note(&format!(
+            "sockcheck: watching after {:.1} ms (load and attach)
+",
+            started.elapsed().as_secs_f64() * 1e3
+        ));
+    }
     let end = pump(&mut watcher, &signals, options);
     // Detach and unload before anything else happens.
     drop(watcher);

@@ -15,12 +15,11 @@ use crate::report::{Owner, SourceStatus};
 use crate::reuseport::{self, Holder, Reuseport, Subject};
 
 /// Above this many open files (`/proc/sys/fs/file-nr`), `--bpf auto` finds
-/// owners with the BPF task_file iterator instead of /proc. The iterator
-/// costs about 30 ms and 40 MB (aya parses the 5 MB kernel BTF) whatever
-/// the load; the /proc scan about 1.3 µs a file on two cores and little
-/// memory, so it stays within the speed budget (4x faster than `ss -tlnp`)
-/// up to well past 100,000 files (BENCHMARKS.md).
-pub const BPF_OWNER_THRESHOLD: u64 = 150_000;
+/// owners with the BPF task_file iterator instead of /proc. Loading costs
+/// about 24 ms and 10 MB once (the kernel BTF reduced to what the programs
+/// need), then the iterator about 0.3 µs a file; the /proc scan costs about
+/// 1.3 µs a file on two cores. They cross near 25,000 files (BENCHMARKS.md).
+pub const BPF_OWNER_THRESHOLD: u64 = 30_000;
 
 /// Everything the report is assembled from, besides the kernel view.
 #[derive(Debug)]
