@@ -225,8 +225,9 @@ fn wait_fails_at_once_on_a_foreign_address() {
 #[test]
 fn run_reports_and_quarantines_a_lingering_worker() {
     let state = TempDir::new("run");
-    let ready = state.0.with_extension("ready");
-    let report = state.0.with_extension("report.json");
+    let files = TempDir::created("run-files-1");
+    let ready = files.join("ready");
+    let report = files.join("report.json");
     let output = gate(
         &state,
         "45210",
@@ -279,8 +280,9 @@ fn run_reports_and_quarantines_a_lingering_worker() {
 #[test]
 fn run_reap_frees_the_address() {
     let state = TempDir::new("reap");
-    let ready = state.0.with_extension("ready");
-    let report = state.0.with_extension("report.md");
+    let files = TempDir::created("run-files-2");
+    let ready = files.join("ready");
+    let report = files.join("report.md");
     let output = gate(
         &state,
         "45211",
@@ -821,8 +823,10 @@ fn cell_separators(line: &str) -> usize {
 #[test]
 fn hostile_process_text_is_escaped_in_run_report_and_scan() {
     let state = TempDir::new("hostile");
-    let ready = state.0.with_extension("hostile.ready");
-    let report = state.0.with_extension("hostile.md");
+    // The ready line and the report, removed with their directory.
+    let files = TempDir::created("hostile-files");
+    let ready = files.join("ready");
+    let report = files.join("report.md");
     let dir = state.0.with_extension("hostile.bin");
     std::fs::create_dir_all(&dir).unwrap();
     let link = dir.join(HOSTILE_COMM);
@@ -989,7 +993,8 @@ fn reap_dry_run_signals_nothing() {
 #[test]
 fn reap_sends_sigkill_to_a_holder_that_ignores_sigterm() {
     let state = TempDir::new("reap-kill");
-    let ready = state.0.with_extension("ready");
+    let files = TempDir::created("run-files-3");
+    let ready = files.join("ready");
     // The holder inherits SIGTERM ignored across exec.
     let mut shell = Command::new("sh")
         .args([
