@@ -392,8 +392,24 @@ impl SplitMix64 {
         self.below(n) == 0
     }
 
+    /// An index into something of length `n` (n > 0).
+    pub fn index(&mut self, n: usize) -> usize {
+        self.below(n as u64) as usize
+    }
+
+    /// True `percent` times in a hundred.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    /// A u64 of any magnitude: small ones as often as huge ones.
+    pub fn number(&mut self) -> u64 {
+        let shift = self.below(64) as u32;
+        self.next() >> shift
+    }
+
     pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
+        &items[self.index(items.len())]
     }
 
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {

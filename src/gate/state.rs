@@ -1470,37 +1470,8 @@ mod fuzz {
     use std::collections::{HashMap, HashSet};
     use std::time::{Duration, Instant};
 
-    /// splitmix64: small, deterministic, good enough to pick shapes.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-
-        /// In `0..n`; `n` > 0.
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-
-        fn chance(&mut self, percent: u64) -> bool {
-            self.next() % 100 < percent
-        }
-
-        fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-            &items[self.below(items.len())]
-        }
-
-        /// A u64 of any magnitude.
-        fn number(&mut self) -> u64 {
-            let shift = self.below(64) as u32;
-            self.next() >> shift
-        }
-    }
+    /// The property tests' splitmix64, under a short name.
+    use crate::text::SplitMix64 as Rng;
 
     /// The fake liveness: no /proc, and deterministic.
     fn live(lease: &Lease) -> bool {
@@ -1525,7 +1496,7 @@ mod fuzz {
             "/tmp/report.md",
             "{\"address\": \"127.0.0.2\"}",
         ];
-        (0..rng.below(5)).map(|_| *rng.pick(PIECES)).collect()
+        (0..rng.index(5)).map(|_| *rng.pick(PIECES)).collect()
     }
 
     fn address(rng: &mut Rng, index: usize, unique: bool) -> IpAddr {
@@ -1545,7 +1516,7 @@ mod fuzz {
     }
 
     fn state(rng: &mut Rng, unique: bool) -> State {
-        let leases = (0..rng.below(8))
+        let leases = (0..rng.index(8))
             .map(|i| Lease {
                 address: address(rng, i, unique),
                 owner: ProcessId {
@@ -1556,7 +1527,7 @@ mod fuzz {
                 holders: Vec::new(),
             })
             .collect();
-        let quarantine = (0..rng.below(4))
+        let quarantine = (0..rng.index(4))
             .map(|i| Quarantine {
                 address: address(rng, i + 100, unique),
                 since: rng.number(),
@@ -1626,12 +1597,12 @@ mod fuzz {
         };
         let mut bytes = format!("{{{key}: {version}{rest}").into_bytes();
         let tail = key.len() + version.len() + 4;
-        match rng.below(4) {
+        match rng.index(4) {
             0 => {}
-            1 => bytes.truncate(tail + rng.below(bytes.len() - tail + 1)),
+            1 => bytes.truncate(tail + rng.index(bytes.len() - tail + 1)),
             2 => {
-                for _ in 0..=rng.below(4) {
-                    let at = tail + rng.below(bytes.len() - tail);
+                for _ in 0..=rng.index(4) {
+                    let at = tail + rng.index(bytes.len() - tail);
                     bytes[at] = rng.next() as u8;
                 }
             }
@@ -1644,13 +1615,13 @@ mod fuzz {
     }
 
     fn mutate(rng: &mut Rng, mut bytes: Vec<u8>) -> Vec<u8> {
-        for _ in 0..=rng.below(4) {
+        for _ in 0..=rng.index(4) {
             if bytes.is_empty() {
                 break;
             }
-            let at = rng.below(bytes.len());
-            match rng.below(6) {
-                0 => bytes[at] ^= 1 << rng.below(8),
+            let at = rng.index(bytes.len());
+            match rng.index(6) {
+                0 => bytes[at] ^= 1 << rng.index(8),
                 1 => bytes[at] = *rng.pick(b"{}[]\":,\\ 0\n"),
                 2 => bytes.truncate(at),
                 3 => {
@@ -1658,9 +1629,9 @@ mod fuzz {
                 }
                 4 => bytes.insert(at, rng.next() as u8),
                 _ => {
-                    let end = (at + rng.below(200)).min(bytes.len());
+                    let end = (at + rng.index(200)).min(bytes.len());
                     let copy = bytes[at..end].to_vec();
-                    let to = rng.below(bytes.len());
+                    let to = rng.index(bytes.len());
                     bytes.splice(to..to, copy);
                 }
             }
@@ -1686,10 +1657,10 @@ mod fuzz {
         let mut bytes = Vec::new();
         if rng.chance(50) {
             bytes = valid(rng, true);
-            bytes.truncate(rng.below(bytes.len()));
+            bytes.truncate(rng.index(bytes.len()));
         }
         let shape = rng.pick(SHAPES);
-        bytes.extend(shape.repeat(rng.below(4000)).bytes());
+        bytes.extend(shape.repeat(rng.index(4000)).bytes());
         if rng.chance(50) {
             bytes.extend(valid(rng, true));
         }
@@ -1747,7 +1718,7 @@ mod fuzz {
             "\"127.0.0.2\"",
         ];
         let mut bytes = Vec::new();
-        for _ in 0..rng.below(600) {
+        for _ in 0..rng.index(600) {
             if rng.chance(60) {
                 bytes.extend(rng.pick(WORDS).bytes());
             } else {
@@ -1902,7 +1873,7 @@ mod fuzz {
         let mut refused_on_disk = 0;
         let mut seen: Seen = [0; 5];
         for case in 0..cases {
-            let kind = rng.below(10);
+            let kind = rng.index(10);
             let one = Instant::now();
             let bytes = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 one_case(&mut rng, kind, &mut seen)
