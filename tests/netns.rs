@@ -5,15 +5,15 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
-use support::{KillOnDrop, sockcheck, sockcheck_as_nobody};
+use support::{Holder, sockcheck, sockcheck_as_nobody};
 
 /// A network namespace of this test, deleted (with what runs in it
 /// killed) on drop.
 struct Namespace {
     name: String,
-    holders: Vec<Child>,
+    holders: Vec<Holder>,
 }
 
 impl Namespace {
@@ -40,34 +40,23 @@ impl Namespace {
 
     /// `sockcheck-holder SHAPE ADDR PORT` inside; returns its pid once ready.
     fn holder(&mut self, shape: &str, address: &str, port: u16) -> u32 {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .arg(&*support::HOLDER)
-            .args([shape, address, &port.to_string()])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        assert!(line.starts_with("ready "), "{line:?}");
         // `ip netns exec` execs the holder: same pid.
-        let pid = child.id();
-        self.holders.push(child);
+        let holder = Holder::start_via(
+            &["ip", "netns", "exec", &self.name],
+            shape,
+            address,
+            port,
+            &[],
+        );
+        let pid = holder.pid;
+        self.holders.push(holder);
         pid
     }
 }
 
 impl Drop for Namespace {
     fn drop(&mut self) {
-        for child in &mut self.holders {
-            let _guard = KillOnDrop(child.id());
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.holders.clear(); // each is killed by pid as it drops
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();

@@ -124,7 +124,15 @@ impl Holder {
         Holder::start_via(&setpriv, shape, address, port, extra)
     }
 
-    fn start_via(prefix: &[&str], shape: &str, address: &str, port: u16, extra: &[&str]) -> Holder {
+    /// The same, behind a wrapper that execs the holder (same pid):
+    /// `setpriv …`, `ip netns exec NAME`.
+    pub fn start_via(
+        prefix: &[&str],
+        shape: &str,
+        address: &str,
+        port: u16,
+        extra: &[&str],
+    ) -> Holder {
         let mut command = match prefix.split_first() {
             Some((program, args)) => {
                 let mut command = Command::new(program);
