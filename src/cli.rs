@@ -446,10 +446,19 @@ impl Top {
         sources: Option<SourceArgs>,
         state: Option<StateArgs>,
     ) -> Result<Gate, Error> {
-        let state_dir = state.and_then(|s| s.state_dir).or(self.state_dir.clone());
+        // Only the lease commands (which pass `state`) use the state
+        // directory: the others never look for its default (a stat of /run
+        // on a free check's path).
+        let state_dir = match state {
+            Some(state) => state
+                .state_dir
+                .or(self.state_dir.clone())
+                .unwrap_or_else(gate::state::default_dir),
+            None => self.state_dir.clone().unwrap_or_default(),
+        };
         Ok(Gate {
             ports: self.ports(ports)?,
-            state_dir: state_dir.unwrap_or_else(gate::state::default_dir),
+            state_dir,
             output: self.output,
             sources: self.sources(sources.unwrap_or_else(SourceArgs::none)),
             netns: None,
