@@ -36,6 +36,10 @@ typedef int __s32;
 
 /* ---- kernel types (only the members we read) ---- */
 struct in6_addr { __u8 s6_addr[16]; } CORE;
+struct ns_common { unsigned int inum; } CORE;
+struct net { struct ns_common ns; } CORE;
+/* With CONFIG_NET_NS, a struct of one pointer; read through skc_net.net. */
+typedef struct { struct net *net; } CORE possible_net_t;
 struct sock_common {
 	__u32 skc_rcv_saddr;          /* network order */
 	__u16 skc_num;                /* host order */
@@ -45,6 +49,7 @@ struct sock_common {
 	unsigned char skc_reuseport : 1;
 	unsigned char skc_ipv6only : 1;
 	struct in6_addr skc_v6_rcv_saddr;
+	possible_net_t skc_net;       /* the socket's network namespace */
 } CORE;
 struct socket;
 struct sock {
@@ -56,7 +61,6 @@ struct inode { __u16 i_mode; unsigned long i_ino; } CORE;
 struct file { struct inode *f_inode; } CORE;
 struct socket { struct file *file; } CORE;
 struct socket_alloc { struct socket socket; struct inode vfs_inode; } CORE;
-struct ns_common { unsigned int inum; } CORE;
 struct pid_namespace { struct ns_common ns; } CORE;
 struct upid { int nr; struct pid_namespace *ns; } CORE;
 struct pid { unsigned int level; struct upid numbers[1]; } CORE;

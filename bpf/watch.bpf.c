@@ -31,9 +31,24 @@ struct listen_event {
 	__u8 oldstate;
 	__u8 newstate;
 	__u8 reuseport;
-	__u8 _pad[9];
+	__u8 _pad0;
+	__u32 netns;       /* inode of the socket's network namespace, 0 if unknown */
+	__u8 _pad[4];
 };
 _Static_assert(sizeof(struct listen_event) == 72, "record layout is shared with src/bpf.rs");
+
+/* Inode of the socket's network namespace (as /proc/PID/ns/net shows it),
+ * 0 if it cannot be read. */
+static __always_inline __u32 netns_inum(const struct sock *sk)
+{
+	struct net *net = 0;
+	unsigned int inum = 0;
+
+	READ_INTO(&net, &sk->__sk_common.skc_net, net);
+	if (net)
+		READ_INTO(&inum, net, ns.inum);
+	return inum;
+}
 
 /* Everything but the address; returns the reserved event or NULL. */
 static __always_inline struct listen_event *
@@ -61,6 +76,7 @@ begin(const struct sock *sk, int oldstate, int newstate, __u16 family, __u16 por
 	e->oldstate = oldstate;
 	e->newstate = newstate;
 	e->reuseport = READ_FIELD(&sk->__sk_common, skc_reuseport);
+	e->netns = netns_inum(sk);
 	return e;
 }
 

@@ -16,7 +16,9 @@
 //!   hook, no tracefs needed) when tracefs is not mounted.
 //!
 //! Pids and tids are those of the caller's pid namespace, as its `/proc`
-//! shows them; sockets are those of the caller's network namespace.
+//! shows them. `iter/tcp` walks the caller's network namespace; the
+//! tracepoint fires for every namespace, and each [`ListenEvent`] names its
+//! socket's ([`ListenEvent::netns`]).
 //!
 //! All of it needs root (or CAP_BPF + CAP_PERFMON) and kernel BTF.
 //! [`availability`] checks both cheaply; every entry point runs it first, so a
@@ -256,6 +258,7 @@ const BTF_ROOTS: btf_view::Roots<'static> = btf_view::Roots {
         "socket",
         "socket_alloc",
         "ns_common",
+        "net",
         "pid_namespace",
         "upid",
         "pid",
@@ -674,6 +677,9 @@ pub struct ListenEvent {
     /// Socket inode (0 if the socket was already detached from its file).
     pub inode: u64,
     pub reuseport: bool,
+    /// Inode of the socket's network namespace (as `/proc/PID/ns/net`
+    /// shows it); 0 if the kernel's layout did not let it be read.
+    pub netns: u64,
     pub kind: ListenChange,
     /// TCP states (`TCP_LISTEN` = 10, `TCP_CLOSE` = 7, ...).
     pub old_state: u8,
@@ -857,6 +863,7 @@ fn parse_listen_event(rec: &[u8]) -> ListenEvent {
         old_state: rec[60],
         new_state,
         reuseport: rec[62] != 0,
+        netns: u32::from_ne_bytes(field(rec, 64)).into(),
         kind: if new_state == TCP_LISTEN {
             ListenChange::Listen
         } else {

@@ -191,6 +191,15 @@ enum Command {
         /// Stop after this long (500ms, 30s, 1m30s; a bare number is seconds).
         #[arg(long, value_name = "DURATION", value_parser = input::duration())]
         timeout: Option<Duration>,
+        /// Only sockets of this network namespace: NAME (under /run/netns,
+        /// as `ip netns` names them), a PATH to one, or pid:PID (that
+        /// process's) [default: sockcheck's own]
+        #[arg(long, value_name = "NAME|PATH|pid:PID", conflicts_with = "all_netns")]
+        netns: Option<String>,
+        /// Sockets of every network namespace (a line names the namespace
+        /// when it is not sockcheck's own).
+        #[arg(long)]
+        all_netns: bool,
         #[command(flatten)]
         ports: PortsArg,
     },
@@ -521,6 +530,8 @@ fn dispatch(command: Command, top: &Top) -> Result<ExitStatus, Error> {
             addresses,
             count,
             timeout,
+            netns,
+            all_netns,
             ports,
         } => crate::watch::watch(&crate::watch::WatchOptions {
             ports: top.ports(ports)?,
@@ -528,6 +539,7 @@ fn dispatch(command: Command, top: &Top) -> Result<ExitStatus, Error> {
             output: top.output,
             count,
             timeout,
+            netns: watch_netns(netns.or(top.netns.clone()), all_netns)?,
         }),
         Command::Doctor => crate::doctor::doctor(top.output),
         Command::Completions { shell } => completions(shell),
@@ -687,6 +699,25 @@ fn in_netns<T: Send>(
         name: namespace.name(),
     });
     namespace.run(|| command(gate))?
+}
+
+/// Which namespaces `watch` shows: `--all-netns`, the one `--netns` names
+/// (opened here, so a bad one is a usage error before anything loads), or
+/// sockcheck's own. Watching needs no `setns`: the tracepoint sees every
+/// namespace and each event names its socket's.
+fn watch_netns(netns: Option<String>, all: bool) -> Result<crate::watch::NetnsFilter, Error> {
+    use crate::watch::NetnsFilter;
+    if all {
+        return Ok(NetnsFilter::All);
+    }
+    let Some(spec) = netns else {
+        return Ok(NetnsFilter::own());
+    };
+    let namespace = crate::netns::NetNs::open(&spec)?;
+    Ok(NetnsFilter::Only(crate::report::NetnsInfo {
+        inode: namespace.inode,
+        name: namespace.name(),
+    }))
 }
 
 /// `sockcheck completions SHELL`.

@@ -17,7 +17,9 @@ use crate::bpf::{self, BpfError, ListenChange, ListenEvent, Watcher};
 use crate::error::Error;
 use crate::exit::ExitStatus;
 use crate::inspect;
+use crate::netns;
 use crate::output::{self, Output, Stdout};
+use crate::report::NetnsInfo;
 use crate::text::{Bytes, escape};
 
 /// How long one wait for events lasts: the latency of noticing a signal or
@@ -39,6 +41,59 @@ pub struct WatchOptions {
     pub count: Option<u64>,
     /// Stop after this long.
     pub timeout: Option<Duration>,
+    /// Which network namespaces' sockets to show.
+    pub netns: NetnsFilter,
+}
+
+/// Which network namespaces' sockets `watch` shows. The tracepoint fires
+/// for every namespace; each event carries its socket's namespace inode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetnsFilter {
+    /// Only sockets of this namespace: sockcheck's own by default, or the
+    /// one `--netns` names.
+    Only(NetnsInfo),
+    /// Sockets of every namespace (`--all-netns`).
+    All,
+}
+
+impl NetnsFilter {
+    /// sockcheck's own namespace; every namespace if its inode cannot be
+    /// read (then nothing could be told apart anyway).
+    pub fn own() -> NetnsFilter {
+        match netns::own_inode() {
+            Some(inode) => NetnsFilter::Only(NetnsInfo { inode, name: None }),
+            None => NetnsFilter::All,
+        }
+    }
+
+    /// Whether an event of a socket in namespace `inode` is shown. An
+    /// event whose namespace could not be read (0) is shown: nothing says
+    /// it is elsewhere.
+    pub fn shows(&self, inode: u64) -> bool {
+        match self {
+            NetnsFilter::Only(ns) => inode == 0 || inode == ns.inode,
+            NetnsFilter::All => true,
+        }
+    }
+
+    /// `in network namespace ci-7 (inode 4026532281)`, for the line that
+    /// says the watch is attached.
+    fn describe(&self, own: Option<u64>) -> String {
+        match self {
+            NetnsFilter::All => "in every network namespace".into(),
+            NetnsFilter::Only(ns) if Some(ns.inode) == own && ns.name.is_none() => {
+                format!("in this network namespace (inode {})", ns.inode)
+            }
+            NetnsFilter::Only(NetnsInfo {
+                inode,
+                name: Some(name),
+            }) => format!(
+                "in network namespace {} (inode {inode})",
+                escape(name.as_bytes())
+            ),
+            NetnsFilter::Only(ns) => format!("in network namespace inode {}", ns.inode),
+        }
+    }
 }
 
 /// One event as `watch --json` prints it.
@@ -61,6 +116,9 @@ pub struct EventLine<'a> {
     pub comm: Bytes,
     pub inode: u64,
     pub reuseport: bool,
+    /// Inode of the socket's network namespace (as `/proc/PID/ns/net`
+    /// shows it); 0 if it could not be read.
+    pub netns: u64,
     pub old_state: u8,
     pub new_state: u8,
     /// The given addresses this event's address covers (absent when no
@@ -94,8 +152,9 @@ pub fn watch(options: &WatchOptions) -> Result<ExitStatus, Error> {
         BpfError::TooManyPorts { .. } => Error::Usage(format!("--ports: {e}")),
         source => Error::bpf("attaching the eBPF watch", source),
     })?;
+    let own = netns::own_inode();
     options.output.note(&format!(
-        "sockcheck: watching TCP listeners on port{} {} ({})\n",
+        "sockcheck: watching TCP listeners on port{} {} {} ({})\n",
         if options.ports.len() == 1 { "" } else { "s" },
         options
             .ports
@@ -103,6 +162,7 @@ pub fn watch(options: &WatchOptions) -> Result<ExitStatus, Error> {
             .map(u16::to_string)
             .collect::<Vec<_>>()
             .join(","),
+        options.netns.describe(own),
         match watcher.hook() {
             bpf::WatchHook::TracePoint => "tracepoint sock/inet_sock_set_state",
             bpf::WatchHook::BtfTracePoint => "tp_btf inet_sock_set_state",
@@ -115,7 +175,7 @@ pub fn watch(options: &WatchOptions) -> Result<ExitStatus, Error> {
             started.elapsed().as_secs_f64() * 1e3
         ));
     }
-    let end = pump(&mut watcher, &signals, options);
+    let end = pump(&mut watcher, &signals, options, own);
     // Detach and unload before anything else happens.
     drop(watcher);
     drop(signals);
@@ -131,6 +191,7 @@ fn pump(
     watcher: &mut Watcher,
     signals: &SignalGuard,
     options: &WatchOptions,
+    own_netns: Option<u64>,
 ) -> Result<End, Error> {
     let deadline = options.timeout.map(|t| Instant::now() + t);
     let mut shown: u64 = 0;
@@ -153,6 +214,9 @@ fn pump(
             .map_err(|source| Error::bpf("reading the eBPF watch", source))?;
         let clock = Clock::now();
         for event in &events {
+            if !options.netns.shows(event.netns) {
+                continue;
+            }
             let covers: Vec<&IpAddr> = options
                 .addresses
                 .iter()
@@ -166,7 +230,7 @@ fn pump(
             } else if options.output.json {
                 json_line(event, &clock, covers)
             } else {
-                human_line(event, &clock)
+                human_line(event, &clock, own_netns)
             };
             if output::write(&line)? == Stdout::Closed {
                 return Ok(End::ClosedStdout);
@@ -186,10 +250,17 @@ fn kind(event: &ListenEvent) -> &'static str {
     }
 }
 
-/// `12:34:56.789  LISTEN  127.0.0.2:9926  pid 4242  tid 4243  comm node  inode 12464  reuseport yes`
-pub fn human_line(event: &ListenEvent, clock: &Clock) -> String {
+/// `12:34:56.789  LISTEN  127.0.0.2:9926  pid 4242  tid 4243  comm node  inode 12464  reuseport yes`,
+/// then `  netns 4026532281` for a socket outside `own_netns` (sockcheck's
+/// own network namespace).
+pub fn human_line(event: &ListenEvent, clock: &Clock, own_netns: Option<u64>) -> String {
+    let netns = if event.netns != 0 && Some(event.netns) != own_netns {
+        format!("  netns {}", event.netns)
+    } else {
+        String::new()
+    };
     format!(
-        "{}  {:<6}  {}  pid {}  tid {}  comm {}  inode {}  reuseport {}\n",
+        "{}  {:<6}  {}  pid {}  tid {}  comm {}  inode {}  reuseport {}{netns}\n",
         clock.local_hms(event.ktime_ns),
         kind(event).to_ascii_uppercase(),
         SocketAddr::new(event.addr, event.port),
@@ -215,6 +286,7 @@ fn json_line(event: &ListenEvent, clock: &Clock, covers: Vec<&IpAddr>) -> String
         comm: Bytes(event.comm.clone()),
         inode: event.inode,
         reuseport: event.reuseport,
+        netns: event.netns,
         old_state: event.old_state,
         new_state: event.new_state,
         covers,
@@ -330,6 +402,7 @@ mod tests {
             port: 9926,
             inode: 777,
             reuseport: true,
+            netns: 4026531840,
             kind,
             old_state: 7,
             new_state: 10,
@@ -352,7 +425,11 @@ mod tests {
     #[test]
     fn human_line_escapes_comm() {
         let clock = Clock { offset_ns: 0 };
-        let line = human_line(&event(ListenChange::Listen, b"evil\x1b[2J"), &clock);
+        let line = human_line(
+            &event(ListenChange::Listen, b"evil\x1b[2J"),
+            &clock,
+            Some(4026531840),
+        );
         assert!(line.contains("  LISTEN  [::1]:9926  pid 42  tid 43  comm evil\\x1b[2J  inode 777  reuseport yes\n"),
             "{line}");
     }
@@ -361,12 +438,51 @@ mod tests {
     fn human_line_escapes_line_breaking_and_invisible_comm() {
         let clock = Clock { offset_ns: 0 };
         let comm = "a\u{2028}\u{2029}\u{61c}\u{200b}\u{feff}";
-        let line = human_line(&event(ListenChange::Listen, comm.as_bytes()), &clock);
+        let line = human_line(
+            &event(ListenChange::Listen, comm.as_bytes()),
+            &clock,
+            Some(4026531840),
+        );
         assert!(
             line.contains("  comm a\\u{2028}\\u{2029}\\u{61c}\\u{200b}\\u{feff}  inode"),
             "{line}"
         );
         assert_eq!(line.lines().count(), 1);
+    }
+
+    #[test]
+    fn human_line_names_only_a_foreign_namespace() {
+        let clock = Clock { offset_ns: 0 };
+        let ev = event(ListenChange::Listen, b"node");
+        let here = human_line(&ev, &clock, Some(4026531840));
+        assert!(here.ends_with("  reuseport yes\n"), "{here}");
+        let there = human_line(&ev, &clock, Some(4026531841));
+        assert!(
+            there.ends_with("  reuseport yes  netns 4026531840\n"),
+            "{there}"
+        );
+    }
+
+    #[test]
+    fn netns_filter_shows_its_namespace_and_unknown_ones() {
+        let only = NetnsFilter::Only(NetnsInfo {
+            inode: 7,
+            name: Some("ci-7".into()),
+        });
+        assert!(only.shows(7) && only.shows(0) && !only.shows(8));
+        assert!(NetnsFilter::All.shows(8));
+        assert_eq!(
+            only.describe(Some(1)),
+            "in network namespace ci-7 (inode 7)"
+        );
+        assert_eq!(
+            NetnsFilter::Only(NetnsInfo {
+                inode: 1,
+                name: None
+            })
+            .describe(Some(1)),
+            "in this network namespace (inode 1)"
+        );
     }
 
     #[test]
@@ -380,6 +496,7 @@ mod tests {
         assert_eq!(value["local"], "[::1]:9926");
         assert_eq!(value["comm"], "node");
         assert_eq!(value["covers"][0], "::1");
+        assert_eq!(value["netns"], 4026531840u64);
         assert!(line.ends_with("}\n") && !line[..line.len() - 1].contains('\n'));
     }
 }

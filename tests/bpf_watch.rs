@@ -31,6 +31,12 @@ fn listen_and_close_on_a_thread(addr: SocketAddr, opts: Opts) -> (u32, u64) {
         .unwrap()
 }
 
+/// The inode of this process's network namespace.
+fn own_netns() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/net").unwrap().ino()
+}
+
 fn wait_for(watcher: &mut Watcher, n: usize, port: u16) -> Vec<ListenEvent> {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut events = Vec::new();
@@ -79,6 +85,7 @@ fn check(mut watcher: Watcher, addr: &str, port: u16, reuseport: bool) {
             "{event:?}"
         );
         assert_eq!(event.comm, b"sc-listen", "{event:?}");
+        assert_eq!(event.netns, own_netns(), "{event:?}");
     }
     assert!(events[0].ktime_ns <= events[1].ktime_ns);
     // Nothing else arrives.

@@ -1,7 +1,8 @@
 //! --netns: the inspection of another network namespace, against real
 //! listeners in a namespace each test makes (`ip netns add`), with `lo` up,
 //! deleted at the end. Namespaces named sockcheck-test-PID-N; ports
-//! 45660-45669 (inside them any address is private).
+//! 45660-45669 (inside them any address is private; `watch` also sees the
+//! host, where the port is still this file's).
 
 mod support;
 
@@ -156,5 +157,90 @@ fn without_cap_sys_admin_the_error_says_so_in_one_line() {
     assert!(run.stderr.contains("CAP_SYS_ADMIN"), "{}", run.stderr);
     // A name that is no namespace is bad input.
     let run = sockcheck(&["--netns", "sockcheck-test-no-such-ns", "127.0.0.2"]);
+    assert_eq!(run.status, 2, "{}", run.stderr);
+}
+
+/// `sockcheck watch ARGS --json` in the background, returned once it has
+/// said on stderr that it is attached.
+fn watch_json(args: &[&str]) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = Command::new(&*support::SOCKCHECK)
+        .args(["watch", "--json", "--timeout", "10s"])
+        .args(args)
+        .env_remove("SOCKCHECK_PORTS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(
+        line.starts_with("sockcheck: watching TCP listeners on port 45663 in "),
+        "watch {args:?} did not attach: {line:?}"
+    );
+    child
+}
+
+/// The events a [`watch_json`] printed, once it has exited.
+fn watch_events(child: std::process::Child) -> (i32, Vec<serde_json::Value>) {
+    let _kill = support::KillOnDrop(child.id());
+    let out = child.wait_with_output().unwrap();
+    let events = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (out.status.code().unwrap_or(-1), events)
+}
+
+#[test]
+fn watch_filters_events_by_the_sockets_namespace() {
+    use std::os::unix::fs::MetadataExt;
+    if !support::require_bpf("watch --netns") {
+        return;
+    }
+    let mut ns = Namespace::new(4);
+    let ns_inode = std::fs::metadata(format!("/run/netns/{}", ns.name))
+        .unwrap()
+        .ino();
+    let own_inode = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+    let only_ns = watch_json(&["--netns", &ns.name, "--count", "2", "--ports", "45663"]);
+    let only_own = watch_json(&["--count", "2", "--ports", "45663"]);
+    let every = watch_json(&["--all-netns", "--count", "4", "--ports", "45663"]);
+    // The same address and port, once in the namespace, then on the host.
+    let inside = ns.holder("plain", "127.0.0.2", 45663);
+    ns.holders.clear();
+    let host = Holder::start("plain", "127.0.0.2", 45663, &[]);
+    let outside = host.pid;
+    drop(host);
+    for (child, pid, inode) in [(only_ns, inside, ns_inode), (only_own, outside, own_inode)] {
+        let (status, events) = watch_events(child);
+        assert_eq!(status, 0, "{events:?}");
+        let seen: Vec<_> = events
+            .iter()
+            .map(|e| {
+                (
+                    e["event"].as_str().unwrap(),
+                    e["pid"].as_u64(),
+                    e["netns"].as_u64(),
+                )
+            })
+            .collect();
+        let (pid, inode) = (Some(u64::from(pid)), Some(inode));
+        assert_eq!(seen, vec![("listen", pid, inode), ("close", pid, inode)]);
+    }
+    let (status, events) = watch_events(every);
+    assert_eq!(status, 0, "{events:?}");
+    let namespaces: Vec<_> = events
+        .iter()
+        .map(|e| e["netns"].as_u64().unwrap())
+        .collect();
+    assert_eq!(namespaces, vec![ns_inode, ns_inode, own_inode, own_inode]);
+    // A name that is no namespace is bad input, before anything loads.
+    let run = sockcheck(&["watch", "--netns", "sockcheck-test-no-such-ns"]);
+    assert_eq!(run.status, 2, "{}", run.stderr);
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    let run = sockcheck(&["watch", "--netns", &ns.name, "--all-netns"]);
     assert_eq!(run.status, 2, "{}", run.stderr);
 }
