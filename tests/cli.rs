@@ -294,6 +294,31 @@ fn completions_and_the_man_page_generate() {
         run.stdout.contains("Exit status"),
         "the man page lacks exit statuses"
     );
+    // Each command's own flags are in the page (in roff, `-` is `\-`) and
+    // in the completions, not only the top level's.
+    let bash = sockcheck(&["completions", "bash"]).stdout;
+    for (command, flag) in [
+        ("watch", "--all-netns"),
+        ("watch", "--count"),
+        ("reap", "--grace"),
+        ("reap", "--dry-run"),
+        ("acquire", "--allow-foreign"),
+        ("run", "--linger"),
+    ] {
+        let roff = flag.replace('-', "\\-");
+        assert!(
+            run.stdout.contains(&format!(".SS \"sockcheck {command}\"")),
+            "the man page has no section for {command}"
+        );
+        assert!(
+            run.stdout.contains(&roff),
+            "the man page lacks {command} {flag}"
+        );
+        assert!(
+            bash.contains(flag),
+            "bash completions lack {command} {flag}"
+        );
+    }
 }
 
 #[test]
