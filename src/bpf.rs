@@ -358,6 +358,14 @@ fn kernel_btf() -> Result<&'static KernelBtf, BpfError> {
     Ok(BTF.get_or_init(|| btf))
 }
 
+/// Checks [`availability`] and prepares what every load shares (the
+/// reduced kernel BTF), so that loads on several threads afterwards neither
+/// repeat nor wait for it.
+pub fn prepare() -> Result<(), BpfError> {
+    availability()?;
+    kernel_btf().map(|_| ())
+}
+
 /// The `.rodata` port table of `bpf/ports.h` (`watched_ports`, `n_watched_ports`).
 struct PortSet {
     ports: [u16; MAX_PORTS],

@@ -58,9 +58,23 @@ impl Finding {
 /// Gathers the evidence `plan` asks for.
 pub fn gather(query: &Query, view: &KernelView, plan: &Plan<'_>) -> Evidence {
     let mut bpf = BpfUse::new(query.sources.bpf);
-    let (scan, proc) = find_owners(query.sources.bpf, &plan.owners, &mut bpf);
+    let bpf_owners = bpf_for_owners(query.sources.bpf, &plan.owners, &mut bpf);
+    // When owners come from the kernel, its SO_REUSEPORT bits are read
+    // first (see reuseport_findings): read them on a second thread while
+    // task_file runs, once the loads' shared preparation is done.
+    let prefetch = bpf_owners && !plan.reuseport.is_empty() && bpf::prepare().is_ok();
+    let (scan, proc, bits) = std::thread::scope(|scope| {
+        let bits = prefetch.then(|| scope.spawn(|| bpf::tcp_listeners(&query.ports)));
+        let (scan, proc) = find_owners(bpf_owners, &plan.owners, &mut bpf);
+        let bits = bits.map(|thread| {
+            thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
+        (scan, proc, bits)
+    });
     let owners = Owners::describe(scan, &plan.owners, query.owners);
-    let reuseport = reuseport_findings(query, view, plan, &owners, &mut bpf);
+    let reuseport = reuseport_findings(query, view, plan, &owners, &mut bpf, bits);
     Evidence {
         owners,
         reuseport,
@@ -150,9 +164,20 @@ impl Owners {
     }
 }
 
-/// Finds the owners of the sockets `lookup` names, through /proc or the BPF
-/// task_file iterator.
-fn find_owners(mode: BpfMode, lookup: &OwnerLookup, bpf: &mut BpfUse) -> (FdScan, SourceStatus) {
+/// Whether owners are to be looked for with the BPF task_file iterator:
+/// with `--bpf always`, or `auto` on a machine with many open files.
+fn bpf_for_owners(mode: BpfMode, lookup: &OwnerLookup, bpf: &mut BpfUse) -> bool {
+    matches!(lookup, OwnerLookup::Find(_))
+        && match mode {
+            BpfMode::Never => false,
+            BpfMode::Always => bpf.usable(),
+            BpfMode::Auto => open_files().is_some_and(|n| n > BPF_OWNER_THRESHOLD) && bpf.usable(),
+        }
+}
+
+/// Finds the owners of the sockets `lookup` names, through the BPF
+/// task_file iterator when `try_bpf` (and it works), else /proc.
+fn find_owners(try_bpf: bool, lookup: &OwnerLookup, bpf: &mut BpfUse) -> (FdScan, SourceStatus) {
     let inodes = match lookup {
         OwnerLookup::NoneNeeded => {
             let status = SourceStatus::new("skipped", "no socket needed an owner");
@@ -163,11 +188,6 @@ fn find_owners(mode: BpfMode, lookup: &OwnerLookup, bpf: &mut BpfUse) -> (FdScan
             return (FdScan::default(), status);
         }
         OwnerLookup::Find(inodes) => inodes,
-    };
-    let try_bpf = match mode {
-        BpfMode::Never => false,
-        BpfMode::Always => bpf.usable(),
-        BpfMode::Auto => open_files().is_some_and(|n| n > BPF_OWNER_THRESHOLD) && bpf.usable(),
     };
     if try_bpf {
         let inodes: Vec<u64> = inodes.iter().copied().collect();
@@ -264,10 +284,11 @@ fn reuseport_findings(
     plan: &Plan<'_>,
     owners: &Owners,
     bpf: &mut BpfUse,
+    prefetched: Option<Result<Vec<bpf::KernelListener>, bpf::BpfError>>,
 ) -> HashMap<ListenerId, Finding> {
     // Ask the kernel first with --bpf always, or when BPF is loaded anyway.
     let kernel_first = query.sources.bpf == BpfMode::Always || !bpf.used.is_empty();
-    let mut kernel = KernelBits::new(bpf, &query.ports);
+    let mut kernel = KernelBits::new(bpf, &query.ports, prefetched);
     let mut findings = HashMap::new();
     for need in &plan.reuseport {
         let socket = &view.listeners[need.id.0];
@@ -303,18 +324,24 @@ fn canaries(plan: &Plan<'_>) -> HashMap<SocketAddr, Canary> {
 }
 
 /// The kernel's own SO_REUSEPORT bits: one iter/tcp pass over the queried
-/// ports, on first use.
+/// ports, on first use (or the pass already made on another thread).
 struct KernelBits<'a> {
     bpf: &'a mut BpfUse,
     ports: &'a [u16],
+    prefetched: Option<Result<Vec<bpf::KernelListener>, bpf::BpfError>>,
     bits: Option<Result<HashMap<u64, bool>, String>>,
 }
 
 impl<'a> KernelBits<'a> {
-    fn new(bpf: &'a mut BpfUse, ports: &'a [u16]) -> KernelBits<'a> {
+    fn new(
+        bpf: &'a mut BpfUse,
+        ports: &'a [u16],
+        prefetched: Option<Result<Vec<bpf::KernelListener>, bpf::BpfError>>,
+    ) -> KernelBits<'a> {
         KernelBits {
             bpf,
             ports,
+            prefetched,
             bits: None,
         }
     }
@@ -337,7 +364,11 @@ impl<'a> KernelBits<'a> {
         if !self.bpf.usable() {
             return Err(self.bpf.why_not());
         }
-        match bpf::tcp_listeners(self.ports) {
+        let listeners = match self.prefetched.take() {
+            Some(listeners) => listeners,
+            None => bpf::tcp_listeners(self.ports),
+        };
+        match listeners {
             Ok(listeners) => {
                 self.bpf.used.push("iter/tcp for SO_REUSEPORT");
                 Ok(listeners
