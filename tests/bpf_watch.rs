@@ -3,6 +3,7 @@
 mod support;
 
 use std::{
+    collections::BTreeSet,
     net::SocketAddr,
     sync::Mutex,
     time::{Duration, Instant},
@@ -149,28 +150,53 @@ fn nothing_stays_loaded() {
         return;
     }
     let _serial = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let ours = || {
-        aya::programs::loaded_programs()
-            .filter_map(Result::ok)
-            .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("sockcheck_")))
-            .count()
-    };
-    let start = Instant::now();
-    while ours() != 0 && start.elapsed() < Duration::from_secs(3) {
-        std::thread::sleep(Duration::from_millis(10)); // left by the tests before
-    }
     let watcher = Watcher::new(&[40304]).unwrap();
-    assert_eq!(ours(), 1);
+    let held = programs_held();
+    assert_eq!(held.len(), 1, "the watch holds one program: {held:?}");
     tcp_listeners(&[40304]).unwrap();
     task_files(&[1]).unwrap();
-    assert_eq!(ours(), 1);
+    assert_eq!(programs_held(), held, "the iterators keep nothing");
     drop(watcher);
-    // The kernel frees a detached program after an RCU grace period.
+    assert_eq!(programs_held(), BTreeSet::new());
+    // The kernel frees a program nothing holds after an RCU grace period.
+    // Checked by id, so other users of BPF on the machine do not matter.
+    let loaded = |id: &u32| {
+        aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .any(|p| p.id() == *id)
+    };
     let deadline = Instant::now() + Duration::from_secs(3);
-    while ours() != 0 && Instant::now() < deadline {
+    while held.iter().any(loaded) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(ours(), 0);
+    assert!(!held.iter().any(loaded), "still loaded: {held:?}");
+}
+
+/// The ids of the BPF programs this process holds through its fds: program
+/// fds and link fds (each names its program in /proc/self/fdinfo).
+fn programs_held() -> BTreeSet<u32> {
+    let mut ids = BTreeSet::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy();
+        if !(target.starts_with("anon_inode:bpf-prog") || target.starts_with("anon_inode:bpf_link"))
+        {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/self/fdinfo/{}",
+            entry.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        ids.extend(
+            info.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:"))
+                .filter_map(|id| id.trim().parse::<u32>().ok()),
+        );
+    }
+    ids
 }
 
 /// In a new pid namespace (as in a container) the event's pid and tid are
