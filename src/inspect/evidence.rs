@@ -1,7 +1,7 @@
 //! Evidence for the plan: the owners of the planned sockets (/proc, or the
-//! BPF task_file iterator), SO_REUSEPORT for each planned listener, and the
-//! canary binds. After the kernel dump, this is the only stage that touches
-//! the system.
+//! kernel's fd tables through BPF), SO_REUSEPORT for each planned listener,
+//! and the canary binds. After the kernel dump, this is the only stage that
+//! touches the system.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -15,10 +15,12 @@ use crate::report::{Owner, SourceStatus};
 use crate::reuseport::{self, Holder, Reuseport, Subject};
 
 /// Above this many open files (`/proc/sys/fs/file-nr`), `--bpf auto` finds
-/// owners with the BPF task_file iterator instead of /proc. Loading costs
+/// owners in the kernel's fd tables through BPF instead of /proc. Loading costs
 /// about 24 ms and 10 MB once (the kernel BTF reduced to what the programs
-/// need), then the iterator about 0.3 µs a file; the /proc scan costs about
-/// 1.3 µs a file on two cores. They cross near 25,000 files (BENCHMARKS.md).
+/// need), then the iterator about 0.3 µs a file (measured with iter/task_file;
+/// the fd-table walk that replaced it takes about half); the /proc scan costs
+/// about 1.3 µs a file on two cores. They cross near 25,000 files
+/// (BENCHMARKS.md).
 pub const BPF_OWNER_THRESHOLD: u64 = 30_000;
 
 /// Everything the report is assembled from, besides the kernel view.
@@ -150,8 +152,8 @@ impl Owners {
     }
 }
 
-/// Finds the owners of the sockets `lookup` names, through /proc or the BPF
-/// task_file iterator.
+/// Finds the owners of the sockets `lookup` names, through /proc or the
+/// kernel's fd tables ([`bpf::task_files`]).
 fn find_owners(mode: BpfMode, lookup: &OwnerLookup, bpf: &mut BpfUse) -> (FdScan, SourceStatus) {
     let inodes = match lookup {
         OwnerLookup::NoneNeeded => {
@@ -173,10 +175,13 @@ fn find_owners(mode: BpfMode, lookup: &OwnerLookup, bpf: &mut BpfUse) -> (FdScan
         let inodes: Vec<u64> = inodes.iter().copied().collect();
         match bpf::task_files(&inodes) {
             Ok(rows) => {
-                bpf.used.push("iter/task_file for owners");
+                bpf.used.push("fd tables for owners");
                 return (
                     owners::from_task_files(rows),
-                    SourceStatus::new("skipped", "owners came from the BPF task_file iterator"),
+                    SourceStatus::new(
+                        "skipped",
+                        "owners came from the kernel's fd tables through BPF",
+                    ),
                 );
             }
             Err(e) => bpf
