@@ -58,17 +58,29 @@ struct sock {
 	struct socket *sk_socket;
 } CORE;
 struct inode { __u16 i_mode; unsigned long i_ino; } CORE;
-struct file { struct inode *f_inode; } CORE;
+struct file_operations;
+struct file {
+	const struct file_operations *f_op;
+	struct inode *f_inode;
+} CORE;
 struct socket { struct file *file; } CORE;
 struct socket_alloc { struct socket socket; struct inode vfs_inode; } CORE;
 struct pid_namespace { struct ns_common ns; } CORE;
 struct upid { int nr; struct pid_namespace *ns; } CORE;
 struct pid { unsigned int level; struct upid numbers[1]; } CORE;
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;             /* struct file *[max_fds] */
+	unsigned long *open_fds;      /* bitmap of max_fds bits */
+} CORE;
+struct files_struct { struct fdtable *fdt; } CORE;
 struct task_struct {
 	__s32 pid;                    /* global (init pid ns) ids */
 	__s32 tgid;
+	int exit_signal;              /* < 0 for a thread that is not the leader */
 	struct task_struct *group_leader;
 	struct pid *thread_pid;
+	struct files_struct *files;   /* NULL once the task has exited */
 } CORE;
 struct tcp_sock;
 struct seq_file;
@@ -79,6 +91,10 @@ struct bpf_iter__tcp {
 	struct bpf_iter_meta *meta;
 	struct sock_common *sk_common;
 	__u32 uid;                    /* sk_uid, mapped into the reader's userns */
+} CORE;
+struct bpf_iter__task {
+	struct bpf_iter_meta *meta;
+	struct task_struct *task;
 } CORE;
 struct bpf_iter__task_file {
 	struct bpf_iter_meta *meta;
@@ -109,6 +125,7 @@ static long (*bpf_seq_write)(struct seq_file *seq, const void *data, __u32 len) 
 static void *(*bpf_ringbuf_reserve)(void *ringbuf, __u64 size, __u64 flags) = (void *)131;
 static void (*bpf_ringbuf_submit)(void *data, __u64 flags) = (void *)132;
 static struct tcp_sock *(*bpf_skc_to_tcp_sock)(void *sk) = (void *)137;
+static long (*bpf_loop)(__u32 nr_loops, void *callback_fn, void *callback_ctx, __u64 flags) = (void *)181;
 
 /* ---- CO-RE reads through bpf_probe_read_kernel ---- */
 enum { FIELD_BYTE_OFFSET = 0, FIELD_BYTE_SIZE = 1, FIELD_LSHIFT_U64 = 4, FIELD_RSHIFT_U64 = 5 };

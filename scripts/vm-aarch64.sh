@@ -102,6 +102,6 @@ expect '^127\.0\.0\.2  free' "a free address is free"
 expect '^127\.0\.0\.2  foreign' "a wildcard listener makes it foreign"
 expect 'owner: pid [0-9]+ nc ' "the listener's owner is found (nc)"
 expect 'read by the BPF tcp iterator' "the BPF tcp iterator runs"
-expect 'owners came from the BPF task_file iterator' "the BPF task_file iterator runs"
+expect "owners came from the kernel's fd tables through BPF" "the BPF fd-table walk runs"
 expect '^=== end' "the VM ran to the end"
 exit $fail

@@ -338,7 +338,7 @@ fn bpf_rows(watch: bool) -> SourceRow {
         ),
         Ok(()) => (
             true,
-            "privileged, kernel BTF present: iter/tcp and iter/task_file load on demand".into(),
+            "privileged, kernel BTF present: iter/tcp and iter/task load on demand".into(),
         ),
         Err(reason) => (false, reason.to_string()),
     };

@@ -73,7 +73,7 @@ impl FdScan {
     }
 }
 
-/// The owners the BPF task_file iterator found, in the shape of a /proc
+/// The owners [`crate::bpf::task_files`] found, in the shape of a /proc
 /// scan. Threads are named only when the leader is gone (as the /proc scan
 /// does), since then they are what holds the table.
 pub fn from_task_files(rows: Vec<crate::bpf::TaskFile>) -> FdScan {

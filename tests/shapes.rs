@@ -476,8 +476,9 @@ fn kernel_reuseport_bit_matches_what_each_listener_set() {
     }
 }
 
-/// The task_file iterator and the /proc scan name the same owners, fds and
-/// threads for every shape, the lingering worker included.
+/// The BPF owners (the fd-table walk, bpf::task_files) and the /proc scan
+/// name the same owners, fds and threads for every shape, the lingering
+/// worker included.
 #[test]
 fn task_file_owners_equal_proc_owners_for_every_shape() {
     if sockcheck::bpf::availability().is_err() {
@@ -529,7 +530,8 @@ fn task_file_owners_equal_proc_owners_for_every_shape() {
         let with_bpf = sockcheck(&args("always").each_ref().map(String::as_str)).json();
         let with_proc = sockcheck(&args("never").each_ref().map(String::as_str)).json();
         assert_eq!(
-            with_bpf["sources"]["proc"]["detail"], "owners came from the BPF task_file iterator",
+            with_bpf["sources"]["proc"]["detail"],
+            "owners came from the kernel's fd tables through BPF",
             "{shape}"
         );
         // "partial" where some process (pid 1 in some sandboxes) is unreadable.

@@ -1,7 +1,7 @@
 //! Evidence for the plan: the owners of the planned sockets (/proc, or the
-//! BPF task_file iterator), SO_REUSEPORT for each planned listener, and the
-//! canary binds. After the kernel dump, this is the only stage that touches
-//! the system.
+//! kernel's fd tables through BPF), SO_REUSEPORT for each planned listener,
+//! and the canary binds. After the kernel dump, this is the only stage that
+//! touches the system.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -15,10 +15,12 @@ use crate::report::{Owner, SourceStatus};
 use crate::reuseport::{self, Holder, Reuseport, Subject};
 
 /// Above this many open files (`/proc/sys/fs/file-nr`), `--bpf auto` finds
-/// owners with the BPF task_file iterator instead of /proc. Loading costs
+/// owners in the kernel's fd tables through BPF instead of /proc. Loading costs
 /// about 24 ms and 10 MB once (the kernel BTF reduced to what the programs
-/// need), then the iterator about 0.3 µs a file; the /proc scan costs about
-/// 1.3 µs a file on two cores. They cross near 25,000 files (BENCHMARKS.md).
+/// need), then the iterator about 0.3 µs a file (measured with iter/task_file;
+/// the fd-table walk that replaced it takes about half); the /proc scan costs
+/// about 1.3 µs a file on two cores. They cross near 25,000 files
+/// (BENCHMARKS.md).
 pub const BPF_OWNER_THRESHOLD: u64 = 30_000;
 
 /// Everything the report is assembled from, besides the kernel view.
@@ -61,7 +63,7 @@ pub fn gather(query: &Query, view: &KernelView, plan: &Plan<'_>) -> Evidence {
     let bpf_owners = bpf_for_owners(query.sources.bpf, &plan.owners, &mut bpf);
     // When owners come from the kernel, its SO_REUSEPORT bits are read
     // first (see reuseport_findings): read them on a second thread while
-    // task_file runs, once the loads' shared preparation is done.
+    // the fd tables are walked, once the loads' shared preparation is done.
     let prefetch = bpf_owners && !plan.reuseport.is_empty() && bpf::prepare().is_ok();
     let (scan, proc, bits) = std::thread::scope(|scope| {
         let bits = prefetch.then(|| scope.spawn(|| bpf::tcp_listeners(&query.ports)));
@@ -164,7 +166,7 @@ impl Owners {
     }
 }
 
-/// Whether owners are to be looked for with the BPF task_file iterator:
+/// Whether owners are to be looked for in the kernel's fd tables:
 /// with `--bpf always`, or `auto` on a machine with many open files.
 fn bpf_for_owners(mode: BpfMode, lookup: &OwnerLookup, bpf: &mut BpfUse) -> bool {
     matches!(lookup, OwnerLookup::Find(_))
@@ -175,8 +177,8 @@ fn bpf_for_owners(mode: BpfMode, lookup: &OwnerLookup, bpf: &mut BpfUse) -> bool
         }
 }
 
-/// Finds the owners of the sockets `lookup` names, through the BPF
-/// task_file iterator when `try_bpf` (and it works), else /proc.
+/// Finds the owners of the sockets `lookup` names, through the kernel's fd
+/// tables ([`bpf::task_files`]) when `try_bpf` (and it works), else /proc.
 fn find_owners(try_bpf: bool, lookup: &OwnerLookup, bpf: &mut BpfUse) -> (FdScan, SourceStatus) {
     let inodes = match lookup {
         OwnerLookup::NoneNeeded => {
@@ -193,10 +195,13 @@ fn find_owners(try_bpf: bool, lookup: &OwnerLookup, bpf: &mut BpfUse) -> (FdScan
         let inodes: Vec<u64> = inodes.iter().copied().collect();
         match bpf::task_files(&inodes) {
             Ok(rows) => {
-                bpf.used.push("iter/task_file for owners");
+                bpf.used.push("fd tables for owners");
                 return (
                     owners::from_task_files(rows),
-                    SourceStatus::new("skipped", "owners came from the BPF task_file iterator"),
+                    SourceStatus::new(
+                        "skipped",
+                        "owners came from the kernel's fd tables through BPF",
+                    ),
                 );
             }
             Err(e) => bpf

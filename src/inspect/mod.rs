@@ -77,7 +77,7 @@ impl Default for Sources {
 /// When eBPF is used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BpfMode {
-    /// Only where it pays: owners through the task_file iterator on a
+    /// Only where it pays: owners from the kernel's fd tables on a
     /// machine with many open files, and the kernel's SO_REUSEPORT bit when
     /// nothing cheaper can tell (or BPF is loaded anyway).
     Auto,

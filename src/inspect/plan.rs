@@ -50,8 +50,8 @@ pub struct CoveringListener<'v> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ListenerId(pub usize);
 
-/// Whether /proc (or the BPF task_file iterator) is read, and for which
-/// sockets.
+/// Whether /proc (or the kernel's fd tables, through BPF) is read, and for
+/// which sockets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OwnerLookup {
     /// No socket covers any address: a free address never scans /proc.
