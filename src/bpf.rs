@@ -39,8 +39,9 @@
 //! Cost: the first call of a process maps `/sys/kernel/btf/vmlinux` and
 //! reduces it to the few hundred types the programs need ([`btf_view`]);
 //! every loader call of the process shares that one parsed view, so
-//! relocation is quick. `SOCKCHECK_BPF_TRACE=1` prints the time of each step
-//! (reduce BTF, parse, relocate, verify, iterate) to stderr.
+//! relocation is quick. The attach points' view is built in place, not
+//! parsed (`KernelBtf`). `SOCKCHECK_BPF_TRACE=1` prints the time of each
+//! step (reduce BTF, parse, relocate, verify, iterate) to stderr.
 
 use std::{
     collections::BTreeMap,
@@ -335,8 +336,79 @@ fn with_kernel_btf<R>(f: impl FnOnce(&[u8]) -> R) -> io::Result<R> {
 struct KernelBtf {
     /// For CO-RE relocation: the types the programs touch.
     relocation: Btf,
-    /// For looking up `attach_btf_id`s: the attach points at their ids.
-    attach: Btf,
+    /// The attach points, at their kernel ids.
+    attach: Vec<btf_view::AttachPoint>,
+    /// The functions among them at their ids, for iterators.
+    funcs: OnceLock<Btf>,
+    /// The typedefs among them at their ids, for `tp_btf`.
+    typedefs: OnceLock<Btf>,
+}
+
+impl KernelBtf {
+    /// What aya looks an iterator's `attach_btf_id` up in, made on first
+    /// use (once: threads that need it meanwhile wait).
+    fn funcs(&self) -> &Btf {
+        self.funcs.get_or_init(|| {
+            let start = Instant::now();
+            let mut btf = Btf::new();
+            let ids = add_funcs(&mut btf, &self.attach);
+            trace(
+                &format!("build the attach view of functions ({ids} ids)"),
+                start,
+            );
+            btf
+        })
+    }
+
+    /// What aya looks a `tp_btf` program's `attach_btf_id` up in, parsed on
+    /// first use: aya-obj has no public constructor of a typedef, so this
+    /// view is a blob of fillers up to the last typedef
+    /// ([`btf_view::attach_blob`]), as every attach view once was.
+    fn typedefs(&self) -> Result<&Btf, BpfError> {
+        if let Some(btf) = self.typedefs.get() {
+            return Ok(btf);
+        }
+        let start = Instant::now();
+        let last = self
+            .attach
+            .iter()
+            .filter(|p| p.is_typedef())
+            .map(|p| p.id)
+            .max();
+        let points: Vec<_> = (self.attach.iter())
+            .filter(|p| Some(p.id) <= last)
+            .cloned()
+            .collect();
+        let btf = Btf::parse(&btf_view::attach_blob(&points), Endianness::default())
+            .map_err(|error| BpfError::Btf { error })?;
+        let ids = last.unwrap_or(0);
+        trace(
+            &format!("parse the attach view of typedefs ({ids} ids)"),
+            start,
+        );
+        Ok(self.typedefs.get_or_init(|| btf))
+    }
+}
+
+/// Adds the functions among `points` to an empty `btf`, each at its kernel
+/// id, with a `void *` at every id between; returns the last id. aya looks
+/// an `attach_btf_id` up by name in the result (the kernel never sees it);
+/// ~64,000 pushes with aya-obj's `add_type` make it, where parsing as many
+/// types costs an allocation each.
+fn add_funcs(btf: &mut Btf, points: &[btf_view::AttachPoint]) -> u32 {
+    use aya_obj::btf::{BtfType, Func, FuncLinkage, Ptr};
+    let mut funcs: Vec<_> = points.iter().filter(|point| point.is_func()).collect();
+    funcs.sort_by_key(|point| point.id);
+    let mut next = 1;
+    for point in funcs {
+        while next < point.id {
+            next = btf.add_type(BtfType::Ptr(Ptr::new(0, 0))) + 1;
+        }
+        let name = btf.add_string(&point.name);
+        let linkage = FuncLinkage::from(point.linkage());
+        next = btf.add_type(BtfType::Func(Func::new(name, 0, linkage))) + 1;
+    }
+    next - 1
 }
 
 /// The kernel's BTF, reduced to what the programs need ([`btf_view`]) and
@@ -346,6 +418,21 @@ fn kernel_btf() -> Result<&'static KernelBtf, BpfError> {
     if let Some(btf) = BTF.get() {
         return Ok(btf);
     }
+    let views = kernel_views()?;
+    let start = Instant::now();
+    let relocation = Btf::parse(&views.relocation, Endianness::default())
+        .map_err(|error| BpfError::Btf { error })?;
+    trace("parse the relocation view", start);
+    Ok(BTF.get_or_init(|| KernelBtf {
+        relocation,
+        attach: views.attach,
+        funcs: OnceLock::new(),
+        typedefs: OnceLock::new(),
+    }))
+}
+
+/// [`btf_view::minimal`] of the kernel's BTF.
+fn kernel_views() -> Result<btf_view::Views, BpfError> {
     let start = Instant::now();
     let view_err = |error: String| BpfError::BtfView { error };
     let views = with_kernel_btf(|raw| btf_view::minimal(raw, &BTF_ROOTS))
@@ -363,24 +450,17 @@ fn kernel_btf() -> Result<&'static KernelBtf, BpfError> {
         ),
         start,
     );
-    let start = Instant::now();
-    let parse = |blob: &[u8]| {
-        Btf::parse(blob, Endianness::default()).map_err(|error| BpfError::Btf { error })
-    };
-    let btf = KernelBtf {
-        relocation: parse(&views.relocation)?,
-        attach: parse(&views.attach)?,
-    };
-    trace("parse reduced BTF", start);
-    Ok(BTF.get_or_init(|| btf))
+    Ok(views)
 }
 
-/// Checks [`availability`] and prepares what every load shares (the
-/// reduced kernel BTF), so that loads on several threads afterwards neither
-/// repeat nor wait for it.
+/// Checks [`availability`] and prepares what every iterator load shares
+/// (the reduced kernel BTF and the attach view of functions), so that
+/// loads on several threads afterwards neither repeat nor wait for it.
 pub fn prepare() -> Result<(), BpfError> {
     availability()?;
-    kernel_btf().map(|_| ())
+    kernel_btf().map(|btf| {
+        btf.funcs();
+    })
 }
 
 /// The `.rodata` port table of `bpf/ports.h` (`watched_ports`, `n_watched_ports`).
@@ -441,7 +521,7 @@ fn load_object<'a>(
     program: &'static str,
     object: &[u8],
     configure: impl FnOnce(&mut EbpfLoader<'a>),
-) -> Result<(Ebpf, &'static Btf), BpfError> {
+) -> Result<(Ebpf, &'static KernelBtf), BpfError> {
     availability()?;
     let btf = kernel_btf()?;
     let start = Instant::now();
@@ -452,7 +532,7 @@ fn load_object<'a>(
         .load(object)
         .map_err(|error| BpfError::Object { program, error })?;
     trace(&format!("{program}: relocate, create maps"), start);
-    Ok((ebpf, &btf.attach))
+    Ok((ebpf, btf))
 }
 
 /// Runs a loaded-but-not-yet-attached iterator once and returns all it wrote.
@@ -462,7 +542,7 @@ fn run_iter(
     target: &str,
     program: &'static str,
 ) -> Result<Vec<u8>, BpfError> {
-    let btf = &kernel_btf()?.attach;
+    let btf = kernel_btf()?.funcs();
     let prog_err = |step| {
         move |error| BpfError::Program {
             step,
@@ -890,7 +970,7 @@ impl Watcher {
                     .ok_or(missing)?
                     .try_into()
                     .map_err(prog_err("finding tp_btf"))?;
-                prog.load("inet_sock_set_state", btf)
+                prog.load("inet_sock_set_state", btf.typedefs()?)
                     .map_err(prog_err("loading tp_btf"))?;
                 prog.attach().map_err(prog_err("attaching tp_btf"))?;
             }
@@ -998,9 +1078,16 @@ fn tracefs_mounted() -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use std::collections::BTreeSet;
     use std::net::TcpListener;
+
+    use aya_obj::btf::BtfKind;
+
+    use super::btf_view::{
+        AttachPoint,
+        tests::{SMALL_ROOTS, small_kernel},
+    };
+    use super::*;
 
     fn inode_of(fd: &impl std::os::fd::AsFd) -> u64 {
         rustix::fs::fstat(fd).unwrap().st_ino
@@ -1066,5 +1153,98 @@ mod tests {
             last = Some((walk.len(), task_file.len()));
         }
         panic!("rows differ in 3 tries (walk, task_file): {last:?}");
+    }
+
+    fn point(id: u32, kind: u32, name: &str) -> AttachPoint {
+        AttachPoint {
+            id,
+            info: kind << 24,
+            name: name.into(),
+        }
+    }
+
+    fn kernel(points: &[AttachPoint]) -> KernelBtf {
+        KernelBtf {
+            relocation: Btf::new(),
+            attach: points.to_vec(),
+            funcs: OnceLock::new(),
+            typedefs: OnceLock::new(),
+        }
+    }
+
+    /// Where aya finds each point of `points` in `btf`.
+    fn found(btf: &Btf, points: &[AttachPoint]) -> Vec<u32> {
+        points
+            .iter()
+            .map(|p| {
+                let kind = if p.is_func() {
+                    BtfKind::Func
+                } else {
+                    BtfKind::Typedef
+                };
+                btf.id_by_type_name_kind(&p.name, kind).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn aya_finds_each_attach_point_at_its_kernel_id() {
+        let (func, typedef) = (12, 8);
+        let points = [
+            point(3, func, "a"),
+            point(5, typedef, "t"),
+            point(9, typedef, "u"),
+            point(10, func, "b"),
+            point(64299, func, "c"),
+        ];
+        let btf = kernel(&points);
+        let (funcs, typedefs): (Vec<_>, Vec<_>) = points.iter().cloned().partition(|p| p.is_func());
+        assert_eq!(found(btf.funcs(), &funcs), [3, 10, 64299]);
+        assert_eq!(found(btf.typedefs().unwrap(), &typedefs), [5, 9]);
+        // Made once.
+        assert!(std::ptr::eq(btf.funcs(), btf.funcs()));
+        let unsorted = [point(40, func, "b"), point(7, func, "a")];
+        assert_eq!(found(kernel(&unsorted).funcs(), &unsorted), [40, 7]);
+        let first = [point(1, typedef, "t")];
+        assert_eq!(found(kernel(&first).typedefs().unwrap(), &first), [1]);
+        assert!(kernel(&[]).typedefs().is_ok());
+    }
+
+    #[test]
+    fn the_views_of_the_small_kernel_find_its_attach_points() {
+        let views = btf_view::minimal(&small_kernel(), &SMALL_ROOTS).unwrap();
+        let small = kernel(&views.attach);
+        let (funcs, typedefs): (Vec<_>, Vec<_>) =
+            views.attach.iter().cloned().partition(|p| p.is_func());
+        assert_eq!(found(small.funcs(), &funcs), [8, 10]);
+        assert_eq!(found(small.typedefs().unwrap(), &typedefs), [9]);
+    }
+
+    /// The running kernel, where its BTF can be read (no privilege needed):
+    /// aya, parsing all of it, puts the attach points where the views do.
+    #[test]
+    fn the_running_kernels_attach_points_are_where_aya_finds_them() {
+        let Ok(raw) = fs::read(KERNEL_BTF) else {
+            eprintln!("skipped: no kernel BTF at {KERNEL_BTF}");
+            return;
+        };
+        let fresh = btf_view::minimal(&raw, &BTF_ROOTS).unwrap();
+        let full = Btf::parse(&raw, Endianness::default()).unwrap();
+        let views = kernel(&fresh.attach);
+        for p in &fresh.attach {
+            let kind = if p.is_func() {
+                BtfKind::Func
+            } else {
+                BtfKind::Typedef
+            };
+            let want = full.id_by_type_name_kind(&p.name, kind).unwrap();
+            assert_eq!(p.id, want, "{}", p.name);
+            let view = if p.is_func() {
+                views.funcs()
+            } else {
+                views.typedefs().unwrap()
+            };
+            assert_eq!(view.id_by_type_name_kind(&p.name, kind).unwrap(), want);
+        }
     }
 }
