@@ -39,9 +39,16 @@
 //! Cost: the first call of a process maps `/sys/kernel/btf/vmlinux` and
 //! reduces it to the few hundred types the programs need ([`btf_view`]);
 //! every loader call of the process shares that one parsed view, so
-//! relocation is quick. The attach points' view is built in place, not
-//! parsed (`KernelBtf`). `SOCKCHECK_BPF_TRACE=1` prints the time of each
-//! step (reduce BTF, parse, relocate, verify, iterate) to stderr.
+//! relocation is quick. With [`use_btf_cache`] (the sockcheck binary turns
+//! it on) the reduced view is kept per kernel in
+//! `$XDG_CACHE_HOME/sockcheck/` or `~/.cache/sockcheck/` (`bpf/btf_cache.rs`),
+//! so later processes neither scan nor parse the 5.5 MB; the environment
+//! variable `SOCKCHECK_BTF_CACHE=0` turns the cache off, and so does running
+//! with file capabilities or set-user-ID (the user's files are not trusted
+//! then). The attach points' view is built in place, not parsed (`KernelBtf`).
+//! `SOCKCHECK_BPF_TRACE=1` prints the time of each step (cache, reduce BTF,
+//! parse, relocate, verify, iterate) to stderr, and why the cache was not
+//! used.
 
 use std::{
     collections::BTreeMap,
@@ -50,7 +57,10 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd,
     path::Path,
-    sync::OnceLock,
+    sync::{
+        OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -258,6 +268,7 @@ fn effective_capabilities() -> io::Result<u64> {
 
 // ---------------------------------------------------------- shared loading
 
+mod btf_cache;
 mod btf_view;
 
 /// What the programs' CO-RE relocations and attach points need of the kernel
@@ -290,14 +301,26 @@ const BTF_ROOTS: btf_view::Roots<'static> = btf_view::Roots {
     typedefs: &["btf_trace_inet_sock_set_state"],
 };
 
+/// Whether `SOCKCHECK_BPF_TRACE=1` asks for each loading step on stderr.
+fn tracing() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("SOCKCHECK_BPF_TRACE").is_some_and(|v| v != "0"))
+}
+
 /// `SOCKCHECK_BPF_TRACE=1` prints the time of each loading step to stderr.
 fn trace(step: &str, since: Instant) {
-    static ON: OnceLock<bool> = OnceLock::new();
-    if *ON.get_or_init(|| std::env::var_os("SOCKCHECK_BPF_TRACE").is_some_and(|v| v != "0")) {
+    if tracing() {
         eprintln!(
             "sockcheck bpf: {step}: {:.2} ms",
             since.elapsed().as_secs_f64() * 1e3
         );
+    }
+}
+
+/// A `SOCKCHECK_BPF_TRACE` line without a time.
+fn trace_note(note: &str) {
+    if tracing() {
+        eprintln!("sockcheck bpf: {note}");
     }
 }
 
@@ -411,6 +434,21 @@ fn add_funcs(btf: &mut Btf, points: &[btf_view::AttachPoint]) -> u32 {
     next - 1
 }
 
+/// Whether [`kernel_btf`] may use the per-kernel cache ([`use_btf_cache`]).
+static USE_BTF_CACHE: AtomicBool = AtomicBool::new(false);
+
+/// Lets this process keep the reduced kernel BTF in, and take it from, a
+/// per-kernel cache file (`$XDG_CACHE_HOME/sockcheck/` or
+/// `~/.cache/sockcheck/`; see `bpf/btf_cache.rs`) unless
+/// `SOCKCHECK_BTF_CACHE=0`, or the process runs with file capabilities or
+/// set-user-ID. The sockcheck binary turns it on; it is off for other
+/// users of the library (and in-process tests), which reduce the kernel
+/// BTF each time. Call it before the first load: the view is made once per
+/// process.
+pub fn use_btf_cache(on: bool) {
+    USE_BTF_CACHE.store(on, Ordering::Relaxed);
+}
+
 /// The kernel's BTF, reduced to what the programs need ([`btf_view`]) and
 /// parsed once per process; every loader call borrows it.
 fn kernel_btf() -> Result<&'static KernelBtf, BpfError> {
@@ -431,8 +469,36 @@ fn kernel_btf() -> Result<&'static KernelBtf, BpfError> {
     }))
 }
 
-/// [`btf_view::minimal`] of the kernel's BTF.
+/// [`btf_view::minimal`] of the kernel's BTF: from the cache when it has
+/// it, else reduced (and then cached).
 fn kernel_views() -> Result<btf_view::Views, BpfError> {
+    let cache = USE_BTF_CACHE
+        .load(Ordering::Relaxed)
+        .then(open_btf_cache)
+        .flatten();
+    if let Some((dir, key)) = &cache {
+        let start = Instant::now();
+        match dir.load(key) {
+            Ok(views) => {
+                trace(
+                    &format!(
+                        "read cached BTF views ({}/{}: {} types in {} bytes; attach ids up to {})",
+                        dir.path().display(),
+                        key.file_name(),
+                        views.stats.kept_types,
+                        views.stats.relocation_bytes,
+                        views.stats.attach_ids
+                    ),
+                    start,
+                );
+                return Ok(views);
+            }
+            Err(btf_cache::Miss::Absent) => trace_note("BTF cache: no entry yet"),
+            Err(btf_cache::Miss::Invalid(why)) => {
+                trace_note(&format!("BTF cache: ignoring the entry: {why}"));
+            }
+        }
+    }
     let start = Instant::now();
     let view_err = |error: String| BpfError::BtfView { error };
     let views = with_kernel_btf(|raw| btf_view::minimal(raw, &BTF_ROOTS))
@@ -450,7 +516,59 @@ fn kernel_views() -> Result<btf_view::Views, BpfError> {
         ),
         start,
     );
+    if let Some((dir, key)) = &cache {
+        let start = Instant::now();
+        match dir.store(key, &views) {
+            Ok(()) => trace("write the BTF cache entry", start),
+            Err(why) => trace_note(&format!("BTF cache: not written: {why}")),
+        }
+    }
     Ok(views)
+}
+
+/// The cache directory and this kernel's key, or `None` (said under
+/// `SOCKCHECK_BPF_TRACE`) when there is no usable cache.
+fn open_btf_cache() -> Option<(btf_cache::CacheDir, btf_cache::Key)> {
+    let start = Instant::now();
+    // SAFETY: getauxval only reads this process's auxiliary vector.
+    if unsafe { libc::getauxval(libc::AT_SECURE) } != 0 {
+        // File capabilities or set-user-ID: the user could write an entry
+        // whose relocations make the programs read other kernel fields.
+        trace_note(
+            "BTF cache not used: sockcheck runs with privileges its user does not have \
+             (file capabilities or set-user-ID), so that user's files are not trusted",
+        );
+        return None;
+    }
+    let opened = btf_cache::base_dir(&|name| std::env::var_os(name))
+        .and_then(|base| btf_cache::CacheDir::open(&base))
+        .and_then(|dir| {
+            kernel_key()
+                .map(|key| (dir, key))
+                .map_err(|e| format!("identifying the kernel's BTF: {e}"))
+        });
+    match opened {
+        Ok(cache) => {
+            trace("open the BTF cache, identify the kernel", start);
+            Some(cache)
+        }
+        Err(why) => {
+            trace_note(&format!("BTF cache not used: {why}"));
+            None
+        }
+    }
+}
+
+/// The cache key of the running kernel's BTF: its build id, from
+/// `/sys/kernel/notes`, else a hash of the BTF itself.
+fn kernel_key() -> io::Result<btf_cache::Key> {
+    let len = fs::metadata(KERNEL_BTF)?.len();
+    let notes = fs::read("/sys/kernel/notes").unwrap_or_default();
+    let identity = match btf_cache::build_id(&notes) {
+        Some(id) => btf_cache::Identity::BuildId(id.to_vec()),
+        None => btf_cache::Identity::Content(with_kernel_btf(btf_cache::hash64)?),
+    };
+    Ok(btf_cache::Key::new(&identity, len, &BTF_ROOTS))
 }
 
 /// Checks [`availability`] and prepares what every iterator load shares
@@ -1246,5 +1364,25 @@ mod tests {
             };
             assert_eq!(view.id_by_type_name_kind(&p.name, kind).unwrap(), want);
         }
+    }
+
+    /// A cache entry of the running kernel's views (under its real key)
+    /// gives back exactly what a fresh reduction gives.
+    #[test]
+    fn the_running_kernels_views_survive_the_cache() {
+        let Ok(raw) = fs::read(KERNEL_BTF) else {
+            eprintln!("skipped: no kernel BTF at {KERNEL_BTF}");
+            return;
+        };
+        let fresh = btf_view::minimal(&raw, &BTF_ROOTS).unwrap();
+        let key = kernel_key().unwrap();
+        let dir = std::env::temp_dir().join(format!("sockcheck-btf-kernel-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir(&dir).unwrap(); // ours: /tmp is not
+        let cache = btf_cache::CacheDir::open(&dir).unwrap();
+        cache.store(&key, &fresh).unwrap();
+        let cached = cache.load(&key).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(cached, fresh);
     }
 }

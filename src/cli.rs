@@ -36,6 +36,8 @@ Environment:
   SOCKCHECK_PORTS      ports when --ports is not given (default 9925,9926)
   SOCKCHECK_POOL       the pool of scan, acquire and run when none is given
   SOCKCHECK_STATE_DIR  where leases live when --state-dir is not given
+  SOCKCHECK_BTF_CACHE  0 keeps no per-kernel cache of the reduced kernel BTF
+                       (else in $XDG_CACHE_HOME/sockcheck or ~/.cache/sockcheck)
   NO_COLOR             disables colour when set and not empty
   CLICOLOR_FORCE       colour even when stdout is not a terminal (not with NO_COLOR)
 ";
@@ -352,8 +354,10 @@ enum ColorArg {
 /// Parses the command line and runs the command. Errors are returned for
 /// `main` to print once, as one line: whatever a message quotes (a value,
 /// a path) has no character left that could break the line or act on the
-/// terminal.
+/// terminal. The command keeps the reduced kernel BTF in the per-kernel
+/// cache ([`crate::bpf::use_btf_cache`]).
 pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Result<ExitStatus, Error> {
+    crate::bpf::use_btf_cache(true);
     run_command(args).map_err(one_line)
 }
 

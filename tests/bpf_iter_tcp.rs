@@ -1,5 +1,5 @@
 //! iter/tcp against real listeners (run as root). Each test owns one
-//! loopback address in 127.77.1.0/24 and ports in 40100..40199.
+//! loopback address in 127.77.1.0/24 and ports in 40100..40179.
 mod support;
 
 use std::net::SocketAddr;

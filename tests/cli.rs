@@ -42,7 +42,7 @@ fn bad_input_is_one_line_and_exit_2() {
 
 #[test]
 fn bad_ports_from_the_environment_name_the_variable() {
-    let output = std::process::Command::new(&*support::SOCKCHECK)
+    let output = support::command()
         .arg("127.91.1.1")
         .env("SOCKCHECK_PORTS", "9925,nine")
         .output()
@@ -57,7 +57,7 @@ fn bad_ports_from_the_environment_name_the_variable() {
 
 #[test]
 fn ports_come_from_the_environment() {
-    let output = std::process::Command::new(&*support::SOCKCHECK)
+    let output = support::command()
         .args(["--json", "127.91.1.2"])
         .env("SOCKCHECK_PORTS", "45190,45191")
         .output()
@@ -104,7 +104,7 @@ fn help_documents_exit_statuses() {
 fn colour_only_when_asked_or_on_a_terminal() {
     let plain = sockcheck(&["--ports", "45193", "127.91.1.4"]);
     assert!(!plain.stdout.contains('\x1b'));
-    let forced = std::process::Command::new(&*support::SOCKCHECK)
+    let forced = support::command()
         .args(["--color", "always", "--ports", "45193", "127.91.1.4"])
         .output()
         .unwrap();
@@ -113,7 +113,7 @@ fn colour_only_when_asked_or_on_a_terminal() {
     // CLICOLOR_FORCE colours a pipe; NO_COLOR wins over it; TERM=dumb
     // leaves a pipe plain.
     let with_env = |env: &[(&str, &str)]| {
-        let mut command = std::process::Command::new(&*support::SOCKCHECK);
+        let mut command = support::command();
         command.args(["--ports", "45193", "127.91.1.4"]);
         for (key, value) in env {
             command.env(key, value);
@@ -186,7 +186,7 @@ fn error_messages_escape_and_cut_echoed_values() {
         (vec![&flag, "127.91.1.5"], vec![]),
     ];
     for (args, env) in cases {
-        let mut command = std::process::Command::new(&*support::SOCKCHECK);
+        let mut command = support::command();
         command
             .args(&args)
             .env_remove("SOCKCHECK_PORTS")

@@ -16,7 +16,7 @@ use support::{
 };
 
 fn gate(state: &TempDir, ports: &str, args: &[&str]) -> Output {
-    Command::new(&*SOCKCHECK)
+    support::command()
         .args(["--state-dir", state.path(), "--ports", ports])
         .args(args)
         .env("NO_COLOR", "1")
@@ -39,7 +39,7 @@ fn thirty_two_concurrent_acquires_get_thirty_two_addresses() {
     let pool = "127.93.1.0/27";
     let children: Vec<_> = (0..32)
         .map(|_| {
-            Command::new(&*SOCKCHECK)
+            support::command()
                 .args([
                     "--state-dir",
                     state.path(),
@@ -348,7 +348,7 @@ fn run_passes_the_address_and_the_exit_status() {
 #[test]
 fn run_passes_signals_to_the_command() {
     let state = TempDir::new("signal");
-    let mut child = Command::new(&*SOCKCHECK)
+    let mut child = support::command()
         .args([
             "--state-dir",
             state.path(),
@@ -423,7 +423,7 @@ fn bad_input_is_one_line_exit_2_and_changes_nothing() {
     assert_eq!(std::fs::read(state.0.join("leases.json")).unwrap(), before);
     // A state directory that cannot be used.
     let file = state.0.join("leases.json");
-    let output = Command::new(&*SOCKCHECK)
+    let output = support::command()
         .args([
             "--state-dir",
             file.to_str().unwrap(),
@@ -680,7 +680,7 @@ fn lease_file(state: &TempDir) -> Value {
 fn run_killed_while_its_command_runs_keeps_the_lease_for_the_command() {
     let state = TempDir::new("runkilled");
     let pool = "127.93.15.1-127.93.15.2";
-    let mut run = Command::new(&*SOCKCHECK)
+    let mut run = support::command()
         .args(["--state-dir", state.path(), "--ports", "45223", "run", pool])
         .args(["--", "sleep", "60"])
         .spawn()
@@ -718,7 +718,7 @@ fn a_cancelled_run_still_reports_and_quarantines() {
         let address = format!("127.93.16.{signal}");
         let ready = state.0.with_extension("ready");
         let report = state.0.with_extension("report.json");
-        let run = Command::new(&*SOCKCHECK)
+        let run = support::command()
             .args(["--state-dir", state.path(), "--ports", "45224", "run"])
             .args([address.as_str(), "--linger", "60s", "--report"])
             .arg(&report)
@@ -770,7 +770,11 @@ fn a_lease_taken_in_a_subshell_goes_to_the_shell_it_was_forked_from() {
         bin = SOCKCHECK.display(),
         dir = state.path()
     );
-    let output = Command::new("bash").args(["-c", &script]).output().unwrap();
+    let output = Command::new("bash")
+        .args(["-c", &script])
+        .env("XDG_CACHE_HOME", support::cache_home())
+        .output()
+        .unwrap();
     let text = stdout(&output);
     let (first, leases) = text.split_once('\n').unwrap();
     let (shell, address) = first.split_once(' ').unwrap();

@@ -164,7 +164,7 @@ fn without_cap_sys_admin_the_error_says_so_in_one_line() {
 /// said on stderr that it is attached.
 fn watch_json(args: &[&str]) -> std::process::Child {
     use std::io::BufRead;
-    let mut child = Command::new(&*support::SOCKCHECK)
+    let mut child = support::command()
         .args(["watch", "--json", "--timeout", "10s"])
         .args(args)
         .env_remove("SOCKCHECK_PORTS")

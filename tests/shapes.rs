@@ -573,6 +573,7 @@ fn hidepid_invisible_is_reported_not_mistaken_for_no_owner() {
             &script,
         ])
         .env("READY", &ready)
+        .env("XDG_CACHE_HOME", support::cache_home())
         .output()
         .unwrap();
     let _ = std::fs::remove_file(&ready);

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{SOCKCHECK, TempDir};
+use support::TempDir;
 
 /// The names in a directory, sorted.
 fn names(dir: &TempDir) -> Vec<String> {
@@ -25,7 +25,7 @@ fn names(dir: &TempDir) -> Vec<String> {
 /// Runs sockcheck on `dir`; fails the test, killing it, if it has not
 /// finished within 10 s.
 fn gate(dir: &Path, args: &[&str]) -> Output {
-    let mut child = Command::new(&*SOCKCHECK)
+    let mut child = support::command()
         .arg("--state-dir")
         .arg(dir)
         .args(["--ports", "45600"])

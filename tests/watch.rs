@@ -36,7 +36,7 @@ struct Watch {
 
 impl Watch {
     fn start(args: &[&str]) -> Watch {
-        let mut child = Command::new(&*SOCKCHECK)
+        let mut child = support::command()
             .arg("watch")
             .args(args)
             .env("NO_COLOR", "1")
@@ -318,6 +318,7 @@ fn run_lingering(
             report.to_str().unwrap(),
         ])
         .args(["--", "sh", "-c", &lingering_command(port, &ready)])
+        .env("XDG_CACHE_HOME", support::cache_home())
         .env("NO_COLOR", "1")
         .env_remove("SOCKCHECK_POOL")
         .output()

@@ -25,7 +25,8 @@
 //! returns the attach points (name, kind, kernel id), and `bpf.rs` makes of
 //! them a second, separate view with each at its kernel id and a filler at
 //! every id below (~64,000). Keeping the two apart keeps those fillers out
-//! of the relocation's search for candidates.
+//! of the relocation's search for candidates. [`Views`] is what
+//! `btf_cache.rs` keeps per kernel.
 
 use std::collections::HashMap;
 

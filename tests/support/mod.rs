@@ -41,6 +41,21 @@ pub static SOCKCHECK: LazyLock<PathBuf> =
         _ => PathBuf::from(env!("CARGO_BIN_EXE_sockcheck")),
     });
 
+/// `XDG_CACHE_HOME` for every sockcheck a test starts: a directory under
+/// Cargo's target directory, so the suite keeps its per-kernel BTF cache
+/// (src/bpf/btf_cache.rs) there and never in the real `~/.cache`.
+pub fn cache_home() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache")
+}
+
+/// A command that runs the sockcheck binary under test, with the suite's
+/// [`cache_home`].
+pub fn command() -> Command {
+    let mut command = Command::new(&*SOCKCHECK);
+    command.env("XDG_CACHE_HOME", cache_home());
+    command
+}
+
 /// The `sockcheck-holder` fixture: `$SOCKCHECK_HOLDER` when set, else the
 /// example `cargo test` builds next to this test binary
 /// (`target/PROFILE/examples/`), built on demand when a narrower
@@ -261,9 +276,7 @@ impl Run {
 
 /// Runs the sockcheck binary.
 pub fn sockcheck(args: &[&str]) -> Run {
-    run(Command::new(&*SOCKCHECK)
-        .args(args)
-        .env_remove("SOCKCHECK_PORTS"))
+    run(command().args(args).env_remove("SOCKCHECK_PORTS"))
 }
 
 /// Runs the sockcheck binary as `nobody`, through setpriv.
@@ -272,6 +285,7 @@ pub fn sockcheck_as_nobody(args: &[&str]) -> Run {
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(&*SOCKCHECK)
         .args(args)
+        .env("XDG_CACHE_HOME", cache_home())
         .env_remove("SOCKCHECK_PORTS"))
 }
 
