@@ -15,13 +15,13 @@ use crate::report::{Owner, SourceStatus};
 use crate::reuseport::{self, Holder, Reuseport, Subject};
 
 /// Above this many open files (`/proc/sys/fs/file-nr`), `--bpf auto` finds
-/// owners in the kernel's fd tables through BPF instead of /proc. Loading costs
-/// about 24 ms and 10 MB once (the kernel BTF reduced to what the programs
-/// need), then the iterator about 0.3 µs a file (measured with iter/task_file;
-/// the fd-table walk that replaced it takes about half); the /proc scan costs
-/// about 1.3 µs a file on two cores. They cross near 25,000 files
-/// (BENCHMARKS.md).
-pub const BPF_OWNER_THRESHOLD: u64 = 30_000;
+/// owners in the kernel's fd tables through BPF instead of /proc. Measured
+/// on a busy address (2 cores, warm BTF cache; BENCHMARKS.md): eBPF costs
+/// about 10 ms more than the default path on an idle machine, then little
+/// per file; the /proc scan grows about 1.9 ms per 1,000 files. At 5,220
+/// files the two took 16.0 ms (/proc) and 17.1 ms (eBPF), at 10,300 files
+/// 25.8 and 21.4 ms, at 20,460 files 43.6 and 20.1 ms.
+pub const BPF_OWNER_THRESHOLD: u64 = 6_000;
 
 /// Everything the report is assembled from, besides the kernel view.
 #[derive(Debug)]

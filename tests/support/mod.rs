@@ -304,7 +304,14 @@ fn run(command: &mut Command) -> Run {
 /// `sockcheck --json --ports PORT ADDR`: the address's JSON object and the
 /// exit status.
 pub fn check(address: &str, ports: &str) -> (Value, i32) {
-    let run = sockcheck(&["--json", "--ports", ports, address]);
+    check_with(address, ports, &[])
+}
+
+/// [`check`] with more arguments first (as `--bpf never`).
+pub fn check_with(address: &str, ports: &str, args: &[&str]) -> (Value, i32) {
+    let mut all = args.to_vec();
+    all.extend(["--json", "--ports", ports, address]);
+    let run = sockcheck(&all);
     let json = run.json();
     (json["addresses"][0].clone(), run.status)
 }
