@@ -575,7 +575,7 @@ if "full/busy/sockcheck --bpf always" in res:
     ssp = med("full/busy/ss -tlnp")
     bpf_rss = max(v for k, v in rss.items() if "--bpf" in k)
     budget.append(f"info  busy with --bpf always: {ssp / sb:.1f}x faster than ss -tlnp "
-                  f"({sb:.2f} ms), peak RSS {bpf_rss / 1024:.1f} MiB (aya parses the kernel BTF)")
+                  f"({sb:.2f} ms), peak RSS {bpf_rss / 1024:.1f} MiB")
 base = med("procs/free/sockcheck")
 more_key = next(k for k in res if k.startswith("procs/free/sockcheck (+"))
 more = med(more_key)
