@@ -23,6 +23,7 @@
  */
 #include "sockcheck.h"
 #include "pidns.h"
+#include "task_file_rec.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -50,15 +51,6 @@ static __always_inline int wanted_inode(__u64 ino)
 	return 0;
 }
 
-/* Must match `TaskFileRecord` in src/bpf.rs (24 bytes). */
-struct task_file_rec {
-	__u64 inode;
-	__u32 tgid;
-	__u32 tid;
-	__u32 fd;
-	__u32 _pad;
-};
-_Static_assert(sizeof(struct task_file_rec) == 24, "record layout is shared with src/bpf.rs");
 
 /* An fd of the reader (sockcheck itself, the task that reads the
  * iterator) on a socket, written by userspace before load: its file's f_op

@@ -8,6 +8,7 @@
  */
 #include "sockcheck.h"
 #include "pidns.h"
+#include "task_file_rec.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -16,15 +17,6 @@ struct {
 	__type(value, __u8);
 } inodes SEC(".maps");
 
-/* Must match `TaskFileRecord` in src/bpf.rs (24 bytes). */
-struct task_file_rec {
-	__u64 inode;
-	__u32 tgid;
-	__u32 tid;
-	__u32 fd;
-	__u32 _pad;
-};
-_Static_assert(sizeof(struct task_file_rec) == 24, "record layout is shared with src/bpf.rs");
 
 SEC("iter/task_file")
 int sockcheck_iter_task_file(struct bpf_iter__task_file *ctx)

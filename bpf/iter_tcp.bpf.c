@@ -6,7 +6,7 @@
 #include "sockcheck.h"
 #include "ports.h"
 
-/* Must match `ListenerRecord` in src/bpf.rs (40 bytes). */
+/* Must match `LISTENER_RECORD` in src/bpf.rs (40 bytes). */
 struct listener_rec {
 	__u8 addr[16];     /* v4: first 4 bytes, network order */
 	__u64 inode;       /* sock_i_ino(); 0 when no struct socket */

@@ -18,7 +18,7 @@ struct {
 	__uint(max_entries, 64 * 1024);
 } events SEC(".maps");
 
-/* Must match `ListenEventRecord` in src/bpf.rs (72 bytes). */
+/* Must match `LISTEN_EVENT_RECORD` in src/bpf.rs (72 bytes). */
 struct listen_event {
 	__u64 ktime_ns;
 	__u64 inode;

@@ -802,8 +802,7 @@ pub struct TaskFile {
     pub fd: u32,
 }
 
-/// `struct task_file_rec` of `bpf/iter_task_fds.bpf.c` and
-/// `bpf/iter_task_file.bpf.c`.
+/// `struct task_file_rec` of `bpf/task_file_rec.h` (both owner programs).
 const TASK_FILE_RECORD: usize = 24;
 
 /// `FEW_INODES` of `bpf/iter_task_fds.bpf.c`: up to this many inodes are

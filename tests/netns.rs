@@ -160,27 +160,11 @@ fn without_cap_sys_admin_the_error_says_so_in_one_line() {
     assert_eq!(run.status, 2, "{}", run.stderr);
 }
 
-/// `sockcheck watch ARGS --json` in the background, returned once it has
-/// said on stderr that it is attached.
+/// `sockcheck watch --json --timeout 10s ARGS`, attached.
 fn watch_json(args: &[&str]) -> std::process::Child {
-    use std::io::BufRead;
-    let mut child = support::command()
-        .args(["watch", "--json", "--timeout", "10s"])
-        .args(args)
-        .env_remove("SOCKCHECK_PORTS")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(
-        line.starts_with("sockcheck: watching TCP listeners on port 45663 in "),
-        "watch {args:?} did not attach: {line:?}"
-    );
-    child
+    let mut all = vec!["--json", "--timeout", "10s"];
+    all.extend(args);
+    support::start_watch(&all)
 }
 
 /// The events a [`watch_json`] printed, once it has exited.

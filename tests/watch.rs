@@ -5,9 +5,9 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -36,24 +36,9 @@ struct Watch {
 
 impl Watch {
     fn start(args: &[&str]) -> Watch {
-        let mut child = support::command()
-            .arg("watch")
-            .args(args)
-            .env("NO_COLOR", "1")
-            .env_remove("SOCKCHECK_PORTS")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stderr.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(
-            line.starts_with("sockcheck: watching TCP listeners on port"),
-            "watch did not attach: {line:?}"
-        );
-        Watch { child }
+        Watch {
+            child: support::start_watch(args),
+        }
     }
 
     fn signal(&self, signal: i32) {

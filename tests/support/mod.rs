@@ -56,6 +56,31 @@ pub fn command() -> Command {
     command
 }
 
+/// `sockcheck watch ARGS` in the background (stdout and stderr piped),
+/// returned once its stderr has said it is attached; the rest of stderr is
+/// left unread.
+pub fn start_watch(args: &[&str]) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = command()
+        .arg("watch")
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env_remove("SOCKCHECK_PORTS")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(
+        line.starts_with("sockcheck: watching TCP listeners on port"),
+        "watch {args:?} did not attach: {line:?}"
+    );
+    child
+}
+
 /// The `sockcheck-holder` fixture: `$SOCKCHECK_HOLDER` when set, else the
 /// example `cargo test` builds next to this test binary
 /// (`target/PROFILE/examples/`), built on demand when a narrower
