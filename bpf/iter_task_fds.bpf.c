@@ -9,7 +9,8 @@
  * The tasks walked are exactly those iter/task_file visits: a thread only
  * when its fd table differs from its group leader's, so normally only the
  * leader shows up; when the leader has exited (zombie, no files) every live
- * thread does. Ids are those of the reader's pid namespace (see task_ids()).
+ * thread does. Ids are those of the reader's pid namespace (see
+ * task_ids_for_reader()).
  *
  * The walk: the words of fdt->open_fds, and for each the fd[] entries of
  * its set bits, BATCH at a time (bpf_loop, 5.17+). A socket is a file
@@ -279,7 +280,7 @@ int sockcheck_iter_task_fds(struct bpf_iter__task *ctx)
 	if (!task || fd_table(own_files(task), &t))
 		return 0;
 	c.seq = ctx->meta->seq;
-	task_ids(task, &c.w.tgid, &c.w.tid);
+	task_ids_for_reader(task, &c.w.tgid, &c.w.tid);
 	c.w.socket_fops = (__u64)socket_fops();
 	if (!c.w.socket_fops) {
 		walk_failed(c.seq, &c.w, WALK_NO_SOCKET_FOPS);

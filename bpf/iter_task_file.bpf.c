@@ -4,7 +4,7 @@
  * inode in the `inodes` map. The kernel visits a thread only when its fd
  * table differs from its group leader's, so normally only the leader shows
  * up; when the leader has exited (zombie, no files) every live thread does.
- * Ids are those of the reader's pid namespace (see task_ids()).
+ * Ids are those of the reader's pid namespace (see task_ids_for_reader()).
  */
 #include "sockcheck.h"
 #include "pidns.h"
@@ -33,7 +33,7 @@ int sockcheck_iter_task_file(struct bpf_iter__task_file *ctx)
 	rec.inode = inode->i_ino;
 	if (!bpf_map_lookup_elem(&inodes, &rec.inode))
 		return 0;
-	task_ids(task, &rec.tgid, &rec.tid);
+	task_ids_for_reader(task, &rec.tgid, &rec.tid);
 	rec.fd = ctx->fd;
 	bpf_seq_write(ctx->meta->seq, &rec, sizeof(rec));
 	return 0;

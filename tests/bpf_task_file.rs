@@ -138,3 +138,25 @@ fn ids_are_those_of_the_callers_pid_namespace() {
     );
     assert!(ok && out.contains("PIDNS-OK pid=1"), "{out}");
 }
+
+/// Two pid namespaces deep (a container in a container): the iterators
+/// take the reader's namespace level off the reader, so level 2 must give
+/// the innermost ids too.
+#[test]
+fn ids_in_a_nested_pid_namespace() {
+    if !support::in_child() && !support::require_bpf("iter/task_file") {
+        return;
+    }
+    if support::in_child() {
+        own_listeners("127.77.2.4:40207", "127.77.2.4:40208");
+        zombie_leader("127.77.2.4", 40209);
+        println!("NESTED-OK pid={}", std::process::id());
+        return;
+    }
+    let unshare = ["unshare", "--pid", "--fork", "--mount-proc"];
+    let (ok, out) = support::rerun_self(
+        &[unshare, unshare].concat(),
+        "ids_in_a_nested_pid_namespace",
+    );
+    assert!(ok && out.contains("NESTED-OK pid=1"), "{out}");
+}
