@@ -457,10 +457,50 @@ impl CacheDir {
             });
         if written.is_err() {
             let _ = rustix::fs::unlinkat(&self.fd, &temp, AtFlags::empty());
+        } else {
+            self.prune(&name, std::time::SystemTime::now());
         }
         written
     }
+
+    /// Removes what this directory should no longer hold: entries other
+    /// than `keep` not written for [`STALE_ENTRY`] (of kernels or sockcheck
+    /// builds no longer run: an entry in use is the one just written, or
+    /// one another build rewrites on its first run after a month), and
+    /// temporary files left for [`STALE_TEMP`] by a process killed while
+    /// writing. Runs only when an entry was written, so once per kernel and
+    /// build; what cannot be removed stays.
+    fn prune(&self, keep: &str, now: std::time::SystemTime) {
+        let Ok(dir) = rustix::fs::Dir::read_from(&self.fd) else {
+            return;
+        };
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let limit = if name.starts_with("btf-view-") && name != keep {
+                STALE_ENTRY
+            } else if name.starts_with(".btf-view-") && name.ends_with(".tmp") {
+                STALE_TEMP
+            } else {
+                continue;
+            };
+            let Ok(stat) = rustix::fs::statat(&self.fd, &*name, AtFlags::SYMLINK_NOFOLLOW) else {
+                continue;
+            };
+            let written =
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(stat.st_mtime.max(0) as u64);
+            if now.duration_since(written).is_ok_and(|age| age > limit) {
+                let _ = rustix::fs::unlinkat(&self.fd, &*name, AtFlags::empty());
+            }
+        }
+    }
 }
+
+/// An entry of another kernel or build unwritten this long is removed.
+const STALE_ENTRY: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// A temporary file this old was left by a killed writer (a write takes
+/// well under a millisecond).
+const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// `base`, opened; created 0700 if missing and the directory above it is
 /// ours. It must be ours (it may be a symlink to a directory of ours).
@@ -714,6 +754,41 @@ mod tests {
         // Opened again, by another process as it were.
         let again = CacheDir::open(&base).unwrap();
         assert_eq!(again.load(&key).unwrap(), views);
+    }
+
+    #[test]
+    fn writing_an_entry_removes_stale_ones_and_leftover_temp_files() {
+        let temp = Temp::new("prune");
+        let dir = CacheDir::open(&temp.0).unwrap();
+        let (key, views) = (key(), views());
+        let aged = |name: &str, days: i64| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, b"x").unwrap();
+            let when = std::time::SystemTime::now()
+                - std::time::Duration::from_secs((days * 24 * 3600) as u64);
+            File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(when)
+                .unwrap();
+        };
+        aged("btf-view-00000000000000aa", 40); // another kernel, long unused
+        aged("btf-view-00000000000000bb", 2); // another build, in use
+        aged(".btf-view-00000000000000cc.1.0.tmp", 1); // a killed writer's
+        aged(".btf-view-00000000000000dd.2.0.tmp", 0); // being written
+        aged("notes.txt", 400); // not ours to judge
+        dir.store(&key, &views).unwrap();
+        let mut left = names(dir.path());
+        left.sort();
+        let mut want = vec![
+            ".btf-view-00000000000000dd.2.0.tmp".to_string(),
+            "btf-view-00000000000000bb".to_string(),
+            key.file_name(),
+            "notes.txt".to_string(),
+        ];
+        want.sort();
+        assert_eq!(left, want);
     }
 
     #[test]
