@@ -24,14 +24,7 @@
  */
 #include "sockcheck.h"
 #include "pidns.h"
-#include "task_file_rec.h"
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);    /* resized by userspace before load */
-	__type(key, __u64);           /* socket inode */
-	__type(value, __u8);
-} inodes SEC(".maps");
+#include "owners.h"
 
 /* Up to FEW_INODES wanted inodes, written by userspace before load, are
  * compared here instead of looked up in the map (a hash lookup per socket

@@ -8,15 +8,7 @@
  */
 #include "sockcheck.h"
 #include "pidns.h"
-#include "task_file_rec.h"
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);    /* resized by userspace before load */
-	__type(key, __u64);           /* socket inode */
-	__type(value, __u8);
-} inodes SEC(".maps");
-
+#include "owners.h"
 
 SEC("iter/task_file")
 int sockcheck_iter_task_file(struct bpf_iter__task_file *ctx)

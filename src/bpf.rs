@@ -804,7 +804,7 @@ pub struct TaskFile {
     pub fd: u32,
 }
 
-/// `struct task_file_rec` of `bpf/task_file_rec.h` (both owner programs).
+/// `struct task_file_rec` of `bpf/owners.h` (both owner programs).
 const TASK_FILE_RECORD: usize = 24;
 
 /// `FEW_INODES` of `bpf/iter_task_fds.bpf.c`: up to this many inodes are
