@@ -698,10 +698,7 @@ fn in_netns<T: Send>(
         return command(gate);
     };
     let namespace = crate::netns::NetNs::open(&spec)?;
-    gate.netns = Some(crate::report::NetnsInfo {
-        inode: namespace.inode,
-        name: namespace.name(),
-    });
+    gate.netns = Some(namespace.info());
     namespace.run(|| command(gate))?
 }
 
@@ -717,11 +714,7 @@ fn watch_netns(netns: Option<String>, all: bool) -> Result<crate::watch::NetnsFi
     let Some(spec) = netns else {
         return Ok(NetnsFilter::own());
     };
-    let namespace = crate::netns::NetNs::open(&spec)?;
-    Ok(NetnsFilter::Only(crate::report::NetnsInfo {
-        inode: namespace.inode,
-        name: namespace.name(),
-    }))
+    Ok(NetnsFilter::Only(crate::netns::NetNs::open(&spec)?.info()))
 }
 
 /// `sockcheck completions SHELL`.

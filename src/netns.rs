@@ -95,6 +95,14 @@ impl NetNs {
         })
     }
 
+    /// How reports name it: its inode, and its name if it has one.
+    pub fn info(&self) -> crate::report::NetnsInfo {
+        crate::report::NetnsInfo {
+            inode: self.inode,
+            name: self.name(),
+        }
+    }
+
     /// Runs `work` on a thread of its own that has entered this namespace,
     /// and returns what it returns. Entering needs CAP_SYS_ADMIN: without
     /// it, one error line says so.
