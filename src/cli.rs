@@ -218,6 +218,13 @@ enum Command {
     /// Print the man page (roff): `sockcheck man | man -l -`.
     #[command(after_long_help = exit::HELP_GENERATE)]
     Man,
+    /// The lease agent (started by acquire and run; not for people).
+    #[command(name = "__lease-agent", hide = true)]
+    LeaseAgent {
+        /// The state directory whose agent this is.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -548,6 +555,7 @@ fn dispatch(command: Command, top: &Top) -> Result<ExitStatus, Error> {
         Command::Doctor => crate::doctor::doctor(top.output),
         Command::Completions { shell } => completions(shell),
         Command::Man => man(),
+        Command::LeaseAgent { dir } => crate::lease::agent::serve(&dir),
     }
 }
 

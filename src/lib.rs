@@ -16,6 +16,7 @@ pub mod exit;
 pub mod gate;
 pub mod input;
 pub mod inspect;
+pub mod lease;
 pub mod netns;
 pub mod output;
 pub mod owners;

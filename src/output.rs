@@ -40,6 +40,13 @@ impl Output {
             eprint!("{text}");
         }
     }
+
+    /// A failure that does not end the command (a report that could not be
+    /// written, a state directory that failed after the command ran): on
+    /// stderr even when quiet, as an error would be.
+    pub fn warn(&self, text: &str) {
+        eprint!("{text}");
+    }
 }
 
 /// When to colour.

@@ -25,7 +25,7 @@ pub fn schemas() -> Vec<(&'static str, Value)> {
         ),
         (
             "acquire",
-            document::<gate::Acquired>(
+            document::<gate::acquire::Acquired>(
                 "acquire",
                 "`sockcheck acquire --json POOL` when it leased an address (exit status 0).",
                 1,
@@ -33,7 +33,7 @@ pub fn schemas() -> Vec<(&'static str, Value)> {
         ),
         (
             "acquire-refusal",
-            document::<gate::NotAcquired>(
+            document::<gate::acquire::NotAcquired>(
                 "acquire-refusal",
                 "`sockcheck acquire --json POOL` (and `run --json`) when no address could be \
                  leased (exit status 1): why each address of the pool was passed over.",
@@ -51,11 +51,11 @@ pub fn schemas() -> Vec<(&'static str, Value)> {
         ),
         (
             "release",
-            document::<gate::Released>("release", "`sockcheck release --json ADDR`.", 1),
+            document::<gate::ledger::Released>("release", "`sockcheck release --json ADDR`.", 1),
         ),
         (
             "leases",
-            document::<gate::Leases>(
+            document::<gate::ledger::Leases>(
                 "leases",
                 "`sockcheck leases --json [POOL]`: the leases and the quarantined addresses.",
                 1,

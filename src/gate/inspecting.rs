@@ -1,0 +1,199 @@
+//! The gate commands that lease nothing: `scan`, `list`, `wait` and `reap`.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use super::{Gate, POLL, plural, reap, show_duration, summary};
+use crate::error::Error;
+use crate::exit::ExitStatus;
+use crate::inspect::{self, KernelView};
+use crate::output::emit;
+use crate::report::{Report, Verdict};
+
+/// `sockcheck scan POOL`.
+pub fn scan(gate: &Gate, pool: Vec<IpAddr>) -> Result<ExitStatus, Error> {
+    let report = inspect::inspect(&gate.query(pool, true))?;
+    if gate.output.json {
+        emit(&report, gate.output)?;
+    } else {
+        gate.output.print(&lines(&report, false))?;
+    }
+    Ok(if report.all_free() {
+        ExitStatus::Free
+    } else {
+        ExitStatus::NotFree
+    })
+}
+
+/// One line per address: the address, its verdict, who holds it, and
+/// (`counts`) how many sockets it has on the ports.
+fn lines(report: &Report, counts: bool) -> String {
+    let width = report
+        .addresses
+        .iter()
+        .map(|a| a.address.to_string().len())
+        .max()
+        .unwrap_or(0);
+    let mut text = crate::report::human::netns_line(report);
+    for address in &report.addresses {
+        let listeners: usize = address.ports.iter().map(|p| p.listeners.len()).sum();
+        let others: usize = address.ports.iter().map(|p| p.other_sockets.total).sum();
+        let line = format!(
+            "{:<width$}  {:<11}  {}{}",
+            address.address.to_string(),
+            address.verdict.as_str(),
+            summary(address),
+            match (listeners, others) {
+                _ if !counts => String::new(),
+                (0, 0) => String::new(),
+                (l, 0) => format!(" ({l} listener{})", plural(l)),
+                (0, o) => format!(" ({o} other socket{})", plural(o)),
+                (l, o) => format!(
+                    " ({l} listener{}, {o} other socket{})",
+                    plural(l),
+                    plural(o)
+                ),
+            }
+        );
+        text.push_str(line.trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+/// `sockcheck list`: every address with a socket on the ports (wildcard
+/// listeners too, as 0.0.0.0 and ::), each with its verdict and holders,
+/// sorted by address; the `check` document with `--json`. Exits 0: it
+/// lists, it does not judge.
+pub fn list(gate: &Gate) -> Result<ExitStatus, Error> {
+    let view = inspect::kernel_view(&gate.ports)?;
+    let report = inspect::inspect_view(&gate.query(local_addresses(&view), true), &view);
+    if gate.output.json {
+        emit(&report, gate.output)?;
+    } else if report.addresses.is_empty() {
+        let ports: Vec<String> = gate.ports.iter().map(u16::to_string).collect();
+        gate.output.print(&format!(
+            "no socket on port{} {}: nothing listens there, on any address\n",
+            plural(gate.ports.len()),
+            ports.join(",")
+        ))?;
+    } else {
+        gate.output.print(&lines(&report, true))?;
+    }
+    Ok(ExitStatus::Free)
+}
+
+/// The local addresses of every socket in the view, each once, sorted; an
+/// IPv4-mapped address is the IPv4 address it maps.
+fn local_addresses(view: &KernelView) -> Vec<IpAddr> {
+    let mut addresses: Vec<IpAddr> = view
+        .listeners
+        .iter()
+        .chain(&view.others)
+        .map(|s| match s.local.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        })
+        .collect();
+    addresses.sort_unstable();
+    addresses.dedup();
+    addresses
+}
+
+/// `sockcheck reap ADDR`: SIGTERM, then SIGKILL after `grace`, to the
+/// processes holding listeners that cover ADDR on the ports (never pid 1,
+/// sockcheck or its ancestors; another user's only with the privilege).
+/// Exits 0 once ADDR is free, 1 while something still holds it.
+pub fn reap_address(
+    gate: &Gate,
+    address: IpAddr,
+    grace: Duration,
+    dry_run: bool,
+) -> Result<ExitStatus, Error> {
+    let view = inspect::kernel_view(&gate.ports)?;
+    let before = single(gate, &view, address).addresses.remove(0);
+    let (pids, hidden) = reap::holders(&before);
+    let comms = before
+        .ports
+        .iter()
+        .flat_map(|p| &p.listeners)
+        .flat_map(|l| &l.owners)
+        .filter_map(|o| Some((o.pid?, o.process.as_ref()?.comm.escaped())))
+        .collect();
+    let reaped = reap::reap(&pids, grace, dry_run);
+    let after = if dry_run {
+        before.verdict
+    } else {
+        let view = inspect::kernel_view(&gate.ports)?;
+        gate.one(&view, address, false).verdict
+    };
+    let report = reap::ReapReport {
+        schema: 1,
+        address,
+        ports: gate.ports.clone(),
+        dry_run,
+        before: before.verdict,
+        after,
+        reaped,
+        hidden,
+    };
+    if gate.output.json {
+        gate.output.print(&crate::output::json(&report))?;
+    } else {
+        gate.output.print(&reap::render(&report, &comms))?;
+    }
+    Ok(if after == Verdict::Free {
+        ExitStatus::Free
+    } else {
+        ExitStatus::NotFree
+    })
+}
+
+/// `sockcheck wait ADDR`.
+pub fn wait(
+    gate: &Gate,
+    address: IpAddr,
+    timeout: Duration,
+    allow_foreign: bool,
+) -> Result<ExitStatus, Error> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let view = inspect::kernel_view(&gate.ports)?;
+        let quick = gate.one(&view, address, false);
+        // Waiting cannot fix a wildcard listener (unless asked to wait
+        // anyway) nor an address that is not local.
+        let hopeless = match quick.verdict {
+            Verdict::Foreign => !allow_foreign,
+            Verdict::Unavailable => true,
+            _ => false,
+        };
+        if quick.verdict == Verdict::Free {
+            if gate.output.json {
+                emit(&single(gate, &view, address), gate.output)?;
+            }
+            return Ok(ExitStatus::Free);
+        }
+        if hopeless || Instant::now() >= deadline {
+            // Who still holds it, with every detail `check` gives.
+            let report = single(gate, &view, address);
+            emit(&report, gate.output)?;
+            gate.output.note(&format!(
+                "sockcheck: {address} is {}{}\n",
+                quick.verdict.as_str(),
+                if quick.verdict == Verdict::Foreign && hopeless {
+                    "; waiting will not help (--allow-foreign waits anyway)".to_string()
+                } else if hopeless {
+                    "; waiting will not help".to_string()
+                } else {
+                    format!(" after waiting {}", show_duration(timeout))
+                }
+            ));
+            return Ok(ExitStatus::NotFree);
+        }
+        std::thread::sleep(POLL.min(deadline.saturating_duration_since(Instant::now())));
+    }
+}
+
+fn single(gate: &Gate, view: &KernelView, address: IpAddr) -> Report {
+    inspect::inspect_view(&gate.query(vec![address], true), view)
+}

@@ -1,0 +1,230 @@
+//! `sockcheck release` and `sockcheck leases`: the lease space as it is, read
+//! from the kernel (every token of the network namespace, whoever holds it),
+//! and this user's quarantine.
+
+use std::net::IpAddr;
+use std::os::unix::ffi::OsStrExt;
+
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use super::Gate;
+use super::state::{self, Quarantine};
+use crate::error::Error;
+use crate::exit::ExitStatus;
+use crate::lease::token::{self, Backend, Holder, Owner, Released as Outcome};
+use crate::report::Verdict;
+
+/// `sockcheck release ADDR`: asks the holder of the token to end the
+/// lease. A lease of another uid, or of the npm fallback, is not released
+/// (exit 1, saying whose it is).
+pub fn release(gate: &Gate, address: IpAddr) -> Result<ExitStatus, Error> {
+    let outcome = token::release(address)?;
+    let released = outcome == Outcome::Released;
+    if gate.output.json {
+        gate.output.print(&crate::output::json(&Released {
+            schema: 1,
+            address,
+            released,
+            error: match &outcome {
+                Outcome::Released => None,
+                Outcome::NotLeased => Some("not leased".into()),
+                Outcome::Refused(why) => Some(why.clone()),
+            },
+        }))?;
+    }
+    match outcome {
+        Outcome::Released => Ok(ExitStatus::Free),
+        Outcome::NotLeased => {
+            gate.output
+                .note(&format!("sockcheck: {address} is not leased\n"));
+            Ok(ExitStatus::NotFree)
+        }
+        Outcome::Refused(why) => {
+            gate.output
+                .note(&format!("sockcheck: {address} was not released: {why}\n"));
+            Ok(ExitStatus::NotFree)
+        }
+    }
+}
+
+/// What `release --json` prints.
+#[derive(Debug, Serialize, JsonSchema)]
+pub(crate) struct Released {
+    schema: u32,
+    address: IpAddr,
+    /// False when the address was not leased, or its lease is not ours to
+    /// end (exit status 1).
+    released: bool,
+    /// Why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// A lease's owner, as `acquire` and `leases` print it.
+#[derive(Debug, Serialize, JsonSchema)]
+pub(crate) struct LeaseOwner {
+    pub pid: u32,
+    /// `starttime` from /proc/PID/stat; null for an npm fallback lease.
+    pub start_ticks: Option<u64>,
+    /// Whether the lease's holder still keeps it for this process (it
+    /// ends when the owner exits).
+    pub alive: bool,
+}
+
+impl LeaseOwner {
+    pub(crate) fn of(owner: Owner) -> LeaseOwner {
+        LeaseOwner {
+            pid: owner.pid,
+            start_ticks: owner.start_ticks,
+            alive: true,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+struct LeaseRow {
+    address: IpAddr,
+    /// Null when the holder did not say (see `holder`).
+    owner: Option<LeaseOwner>,
+    /// Who holds the token, from the kernel (SO_PEERCRED): the lease
+    /// agent's pid, or the fallback's own process; null while the token is
+    /// being handed over.
+    holder: Option<token::Peer>,
+    backend: Option<Backend>,
+    /// Seconds since it was leased; null when the holder did not say.
+    age_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quarantined: Option<Quarantine>,
+}
+
+/// What `leases --json` prints.
+#[derive(Debug, Serialize, JsonSchema)]
+pub(crate) struct Leases<'a> {
+    schema: u32,
+    /// Every lease of the network namespace, whoever holds it.
+    leases: &'a [LeaseRow],
+    /// This user's quarantined addresses that are not leased (a leased
+    /// one's quarantine is its row's `quarantined`).
+    quarantine: Vec<&'a Quarantine>,
+}
+
+/// `sockcheck leases [POOL]`.
+pub fn leases(gate: &Gate, pool: Option<Vec<IpAddr>>) -> Result<ExitStatus, Error> {
+    let wanted = |a: &IpAddr| pool.as_ref().is_none_or(|p| p.contains(a));
+    let quarantine = current_quarantine(gate)?;
+    let now = state::now();
+    let rows: Vec<LeaseRow> = token::listed()?
+        .into_iter()
+        .filter(wanted)
+        .map(|address| row(address, &quarantine, now))
+        .collect();
+    let quarantined: Vec<&Quarantine> = quarantine
+        .iter()
+        .filter(|q| wanted(&q.address) && !rows.iter().any(|r| r.address == q.address))
+        .collect();
+    let text = if gate.output.json {
+        crate::output::json(&Leases {
+            schema: 1,
+            leases: &rows,
+            quarantine: quarantined,
+        })
+    } else if rows.is_empty() && quarantined.is_empty() {
+        "no leases, nothing quarantined\n".to_string()
+    } else {
+        human(&rows, &quarantined, now)
+    };
+    gate.output.print(&text)?;
+    Ok(ExitStatus::Free)
+}
+
+fn row(address: IpAddr, quarantine: &[Quarantine], now: u64) -> LeaseRow {
+    let holder = token::holder(address);
+    let (owner, peer, backend, age) = match &holder {
+        Holder::Answered { peer, info } => (
+            Some(LeaseOwner::of(info.owner)),
+            Some(*peer),
+            Some(info.backend),
+            Some(now.saturating_sub(info.acquired)),
+        ),
+        Holder::Silent { peer } => (None, *peer, None, None),
+        Holder::Free => (None, None, None, None),
+    };
+    LeaseRow {
+        address,
+        owner,
+        holder: peer,
+        backend,
+        age_seconds: age,
+        quarantined: quarantine.iter().find(|q| q.address == address).cloned(),
+    }
+}
+
+fn human(rows: &[LeaseRow], quarantined: &[&Quarantine], now: u64) -> String {
+    let mut text = String::new();
+    for r in rows {
+        let who = match (&r.owner, &r.holder, r.backend) {
+            (Some(owner), Some(holder), Some(backend)) => format!(
+                "leased to pid {} (uid {}, {}{})",
+                owner.pid,
+                holder.uid,
+                backend.as_str(),
+                if holder.pid == owner.pid {
+                    String::new()
+                } else {
+                    format!(", held by pid {}", holder.pid)
+                }
+            ),
+            (_, Some(holder), _) => format!(
+                "leased (its token is held by pid {} of uid {}, which did not answer)",
+                holder.pid, holder.uid
+            ),
+            _ => "leased (being handed over)".to_string(),
+        };
+        let age = r
+            .age_seconds
+            .map(|a| format!(", {}", crate::report::human::human_age(a)))
+            .unwrap_or_default();
+        text.push_str(&format!("{}  {who}{age}\n", r.address));
+        if let Some(q) = &r.quarantined {
+            text.push_str(&format!("  {}\n", quarantine_line(q, now)));
+        }
+    }
+    for q in quarantined {
+        text.push_str(&format!("{}  {}\n", q.address, quarantine_line(q, now)));
+    }
+    text
+}
+
+fn quarantine_line(q: &Quarantine, now: u64) -> String {
+    format!(
+        "quarantined {} ago: {}{}",
+        crate::report::human::human_age(now.saturating_sub(q.since)),
+        crate::text::escape_hidden(&q.reason),
+        q.report
+            .as_ref()
+            .map(|r| format!(
+                " (report: {})",
+                crate::text::escape(r.as_os_str().as_bytes())
+            ))
+            .unwrap_or_default()
+    )
+}
+
+/// This user's quarantine, less the addresses a quick look now finds free
+/// (their holders exited): those are lifted here, not at the next acquire.
+fn current_quarantine(gate: &Gate) -> Result<Vec<Quarantine>, Error> {
+    let (store, mut state) = gate.open()?;
+    if state.quarantine.is_empty() {
+        return Ok(Vec::new());
+    }
+    let view = crate::inspect::kernel_view(&gate.ports)?;
+    let before = state.quarantine.len();
+    state
+        .quarantine
+        .retain(|q| gate.one(&view, q.address, false).verdict != Verdict::Free);
+    if state.quarantine.len() != before {
+        store.save(&state)?;
+    }
+    Ok(state.quarantine)
+}

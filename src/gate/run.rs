@@ -1,0 +1,258 @@
+//! `sockcheck run POOL -- CMD`: lease, run, then check for lingering
+//! holders, report them, and keep the address from the next test.
+
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::acquire::{lease, report_refusal};
+use super::forensic::{self, Forensic};
+use super::openers::Attribution;
+use super::state::{self, Quarantine};
+use super::{Gate, POLL, child, reap};
+use crate::error::Error;
+use crate::exit::ExitStatus;
+use crate::inspect;
+use crate::lease::{self, Dir, OwnerHandle};
+use crate::report::Verdict;
+
+/// Options of `sockcheck run`.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub linger: Duration,
+    pub report: Option<PathBuf>,
+    pub reap: bool,
+    pub grace: Duration,
+    /// How long to wait for a free address before giving up (exit 5).
+    pub wait: Option<Duration>,
+    pub command: Vec<OsString>,
+}
+
+/// `sockcheck run POOL -- CMD`.
+pub fn run(gate: &Gate, pool: &[IpAddr], options: &RunOptions) -> Result<ExitStatus, Error> {
+    if options.command.is_empty() {
+        return Err(Error::Usage("run: no command given after --".into()));
+    }
+    if let Some(path) = &options.report {
+        check_writable(path)?;
+    }
+    let me = OwnerHandle::open(std::process::id(), "run")?;
+    let dir = Dir::open(&gate.state_dir)?;
+    let address = match lease(gate, &dir, pool, &me, options.wait, false)? {
+        Ok(address) => address,
+        Err(refusal) => {
+            report_refusal(gate, pool.len(), &refusal, options.wait.is_some())?;
+            return Ok(ExitStatus::NoAddress);
+        }
+    };
+    let ports = gate
+        .ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    if gate.output.verbose {
+        gate.output
+            .note(&format!("sockcheck: leased {address} for the command\n"));
+    }
+    // Attached before the command starts, so every listen() it makes is seen.
+    let attribution = Attribution::start(gate.sources.bpf, address, &gate.ports);
+    if gate.output.verbose {
+        gate.output
+            .note(&format!("sockcheck: {}\n", attribution.describe()));
+    }
+    let finished = child::run(
+        &options.command,
+        &[
+            ("SOCKCHECK_ADDR", address.to_string()),
+            ("SOCKCHECK_PORTS", ports),
+        ],
+        |pid| live_on_in(gate, &dir, address, pid),
+    );
+    let exited = state::now();
+    let finished = match finished {
+        Ok(finished) => finished,
+        Err(e) => {
+            let _ = lease::token::release(address);
+            return Err(e);
+        }
+    };
+    after(gate, &dir, address, &finished, exited, options, attribution)
+}
+
+/// Makes the lease of `address` live on in the command `pid` too, so that
+/// if `run` itself is killed, the address stays leased for as long as the
+/// command runs. (Should that fail, the lease stays `run`'s alone, and a
+/// note says so.)
+fn live_on_in(gate: &Gate, dir: &Dir, address: IpAddr, pid: u32) {
+    let tied = OwnerHandle::open(pid, "run's command")
+        .and_then(|command| lease::agent::attach(dir, address, command.owner, &command.pidfd));
+    if let Err(e) = tied {
+        gate.output.note(&format!(
+            "sockcheck: the lease of {address} could not be tied to the command: {e}\n"
+        ));
+    }
+}
+
+/// After the command: wait up to --linger for the address to be free, and
+/// report, quarantine and reap what still holds it. SIGINT, SIGTERM, SIGHUP
+/// or SIGQUIT (a cancelled CI job) cut the wait short: the address is
+/// inspected once, reported and quarantined as at the deadline. A signal
+/// that came while the command ran was the command's to answer, and its
+/// status stands; one that comes during the wait makes `run` exit 128+N.
+fn after(
+    gate: &Gate,
+    dir: &Dir,
+    address: IpAddr,
+    finished: &child::Finished,
+    exited: u64,
+    options: &RunOptions,
+    attribution: Attribution,
+) -> Result<ExitStatus, Error> {
+    let status = finished.status;
+    let started = Instant::now();
+    let deadline = started + options.linger;
+    let interrupted = || finished.signals.received().or(finished.signalled);
+    let done = |free: bool| match finished.signals.received() {
+        Some(signal) => ExitStatus::Command(128u8.saturating_add(signal as u8)),
+        None if free => command_status(status),
+        None if status == 0 => ExitStatus::Lingering,
+        None => ExitStatus::Command(status),
+    };
+    let report = loop {
+        let view = inspect::kernel_view(&gate.ports)?;
+        let quick = gate.one(&view, address, false);
+        if quick.verdict == Verdict::Free {
+            return Ok(done(true));
+        }
+        if Instant::now() >= deadline || interrupted().is_some() {
+            break gate.one(&view, address, true);
+        }
+        std::thread::sleep(POLL.min(deadline.saturating_duration_since(Instant::now())));
+    };
+    // The linger check is over: stop the watch and name the openers.
+    let stopped = attribution.stop();
+    let (holders, hidden) = forensic::holders(&report, &stopped.openers);
+    let attribution = stopped.status(&holders);
+    let mut forensic = Forensic {
+        schema: forensic::SCHEMA,
+        interrupted_by: interrupted().map(signal_name),
+        address,
+        ports: gate.ports.clone(),
+        command: options
+            .command
+            .iter()
+            .map(|w| crate::text::Bytes(w.as_encoded_bytes().to_vec()))
+            .collect(),
+        command_status: status,
+        command_exited: exited,
+        linger_seconds: started.elapsed().as_secs_f64(),
+        verdict: report.verdict,
+        holders,
+        hidden,
+        quarantined: true,
+        reaped: Vec::new(),
+        attribution,
+        inspection: report,
+    };
+    if options.reap {
+        let pids: Vec<u32> = forensic.holders.iter().map(|h| h.pid).collect();
+        forensic.reaped = reap::reap(&pids, options.grace, false);
+        let view = inspect::kernel_view(&gate.ports)?;
+        if gate.one(&view, address, false).verdict == Verdict::Free {
+            forensic.quarantined = false;
+        }
+    }
+    // The report first: nothing that happens to the state can lose it.
+    gate.output.note(&forensic::markdown(&forensic));
+    let mut failed = false;
+    if let Some(path) = &options.report
+        && let Err(e) = forensic::write(&forensic, path)
+    {
+        gate.output.warn(&format!("sockcheck: {e}\n"));
+        failed = true;
+    }
+    if forensic.quarantined {
+        failed |= !quarantine(gate, dir, &forensic, options);
+    } else if let Err(e) = lease::token::release(address) {
+        gate.output
+            .warn(&format!("sockcheck: releasing {address}: {e}\n"));
+        failed = true;
+    }
+    Ok(match done(false) {
+        // A state failure is exit 3, unless the lingering (4) says more.
+        ExitStatus::Free | ExitStatus::Command(0) if failed => ExitStatus::Failed,
+        status => status,
+    })
+}
+
+/// Keeps a lingering address from being handed out: its lease lives on in
+/// every lingering holder the report names (the lease agent ends it when
+/// they are all gone), which every user and backend sees; and this user's
+/// quarantine records why, with the report's path. Says what failed, and
+/// returns whether everything held.
+fn quarantine(gate: &Gate, dir: &Dir, forensic: &Forensic, options: &RunOptions) -> bool {
+    let address = forensic.address;
+    let mut held = true;
+    for holder in &forensic.holders {
+        let tied = OwnerHandle::open(holder.pid, "a lingering holder")
+            .and_then(|h| lease::agent::attach(dir, address, h.owner, &h.pidfd));
+        if let Err(e) = tied {
+            gate.output.warn(&format!(
+                "sockcheck: the lease of {address} could not be kept for pid {}: {e}\n",
+                holder.pid
+            ));
+        }
+    }
+    let recorded = gate.open().and_then(|(store, mut state)| {
+        state.quarantine.retain(|q| q.address != address);
+        state.quarantine.push(Quarantine {
+            address,
+            since: state::now(),
+            reason: crate::gate::summary(&forensic.inspection),
+            report: options.report.clone(),
+        });
+        store.save(&state)
+    });
+    if let Err(e) = recorded {
+        gate.output
+            .warn(&format!("sockcheck: quarantining {address}: {e}\n"));
+        held = false;
+    }
+    held
+}
+
+/// `SIGTERM` for 15.
+fn signal_name(signal: i32) -> String {
+    match signal {
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGHUP => "SIGHUP".into(),
+        libc::SIGQUIT => "SIGQUIT".into(),
+        other => format!("signal {other}"),
+    }
+}
+
+fn command_status(status: u8) -> ExitStatus {
+    if status == 0 {
+        ExitStatus::Free
+    } else {
+        ExitStatus::Command(status)
+    }
+}
+
+/// Fails early (exit 2, nothing changed) when the report cannot be written.
+fn check_writable(path: &std::path::Path) -> Result<(), Error> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if !parent.is_dir() || rustix::fs::access(parent, rustix::fs::Access::WRITE_OK).is_err() {
+        return Err(Error::Usage(format!(
+            "--report: cannot write {} (its directory is missing or not writable)",
+            path.display()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,409 @@
+//! The lease token: an `AF_UNIX` stream socket bound to the abstract name
+//! `\0sockcheck/v1/lease/ADDRESS` (docs/leases.md). Binding it is taking
+//! the lease: the kernel lets one socket of a network namespace have a name,
+//! whoever asks, and frees it when the last fd on it closes.
+
+use std::io::{Read, Write};
+use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use rustix::io::Errno;
+use rustix::net::{self, AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// The abstract names of address leases start with this (after the NUL).
+pub const PREFIX: &str = "sockcheck/v1/lease/";
+
+/// How long a reader waits for a holder's info line.
+pub const ANSWER: Duration = Duration::from_millis(300);
+
+/// The backlog a holder listens with: waiting acquirers sit in it.
+pub const BACKLOG: i32 = 128;
+
+/// The abstract name of `address`'s token, without the leading NUL.
+pub fn name(address: IpAddr) -> String {
+    format!("{PREFIX}{address}")
+}
+
+fn socket_addr(address: IpAddr) -> Result<SocketAddrUnix, Error> {
+    SocketAddrUnix::new_abstract_name(name(address).as_bytes())
+        .map_err(|e| Error::syscall("the lease token's name", e.into()))
+}
+
+/// A new unbound `AF_UNIX` stream socket (close-on-exec).
+fn unix_socket(flags: SocketFlags) -> Result<OwnedFd, Error> {
+    net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | flags,
+        None,
+    )
+    .map_err(|e| Error::syscall("socket(AF_UNIX) for a lease token", e.into()))
+}
+
+/// A bound lease token: this process has the lease until it hands the fd
+/// on (to the lease agent) or drops it.
+#[derive(Debug)]
+pub struct Token {
+    fd: OwnedFd,
+    pub address: IpAddr,
+}
+
+impl Token {
+    /// Takes the lease of `address`: `None` when any socket of this network
+    /// namespace has its name already (leased). Any other failure (EMFILE,
+    /// ENOMEM, …) is an error: nothing was leased, and nothing is guessed.
+    pub fn claim(address: IpAddr) -> Result<Option<Token>, Error> {
+        let fd = unix_socket(SocketFlags::empty())?;
+        match net::bind(&fd, &socket_addr(address)?) {
+            Ok(()) => Ok(Some(Token { fd, address })),
+            Err(Errno::ADDRINUSE) => Ok(None),
+            Err(e) => Err(Error::syscall(
+                format!("bind(@{}) (taking the lease token)", name(address)),
+                e.into(),
+            )),
+        }
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+}
+
+/// What a holder says of its lease, in one JSON line (docs/leases.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Info {
+    /// The protocol version: 1.
+    pub sockcheck_lease: u32,
+    pub address: IpAddr,
+    /// What is leased: `address`.
+    pub kind: String,
+    pub backend: Backend,
+    /// The process the lease belongs to.
+    pub owner: Owner,
+    /// Further processes the lease lives on in (`run`'s command).
+    #[serde(default)]
+    pub holders: Vec<Owner>,
+    /// The holder's uid, as it says (readers trust SO_PEERCRED's).
+    pub uid: u32,
+    /// Unix seconds.
+    pub acquired: u64,
+    #[serde(default)]
+    pub ports: Vec<u16>,
+}
+
+/// Who holds a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// A sockcheck lease agent (the binary: acquire, run, npm, Python).
+    Binary,
+    /// The npm package's plain-JS fallback, in the leaseholder's process.
+    Fallback,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Binary => "sockcheck binary",
+            Backend::Fallback => "npm fallback",
+        }
+    }
+}
+
+/// A process a lease belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub struct Owner {
+    pub pid: u32,
+    /// `starttime` from /proc/PID/stat; null from the fallback.
+    pub start_ticks: Option<u64>,
+}
+
+/// The kernel's word on who called `listen()` on a token (SO_PEERCRED).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct Peer {
+    pub pid: u32,
+    pub uid: u32,
+}
+
+/// What a look at a leased address's token found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    /// Nothing has the name (released meanwhile).
+    Free,
+    /// The name is bound but nothing listens yet (an acquirer between its
+    /// bind and the hand-over), or nothing answered in time.
+    Silent { peer: Option<Peer> },
+    /// A holder answered.
+    Answered { peer: Peer, info: Info },
+}
+
+impl Holder {
+    /// One phrase for a skip or a refusal: `leased to pid 4242 (uid 1000,
+    /// sockcheck binary)`.
+    pub fn describe(&self) -> String {
+        match self {
+            Holder::Free => "leased a moment ago; released since".into(),
+            Holder::Silent { peer: Some(peer) } => format!(
+                "leased (its token is held by pid {} of uid {}, which did not answer)",
+                peer.pid, peer.uid
+            ),
+            Holder::Silent { peer: None } => {
+                "leased (its token is bound, but not yet answering: being handed over)".into()
+            }
+            Holder::Answered { peer, info } => {
+                let owner = if info.owner.pid == peer.pid {
+                    String::new()
+                } else {
+                    format!(", held by pid {}", peer.pid)
+                };
+                format!(
+                    "leased to pid {} (uid {}, {}{owner})",
+                    info.owner.pid,
+                    peer.uid,
+                    info.backend.as_str()
+                )
+            }
+        }
+    }
+
+    /// The pids worth naming: the owner and the token's holder.
+    pub fn pids(&self) -> Vec<u32> {
+        match self {
+            Holder::Answered { info, .. } => {
+                let mut pids = vec![info.owner.pid];
+                pids.extend(info.holders.iter().map(|h| h.pid));
+                pids
+            }
+            Holder::Silent { peer: Some(peer) } => vec![peer.pid],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// A connection to a token's holder.
+pub struct Connection {
+    fd: OwnedFd,
+}
+
+impl Connection {
+    /// Connects to `address`'s token: `None` when nothing listens on it
+    /// (ECONNREFUSED: no such name, or bound and not listening yet).
+    pub fn open(address: IpAddr) -> Result<Option<Connection>, Error> {
+        let fd = unix_socket(SocketFlags::empty())?;
+        match net::connect(&fd, &socket_addr(address)?) {
+            Ok(()) => Ok(Some(Connection { fd })),
+            Err(Errno::CONNREFUSED) | Err(Errno::AGAIN) => Ok(None),
+            Err(e) => Err(Error::syscall(
+                format!("connect(@{})", name(address)),
+                e.into(),
+            )),
+        }
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Who called `listen()` on the token, from the kernel.
+    pub fn peer(&self) -> Option<Peer> {
+        let cred = net::sockopt::socket_peercred(&self.fd).ok()?;
+        Some(Peer {
+            pid: cred.pid.as_raw_nonzero().get() as u32,
+            uid: cred.uid.as_raw(),
+        })
+    }
+
+    /// One line from the holder, waiting at most `timeout`.
+    pub fn line(&mut self, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.contains(&b'\n') && got.len() < 64 * 1024 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || !readable(self.fd.as_fd(), left) {
+                return None;
+            }
+            let mut file = std::fs::File::from(self.fd.try_clone().ok()?);
+            match file.read(&mut buf) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        let end = got.iter().position(|&b| b == b'\n')?;
+        String::from_utf8(got[..end].to_vec()).ok()
+    }
+
+    pub fn send(&mut self, text: &str) -> bool {
+        let Ok(fd) = self.fd.try_clone() else {
+            return false;
+        };
+        std::fs::File::from(fd).write_all(text.as_bytes()).is_ok()
+    }
+}
+
+/// Whether `fd` has something to read (or hung up) within `timeout`.
+pub fn readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
+    let mut fds = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::IN | rustix::event::PollFlags::RDHUP,
+    )];
+    let timeout = rustix::event::Timespec::try_from(timeout).ok();
+    matches!(rustix::event::poll(&mut fds, timeout.as_ref()), Ok(n) if n > 0)
+}
+
+/// Who holds `address`'s token, as far as one look can tell.
+pub fn holder(address: IpAddr) -> Holder {
+    let mut connection = match Connection::open(address) {
+        Ok(Some(connection)) => connection,
+        _ => {
+            // Nothing listens: free, or bound and being handed over.
+            return match Token::claim(address) {
+                Ok(Some(_)) => Holder::Free,
+                _ => Holder::Silent { peer: None },
+            };
+        }
+    };
+    let peer = connection.peer();
+    let info = connection
+        .line(ANSWER)
+        .and_then(|line| serde_json::from_str::<Info>(&line).ok());
+    match (peer, info) {
+        (Some(peer), Some(info)) => Holder::Answered { peer, info },
+        (peer, _) => Holder::Silent { peer },
+    }
+}
+
+/// What `release` of a token came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Released {
+    Released,
+    /// Nothing has the token.
+    NotLeased,
+    /// The holder refused, or cannot be asked: why.
+    Refused(String),
+}
+
+/// Asks the holder of `address`'s token to end the lease. Only a binary
+/// holder of the same uid does (it checks SO_PEERCRED); the fallback
+/// releases only in its own process.
+pub fn release(address: IpAddr) -> Result<Released, Error> {
+    let Some(mut connection) = Connection::open(address)? else {
+        return Ok(match Token::claim(address)? {
+            Some(_) => Released::NotLeased,
+            None => Released::Refused(
+                "its token is bound but not listening (an acquire is handing it over); try again"
+                    .into(),
+            ),
+        });
+    };
+    let peer = connection.peer();
+    let info = connection
+        .line(ANSWER)
+        .and_then(|line| serde_json::from_str::<Info>(&line).ok());
+    let Some(info) = info else {
+        return Ok(Released::Refused(match peer {
+            Some(p) => format!(
+                "its token is held by pid {} (uid {}), which does not answer as sockcheck does",
+                p.pid, p.uid
+            ),
+            None => "its holder does not answer".into(),
+        }));
+    };
+    if info.backend == Backend::Fallback {
+        return Ok(Released::Refused(format!(
+            "it is leased to pid {} through the npm fallback, which releases it only in that \
+             process (its release(), or its exit)",
+            info.owner.pid
+        )));
+    }
+    if !connection.send("release\n") {
+        return Ok(Released::Refused("its holder hung up".into()));
+    }
+    #[derive(Deserialize)]
+    struct Reply {
+        released: bool,
+        #[serde(default)]
+        error: Option<String>,
+    }
+    match connection
+        .line(Duration::from_secs(2))
+        .and_then(|l| serde_json::from_str::<Reply>(&l).ok())
+    {
+        Some(Reply { released: true, .. }) => Ok(Released::Released),
+        Some(Reply { error, .. }) => Ok(Released::Refused(
+            error.unwrap_or_else(|| "its holder refused".into()),
+        )),
+        None => Ok(Released::Refused("its holder did not answer".into())),
+    }
+}
+
+/// Every token of this network namespace: the addresses leased, from
+/// `/proc/thread-self/net/unix` (the calling thread's namespace, which is
+/// `--netns`'s on the thread that entered it). A name is listed once,
+/// from its bound, unconnected socket (accepted connections show it too).
+pub fn listed() -> Result<Vec<IpAddr>, Error> {
+    let text = std::fs::read("/proc/thread-self/net/unix").map_err(|e| Error::Proc {
+        path: "/proc/thread-self/net/unix".into(),
+        source: e,
+    })?;
+    let mut found = Vec::new();
+    let marker = format!("@{PREFIX}");
+    for line in text.split(|&b| b == b'\n').skip(1) {
+        let Ok(line) = std::str::from_utf8(line) else {
+            continue;
+        };
+        // Num RefCount Protocol Flags Type St Inode Path
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 8 || fields[5] != "01" {
+            continue;
+        }
+        if let Some(address) = fields[7]
+            .strip_prefix(&marker)
+            .and_then(|a| a.parse::<IpAddr>().ok())
+        {
+            found.push(address);
+        }
+    }
+    found.sort_unstable();
+    found.dedup();
+    Ok(found)
+}
+
+/// Waits until one of the connections hangs up (a lease ended) or
+/// `timeout` passes. Returns whether one did.
+pub fn wait_any(connections: &[Connection], timeout: Duration) -> bool {
+    if connections.is_empty() {
+        std::thread::sleep(timeout);
+        return false;
+    }
+    let mut fds: Vec<rustix::event::PollFd> = connections
+        .iter()
+        .map(|c| {
+            rustix::event::PollFd::new(
+                &c.fd,
+                rustix::event::PollFlags::RDHUP | rustix::event::PollFlags::HUP,
+            )
+        })
+        .collect();
+    let timeout = rustix::event::Timespec::try_from(timeout).ok();
+    matches!(rustix::event::poll(&mut fds, timeout.as_ref()), Ok(n) if n > 0)
+        && fds.iter().any(|f| {
+            f.revents()
+                .intersects(rustix::event::PollFlags::RDHUP | rustix::event::PollFlags::HUP)
+        })
+}
+
+impl AsRawFd for Connection {
+    fn as_raw_fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+}
