@@ -119,7 +119,7 @@ pub fn try_acquire(
     let mut skipped = Vec::new();
     for &address in pool {
         let Some(token) = Token::claim(address)? else {
-            skipped.push(Skipped::leased(address));
+            skipped.push(Skipped::leased(address, quarantined.contains(&address)));
             continue;
         };
         if let Some(skip) = pass_over(gate, &view, &quarantined, address) {
@@ -141,11 +141,17 @@ pub fn try_acquire(
 }
 
 impl Skipped {
-    /// An address whose token someone holds (named by [`explain`]).
-    fn leased(address: IpAddr) -> Skipped {
+    /// An address whose token someone holds (named by [`explain`]);
+    /// `quarantined`: one a `run` of ours left held, whose lease lives on in
+    /// the lingering holders.
+    fn leased(address: IpAddr, quarantined: bool) -> Skipped {
         Skipped {
             address,
-            reason: SkipReason::Leased,
+            reason: if quarantined {
+                SkipReason::Quarantined
+            } else {
+                SkipReason::Leased
+            },
             verdict: None,
             pids: Vec::new(),
             hidden: false,
@@ -272,12 +278,18 @@ fn name_leaseholders(refusal: &mut Refusal) {
     for skip in refusal
         .skipped
         .iter_mut()
-        .filter(|s| s.reason == SkipReason::Leased)
+        .filter(|s| s.verdict.is_none())
         .take(SKIPPED_SHOWN)
     {
         let holder = lease::token::holder(skip.address);
         skip.pids = holder.pids();
-        skip.message = holder.describe();
+        skip.message = match skip.reason {
+            SkipReason::Quarantined => format!(
+                "quarantined: a command left it held, and its lease lives on: {}",
+                holder.describe()
+            ),
+            _ => holder.describe(),
+        };
     }
 }
 
@@ -371,10 +383,7 @@ pub fn lease(
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         match left {
             Some(left) if !left.is_zero() && !refusal.hopeless => {
-                let leased = refusal
-                    .skipped
-                    .iter()
-                    .filter(|s| s.reason == SkipReason::Leased);
+                let leased = refusal.skipped.iter().filter(|s| s.verdict.is_none());
                 let only_leased = leased.clone().count() == refusal.skipped.len();
                 let waiters: Vec<lease::token::Connection> = leased
                     .take(WAITERS)

@@ -252,6 +252,8 @@ fn spawn(dir: &Dir) -> Result<(), Error> {
 /// `sockcheck __lease-agent DIR`: serves until idle.
 pub fn serve(path: &Path) -> Result<crate::exit::ExitStatus, Error> {
     use std::io::Write;
+    // `exe` otherwise (it was started as /proc/self/exe): ps and ss name it.
+    let _ = rustix::thread::set_name(c"sockcheck-agent");
     let dir = Dir::open(path)?;
     let lock = rustix::fs::openat(
         &dir.fd,

@@ -165,11 +165,17 @@ impl Holder {
                 } else {
                     format!(", held by pid {}", peer.pid)
                 };
+                let holders: Vec<String> = info.holders.iter().map(|h| h.pid.to_string()).collect();
                 format!(
-                    "leased to pid {} (uid {}, {}{owner})",
+                    "leased to pid {} (uid {}, {}{owner}){}",
                     info.owner.pid,
                     peer.uid,
-                    info.backend.as_str()
+                    info.backend.as_str(),
+                    if holders.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", living on in pid {}", holders.join(", "))
+                    }
                 )
             }
         }
