@@ -15,7 +15,9 @@
 //!   rebuilt, in linear time from at most 16 MiB, from the entries that can
 //!   still be verified. An address leased twice keeps its older lease.
 //! - A lease belongs to a process identified by pid *and* start time, so a
-//!   recycled pid never keeps a dead owner's lease.
+//!   recycled pid never keeps a dead owner's lease. An owner is gone only
+//!   when /proc says so; one that cannot be read keeps its lease
+//!   ([`Liveness`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -27,7 +29,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
+use crate::error::{Error, errno_label};
 
 /// The state file's format version.
 const VERSION: u32 = 1;
@@ -50,28 +52,92 @@ pub struct ProcessId {
     pub start_ticks: u64,
 }
 
+/// Whether a process is still the one a lease names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Liveness {
+    /// It runs: same pid, same start time, not a dead zombie.
+    Alive,
+    /// It is known to be gone: /proc has no such pid (ENOENT, ESRCH), the
+    /// pid is another process's now (another start time), or it is a zombie
+    /// that no thread keeps running. Only this frees its lease.
+    Gone,
+    /// It could not be told: /proc/PID/stat could not be read for another
+    /// reason (EMFILE, ENFILE, ENOMEM, EACCES, no /proc...) or made no
+    /// sense. Why, for the user. A lease whose owner is unknown is kept:
+    /// handing its address out a second time is the worse mistake.
+    Unknown(String),
+}
+
+/// What /proc/PID/stat says of a pid.
+enum Probe {
+    Running(ProcessId),
+    Gone,
+    Unknown(String),
+}
+
+/// Reads /proc/PID/stat. Fails closed: only an answer about this pid
+/// (ENOENT or ESRCH, with /proc itself there; a dead zombie) is `Gone`.
+fn probe(pid: u32) -> Probe {
+    let path = format!("/proc/{pid}/stat");
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => {
+            // ENOENT from a /proc that is not mounted says nothing of the
+            // pid. (Asked without opening anything: fds may be what ran out.)
+            return match rustix::fs::access("/proc/self/stat", rustix::fs::Access::EXISTS) {
+                Ok(()) => Probe::Gone,
+                Err(e) => Probe::Unknown(format!("/proc is not readable ({e})")),
+            };
+        }
+        Err(e) => return Probe::Unknown(format!("reading {path} failed: {}", errno_label(&e))),
+    };
+    // `pid (comm) state ...`: comm may hold anything, so fields are counted
+    // from the last ')'.
+    let fields = bytes
+        .iter()
+        .rposition(|&b| b == b')')
+        .and_then(|at| std::str::from_utf8(&bytes[at + 1..]).ok())
+        .map(|rest| rest.split_ascii_whitespace().collect::<Vec<_>>())
+        .unwrap_or_default();
+    let (Some(state), Some(threads), Some(start_ticks)) = (
+        fields.first(),
+        fields.get(17).and_then(|n| n.parse::<i64>().ok()),
+        fields.get(19).and_then(|n| n.parse::<u64>().ok()),
+    ) else {
+        return Probe::Unknown(format!("{path} could not be parsed"));
+    };
+    let dead = *state == "X" || (*state == "Z" && threads <= 1);
+    if dead {
+        return Probe::Gone;
+    }
+    Probe::Running(ProcessId { pid, start_ticks })
+}
+
 impl ProcessId {
     /// The process as it is now, if it is alive: not a zombie, or a zombie
     /// leader whose other threads live on (they still run its code and hold
-    /// its files).
+    /// its files). `None` when it is gone *or cannot be read*: whoever asks
+    /// for a live process must not get one that may not be (see
+    /// [`ProcessId::liveness`] to tell the two apart).
     pub fn of(pid: u32) -> Option<ProcessId> {
-        let stat = procfs::process::Process::new(pid as i32)
-            .ok()?
-            .stat()
-            .ok()?;
-        let dead = stat.state == 'X' || (stat.state == 'Z' && stat.num_threads <= 1);
-        if dead {
-            return None;
+        match probe(pid) {
+            Probe::Running(id) => Some(id),
+            Probe::Gone | Probe::Unknown(_) => None,
         }
-        Some(ProcessId {
-            pid,
-            start_ticks: stat.starttime,
-        })
     }
 
-    /// Whether this very process is still alive.
+    /// Whether this very process still runs, is gone, or cannot be told.
+    pub fn liveness(&self) -> Liveness {
+        match probe(self.pid) {
+            Probe::Running(now) if now == *self => Liveness::Alive,
+            Probe::Running(_) | Probe::Gone => Liveness::Gone,
+            Probe::Unknown(why) => Liveness::Unknown(why),
+        }
+    }
+
+    /// Whether this very process is known to be alive.
     pub fn alive(&self) -> bool {
-        ProcessId::of(self.pid) == Some(*self)
+        self.liveness() == Liveness::Alive
     }
 }
 
@@ -90,9 +156,27 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// Whether the owner, or any process the lease lives on in, is alive.
+    /// Alive if the owner or any process the lease lives on in is alive;
+    /// else unknown if any of them cannot be told; else gone.
+    pub fn liveness(&self) -> Liveness {
+        let mut unknown = None;
+        for id in std::iter::once(&self.owner).chain(&self.holders) {
+            match id.liveness() {
+                Liveness::Alive => return Liveness::Alive,
+                Liveness::Gone => {}
+                Liveness::Unknown(why) => {
+                    unknown.get_or_insert(why);
+                }
+            }
+        }
+        unknown.map_or(Liveness::Gone, Liveness::Unknown)
+    }
+
+    /// Whether the lease stands: its processes are not known to be gone
+    /// (alive, or one of them cannot be told). What [`State::reclaim`]
+    /// keeps.
     pub fn alive(&self) -> bool {
-        self.owner.alive() || self.holders.iter().any(ProcessId::alive)
+        self.liveness() != Liveness::Gone
     }
 }
 
@@ -126,7 +210,9 @@ impl State {
         self.quarantine.iter().find(|q| q.address == address)
     }
 
-    /// Drops leases whose owner is gone; returns them.
+    /// Drops leases whose owner (and every process they live on in) is
+    /// known to be gone; returns them. One whose owner cannot be told
+    /// ([`Liveness::Unknown`]) is kept.
     pub fn reclaim(&mut self) -> Vec<Lease> {
         let (alive, dead): (Vec<Lease>, Vec<Lease>) = self.leases.drain(..).partition(Lease::alive);
         self.leases = alive;
@@ -961,6 +1047,7 @@ pub fn now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
 
     fn temp(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
@@ -1362,6 +1449,119 @@ mod tests {
         assert_eq!(dropped, 2);
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn gone_is_only_a_missing_pid_another_start_time_or_a_dead_zombie() {
+        let me = ProcessId::of(std::process::id()).unwrap();
+        assert_eq!(me.liveness(), Liveness::Alive);
+        let recycled = ProcessId {
+            pid: me.pid,
+            start_ticks: me.start_ticks + 1,
+        };
+        assert_eq!(recycled.liveness(), Liveness::Gone);
+        let never = ProcessId {
+            pid: u32::MAX,
+            start_ticks: 1,
+        };
+        assert_eq!(never.liveness(), Liveness::Gone);
+        // A zombie: exited, not yet waited for.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let zombie = ProcessId::of(child.id());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while ProcessId::of(child.id()).is_some() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if let Some(zombie) = zombie {
+            assert_eq!(zombie.liveness(), Liveness::Gone);
+        }
+        child.wait().unwrap();
+        let mut state = State {
+            version: VERSION,
+            leases: vec![lease("127.0.0.2", me, 1), lease("127.0.0.3", recycled, 1)],
+            quarantine: vec![],
+        };
+        let reclaimed = state.reclaim();
+        assert_eq!(reclaimed, [lease("127.0.0.3", recycled, 1)]);
+        assert_eq!(state.leases, [lease("127.0.0.2", me, 1)]);
+    }
+
+    /// Set for [`liveness_under_emfile`] when it runs in a process of its
+    /// own.
+    const EMFILE_HELPER: &str = "SOCKCHECK_TEST_LIVENESS_UNDER_EMFILE";
+
+    #[test]
+    fn an_owner_that_cannot_be_read_keeps_its_lease() {
+        // In a process of its own: the open-files limit is the process's.
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "gate::state::tests::liveness_under_emfile",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(EMFILE_HELPER, "1")
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && said.contains("kept under EMFILE"),
+            "{said}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// With no file descriptor left (the soft RLIMIT_NOFILE at the lowest
+    /// free one), /proc/PID/stat cannot be opened: every owner's liveness
+    /// is unknown, and reclaim keeps every lease, the live owner's and the
+    /// recycled pid's alike. Does nothing unless [`EMFILE_HELPER`] is set.
+    #[test]
+    fn liveness_under_emfile() {
+        if std::env::var_os(EMFILE_HELPER).is_none() {
+            return;
+        }
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let me = ProcessId::of(std::process::id()).unwrap();
+        let recycled = ProcessId {
+            pid: me.pid,
+            start_ticks: me.start_ticks + 1,
+        };
+        let leases = vec![lease("127.0.0.2", me, 1), lease("127.0.0.3", recycled, 1)];
+        let mut state = State {
+            version: VERSION,
+            leases: leases.clone(),
+            quarantine: vec![],
+        };
+        let lowest_free = File::open("/dev/null").unwrap().as_raw_fd() as u64;
+        let before = getrlimit(Resource::Nofile);
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(lowest_free),
+                maximum: before.maximum,
+            },
+        )
+        .unwrap();
+        let opened = File::open("/dev/null").map(drop);
+        let (liveness, lease_liveness) = (me.liveness(), state.leases[1].liveness());
+        let reclaimed = state.reclaim();
+        let of = ProcessId::of(me.pid);
+        setrlimit(Resource::Nofile, before).unwrap();
+        assert_eq!(
+            opened.unwrap_err().raw_os_error(),
+            Some(libc::EMFILE),
+            "the limit did not bite"
+        );
+        let Liveness::Unknown(why) = &liveness else {
+            panic!("{liveness:?}");
+        };
+        assert!(why.contains("EMFILE") && why.contains("/proc/"), "{why}");
+        assert!(matches!(lease_liveness, Liveness::Unknown(_)));
+        assert!(reclaimed.is_empty(), "reclaimed {reclaimed:?}");
+        assert_eq!(state.leases, leases);
+        // Asked for a live process, it gives none rather than a guess.
+        assert_eq!(of, None);
+        println!("kept under EMFILE: {why}");
     }
 
     /// Runs `args` as nobody; `None` when that is not possible here.
