@@ -373,3 +373,49 @@ fn only_the_last_component_of_the_state_dir_is_created() {
     let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o700);
 }
+
+/// Issue 16: corrupt copies were named `leases.json.corrupt-UNIXTIME`, and a
+/// second corruption in the same second replaced the first copy.
+#[test]
+fn two_corruptions_in_one_second_keep_both_copies() {
+    let state = TempDir::new("corrupt-twice");
+    assert_eq!(gate(&state.0, &["leases"]).status.code(), Some(0));
+    // Copies already there for every second this test may take: none may
+    // be replaced, whatever the clock says.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for second in now..now + 10 {
+        std::fs::write(
+            state.join(&format!("leases.json.corrupt-{second}")),
+            "earlier",
+        )
+        .unwrap();
+    }
+    let texts = [
+        "{\"version\": 1, \"leases\": [",
+        "garbage",
+        "{\"version\": 1, \"le",
+    ];
+    for text in texts {
+        std::fs::write(state.join("leases.json"), text).unwrap();
+        let output = gate(&state.0, &["leases"]);
+        let said = stderr(&output);
+        assert_eq!(output.status.code(), Some(0), "{said}");
+        assert!(
+            said.contains("was corrupt") && said.contains("kept it as"),
+            "{said}"
+        );
+    }
+    let mut kept: Vec<String> = names(&state)
+        .into_iter()
+        .filter(|name| name.starts_with("leases.json.corrupt-"))
+        .map(|name| std::fs::read_to_string(state.join(&name)).unwrap())
+        .collect();
+    kept.sort();
+    let mut expected: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
+    expected.extend(std::iter::repeat_n("earlier".to_string(), 10));
+    expected.sort();
+    assert_eq!(kept, expected);
+}

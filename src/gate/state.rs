@@ -17,7 +17,8 @@
 //!   fsync, rename); a temporary left by a killed writer is removed by the
 //!   next lock holder.
 //! - A file whose `version` is not 1 is refused and left as it is. A corrupt
-//!   or truncated version-1 file is reported, kept aside, and the state is
+//!   or truncated version-1 file is reported, kept aside (under a name no
+//!   earlier copy has: `leases.json.corrupt-TIME`, `-TIME-2`...), and the state is
 //!   rebuilt, in linear time from at most 16 MiB, from the entries that can
 //!   still be verified. An address leased twice keeps its older lease.
 //! - A lease belongs to a process identified by pid *and* start time, so a
@@ -455,8 +456,9 @@ impl Store {
     }
 
     /// Reads the state. A corrupt file is kept aside as
-    /// `leases.json.corrupt-UNIXTIME` and rebuilt from the entries that
-    /// parse; what happened is left in `self.repaired`.
+    /// `leases.json.corrupt-UNIXTIME` (or `-UNIXTIME-N`, never over an
+    /// earlier copy) and rebuilt from the entries that parse; what happened
+    /// is left in `self.repaired`.
     pub fn load(&mut self) -> Result<State, Error> {
         let Some(file) = open_regular(&self.dir, STATE_FILE, Access::Read)? else {
             return Ok(State {
@@ -485,12 +487,10 @@ impl Store {
                 kept,
                 dropped,
             } => {
-                let name = format!("{STATE_FILE}.corrupt-{}", now());
-                let aside =
-                    match rustix::fs::renameat(self.dir.fd(), STATE_FILE, self.dir.fd(), &*name) {
-                        Ok(()) => format!("kept it as {}", self.dir.show(&name)),
-                        Err(e) => format!("could not keep a copy ({})", errno_text(e)),
-                    };
+                let aside = match keep_aside(&self.dir, now()) {
+                    Ok(name) => format!("kept it as {}", self.dir.show(&name)),
+                    Err(e) => format!("could not keep a copy ({e})"),
+                };
                 self.repaired = Some(format!(
                     "{} was corrupt ({why}); {aside} and rebuilt the state from the \
                      {kept} entries that still verify ({dropped} complete entries dropped: \
@@ -535,6 +535,58 @@ impl Store {
             )
         })
     }
+}
+
+/// Renames `leases.json` to `leases.json.corrupt-TIME`, or, when that name
+/// is taken (two corruptions in one second, or a copy left by hand),
+/// `-TIME-2`, `-TIME-3`...: never over an earlier copy. Returns the name.
+///
+/// `renameat2(RENAME_NOREPLACE)` fails rather than replace; on a file
+/// system without it, `linkat` (which never replaces either) and `unlinkat`.
+fn keep_aside(dir: &StateDir, time: u64) -> Result<String, String> {
+    const MOST: u32 = 10_000;
+    let mut noreplace = true;
+    for n in 1..=MOST {
+        let name = match n {
+            1 => format!("{STATE_FILE}.corrupt-{time}"),
+            n => format!("{STATE_FILE}.corrupt-{time}-{n}"),
+        };
+        let kept = if noreplace {
+            rustix::fs::renameat_with(
+                dir.fd(),
+                STATE_FILE,
+                dir.fd(),
+                &*name,
+                rustix::fs::RenameFlags::NOREPLACE,
+            )
+        } else {
+            rustix::fs::linkat(dir.fd(), STATE_FILE, dir.fd(), &*name, AtFlags::empty())
+        };
+        match kept {
+            Ok(()) if noreplace => return Ok(name),
+            Ok(()) => {
+                let _ = rustix::fs::unlinkat(dir.fd(), STATE_FILE, AtFlags::empty());
+                return Ok(name);
+            }
+            Err(Errno::EXIST) => continue,
+            Err(Errno::INVAL | Errno::NOSYS) if noreplace => {
+                noreplace = false;
+                // Try this name again with linkat.
+                match rustix::fs::linkat(dir.fd(), STATE_FILE, dir.fd(), &*name, AtFlags::empty()) {
+                    Ok(()) => {
+                        let _ = rustix::fs::unlinkat(dir.fd(), STATE_FILE, AtFlags::empty());
+                        return Ok(name);
+                    }
+                    Err(Errno::EXIST) => continue,
+                    Err(e) => return Err(format!("{name}: {}", errno_text(e))),
+                }
+            }
+            Err(e) => return Err(format!("{name}: {}", errno_text(e))),
+        }
+    }
+    Err(format!(
+        "{MOST} copies named {STATE_FILE}.corrupt-{time}... already; remove old ones"
+    ))
 }
 
 /// What [`examine`] makes of the bytes of `leases.json`.
@@ -1841,6 +1893,60 @@ mod tests {
         assert_eq!(&got, b"lease?");
         drop(dir);
         std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn two_corruptions_in_one_second_keep_both_copies() {
+        let dir = temp("corrupt-twice");
+        let mut store = Store::open(&dir).unwrap();
+        let started = now();
+        // Copies already there for this second and the next few (and a
+        // second run's `-2`): none may be replaced.
+        for second in started..started + 5 {
+            std::fs::write(dir.join(format!("leases.json.corrupt-{second}")), "earlier").unwrap();
+        }
+        std::fs::write(
+            dir.join(format!("leases.json.corrupt-{started}-2")),
+            "earlier",
+        )
+        .unwrap();
+        let texts = ["{\"version\": 1, \"le", "garbage", "{\"leases\": ["];
+        for text in texts {
+            std::fs::write(dir.join(STATE_FILE), text).unwrap();
+            store.repaired = None;
+            store.load().unwrap();
+            let said = store.repaired.clone().unwrap();
+            assert!(said.contains("kept it as"), "{said}");
+        }
+        let mut kept: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.starts_with("leases.json.corrupt-"))
+            .map(|name| std::fs::read_to_string(dir.join(name)).unwrap())
+            .collect();
+        kept.sort();
+        let mut expected: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
+        expected.extend(std::iter::repeat_n("earlier".to_string(), 6));
+        expected.sort();
+        assert_eq!(kept, expected);
+        // The names, for one second: TIME, then TIME-2, TIME-3.
+        let aside = StateDir::open(&dir).unwrap();
+        let names: Vec<String> = (0..3)
+            .map(|_| {
+                std::fs::write(dir.join(STATE_FILE), "x").unwrap();
+                keep_aside(&aside, 42).unwrap()
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "leases.json.corrupt-42",
+                "leases.json.corrupt-42-2",
+                "leases.json.corrupt-42-3"
+            ]
+        );
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
