@@ -370,7 +370,8 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> Result<ExitStatus, Erro
 
 /// The last line of defence for the messages that quote what a user chose
 /// (values are escaped and cut where the message is made, with
-/// [`text::echo`]; a path, in a `Usage` or `Syscall` message, may not be).
+/// [`text::echo`]; a path, in a `Usage`, `State` or `Syscall` message, may
+/// not be).
 /// Escapes what [`text::is_hidden`] names, and nothing else, so text
 /// escaped already stays as it is.
 fn one_line(error: Error) -> Error {
@@ -380,6 +381,7 @@ fn one_line(error: Error) -> Error {
             message: text::escape_hidden(&message),
             tip: text::escape_hidden(&tip),
         },
+        Error::State(message) => Error::State(text::escape_hidden(&message)),
         Error::Syscall { call, source } => Error::Syscall {
             call: text::escape_hidden(&call),
             source,

@@ -48,6 +48,12 @@ pub enum Error {
     /// argument exists: '--ports'`) for a second line.
     #[error("{message}")]
     UsageTip { message: String, tip: String },
+    /// The lease gate's state directory cannot be used: one line,
+    /// `state directory DIR: why, and what to do`. A failure (exit status
+    /// 3), not bad usage: nothing the command line said was malformed, and
+    /// a script must not read it as "bad input, retrying will not help".
+    #[error("{0}")]
+    State(String),
     /// Any other failed system call.
     #[error("{call} failed: {}", errno_label(source))]
     Syscall {

@@ -12,8 +12,9 @@ pub enum ExitStatus {
     NotFree,
     /// Bad usage or input: nothing was inspected or changed.
     Usage,
-    /// The inspection itself failed (netlink sock_diag unavailable, …). An
-    /// unreadable /proc is not a failure: owners are then reported unknown.
+    /// The inspection itself failed (netlink sock_diag unavailable, …), or
+    /// the gate's state directory could not be used. An unreadable /proc is
+    /// not a failure: owners are then reported unknown.
     Failed,
     /// `run`: the command succeeded but left lingering holders.
     Lingering,
@@ -43,7 +44,7 @@ Exit status:
   0  every address is free
   1  at least one address is not free (busy, foreign, conflict or unavailable)
   2  bad usage or input (nothing was inspected or changed)
-  3  the inspection itself failed (netlink sock_diag unavailable, ...)
+  3  the inspection itself or the gate's state directory failed (netlink sock_diag unavailable, ...)
   4  run: the command succeeded but left lingering holders
   5  run: no address of the pool could be leased
   (run otherwise exits with the command's own status)";
@@ -93,7 +94,7 @@ Exit status:
   0  an address was leased (and printed)
   1  no address of the pool could be leased (each one and why on stderr)
   2  bad usage or input (nothing was leased)
-  3  the inspection or the state directory failed";
+  3  the state directory or the inspection failed";
 
 /// `release`'s exit statuses.
 pub const HELP_RELEASE: &str = "\
@@ -101,14 +102,14 @@ Exit status:
   0  the lease was given back
   1  the address was not leased
   2  bad usage or input
-  3  the state directory failed";
+  3  the state directory or the inspection failed";
 
 /// `leases`' exit statuses.
 pub const HELP_LEASES: &str = "\
 Exit status:
   0  the leases were listed (also when there are none)
   2  bad usage or input
-  3  the state directory failed";
+  3  the state directory or the inspection failed";
 
 /// `run`'s exit statuses.
 pub const HELP_RUN: &str = "\
@@ -117,7 +118,7 @@ Exit status:
   4  the command succeeded but left lingering holders
   5  no address of the pool could be leased
   2  bad usage or input (the command was not run)
-  3  the inspection or the state directory failed";
+  3  the state directory or the inspection failed";
 
 /// `watch`'s exit statuses.
 pub const HELP_WATCH: &str = "\

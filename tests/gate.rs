@@ -449,7 +449,8 @@ fn bad_input_is_one_line_exit_2_and_changes_nothing() {
         ])
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(2));
+    // A state failure: exit 3 (issue 16), not bad usage.
+    assert_eq!(output.status.code(), Some(3));
     let err = stderr(&output);
     assert!(
         err.starts_with("sockcheck: state directory") && err.contains("not a directory"),

@@ -25,13 +25,31 @@ fn names(dir: &TempDir) -> Vec<String> {
 /// Runs sockcheck on `dir`; fails the test, killing it, if it has not
 /// finished within 10 s.
 fn gate(dir: &Path, args: &[&str]) -> Output {
-    let mut child = support::command()
+    let mut command = support::command();
+    command.arg("--state-dir").arg(dir);
+    finish(command, dir, args)
+}
+
+/// Runs sockcheck as nobody (setpriv execs it: same pid) on `dir`.
+fn gate_as_nobody(dir: &Path, args: &[&str]) -> Output {
+    let mut command = Command::new("setpriv");
+    command
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&*support::SOCKCHECK)
         .arg("--state-dir")
-        .arg(dir)
+        .arg(dir);
+    finish(command, dir, args)
+}
+
+/// `command ARGS` (sockcheck, with `dir` for messages), with the suite's
+/// ports and no pool from the environment, within 10 s.
+fn finish(mut command: Command, dir: &Path, args: &[&str]) -> Output {
+    let mut child = command
         .args(["--ports", "45600"])
         .args(args)
         .env("NO_COLOR", "1")
         .env_remove("SOCKCHECK_POOL")
+        .env_remove("SOCKCHECK_STATE_DIR")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -79,7 +97,8 @@ fn a_fifo_as_the_state_file_is_refused_not_waited_on() {
         let made = Command::new("mkfifo").arg(state.join(name)).status();
         assert!(made.unwrap().success());
         let output = gate(&state.0, &["leases"]);
-        assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+        // A state failure, not bad usage (issue 16).
+        assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
         let said = stderr(&output);
         assert_eq!(said.lines().count(), 1, "{said}");
         assert!(
@@ -129,7 +148,7 @@ fn a_newer_version_is_refused_never_rewritten() {
             for args in [&["leases"][..], &["acquire", "127.88.0.8-127.88.0.9"]] {
                 let output = gate(&state.0, args);
                 let said = stderr(&output);
-                assert_eq!(output.status.code(), Some(2), "{version}: {said}");
+                assert_eq!(output.status.code(), Some(3), "{version}: {said}");
                 assert_eq!(said.lines().count(), 1, "{said}");
                 assert!(
                     said.contains(&format!("leases.json has version {version}"))
@@ -214,7 +233,7 @@ fn a_state_dir_squatted_by_another_user_is_refused_with_a_way_out() {
     }
     let output = gate(&squatted, &["acquire", "127.88.2.2"]);
     let said = stderr(&output);
-    assert_eq!(output.status.code(), Some(2), "{said}");
+    assert_eq!(output.status.code(), Some(3), "{said}");
     assert_eq!(said.lines().count(), 1, "{said}");
     assert!(
         said.contains("owned by uid 65534")
@@ -225,4 +244,178 @@ fn a_state_dir_squatted_by_another_user_is_refused_with_a_way_out() {
     );
     // Nothing was written into it.
     assert_eq!(std::fs::read_dir(&squatted).unwrap().count(), 0);
+}
+
+/// `sockcheck leases` as root with no --state-dir, and `XDG_RUNTIME_DIR`
+/// set to `runtime` (as `su` without `-` or `sudo -E` leave it).
+fn leases_with_runtime_dir(runtime: &Path) -> Output {
+    let mut command = support::command();
+    command.env("XDG_RUNTIME_DIR", runtime);
+    finish(command, runtime, &["leases"])
+}
+
+/// Issue 16: root, with `XDG_RUNTIME_DIR` in another user's directory, used
+/// `DIR/sockcheck`; that user moved it away, and root's next acquire handed
+/// out an address a second time. Now root refuses a state directory whose
+/// parent (or any directory above) another user may change, before
+/// creating anything.
+#[test]
+fn root_refuses_a_state_dir_inside_another_users_directory() {
+    if !support::require_root("owning a directory as another user") {
+        return;
+    }
+    let base = TempDir::created("xdg-other");
+    std::fs::set_permissions(&base.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let theirs = base.join("run-user-65534");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // A root-owned directory inside theirs does not help: they can move it.
+    let inner = theirs.join("inner");
+    std::fs::create_dir(&inner).unwrap();
+    std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for runtime in [&theirs, &inner] {
+        let output = leases_with_runtime_dir(runtime);
+        let said = stderr(&output);
+        assert_eq!(output.status.code(), Some(3), "{said}");
+        assert_eq!(said.lines().count(), 1, "{said}");
+        assert!(
+            said.starts_with(&format!(
+                "sockcheck: state directory {}: ",
+                runtime.join("sockcheck").display()
+            )) && said.contains(&format!(
+                "{} is owned by uid 65534, neither us (uid 0) nor root",
+                theirs.display()
+            )) && said.contains("XDG_RUNTIME_DIR")
+                && said.contains("--state-dir DIR"),
+            "{said}"
+        );
+        assert!(!runtime.join("sockcheck").exists(), "it was created");
+    }
+    // The same directory, root's: used.
+    std::os::unix::fs::chown(&theirs, Some(0), Some(0)).unwrap();
+    let output = leases_with_runtime_dir(&theirs);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(theirs.join("sockcheck/lock").is_file());
+}
+
+/// What another user can change is refused for nobody too; a sticky
+/// root-owned directory (like /tmp) is fine.
+#[test]
+fn a_state_dir_whose_parent_another_user_may_change_is_refused() {
+    if !support::require_setpriv("running sockcheck as another user") {
+        return;
+    }
+    let base = TempDir::created("parent-others");
+    std::fs::set_permissions(&base.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let parent = base.join("parent");
+    std::fs::create_dir(&parent).unwrap();
+    let dir = parent.join("sd");
+    let cases: [(u32, u32, &str); 4] = [
+        (0, 0o777, "is writable by others (mode 777) and not sticky"),
+        (
+            0,
+            0o775,
+            "is writable by its group (mode 775) and not sticky",
+        ),
+        // Sticky, but another non-root user owns it: they may move ours.
+        (
+            65533,
+            0o1777,
+            "is owned by uid 65533, neither us (uid 65534) nor root",
+        ),
+        (0, 0o1777, ""),
+    ];
+    for (owner, mode, refused) in cases {
+        std::os::unix::fs::chown(&parent, Some(owner), Some(owner)).unwrap();
+        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(mode)).unwrap();
+        let output = gate_as_nobody(&dir, &["leases"]);
+        let said = stderr(&output);
+        if refused.is_empty() {
+            assert_eq!(output.status.code(), Some(0), "{mode:o}: {said}");
+            let meta = std::fs::symlink_metadata(&dir).unwrap();
+            assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 65534);
+            assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+        } else {
+            assert_eq!(output.status.code(), Some(3), "{owner} {mode:o}: {said}");
+            assert_eq!(said.lines().count(), 1, "{said}");
+            assert!(
+                said.contains(&format!("{} {refused}", parent.display()))
+                    && said.contains("leased twice"),
+                "{said}"
+            );
+            assert!(!dir.exists(), "created under {owner} {mode:o}");
+        }
+    }
+}
+
+/// Issue 16: `--state-dir /nonexistent/sd` as root created /nonexistent.
+#[test]
+fn only_the_last_component_of_the_state_dir_is_created() {
+    let base = TempDir::created("last-component");
+    std::fs::set_permissions(&base.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let missing = base.join("nonexistent");
+    let dir = missing.join("sd");
+    let output = gate(&dir, &["acquire", "127.88.3.2"]);
+    let said = stderr(&output);
+    assert_eq!(output.status.code(), Some(3), "{said}");
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert!(
+        said.contains(&format!("{} does not exist", missing.display()))
+            && said.contains("creates only the state directory itself"),
+        "{said}"
+    );
+    assert!(!missing.exists(), "{} was created", missing.display());
+    // With the parent there, the state directory itself is created, 0700.
+    std::fs::create_dir(&missing).unwrap();
+    let output = gate(&dir, &["leases"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+}
+
+/// Issue 16: corrupt copies were named `leases.json.corrupt-UNIXTIME`, and a
+/// second corruption in the same second replaced the first copy.
+#[test]
+fn two_corruptions_in_one_second_keep_both_copies() {
+    let state = TempDir::new("corrupt-twice");
+    assert_eq!(gate(&state.0, &["leases"]).status.code(), Some(0));
+    // Copies already there for every second this test may take: none may
+    // be replaced, whatever the clock says.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for second in now..now + 10 {
+        std::fs::write(
+            state.join(&format!("leases.json.corrupt-{second}")),
+            "earlier",
+        )
+        .unwrap();
+    }
+    let texts = [
+        "{\"version\": 1, \"leases\": [",
+        "garbage",
+        "{\"version\": 1, \"le",
+    ];
+    for text in texts {
+        std::fs::write(state.join("leases.json"), text).unwrap();
+        let output = gate(&state.0, &["leases"]);
+        let said = stderr(&output);
+        assert_eq!(output.status.code(), Some(0), "{said}");
+        assert!(
+            said.contains("was corrupt") && said.contains("kept it as"),
+            "{said}"
+        );
+    }
+    let mut kept: Vec<String> = names(&state)
+        .into_iter()
+        .filter(|name| name.starts_with("leases.json.corrupt-"))
+        .map(|name| std::fs::read_to_string(state.join(&name)).unwrap())
+        .collect();
+    kept.sort();
+    let mut expected: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
+    expected.extend(std::iter::repeat_n("earlier".to_string(), 10));
+    expected.sort();
+    assert_eq!(kept, expected);
 }

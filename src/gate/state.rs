@@ -1,8 +1,14 @@
 //! Leases and quarantine, kept in one directory per user.
 //!
-//! - The directory is created 0700; one owned by another user, open to
-//!   others, or reached through a symlink is refused, saying how to recover.
+//! - The directory is opened once ([`StateDir`]) and everything in it is
+//!   reached through that descriptor (`openat`, `renameat`, `unlinkat`,
+//!   `statat`), never by path again, so it cannot be swapped mid-command.
+//! - Only the directory itself is created (0700), never the ones above it: a
+//!   missing parent is an error. One owned by another user, open to others,
+//!   or reached through a symlink is refused, saying how to recover; so is
+//!   one whose parents another user could change (see [`open_parent`]).
 //!   Root's default is under /run, where no other user can create it first.
+//! - Every failure here is [`Error::State`]: exit status 3.
 //! - Every change happens under an exclusive `flock` on `DIR/lock`: a kernel
 //!   lock that dies with its holder, so there is no lock file to go stale.
 //! - `lock` and `leases.json` must be regular files: a FIFO, device, socket,
@@ -11,23 +17,30 @@
 //!   fsync, rename); a temporary left by a killed writer is removed by the
 //!   next lock holder.
 //! - A file whose `version` is not 1 is refused and left as it is. A corrupt
-//!   or truncated version-1 file is reported, kept aside, and the state is
+//!   or truncated version-1 file is reported, kept aside (under a name no
+//!   earlier copy has: `leases.json.corrupt-TIME`, `-TIME-2`...), and the state is
 //!   rebuilt, in linear time from at most 16 MiB, from the entries that can
 //!   still be verified. An address leased twice keeps its older lease.
 //! - A lease belongs to a process identified by pid *and* start time, so a
-//!   recycled pid never keeps a dead owner's lease.
+//!   recycled pid never keeps a dead owner's lease. An owner is gone only
+//!   when /proc says so; one that cannot be read keeps its lease
+//!   ([`Liveness`]).
 
-use std::fs::{File, OpenOptions};
+use std::ffi::OsStr;
+use std::fs::File;
 use std::io::{Read, Write};
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
+use crate::error::{Error, errno_label};
 
 /// The state file's format version.
 const VERSION: u32 = 1;
@@ -36,6 +49,9 @@ const VERSION: u32 = 1;
 /// corrupt: kept aside whole, and the state rebuilt from what this prefix
 /// holds (sockcheck writes a few hundred bytes per lease).
 const MAX_STATE_FILE: u64 = 16 << 20;
+
+/// The state file, in the state directory.
+const STATE_FILE: &str = "leases.json";
 
 /// The file that becomes `leases.json`. Only the lock holder writes it, so
 /// whatever is found under this name once the lock is taken was left by a
@@ -50,28 +66,92 @@ pub struct ProcessId {
     pub start_ticks: u64,
 }
 
+/// Whether a process is still the one a lease names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Liveness {
+    /// It runs: same pid, same start time, not a dead zombie.
+    Alive,
+    /// It is known to be gone: /proc has no such pid (ENOENT, ESRCH), the
+    /// pid is another process's now (another start time), or it is a zombie
+    /// that no thread keeps running. Only this frees its lease.
+    Gone,
+    /// It could not be told: /proc/PID/stat could not be read for another
+    /// reason (EMFILE, ENFILE, ENOMEM, EACCES, no /proc...) or made no
+    /// sense. Why, for the user. A lease whose owner is unknown is kept:
+    /// handing its address out a second time is the worse mistake.
+    Unknown(String),
+}
+
+/// What /proc/PID/stat says of a pid.
+enum Probe {
+    Running(ProcessId),
+    Gone,
+    Unknown(String),
+}
+
+/// Reads /proc/PID/stat. Fails closed: only an answer about this pid
+/// (ENOENT or ESRCH, with /proc itself there; a dead zombie) is `Gone`.
+fn probe(pid: u32) -> Probe {
+    let path = format!("/proc/{pid}/stat");
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => {
+            // ENOENT from a /proc that is not mounted says nothing of the
+            // pid. (Asked without opening anything: fds may be what ran out.)
+            return match rustix::fs::access("/proc/self/stat", rustix::fs::Access::EXISTS) {
+                Ok(()) => Probe::Gone,
+                Err(e) => Probe::Unknown(format!("/proc is not readable ({e})")),
+            };
+        }
+        Err(e) => return Probe::Unknown(format!("reading {path} failed: {}", errno_label(&e))),
+    };
+    // `pid (comm) state ...`: comm may hold anything, so fields are counted
+    // from the last ')'.
+    let fields = bytes
+        .iter()
+        .rposition(|&b| b == b')')
+        .and_then(|at| std::str::from_utf8(&bytes[at + 1..]).ok())
+        .map(|rest| rest.split_ascii_whitespace().collect::<Vec<_>>())
+        .unwrap_or_default();
+    let (Some(state), Some(threads), Some(start_ticks)) = (
+        fields.first(),
+        fields.get(17).and_then(|n| n.parse::<i64>().ok()),
+        fields.get(19).and_then(|n| n.parse::<u64>().ok()),
+    ) else {
+        return Probe::Unknown(format!("{path} could not be parsed"));
+    };
+    let dead = *state == "X" || (*state == "Z" && threads <= 1);
+    if dead {
+        return Probe::Gone;
+    }
+    Probe::Running(ProcessId { pid, start_ticks })
+}
+
 impl ProcessId {
     /// The process as it is now, if it is alive: not a zombie, or a zombie
     /// leader whose other threads live on (they still run its code and hold
-    /// its files).
+    /// its files). `None` when it is gone *or cannot be read*: whoever asks
+    /// for a live process must not get one that may not be (see
+    /// [`ProcessId::liveness`] to tell the two apart).
     pub fn of(pid: u32) -> Option<ProcessId> {
-        let stat = procfs::process::Process::new(pid as i32)
-            .ok()?
-            .stat()
-            .ok()?;
-        let dead = stat.state == 'X' || (stat.state == 'Z' && stat.num_threads <= 1);
-        if dead {
-            return None;
+        match probe(pid) {
+            Probe::Running(id) => Some(id),
+            Probe::Gone | Probe::Unknown(_) => None,
         }
-        Some(ProcessId {
-            pid,
-            start_ticks: stat.starttime,
-        })
     }
 
-    /// Whether this very process is still alive.
+    /// Whether this very process still runs, is gone, or cannot be told.
+    pub fn liveness(&self) -> Liveness {
+        match probe(self.pid) {
+            Probe::Running(now) if now == *self => Liveness::Alive,
+            Probe::Running(_) | Probe::Gone => Liveness::Gone,
+            Probe::Unknown(why) => Liveness::Unknown(why),
+        }
+    }
+
+    /// Whether this very process is known to be alive.
     pub fn alive(&self) -> bool {
-        ProcessId::of(self.pid) == Some(*self)
+        self.liveness() == Liveness::Alive
     }
 }
 
@@ -90,9 +170,27 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// Whether the owner, or any process the lease lives on in, is alive.
+    /// Alive if the owner or any process the lease lives on in is alive;
+    /// else unknown if any of them cannot be told; else gone.
+    pub fn liveness(&self) -> Liveness {
+        let mut unknown = None;
+        for id in std::iter::once(&self.owner).chain(&self.holders) {
+            match id.liveness() {
+                Liveness::Alive => return Liveness::Alive,
+                Liveness::Gone => {}
+                Liveness::Unknown(why) => {
+                    unknown.get_or_insert(why);
+                }
+            }
+        }
+        unknown.map_or(Liveness::Gone, Liveness::Unknown)
+    }
+
+    /// Whether the lease stands: its processes are not known to be gone
+    /// (alive, or one of them cannot be told). What [`State::reclaim`]
+    /// keeps.
     pub fn alive(&self) -> bool {
-        self.owner.alive() || self.holders.iter().any(ProcessId::alive)
+        self.liveness() != Liveness::Gone
     }
 }
 
@@ -126,7 +224,9 @@ impl State {
         self.quarantine.iter().find(|q| q.address == address)
     }
 
-    /// Drops leases whose owner is gone; returns them.
+    /// Drops leases whose owner (and every process they live on in) is
+    /// known to be gone; returns them. One whose owner cannot be told
+    /// ([`Liveness::Unknown`]) is kept.
     pub fn reclaim(&mut self) -> Vec<Lease> {
         let (alive, dead): (Vec<Lease>, Vec<Lease>) = self.leases.drain(..).partition(Lease::alive);
         self.leases = alive;
@@ -134,9 +234,134 @@ impl State {
     }
 }
 
+/// The state directory, open. Every file in it (the lock, `leases.json`,
+/// its temporaries and kept copies, the lease agent's socket) is reached
+/// through this descriptor, never by path again: the directory checked is
+/// the directory used, whatever is renamed afterwards.
+#[derive(Debug)]
+pub struct StateDir {
+    fd: OwnedFd,
+    /// Absolute, without `.`, `..` or symlinks: for messages.
+    path: PathBuf,
+}
+
+impl StateDir {
+    /// Opens `dir`, creating it 0700 if it is missing (it alone: never the
+    /// directories above it), after checking the directories above it (see
+    /// [`open_parent`]). Refuses a directory that is a symlink, is not ours,
+    /// or is open to group or others. Every error is [`Error::State`], one
+    /// line that names the directory and what to do.
+    pub fn open(dir: &Path) -> Result<StateDir, Error> {
+        let path = absolute(dir)?;
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(unusable(&path, "it is the root directory".into()));
+        };
+        let parent_fd = open_parent(&path, parent)?;
+        let made = rustix::fs::mkdirat(&parent_fd, name, Mode::from_raw_mode(0o700));
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = match rustix::fs::openat(&parent_fd, name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::LOOP | Errno::NOTDIR) => {
+                let why = if is_symlink(&parent_fd, name) {
+                    "it is a symlink"
+                } else {
+                    "it is not a directory"
+                };
+                return Err(unusable(&path, why.into()));
+            }
+            Err(Errno::NOENT) => {
+                let why = match made {
+                    Err(e) => format!("cannot create it: {}", errno_text(e)),
+                    Ok(()) => "it vanished as it was created".into(),
+                };
+                return Err(unusable(&path, why));
+            }
+            Err(e) => {
+                return Err(unusable(
+                    &path,
+                    format!("cannot open it: {}", errno_text(e)),
+                ));
+            }
+        };
+        let stat = rustix::fs::fstat(&fd)
+            .map_err(|e| unusable(&path, format!("cannot stat it: {}", errno_text(e))))?;
+        let euid = rustix::process::geteuid().as_raw();
+        if stat.st_uid != euid {
+            return Err(unusable(
+                &path,
+                format!(
+                    "it is owned by uid {}, not by us (uid {euid}), so it may not be trusted; \
+                     remove it if nothing of yours is in it, or pass --state-dir DIR or set \
+                     SOCKCHECK_STATE_DIR to a directory of your own",
+                    stat.st_uid
+                ),
+            ));
+        }
+        let mode = stat.st_mode & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(unusable(
+                &path,
+                format!(
+                    "its mode is {:o}; it must be 0700 (chmod 700 it)",
+                    mode & 0o777
+                ),
+            ));
+        }
+        let writable =
+            rustix::fs::accessat(&fd, ".", rustix::fs::Access::WRITE_OK, AtFlags::EACCESS);
+        if let Err(e) = writable {
+            return Err(unusable(
+                &path,
+                format!("it is not writable ({})", errno_text(e)),
+            ));
+        }
+        Ok(StateDir { fd, path })
+    }
+
+    /// The open directory, for `*at` calls.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// The directory's absolute path (no symlinks, `.` or `..`): for
+    /// messages. Files in it are opened through [`StateDir::fd`].
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A name for the file `name` in this directory, for an AF_UNIX socket's
+    /// `bind` or `connect`: `/proc/self/fd/FD/NAME`, which the kernel
+    /// resolves through this descriptor. It is short (a `sun_path` holds 108
+    /// bytes, and the directory's own path may be longer) and reaches this
+    /// very directory even if its path has been changed since. Valid in this
+    /// process only, and only while `self` lives (the descriptor is
+    /// close-on-exec); `name` must be a single component.
+    pub fn socket_path(&self, name: &str) -> PathBuf {
+        debug_assert!(!name.contains('/') && !name.is_empty() && name != "." && name != "..");
+        PathBuf::from(format!("/proc/self/fd/{}/{name}", self.fd.as_raw_fd()))
+    }
+
+    /// Another descriptor for the same directory.
+    pub fn try_clone(&self) -> Result<StateDir, Error> {
+        let fd = self
+            .fd
+            .try_clone()
+            .map_err(|e| unusable(&self.path, format!("cannot duplicate its descriptor: {e}")))?;
+        Ok(StateDir {
+            fd,
+            path: self.path.clone(),
+        })
+    }
+
+    /// `name` in this directory, for messages.
+    fn show(&self, name: &str) -> String {
+        self.path.join(name).display().to_string()
+    }
+}
+
 /// The state directory, locked for the life of this value.
 pub struct Store {
-    dir: PathBuf,
+    dir: StateDir,
     _lock: File,
     /// Said once to the user when the state file had to be rebuilt.
     pub repaired: Option<String>,
@@ -195,12 +420,24 @@ impl Store {
     /// Opens (creating if needed) and locks the state directory. Blocks
     /// while another sockcheck holds the lock.
     pub fn open(dir: &Path) -> Result<Store, Error> {
-        let dir = checked_dir(dir)?;
-        let lock_path = dir.join("lock");
-        let lock = open_regular(&dir, "lock", Access::Lock)?
-            .ok_or_else(|| unusable(&dir, "its lock file vanished while opening it".into()))?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| Error::syscall(format!("flock({})", lock_path.display()), e.into()))?;
+        Store::lock(&StateDir::open(dir)?)
+    }
+
+    /// Locks the open state directory (`flock` on its `lock` file, which
+    /// the kernel drops when this value, or its process, goes) and sweeps
+    /// what killed writers left. Blocks while another sockcheck holds the
+    /// lock.
+    pub fn lock(dir: &StateDir) -> Result<Store, Error> {
+        let dir = dir.try_clone()?;
+        let lock = open_regular(&dir, "lock", Access::Lock)?.ok_or_else(|| {
+            unusable(dir.path(), "its lock file vanished while opening it".into())
+        })?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).map_err(|e| {
+            unusable(
+                dir.path(),
+                format!("cannot lock {}: {}", dir.show("lock"), errno_text(e)),
+            )
+        })?;
         sweep(&dir);
         Ok(Store {
             dir,
@@ -210,19 +447,20 @@ impl Store {
     }
 
     pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The open state directory.
+    pub fn state_dir(&self) -> &StateDir {
         &self.dir
     }
 
-    fn file(&self) -> PathBuf {
-        self.dir.join("leases.json")
-    }
-
     /// Reads the state. A corrupt file is kept aside as
-    /// `leases.json.corrupt-UNIXTIME` and rebuilt from the entries that
-    /// parse; what happened is left in `self.repaired`.
+    /// `leases.json.corrupt-UNIXTIME` (or `-UNIXTIME-N`, never over an
+    /// earlier copy) and rebuilt from the entries that parse; what happened
+    /// is left in `self.repaired`.
     pub fn load(&mut self) -> Result<State, Error> {
-        let path = self.file();
-        let Some(file) = open_regular(&self.dir, "leases.json", Access::Read)? else {
+        let Some(file) = open_regular(&self.dir, STATE_FILE, Access::Read)? else {
             return Ok(State {
                 version: VERSION,
                 ..State::default()
@@ -231,15 +469,15 @@ impl Store {
         let mut bytes = Vec::new();
         file.take(MAX_STATE_FILE + 1)
             .read_to_end(&mut bytes)
-            .map_err(|e| unusable(&self.dir, format!("cannot read leases.json: {e}")))?;
+            .map_err(|e| unusable(self.dir.path(), format!("cannot read {STATE_FILE}: {e}")))?;
         let too_big = bytes.len() as u64 > MAX_STATE_FILE;
         bytes.truncate(MAX_STATE_FILE as usize);
         match examine(&bytes, too_big, &Lease::alive) {
             Verdict::Sound(state) => Ok(state),
-            Verdict::Refused(why) => Err(unusable(&self.dir, why)),
+            Verdict::Refused(why) => Err(unusable(self.dir.path(), why)),
             Verdict::Duplicates { state, note } => {
                 // Said once: the file is rewritten without them.
-                self.repaired = Some(format!("{} {note}", path.display()));
+                self.repaired = Some(format!("{} {note}", self.dir.show(STATE_FILE)));
                 self.save(&state)?;
                 Ok(state)
             }
@@ -249,14 +487,15 @@ impl Store {
                 kept,
                 dropped,
             } => {
-                let aside = self.dir.join(format!("leases.json.corrupt-{}", now()));
-                let _ = std::fs::rename(&path, &aside);
+                let aside = match keep_aside(&self.dir, now()) {
+                    Ok(name) => format!("kept it as {}", self.dir.show(&name)),
+                    Err(e) => format!("could not keep a copy ({e})"),
+                };
                 self.repaired = Some(format!(
-                    "{} was corrupt ({why}); kept it as {} and rebuilt the state from the \
+                    "{} was corrupt ({why}); {aside} and rebuilt the state from the \
                      {kept} entries that still verify ({dropped} complete entries dropped: \
                      dead owner or duplicate; anything cut off is lost)",
-                    path.display(),
-                    aside.display()
+                    self.dir.show(STATE_FILE),
                 ));
                 self.save(&state)?;
                 Ok(state)
@@ -264,32 +503,90 @@ impl Store {
         }
     }
 
-    /// Replaces the state file atomically.
+    /// Replaces the state file atomically: [`TEMPORARY`], written and
+    /// fsynced, renamed over it.
     pub fn save(&self, state: &State) -> Result<(), Error> {
-        let path = self.file();
-        let temporary = self.dir.join(TEMPORARY);
+        let dir = self.dir.fd();
         let write = || -> std::io::Result<()> {
-            match std::fs::remove_file(&temporary) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                _ => {}
+            match rustix::fs::unlinkat(dir, TEMPORARY, AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(e) => return Err(e.into()),
             }
-            let mut file = OpenOptions::new()
-                .create_new(true)
-                .write(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(&temporary)?;
+            let flags =
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let mut file = File::from(rustix::fs::openat(
+                dir,
+                TEMPORARY,
+                flags,
+                Mode::from_raw_mode(0o600),
+            )?);
             let mut text = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
             text.push(b'\n');
             file.write_all(&text)?;
             file.sync_all()?;
-            std::fs::rename(&temporary, &path)
+            rustix::fs::renameat(dir, TEMPORARY, dir, STATE_FILE)?;
+            Ok(())
         };
         write().map_err(|e| {
-            let _ = std::fs::remove_file(&temporary);
-            unusable(&self.dir, format!("cannot write leases.json: {e}"))
+            let _ = rustix::fs::unlinkat(dir, TEMPORARY, AtFlags::empty());
+            unusable(
+                self.dir.path(),
+                format!("cannot write {STATE_FILE}: {}", errno_label(&e)),
+            )
         })
     }
+}
+
+/// Renames `leases.json` to `leases.json.corrupt-TIME`, or, when that name
+/// is taken (two corruptions in one second, or a copy left by hand),
+/// `-TIME-2`, `-TIME-3`...: never over an earlier copy. Returns the name.
+///
+/// `renameat2(RENAME_NOREPLACE)` fails rather than replace; on a file
+/// system without it, `linkat` (which never replaces either) and `unlinkat`.
+fn keep_aside(dir: &StateDir, time: u64) -> Result<String, String> {
+    const MOST: u32 = 10_000;
+    let mut noreplace = true;
+    for n in 1..=MOST {
+        let name = match n {
+            1 => format!("{STATE_FILE}.corrupt-{time}"),
+            n => format!("{STATE_FILE}.corrupt-{time}-{n}"),
+        };
+        let kept = if noreplace {
+            rustix::fs::renameat_with(
+                dir.fd(),
+                STATE_FILE,
+                dir.fd(),
+                &*name,
+                rustix::fs::RenameFlags::NOREPLACE,
+            )
+        } else {
+            rustix::fs::linkat(dir.fd(), STATE_FILE, dir.fd(), &*name, AtFlags::empty())
+        };
+        match kept {
+            Ok(()) if noreplace => return Ok(name),
+            Ok(()) => {
+                let _ = rustix::fs::unlinkat(dir.fd(), STATE_FILE, AtFlags::empty());
+                return Ok(name);
+            }
+            Err(Errno::EXIST) => continue,
+            Err(Errno::INVAL | Errno::NOSYS) if noreplace => {
+                noreplace = false;
+                // Try this name again with linkat.
+                match rustix::fs::linkat(dir.fd(), STATE_FILE, dir.fd(), &*name, AtFlags::empty()) {
+                    Ok(()) => {
+                        let _ = rustix::fs::unlinkat(dir.fd(), STATE_FILE, AtFlags::empty());
+                        return Ok(name);
+                    }
+                    Err(Errno::EXIST) => continue,
+                    Err(e) => return Err(format!("{name}: {}", errno_text(e))),
+                }
+            }
+            Err(e) => return Err(format!("{name}: {}", errno_text(e))),
+        }
+    }
+    Err(format!(
+        "{MOST} copies named {STATE_FILE}.corrupt-{time}... already; remove old ones"
+    ))
 }
 
 /// What [`examine`] makes of the bytes of `leases.json`.
@@ -595,21 +892,23 @@ fn json_value_end(bytes: &[u8], at: usize) -> Option<usize> {
 /// Removes what writers killed mid-write left: [`TEMPORARY`], and the
 /// `.leases.json.PID` files of earlier sockchecks (whose writers, too,
 /// wrote only under the lock). Called with the lock held.
-fn sweep(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
+fn sweep(dir: &StateDir) {
+    let Ok(entries) = rustix::fs::Dir::read_from(dir.fd()) else {
         return;
     };
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else {
+        let Ok(name) = entry.file_name().to_str() else {
             continue;
         };
         let left = name == TEMPORARY
             || name
                 .strip_prefix(".leases.json.")
                 .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
-        if left && entry.file_type().is_ok_and(|t| !t.is_dir()) {
-            let _ = std::fs::remove_file(entry.path());
+        if left
+            && rustix::fs::statat(dir.fd(), name, AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) != FileType::Directory)
+        {
+            let _ = rustix::fs::unlinkat(dir.fd(), name, AtFlags::empty());
         }
     }
 }
@@ -786,66 +1085,66 @@ enum Access {
 /// It is checked before opening (so that no device is opened), opened with
 /// `O_NONBLOCK | O_NOFOLLOW` (so that a swap in between cannot block or
 /// lead elsewhere), and checked again on the open file.
-fn open_regular(dir: &Path, name: &str, access: Access) -> Result<Option<File>, Error> {
-    let path = dir.join(name);
-    match std::fs::symlink_metadata(&path) {
-        Ok(meta) if !meta.file_type().is_file() => {
-            return Err(not_regular(dir, name, meta.file_type()));
-        }
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+fn open_regular(dir: &StateDir, name: &str, access: Access) -> Result<Option<File>, Error> {
+    let kind_of = |name: &str| {
+        rustix::fs::statat(dir.fd(), name, AtFlags::SYMLINK_NOFOLLOW)
+            .map(|st| FileType::from_raw_mode(st.st_mode))
+    };
+    match kind_of(name) {
+        Ok(FileType::RegularFile) => {}
+        Ok(kind) => return Err(not_regular(dir, name, kind)),
+        Err(Errno::NOENT) => {
             if access == Access::Read {
                 return Ok(None);
             }
         }
-        Err(e) => return Err(unusable(dir, format!("cannot stat {name}: {e}"))),
-    }
-    let mut options = OpenOptions::new();
-    match access {
-        Access::Read => options.read(true),
-        Access::Lock => options.create(true).truncate(false).write(true).mode(0o600),
-    };
-    let flags = libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_CLOEXEC;
-    let file = match options.custom_flags(flags).open(&path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && access == Access::Read => {
-            return Ok(None);
+        Err(e) => {
+            return Err(unusable(
+                dir.path(),
+                format!("cannot stat {name}: {}", errno_text(e)),
+            ));
         }
+    }
+    let flags = OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let flags = match access {
+        Access::Read => flags | OFlags::RDONLY,
+        Access::Lock => flags | OFlags::WRONLY | OFlags::CREATE,
+    };
+    let file = match rustix::fs::openat(dir.fd(), name, flags, Mode::from_raw_mode(0o600)) {
+        Ok(fd) => File::from(fd),
+        Err(Errno::NOENT) if access == Access::Read => return Ok(None),
         Err(e) => {
             // Replaced since the check: ELOOP for a symlink, ENXIO for a
             // FIFO without a reader or a socket.
-            if let Ok(meta) = std::fs::symlink_metadata(&path)
-                && !meta.file_type().is_file()
+            if let Ok(kind) = kind_of(name)
+                && kind != FileType::RegularFile
             {
-                return Err(not_regular(dir, name, meta.file_type()));
+                return Err(not_regular(dir, name, kind));
             }
-            return Err(unusable(dir, format!("cannot open {name}: {e}")));
+            return Err(unusable(
+                dir.path(),
+                format!("cannot open {name}: {}", errno_text(e)),
+            ));
         }
     };
-    let meta = file
-        .metadata()
-        .map_err(|e| unusable(dir, format!("cannot stat {name}: {e}")))?;
-    if !meta.file_type().is_file() {
-        return Err(not_regular(dir, name, meta.file_type()));
+    let stat = rustix::fs::fstat(&file)
+        .map_err(|e| unusable(dir.path(), format!("cannot stat {name}: {}", errno_text(e))))?;
+    let kind = FileType::from_raw_mode(stat.st_mode);
+    if kind != FileType::RegularFile {
+        return Err(not_regular(dir, name, kind));
     }
     Ok(Some(file))
 }
 
-fn not_regular(dir: &Path, name: &str, kind: std::fs::FileType) -> Error {
-    let kind = if kind.is_fifo() {
-        "a FIFO"
-    } else if kind.is_socket() {
-        "a socket"
-    } else if kind.is_char_device() {
-        "a character device"
-    } else if kind.is_block_device() {
-        "a block device"
-    } else if kind.is_dir() {
-        "a directory"
-    } else if kind.is_symlink() {
-        "a symlink"
-    } else {
-        "not a file"
+fn not_regular(dir: &StateDir, name: &str, kind: FileType) -> Error {
+    let kind = match kind {
+        FileType::Fifo => "a FIFO",
+        FileType::Socket => "a socket",
+        FileType::CharacterDevice => "a character device",
+        FileType::BlockDevice => "a block device",
+        FileType::Directory => "a directory",
+        FileType::Symlink => "a symlink",
+        _ => "not a file",
     };
     let holds = if name == "lock" {
         "it holds no data"
@@ -853,101 +1152,192 @@ fn not_regular(dir: &Path, name: &str, kind: std::fs::FileType) -> Error {
         "it holds no leases"
     };
     unusable(
-        dir,
+        dir.path(),
         format!(
             "{name} is {kind}, not a regular file, so sockcheck will not open it \
              (it could block every gate command); remove {} ({holds}), or use another \
              --state-dir",
-            dir.join(name).display()
+            dir.show(name)
         ),
     )
 }
 
-/// Creates the directory 0700 if needed, and refuses one that is not ours,
-/// is open to others, or is reached through a symlink.
-fn checked_dir(dir: &Path) -> Result<PathBuf, Error> {
-    let absolute = if dir.is_absolute() {
+/// `dir` made absolute (from the current directory) and without `.` or
+/// `..`, lexically: no component may be a symlink (see [`open_parent`]), so
+/// this is the path the kernel resolves.
+fn absolute(dir: &Path) -> Result<PathBuf, Error> {
+    let joined = if dir.is_absolute() {
         dir.to_path_buf()
     } else {
         std::env::current_dir()
-            .map_err(|e| unusable(dir, e.to_string()))?
+            .map_err(|e| unusable(dir, format!("cannot find the current directory: {e}")))?
             .join(dir)
     };
-    match std::fs::symlink_metadata(&absolute) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&absolute)
-                .map_err(|e| unusable(&absolute, format!("cannot create it: {e}")))?;
-        }
-        Err(e) => return Err(unusable(&absolute, e.to_string())),
-        Ok(_) => {}
-    }
-    let meta =
-        std::fs::symlink_metadata(&absolute).map_err(|e| unusable(&absolute, e.to_string()))?;
-    if meta.file_type().is_symlink() {
-        return Err(unusable(&absolute, "it is a symlink".into()));
-    }
-    if !meta.is_dir() {
-        return Err(unusable(&absolute, "it is not a directory".into()));
-    }
-    let canonical = absolute
-        .canonicalize()
-        .map_err(|e| unusable(&absolute, e.to_string()))?;
-    if canonical != normalize(&absolute) {
-        return Err(unusable(
-            &absolute,
-            format!(
-                "it is reached through a symlink (it is really {})",
-                canonical.display()
-            ),
-        ));
-    }
-    let euid = rustix::process::geteuid().as_raw();
-    if meta.uid() != euid {
-        return Err(unusable(
-            &absolute,
-            format!(
-                "it is owned by uid {}, not by us (uid {euid}), so it may not be trusted; \
-                 remove it if nothing of yours is in it, or pass --state-dir DIR or set \
-                 SOCKCHECK_STATE_DIR to a directory of your own",
-                meta.uid()
-            ),
-        ));
-    }
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(unusable(
-            &absolute,
-            format!(
-                "its mode is {:o}; it must be 0700 (chmod 700 it)",
-                meta.permissions().mode() & 0o777
-            ),
-        ));
-    }
-    if rustix::fs::access(&canonical, rustix::fs::Access::WRITE_OK).is_err() {
-        return Err(unusable(&absolute, "it is not writable".into()));
-    }
-    Ok(canonical)
-}
-
-/// `a/./b/../c` → `a/c`, without touching the filesystem.
-fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
-    for part in path.components() {
+    for part in joined.components() {
         match part {
-            std::path::Component::ParentDir => {
+            Component::ParentDir => {
                 out.pop();
             }
-            std::path::Component::CurDir => {}
+            Component::CurDir => {}
             other => out.push(other),
         }
     }
-    out
+    Ok(out)
+}
+
+/// Opens `parent`, the directory above the state directory `dir`, walking
+/// down from `/` one component at a time, each opened relative to the one
+/// above with `O_PATH | O_DIRECTORY | O_NOFOLLOW` (so no symlink is
+/// followed anywhere, and nothing above is created), and checks *every*
+/// directory on the way, `/` and `parent` included:
+///
+/// - it is owned by us or by root, and
+/// - neither group nor others may write it, unless it is sticky (like
+///   /tmp: others may add names there, but not move or remove ours).
+///
+/// Why: whoever can write a directory on the path can rename what is below
+/// it, and put a directory of their own, or an empty one, in its place.
+/// The next sockcheck would then find no leases, and hand out an address a
+/// second time (the reproduced case: root run with another user's
+/// `XDG_RUNTIME_DIR`, by `su` without `-` or `sudo -E`; that user moved
+/// root's `sockcheck` directory away). Checking the direct parent stops
+/// the user who owns it; checking each one above stops one who owns a
+/// grandparent and swaps the whole branch.
+fn open_parent(dir: &Path, parent: &Path) -> Result<OwnedFd, Error> {
+    let euid = rustix::process::geteuid().as_raw();
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut here = PathBuf::from("/");
+    let mut fd = rustix::fs::open("/", flags, Mode::empty())
+        .map_err(|e| unusable(dir, format!("cannot open /: {}", errno_text(e))))?;
+    check_above(dir, &here, &fd, euid)?;
+    for part in parent.components() {
+        let Component::Normal(name) = part else {
+            continue;
+        };
+        let next = rustix::fs::openat(&fd, name, flags, Mode::empty());
+        let joined = here.join(name);
+        let above = std::mem::replace(&mut here, joined);
+        fd = match next {
+            Ok(next) => next,
+            Err(Errno::NOENT) => {
+                return Err(unusable(
+                    dir,
+                    format!(
+                        "{} does not exist, and sockcheck creates only the state directory \
+                         itself, not the directories above it: create {} first, or pass \
+                         --state-dir DIR or set SOCKCHECK_STATE_DIR to a directory whose \
+                         parent exists",
+                        here.display(),
+                        parent.display()
+                    ),
+                ));
+            }
+            Err(Errno::LOOP | Errno::NOTDIR) => {
+                let why = if is_symlink(&fd, name) {
+                    format!(
+                        "it is reached through a symlink ({} is one; pass the real path)",
+                        here.display()
+                    )
+                } else {
+                    format!("{} is not a directory", here.display())
+                };
+                return Err(unusable(dir, why));
+            }
+            Err(e) => {
+                return Err(unusable(
+                    dir,
+                    format!(
+                        "cannot open {} (in {}): {}",
+                        here.display(),
+                        above.display(),
+                        errno_text(e)
+                    ),
+                ));
+            }
+        };
+        check_above(dir, &here, &fd, euid)?;
+    }
+    Ok(fd)
+}
+
+/// One directory above the state directory: see [`open_parent`].
+fn check_above(dir: &Path, here: &Path, fd: &OwnedFd, euid: u32) -> Result<(), Error> {
+    let stat = rustix::fs::fstat(fd).map_err(|e| {
+        unusable(
+            dir,
+            format!("cannot stat {}: {}", here.display(), errno_text(e)),
+        )
+    })?;
+    let kind = FileType::from_raw_mode(stat.st_mode);
+    if kind == FileType::Symlink {
+        return Err(unusable(
+            dir,
+            format!(
+                "it is reached through a symlink ({} is one; pass the real path)",
+                here.display()
+            ),
+        ));
+    }
+    if kind != FileType::Directory {
+        return Err(unusable(
+            dir,
+            format!("{} is not a directory", here.display()),
+        ));
+    }
+    let mode = stat.st_mode & 0o7777;
+    let way_out = "so another user could move the state directory away and have an address \
+                   leased twice; pass --state-dir DIR or set SOCKCHECK_STATE_DIR to a directory \
+                   whose parents only you or root may change (as root under sudo or su, do not \
+                   keep the caller's XDG_RUNTIME_DIR)";
+    if stat.st_uid != euid && stat.st_uid != 0 {
+        return Err(unusable(
+            dir,
+            format!(
+                "{} is owned by uid {}, neither us (uid {euid}) nor root, {way_out}",
+                here.display(),
+                stat.st_uid
+            ),
+        ));
+    }
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        return Err(unusable(
+            dir,
+            format!(
+                "{} is writable by {} (mode {mode:o}) and not sticky, {way_out}",
+                here.display(),
+                if mode & 0o002 != 0 {
+                    "others"
+                } else {
+                    "its group"
+                },
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `name` in `parent` is a symlink (when opening it as a directory
+/// failed with ELOOP or ENOTDIR).
+fn is_symlink(parent: &OwnedFd, name: &OsStr) -> bool {
+    rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)
+        .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink)
+}
+
+/// `EACCES (Permission denied)`: the name people search for, and what it
+/// means.
+fn errno_text(e: Errno) -> String {
+    let e = std::io::Error::from(e);
+    let text = e.to_string();
+    let text = text.split(" (os error").next().unwrap_or(&text);
+    match e.raw_os_error().map(crate::error::errno_name) {
+        Some(name) if name != "errno" => format!("{name} ({text})"),
+        _ => text.to_string(),
+    }
 }
 
 fn unusable(dir: &Path, why: String) -> Error {
-    Error::Usage(format!("state directory {}: {why}", dir.display()))
+    Error::State(format!("state directory {}: {why}", dir.display()))
 }
 
 /// Unix seconds now.
@@ -961,6 +1351,11 @@ pub fn now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+
+    fn is_state_error(e: &Error) -> bool {
+        matches!(e, Error::State(_))
+    }
 
     fn temp(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
@@ -1083,7 +1478,7 @@ mod tests {
             for text in [whole, cut, damaged, twice] {
                 std::fs::write(dir.join("leases.json"), &text).unwrap();
                 let e = store.load().map(|s| format!("{text}: {s:?}")).unwrap_err();
-                assert!(e.is_usage());
+                assert!(is_state_error(&e), "{e}");
                 let e = e.to_string();
                 assert!(
                     e.contains("has version") && e.contains("refusing") && !e.contains('\n'),
@@ -1159,7 +1554,7 @@ mod tests {
             // Were it opened blocking, this would never return.
             let e = Store::open(&dir).and_then(|mut store| store.load());
             let e = e.unwrap_err();
-            assert!(e.is_usage());
+            assert!(is_state_error(&e), "{e}");
             let e = e.to_string();
             assert!(
                 e.contains(&format!("{name} is a FIFO"))
@@ -1364,6 +1759,309 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    #[test]
+    fn only_the_last_component_is_created() {
+        let base = temp("last-component");
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&base)
+            .unwrap();
+        let deep = base.join("missing").join("sd");
+        let e = StateDir::open(&deep).unwrap_err();
+        assert!(is_state_error(&e), "{e}");
+        let e = e.to_string();
+        assert!(
+            e.starts_with(&format!("state directory {}: ", deep.display()))
+                && e.contains(&format!(
+                    "{} does not exist",
+                    base.join("missing").display()
+                ))
+                && e.contains("creates only the state directory")
+                && !e.contains('\n'),
+            "{e}"
+        );
+        assert!(!base.join("missing").exists(), "a parent was created");
+        // With the parent there, the directory itself is made, 0700.
+        std::fs::create_dir(base.join("missing")).unwrap();
+        let dir = StateDir::open(&deep).unwrap();
+        assert_eq!(dir.path(), deep);
+        let meta = std::fs::symlink_metadata(&deep).unwrap();
+        assert!(meta.is_dir());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+        // `.` and `..` are resolved before anything is opened.
+        let roundabout = base.join("missing/./x/../sd");
+        assert_eq!(StateDir::open(&roundabout).unwrap().path(), deep);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn a_parent_others_may_change_is_refused() {
+        let base = temp("open-parent");
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&base)
+            .unwrap();
+        let parent = base.join("parent");
+        std::fs::create_dir(&parent).unwrap();
+        let dir = parent.join("sd");
+        for (mode, said) in [
+            (0o777, "writable by others"),
+            (0o775, "writable by its group"),
+        ] {
+            std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = StateDir::open(&dir).unwrap_err();
+            assert!(is_state_error(&e), "{e}");
+            let e = e.to_string();
+            assert!(
+                e.contains(&format!(
+                    "{} is {said} (mode {mode:o}) and not sticky",
+                    parent.display()
+                )) && e.contains("leased twice")
+                    && e.contains("--state-dir DIR"),
+                "{e}"
+            );
+            assert!(!dir.exists(), "created under mode {mode:o}");
+        }
+        // A grandparent counts as much as the parent.
+        let inner = parent.join("inner");
+        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir(&inner).unwrap();
+        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = StateDir::open(&inner.join("sd")).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("{} is writable by others", parent.display())),
+            "{e}"
+        );
+        // Sticky, like /tmp: others may add names, not move ours.
+        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        StateDir::open(&dir).unwrap();
+        StateDir::open(&inner.join("sd")).unwrap();
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn the_state_directory_is_used_through_one_descriptor() {
+        let base = temp("one-fd");
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&base)
+            .unwrap();
+        let path = base.join("sd");
+        let dir = StateDir::open(&path).unwrap();
+        let mut store = Store::lock(&dir).unwrap();
+        let state = store.load().unwrap();
+        // Renamed after it was opened: the store keeps using the directory
+        // it checked, and nothing appears under the old name.
+        let moved = base.join("moved");
+        std::fs::rename(&path, &moved).unwrap();
+        store.save(&state).unwrap();
+        assert!(moved.join(STATE_FILE).is_file());
+        assert!(!path.exists());
+        drop(store);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn socket_path_binds_and_connects_past_the_path_length_limit() {
+        use std::os::unix::net::{UnixListener, UnixStream};
+        let base = temp("socket");
+        // Deeper than a sun_path (108 bytes) can name.
+        let mut path = base.clone();
+        while path.as_os_str().len() < 150 {
+            path.push("a-directory-with-a-long-name");
+        }
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .recursive(true)
+            .create(path.parent().unwrap())
+            .unwrap();
+        let dir = StateDir::open(&path).unwrap();
+        assert!(UnixListener::bind(dir.path().join("agent.sock")).is_err());
+        let name = dir.socket_path("agent.sock");
+        assert!(name.starts_with("/proc/self/fd/"), "{}", name.display());
+        assert!(name.as_os_str().len() < 108);
+        let listener = UnixListener::bind(&name).unwrap();
+        // The socket is in the state directory itself.
+        let made = rustix::fs::statat(dir.fd(), "agent.sock", AtFlags::SYMLINK_NOFOLLOW).unwrap();
+        assert_eq!(FileType::from_raw_mode(made.st_mode), FileType::Socket);
+        assert!(path.join("agent.sock").exists());
+        let mut client = UnixStream::connect(&name).unwrap();
+        let (mut served, _) = listener.accept().unwrap();
+        client.write_all(b"lease?").unwrap();
+        let mut got = [0u8; 6];
+        served.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"lease?");
+        drop(dir);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn two_corruptions_in_one_second_keep_both_copies() {
+        let dir = temp("corrupt-twice");
+        let mut store = Store::open(&dir).unwrap();
+        let started = now();
+        // Copies already there for this second and the next few (and a
+        // second run's `-2`): none may be replaced.
+        for second in started..started + 5 {
+            std::fs::write(dir.join(format!("leases.json.corrupt-{second}")), "earlier").unwrap();
+        }
+        std::fs::write(
+            dir.join(format!("leases.json.corrupt-{started}-2")),
+            "earlier",
+        )
+        .unwrap();
+        let texts = ["{\"version\": 1, \"le", "garbage", "{\"leases\": ["];
+        for text in texts {
+            std::fs::write(dir.join(STATE_FILE), text).unwrap();
+            store.repaired = None;
+            store.load().unwrap();
+            let said = store.repaired.clone().unwrap();
+            assert!(said.contains("kept it as"), "{said}");
+        }
+        let mut kept: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.starts_with("leases.json.corrupt-"))
+            .map(|name| std::fs::read_to_string(dir.join(name)).unwrap())
+            .collect();
+        kept.sort();
+        let mut expected: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
+        expected.extend(std::iter::repeat_n("earlier".to_string(), 6));
+        expected.sort();
+        assert_eq!(kept, expected);
+        // The names, for one second: TIME, then TIME-2, TIME-3.
+        let aside = StateDir::open(&dir).unwrap();
+        let names: Vec<String> = (0..3)
+            .map(|_| {
+                std::fs::write(dir.join(STATE_FILE), "x").unwrap();
+                keep_aside(&aside, 42).unwrap()
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "leases.json.corrupt-42",
+                "leases.json.corrupt-42-2",
+                "leases.json.corrupt-42-3"
+            ]
+        );
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn gone_is_only_a_missing_pid_another_start_time_or_a_dead_zombie() {
+        let me = ProcessId::of(std::process::id()).unwrap();
+        assert_eq!(me.liveness(), Liveness::Alive);
+        let recycled = ProcessId {
+            pid: me.pid,
+            start_ticks: me.start_ticks + 1,
+        };
+        assert_eq!(recycled.liveness(), Liveness::Gone);
+        let never = ProcessId {
+            pid: u32::MAX,
+            start_ticks: 1,
+        };
+        assert_eq!(never.liveness(), Liveness::Gone);
+        // A zombie: exited, not yet waited for.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let zombie = ProcessId::of(child.id());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while ProcessId::of(child.id()).is_some() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if let Some(zombie) = zombie {
+            assert_eq!(zombie.liveness(), Liveness::Gone);
+        }
+        child.wait().unwrap();
+        let mut state = State {
+            version: VERSION,
+            leases: vec![lease("127.0.0.2", me, 1), lease("127.0.0.3", recycled, 1)],
+            quarantine: vec![],
+        };
+        let reclaimed = state.reclaim();
+        assert_eq!(reclaimed, [lease("127.0.0.3", recycled, 1)]);
+        assert_eq!(state.leases, [lease("127.0.0.2", me, 1)]);
+    }
+
+    /// Set for [`liveness_under_emfile`] when it runs in a process of its
+    /// own.
+    const EMFILE_HELPER: &str = "SOCKCHECK_TEST_LIVENESS_UNDER_EMFILE";
+
+    #[test]
+    fn an_owner_that_cannot_be_read_keeps_its_lease() {
+        // In a process of its own: the open-files limit is the process's.
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "gate::state::tests::liveness_under_emfile",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(EMFILE_HELPER, "1")
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && said.contains("kept under EMFILE"),
+            "{said}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// With no file descriptor left (the soft RLIMIT_NOFILE at the lowest
+    /// free one), /proc/PID/stat cannot be opened: every owner's liveness
+    /// is unknown, and reclaim keeps every lease, the live owner's and the
+    /// recycled pid's alike. Does nothing unless [`EMFILE_HELPER`] is set.
+    #[test]
+    fn liveness_under_emfile() {
+        if std::env::var_os(EMFILE_HELPER).is_none() {
+            return;
+        }
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let me = ProcessId::of(std::process::id()).unwrap();
+        let recycled = ProcessId {
+            pid: me.pid,
+            start_ticks: me.start_ticks + 1,
+        };
+        let leases = vec![lease("127.0.0.2", me, 1), lease("127.0.0.3", recycled, 1)];
+        let mut state = State {
+            version: VERSION,
+            leases: leases.clone(),
+            quarantine: vec![],
+        };
+        let lowest_free = File::open("/dev/null").unwrap().as_raw_fd() as u64;
+        let before = getrlimit(Resource::Nofile);
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(lowest_free),
+                maximum: before.maximum,
+            },
+        )
+        .unwrap();
+        let opened = File::open("/dev/null").map(drop);
+        let (liveness, lease_liveness) = (me.liveness(), state.leases[1].liveness());
+        let reclaimed = state.reclaim();
+        let of = ProcessId::of(me.pid);
+        setrlimit(Resource::Nofile, before).unwrap();
+        assert_eq!(
+            opened.unwrap_err().raw_os_error(),
+            Some(libc::EMFILE),
+            "the limit did not bite"
+        );
+        let Liveness::Unknown(why) = &liveness else {
+            panic!("{liveness:?}");
+        };
+        assert!(why.contains("EMFILE") && why.contains("/proc/"), "{why}");
+        assert!(matches!(lease_liveness, Liveness::Unknown(_)));
+        assert!(reclaimed.is_empty(), "reclaimed {reclaimed:?}");
+        assert_eq!(state.leases, leases);
+        // Asked for a live process, it gives none rather than a guess.
+        assert_eq!(of, None);
+        println!("kept under EMFILE: {why}");
+    }
+
     /// Runs `args` as nobody; `None` when that is not possible here.
     fn as_nobody(args: &[&std::ffi::OsStr]) -> Option<bool> {
         std::process::Command::new("setpriv")
@@ -1435,7 +2133,7 @@ mod tests {
                 std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o1777)).unwrap();
                 assert_eq!(default_dir_from(&env(&[]), 0, &run), squatted);
                 let e = Store::open(&squatted).err().unwrap();
-                assert!(e.is_usage());
+                assert!(is_state_error(&e), "{e}");
                 let e = e.to_string();
                 assert!(
                     e.contains("owned by uid 65534")
@@ -1895,7 +2593,10 @@ mod fuzz {
                         assert_eq!(store.load().unwrap(), state);
                     }
                     Err(e) => {
-                        assert!(e.is_usage() && kind != 0 && kind != 1, "{e}");
+                        assert!(
+                            matches!(e, Error::State(_)) && kind != 0 && kind != 1,
+                            "{e}"
+                        );
                         assert_eq!(
                             std::fs::read(&path).unwrap(),
                             bytes,
