@@ -149,7 +149,7 @@ fn gate_documents_fit_their_schemas() {
     assert_eq!(refusal["skipped"][0]["reason"], "leased", "{refusal}");
     assert_fits(&refusal, &committed("acquire-refusal"));
 
-    let leases = gate(&["leases"]);
+    let leases = gate(&["leases", "127.89.0.10"]);
     assert_eq!(leases.status, 0, "{}", leases.stderr);
     let leases = leases.json();
     assert_eq!(leases["leases"][0]["address"], "127.89.0.10", "{leases}");

@@ -92,6 +92,9 @@ struct LeaseRow {
     /// being handed over.
     holder: Option<token::Peer>,
     backend: Option<Backend>,
+    /// Further processes the lease lives on in: `run`'s command, and the
+    /// lingering holders of a quarantined address.
+    holders: Vec<Owner>,
     /// Seconds since it was leased; null when the holder did not say.
     age_seconds: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -150,11 +153,16 @@ fn row(address: IpAddr, quarantine: &[Quarantine], now: u64) -> LeaseRow {
         Holder::Silent { peer } => (None, *peer, None, None),
         Holder::Free => (None, None, None, None),
     };
+    let holders = match holder {
+        Holder::Answered { info, .. } => info.holders,
+        _ => Vec::new(),
+    };
     LeaseRow {
         address,
         owner,
         holder: peer,
         backend,
+        holders,
         age_seconds: age,
         quarantined: quarantine.iter().find(|q| q.address == address).cloned(),
     }
@@ -180,6 +188,12 @@ fn human(rows: &[LeaseRow], quarantined: &[&Quarantine], now: u64) -> String {
                 holder.pid, holder.uid
             ),
             _ => "leased (being handed over)".to_string(),
+        };
+        let living: Vec<String> = r.holders.iter().map(|h| h.pid.to_string()).collect();
+        let who = if living.is_empty() {
+            who
+        } else {
+            format!("{who}, living on in pid {}", living.join(", "))
         };
         let age = r
             .age_seconds

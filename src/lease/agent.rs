@@ -16,7 +16,7 @@ use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rustix::event::epoll;
@@ -53,51 +53,17 @@ struct Reply {
     error: Option<String>,
 }
 
-/// The state directory, opened once without following a symlink; files in
-/// it are named through `/proc/self/fd/N/NAME`, so a socket's path is short
-/// and always the directory that was checked.
-pub struct Dir {
-    fd: OwnedFd,
-    path: PathBuf,
-}
-
-impl Dir {
-    pub fn open(path: &Path) -> Result<Dir, Error> {
-        // Creates and checks it (mode, owner, symlinks) as the state does.
-        drop(crate::gate::state::Store::open(path)?);
-        let fd = rustix::fs::open(
-            path,
-            rustix::fs::OFlags::DIRECTORY
-                | rustix::fs::OFlags::NOFOLLOW
-                | rustix::fs::OFlags::CLOEXEC
-                | rustix::fs::OFlags::RDONLY,
-            rustix::fs::Mode::empty(),
-        )
-        .map_err(|e| state_error(path, format!("cannot open it: {}", errno(e))))?;
-        Ok(Dir {
-            fd,
-            path: path.to_path_buf(),
-        })
-    }
-
-    fn socket_path(&self, name: &str) -> PathBuf {
-        PathBuf::from(format!("/proc/self/fd/{}/{name}", self.fd.as_raw_fd()))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
+/// The state directory, opened once (see [`StateDir`]): files in it are
+/// named through `/proc/self/fd/N/NAME`, so a socket's path is short and
+/// always the directory that was checked.
+pub use crate::gate::state::StateDir as Dir;
 
 fn errno(e: Errno) -> String {
     crate::error::errno_label(&e.into())
 }
 
 fn state_error(dir: &Path, why: String) -> Error {
-    Error::Syscall {
-        call: format!("state directory {}: {why}", dir.display()),
-        source: std::io::Error::other("the lease agent"),
-    }
+    Error::State(format!("state directory {}: {why}", dir.display()))
 }
 
 /// Hands `token` to the agent of `dir` (starting one if none runs), for
@@ -256,7 +222,7 @@ pub fn serve(path: &Path) -> Result<crate::exit::ExitStatus, Error> {
     let _ = rustix::thread::set_name(c"sockcheck-agent");
     let dir = Dir::open(path)?;
     let lock = rustix::fs::openat(
-        &dir.fd,
+        dir.fd(),
         LOCK,
         rustix::fs::OFlags::CREATE
             | rustix::fs::OFlags::RDWR
@@ -271,7 +237,7 @@ pub fn serve(path: &Path) -> Result<crate::exit::ExitStatus, Error> {
         return Ok(crate::exit::ExitStatus::Free);
     }
     // The lock is ours: any agent.sock is a dead agent's.
-    let _ = rustix::fs::unlinkat(&dir.fd, SOCKET, rustix::fs::AtFlags::empty());
+    let _ = rustix::fs::unlinkat(dir.fd(), SOCKET, rustix::fs::AtFlags::empty());
     let listener = seqpacket().map_err(|e| state_error(path, errno(e)))?;
     let address =
         SocketAddrUnix::new(dir.socket_path(SOCKET)).map_err(|e| state_error(path, errno(e)))?;
@@ -292,7 +258,7 @@ pub fn serve(path: &Path) -> Result<crate::exit::ExitStatus, Error> {
     agent.run();
     // Idle: the socket goes first, so no client reaches a closing agent
     // (one that did gets no answer and starts another).
-    let _ = rustix::fs::unlinkat(&dir.fd, SOCKET, rustix::fs::AtFlags::empty());
+    let _ = rustix::fs::unlinkat(dir.fd(), SOCKET, rustix::fs::AtFlags::empty());
     drop(lock);
     Ok(crate::exit::ExitStatus::Free)
 }
