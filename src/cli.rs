@@ -35,6 +35,7 @@ Verdicts, most severe first:
 Environment:
   SOCKCHECK_PORTS      ports when --ports is not given (default 9925,9926)
   SOCKCHECK_POOL       the pool of scan, acquire and run when none is given
+                       (default 127.0.0.2-127.0.0.33)
   SOCKCHECK_STATE_DIR  where leases live when --state-dir is not given
   SOCKCHECK_BTF_CACHE  0 keeps no per-kernel cache of the reduced kernel BTF
                        (else in $XDG_CACHE_HOME/sockcheck or ~/.cache/sockcheck)
@@ -276,7 +277,7 @@ struct CheckArgs {
 #[derive(Debug, Args)]
 struct PoolArg {
     /// A range (127.0.0.2-127.0.0.33), a CIDR (127.0.0.0/27) or a comma
-    /// list [default: $SOCKCHECK_POOL]
+    /// list [default: $SOCKCHECK_POOL, else 127.0.0.2-127.0.0.33]
     #[arg(value_name = "POOL", value_parser = input::pool())]
     pool: Option<Pool>,
 }

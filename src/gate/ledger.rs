@@ -73,11 +73,12 @@ pub(crate) struct LeaseOwner {
 }
 
 impl LeaseOwner {
-    pub(crate) fn of(owner: Owner) -> LeaseOwner {
+    /// A lease's owner, alive unless its holder saw it exit.
+    pub(crate) fn of(owner: Owner, exited: &[Owner]) -> LeaseOwner {
         LeaseOwner {
             pid: owner.pid,
             start_ticks: owner.start_ticks,
-            alive: true,
+            alive: !exited.contains(&owner),
         }
     }
 }
@@ -145,7 +146,7 @@ fn row(address: IpAddr, quarantine: &[Quarantine], now: u64) -> LeaseRow {
     let holder = token::holder(address);
     let (owner, peer, backend, age) = match &holder {
         Holder::Answered { peer, info } => (
-            Some(LeaseOwner::of(info.owner)),
+            Some(LeaseOwner::of(info.owner, &info.exited)),
             Some(*peer),
             Some(info.backend),
             Some(now.saturating_sub(info.acquired)),
@@ -153,8 +154,13 @@ fn row(address: IpAddr, quarantine: &[Quarantine], now: u64) -> LeaseRow {
         Holder::Silent { peer } => (None, *peer, None, None),
         Holder::Free => (None, None, None, None),
     };
+    // The processes it still lives on in.
     let holders = match holder {
-        Holder::Answered { info, .. } => info.holders,
+        Holder::Answered { info, .. } => info
+            .holders
+            .into_iter()
+            .filter(|h| !info.exited.contains(h))
+            .collect(),
         _ => Vec::new(),
     };
     LeaseRow {
@@ -173,8 +179,9 @@ fn human(rows: &[LeaseRow], quarantined: &[&Quarantine], now: u64) -> String {
     for r in rows {
         let who = match (&r.owner, &r.holder, r.backend) {
             (Some(owner), Some(holder), Some(backend)) => format!(
-                "leased to pid {} (uid {}, {}{})",
+                "leased to pid {} ({}uid {}, {}{})",
                 owner.pid,
+                if owner.alive { "" } else { "exited; " },
                 holder.uid,
                 backend.as_str(),
                 if holder.pid == owner.pid {

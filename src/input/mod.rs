@@ -177,12 +177,17 @@ pub fn resolve_pool(pool: Option<Pool>) -> Result<Vec<IpAddr>, Error> {
         Some(Pool(pool)) => Ok(pool),
         None => match std::env::var("SOCKCHECK_POOL") {
             Ok(text) if !text.trim().is_empty() => pool::parse_pool(&text, "SOCKCHECK_POOL"),
-            _ => Err(Error::Usage(
-                "no pool given (give POOL or set SOCKCHECK_POOL)".into(),
-            )),
+            _ => pool::parse_pool(DEFAULT_POOL, "the default pool"),
         },
     }
 }
+
+/// The pool when neither POOL nor `$SOCKCHECK_POOL` is given: 32 loopback
+/// addresses, the pool Harper's suites use. On Linux every 127/8 address
+/// is local with no setup; this block stays clear of 127.0.0.1 and of
+/// systemd-resolved's 127.0.0.53 and 127.0.0.54, and of 127.0.1.1, which
+/// Debian gives the host name.
+pub const DEFAULT_POOL: &str = "127.0.0.2-127.0.0.33";
 
 /// Parses a duration as humans write it, through jiff's "friendly" format:
 /// `500ms`, `30s`, `2m`, `1m30s`, `1h`, `1.5s`, `2 minutes`. A bare number

@@ -617,6 +617,7 @@ impl Agent {
                 continue;
             };
             lease.owners.remove(&owner);
+            lease.info.exited.push(owner);
             if lease.owners.is_empty() {
                 self.end(address);
             }

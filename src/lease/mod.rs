@@ -78,6 +78,7 @@ pub fn grant(dir: &Dir, token: Token, owner: &OwnerHandle, ports: &[u16]) -> Res
         backend: Backend::Binary,
         owner: owner.owner,
         holders: Vec::new(),
+        exited: Vec::new(),
         uid: rustix::process::geteuid().as_raw(),
         acquired: crate::gate::state::now(),
         ports: ports.to_vec(),

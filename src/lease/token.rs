@@ -89,9 +89,14 @@ pub struct Info {
     pub backend: Backend,
     /// The process the lease belongs to.
     pub owner: Owner,
-    /// Further processes the lease lives on in (`run`'s command).
+    /// Further processes the lease lives on in (`run`'s command, and a
+    /// lingering holder).
     #[serde(default)]
     pub holders: Vec<Owner>,
+    /// The owner and holders that have exited since (the lease lives on in
+    /// the others).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exited: Vec<Owner>,
     /// The holder's uid, as it says (readers trust SO_PEERCRED's).
     pub uid: u32,
     /// Unix seconds.
