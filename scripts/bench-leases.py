@@ -279,7 +279,7 @@ class Bench:
         t0 = time.perf_counter()
         holders = self.spread("tokens", "127.92.0.0", 0, 1, a.tokens)
         made = time.perf_counter() - t0
-        ntok = self.count_tokens()
+        ntok = self.count_tokens("127.92.")
         many = self.series(state, pool, a.trials)
         for h in holders:
             self.procs.stop(h)
@@ -307,11 +307,14 @@ class Bench:
             done += n
         return started
 
-    def count_tokens(self):
+    def count_tokens(self, prefix):
+        """Bound, unconnected lease tokens of addresses starting with prefix."""
         n = 0
+        want = b"@sockcheck/v1/lease/" + prefix.encode()
         with open("/proc/net/unix", "rb") as f:
             for line in f:
-                if b"@sockcheck/v1/lease/" in line:
+                fields = line.split()
+                if len(fields) >= 8 and fields[5] == b"01" and fields[7].startswith(want):
                     n += 1
         return n
 
@@ -510,11 +513,34 @@ class Bench:
             self.info("npm per-call floor (idle, medians): " +
                       ", ".join(f"{k} {v:.1f} ms" for k, v in f.items()))
 
+    def preflight(self):
+        """Refuse to start when anything already uses our ranges (an
+        earlier run?): lease tokens or TCP sockets on 127.90-127.93."""
+        ours = tuple(f"127.{n}." for n in (90, 91, 92, 93))
+        found = []
+        with open("/proc/net/unix") as f:
+            for line in f:
+                name = line.split()[-1] if line.strip() else ""
+                if name.startswith("@sockcheck/v1/lease/127.9") and name[20:].startswith(ours):
+                    found.append(name)
+        ss = subprocess.run(["ss", "-Htan", "exclude", "time-wait"], capture_output=True, text=True).stdout
+        for line in ss.splitlines():
+            f = line.split()
+            if len(f) >= 4 and f[3].startswith(ours):
+                found.append(line)
+        if found:
+            raise SystemExit("bench-leases: test addresses already in use (an earlier run?):\n" +
+                             "\n".join(found[:5]))
+
     def run(self):
+        self.preflight()
+        self.info(f"lease stage: load average {open('/proc/loadavg').read().split()[0]} at the start, "
+                  f"{os.cpu_count()} cpus")
         stages = self.args.only.split(",")
         for name in stages:
             print(f"bench-leases: stage {name}", file=sys.stderr, flush=True)
             getattr(self, name)()
+        self.info(f"lease stage: load average {open('/proc/loadavg').read().split()[0]} at the end")
 
 
 def stop_agents(tmp):

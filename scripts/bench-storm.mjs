@@ -21,7 +21,7 @@
 // Writes one JSON document (--out) with, per pool: wall_s, median_ms,
 // p95_ms, conflicts (a leased address whose bind failed), ...
 
-import { fork, spawn } from 'node:child_process';
+import cp, { fork, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
@@ -53,6 +53,29 @@ const pct = (v, q) => {
   return s.length ? s[Math.max(0, Math.min(s.length - 1, Math.ceil((q / 100) * s.length) - 1))] : NaN;
 };
 const median = (v) => pct(v, 50);
+
+// Where an npm call's time goes: the package takes `spawn` from
+// node:child_process when it loads, so a wrapper installed before the
+// import sees every child it starts. Per child: call -> 'spawn' (fork and
+// exec, as libuv reports it), 'spawn' -> 'exit' (the binary's life),
+// 'exit' -> 'close' (stdio drained).
+const children = [];
+// Mode sockcheck-no-v: the same package with `-v` taken out of acquire's
+// arguments on the way to spawn (what the package would cost without it).
+let STRIP_V = false;
+function instrumentSpawn() {
+  const real = cp.spawn;
+  cp.spawn = function spawnTimedByBench(cmd, args, options) {
+    const rec = { sub: Array.isArray(args) ? args[0] : '', call: now() };
+    if (STRIP_V && Array.isArray(args)) args = args.filter((a) => a !== '-v');
+    const child = real.call(this, cmd, args, options);
+    child.once('spawn', () => { rec.spawned = now(); });
+    child.once('exit', () => { rec.exited = now(); });
+    child.once('close', () => { rec.closed = now(); });
+    children.push(rec);
+    return child;
+  };
+}
 
 // ------------------------------------------------------------------ Harper 0.6.2
 class HarperPool {
@@ -209,8 +232,11 @@ async function shard(index, mode) {
   if (mode === 'harper') {
     pool = new HarperPool(TMP);
   } else {
+    STRIP_V = mode === 'sockcheck-no-v';
+    instrumentSpawn();
     sockcheck = await import(pathToFileURL(path.join(ROOT, 'npm/sockcheck/index.js')).href);
   }
+  const parts = [];
   const spOpts = {
     pool: `127.90.4.2-127.90.4.${2 + POOL - 1}`, ports: PORTS, stateDir: STATE, wait: '120s',
   };
@@ -228,8 +254,18 @@ async function shard(index, mode) {
     if (pool) {
       addr = await pool.acquire();
     } else {
+      const first = children.length;
       lease = await sockcheck.acquire(spOpts);
       addr = lease.address;
+      const done = now();
+      const mine = children.slice(first).filter((c) => c.sub === 'acquire');
+      const c = mine[mine.length - 1];
+      if (c && c.spawned && c.exited && c.closed) {
+        parts.push({
+          total: done - a0, pre: c.call - a0, spawn: c.spawned - c.call, run: c.exited - c.spawned,
+          drain: c.closed - c.exited, post: done - c.closed, children: mine.length,
+        });
+      }
     }
     acquireMs.push(now() - a0);
     // The test: a plain listener, an HTTP server, two requests, some work.
@@ -262,7 +298,7 @@ async function shard(index, mode) {
   const ran = now() - t0;
   await Promise.all(lingering);
   return {
-    acquireMs, releaseMs, conflicts, ran_ms: ran,
+    acquireMs, releaseMs, conflicts, ran_ms: ran, parts,
     sleeps: pool?.sleeps ?? 0, lockWaits: pool?.lockWaits ?? 0, skips: pool?.skips ?? 0,
   };
 }
@@ -282,7 +318,19 @@ async function storm(mode) {
   const spawnUnderLoad = await probe.stop();
   const all = results.flatMap((r) => r.acquireMs);
   const rel = results.flatMap((r) => r.releaseMs);
+  const parts = results.flatMap((r) => r.parts || []);
+  const breakdown = {};
+  for (const k of ['total', 'pre', 'spawn', 'run', 'drain', 'post']) {
+    if (parts.length) breakdown[k] = { median: median(parts.map((p) => p[k])), p95: pct(parts.map((p) => p[k]), 95) };
+  }
+  // The calls that did not wait: the per-call floor under the storm's load.
+  const quick = parts.filter((p) => p.total < 100);
+  const quickBreakdown = {};
+  for (const k of ['total', 'pre', 'spawn', 'run', 'drain', 'post']) {
+    if (quick.length) quickBreakdown[k] = median(quick.map((p) => p[k]));
+  }
   return {
+    breakdown_ms: breakdown, quick_breakdown_ms: quickBreakdown, quick_n: quick.length,
     wall_s: wall, median_ms: median(all), p95_ms: pct(all, 95), p99_ms: pct(all, 99), max_ms: Math.max(...all),
     release_median_ms: median(rel), conflicts: results.reduce((n, r) => n + r.conflicts, 0),
     sleeps: results.reduce((n, r) => n + r.sleeps, 0), lock_waits: results.reduce((n, r) => n + r.lockWaits, 0),
@@ -406,7 +454,7 @@ async function main() {
   }
   process.env.SOCKCHECK_BIN = BIN;
   const doc = { shards: SHARDS, tests: TESTS, pool: POOL, linger_ms: LINGER_MS, ports: PORTS };
-  for (const mode of (opt('modes', 'harper,sockcheck')).split(',')) {
+  for (const mode of (opt('modes', 'harper,sockcheck,sockcheck-no-v')).split(',')) {
     process.stderr.write(`bench-storm: ${mode}: ${SHARDS} shards x ${TESTS} tests\n`);
     doc[mode] = await storm(mode);
     process.stderr.write(`bench-storm: ${mode}: wall ${doc[mode].wall_s.toFixed(1)} s, acquire median ` +

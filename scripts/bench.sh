@@ -6,6 +6,8 @@
 #                               2,000 TIME_WAIT; 200/15 runs (fast/slow tools).
 #                               Takes about 4 minutes on 2 cores.
 #   scripts/bench.sh --quick    60 processes, ~15,000 fds, few runs: ~15 s.
+#   scripts/bench.sh --leases-only
+#                               only the lease stage (below): about 2 minutes.
 #
 # Options (each also as an environment variable):
 #   --quick                       small load and few runs
@@ -20,6 +22,8 @@
 #                                 ss -p, lsof, fuser  (BENCH_RUNS 200, BENCH_SLOW_RUNS 15)
 #   --warmup N                    hyperfine warmup runs       (BENCH_WARMUP, 5)
 #   --out DIR                     results                     (BENCH_OUT, target/bench)
+#   --leases-only                 run only the lease stage    (BENCH_LEASES_ONLY=1)
+#   --no-leases                   skip the lease stage        (BENCH_NO_LEASES=1)
 #
 # Each load process holds the same number of fds (total-fds / procs), so the
 # small load has proportionally fewer fds too.
@@ -34,7 +38,15 @@
 #
 # Stages: no load (as root: busy with the default path and with --bpf
 # always, the fixed cost of eBPF), the small load, the full load, and the
-# full load plus as many processes again without TCP sockets.
+# full load plus as many processes again without TCP sockets; then, with the
+# load gone, the lease stage (scripts/bench-leases.py, which runs
+# scripts/bench-storm.mjs with node): 16 acquire/release loops against 16
+# check loops, 65,536 existing leases, a /16 pool with 60,000 addresses
+# held, a waiting acquire after a release, and 8 CI shards x 15 tests
+# through the npm package against Harper 0.6.2's pool. It uses
+# 127.90.0.0/16-127.93.0.0/16 and ports 47960-47969, private state
+# directories, and writes leases-budget.txt, leases.json and storm.json to
+# OUT/leases; its budget lines are appended to the budget.
 #
 # Tools timed (hyperfine -N, medians): sockcheck --ports P ADDR, ss -tlnp,
 # ss -Htln (no -p), lsof -nP -iTCP:P -sTCP:LISTEN, fuser -n tcp P; for busy
@@ -65,6 +77,8 @@ RUNS=${BENCH_RUNS:-}
 SLOW_RUNS=${BENCH_SLOW_RUNS:-}
 WARMUP=${BENCH_WARMUP:-}
 OUT=${BENCH_OUT:-$ROOT/target/bench}
+LEASES_ONLY=${BENCH_LEASES_ONLY:-0}
+NO_LEASES=${BENCH_NO_LEASES:-0}
 
 die() { echo "bench: $*" >&2; exit 2; }
 need_value() { [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value"; }
@@ -82,6 +96,8 @@ while [[ $# -gt 0 ]]; do
         --slow-runs) need_value "$@"; SLOW_RUNS=$2; shift ;;
         --warmup) need_value "$@"; WARMUP=$2; shift ;;
         --out) need_value "$@"; OUT=$2; shift ;;
+        --leases-only) LEASES_ONLY=1 ;;
+        --no-leases) NO_LEASES=1 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option '$1' (see --help)" ;;
     esac
@@ -126,14 +142,22 @@ apt_install() {
     echo "bench: apt-get install -y $1" >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >&2 || die "could not install $1"
 }
-command -v hyperfine >/dev/null || apt_install hyperfine
-[[ -x /usr/bin/time ]] || apt_install time
-for tool in ss lsof fuser setpriv; do
+if [[ $LEASES_ONLY != 1 ]]; then
+    command -v hyperfine >/dev/null || apt_install hyperfine
+    [[ -x /usr/bin/time ]] || apt_install time
+    for tool in lsof fuser; do
+        command -v "$tool" >/dev/null || die "$tool is required"
+    done
+    hyperfine -N --help >/dev/null 2>&1 || die "hyperfine is too old (needs -N, 1.13+)"
+fi
+for tool in ss setpriv; do
     command -v "$tool" >/dev/null || die "$tool is required"
 done
 PY=/usr/bin/python3
 [[ -x $PY ]] || PY=$(command -v python3) || die "python3 is required"
-hyperfine -N --help >/dev/null 2>&1 || die "hyperfine is too old (needs -N, 1.13+)"
+if [[ $NO_LEASES != 1 ]]; then
+    command -v node >/dev/null || die "node is required for the lease stage's CI storm (or --no-leases)"
+fi
 
 SOCKCHECK=$ROOT/target/release/sockcheck
 HOLDER=$ROOT/target/release/examples/sockcheck-holder
@@ -158,7 +182,8 @@ fi
 ulimit -Sn "$NOFILE"
 
 mkdir -p "$OUT"
-rm -f "$OUT"/*.json "$OUT"/*.md "$OUT"/*.txt
+[[ $LEASES_ONLY == 1 ]] || rm -f "$OUT"/*.json "$OUT"/*.md "$OUT"/*.txt
+rm -rf "$OUT/leases"
 WORK=$(mktemp -d /tmp/sockcheck-bench.XXXXXX)
 chmod 711 "$WORK"
 mkdir "$WORK/nobody"
@@ -168,6 +193,9 @@ chown 65534:65534 "$WORK/nobody"
 HOLDER_PIDS=()
 LOAD_PID=
 LOAD_PIDFILE=
+LEASE_PID=
+EXTRA_PID=
+EXTRA_PIDFILE=
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
@@ -185,6 +213,11 @@ cleanup() {
     fi
     for pid in "${HOLDER_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
     pids+=("${HOLDER_PIDS[@]}")
+    if [[ -n $LEASE_PID ]]; then
+        # The lease stage ends the processes it started on TERM.
+        kill -TERM "$LEASE_PID" 2>/dev/null
+        pids+=("$LEASE_PID")
+    fi
     [[ -n $LOAD_PID ]] && pids+=("$LOAD_PID")
     local deadline=$((SECONDS + 5)) alive
     while :; do
@@ -216,6 +249,39 @@ in_use=$(ss -Htan exclude time-wait | awk -v n="127.$NET.0." -v lo="$FREE_PORT" 
     index($4, b) == 1 || index($4, c) == 1 { if (++k <= 5) print }')
 [[ -z $in_use ]] || die "test addresses already in use (an earlier run?):
 $in_use"
+
+# --- the lease stage ----------------------------------------------------------
+# scripts/bench-leases.py measures and prints its budget lines (PASS/MISS)
+# to stdout; progress goes to stderr.
+lease_stage() {
+    local dir=$OUT/leases
+    mkdir -p "$dir"
+    {
+        echo "sockcheck $("$SOCKCHECK" --version 2>/dev/null || echo '?') ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD -- src npm 2>/dev/null || echo ', src or npm modified'))"
+        echo "node $(node --version); nproc $(nproc); kernel $(uname -r)"
+        echo "loadavg_before $(cut -d' ' -f1-3 /proc/loadavg)"
+    } >"$dir/env.txt"
+    echo "bench: lease stage" >&2
+    "$PY" "$ROOT/scripts/bench-leases.py" stage --bin "$SOCKCHECK" --holder "$HOLDER" --out "$dir" \
+        ${BENCH_LEASES_ARGS:-} >"$dir/stage.log" &
+    LEASE_PID=$!
+    wait "$LEASE_PID" || die "lease stage failed: $(tail -5 "$dir/stage.log")"
+    LEASE_PID=
+    echo "loadavg_after $(cut -d' ' -f1-3 /proc/loadavg)" >>"$dir/env.txt"
+}
+
+if [[ $LEASES_ONLY == 1 ]]; then
+    START=$SECONDS
+    if awk '{exit !($1 > 0.5)}' /proc/loadavg; then
+        echo "bench: warning: load average $(cut -d' ' -f1 /proc/loadavg): something else is running; timings will be noisy" >&2
+    fi
+    lease_stage
+    cat "$OUT/leases/leases-budget.txt"
+    echo
+    cat "$OUT/leases/env.txt"
+    echo "bench: done in $((SECONDS - START)) s; results in $OUT/leases" >&2
+    exit 0
+fi
 
 # --- load ---------------------------------------------------------------------
 TW_ROUND=$((RANDOM % 200))
@@ -491,6 +557,9 @@ snapshot_env "full load, end"
 echo "loadavg_after $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/env.txt"
 stop_load
 
+# The lease stage, with the load gone (its budget lines join the budget).
+[[ $NO_LEASES == 1 ]] || lease_stage
+
 # --- the table and the budget -------------------------------------------------
 "$PY" - "$OUT" <<'EOF'
 import glob, json, os, sys
@@ -592,6 +661,9 @@ print(table)
 print()
 print("\n".join(budget))
 EOF
+if [[ $NO_LEASES != 1 ]]; then
+    cat "$OUT/leases/leases-budget.txt" | tee -a "$OUT/budget.txt"
+fi
 echo
 cat "$OUT/env.txt"
 echo
