@@ -366,20 +366,21 @@ pub fn listed() -> Result<Vec<IpAddr>, Error> {
         path: "/proc/thread-self/net/unix".into(),
         source: e,
     })?;
+    let text = String::from_utf8_lossy(&text);
+    let marker = format!(" @{PREFIX}");
     let mut found = Vec::new();
-    let marker = format!("@{PREFIX}");
-    for line in text.split(|&b| b == b'\n').skip(1) {
-        let Ok(line) = std::str::from_utf8(line) else {
+    for line in text.lines().skip(1) {
+        // Num RefCount Protocol Flags Type St Inode Path: only lines that
+        // name a token are split.
+        let Some(at) = line.find(&marker) else {
             continue;
         };
-        // Num RefCount Protocol Flags Type St Inode Path
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() < 8 || fields[5] != "01" {
-            continue;
-        }
-        if let Some(address) = fields[7]
-            .strip_prefix(&marker)
-            .and_then(|a| a.parse::<IpAddr>().ok())
+        let bound = line.split_whitespace().nth(5) == Some("01");
+        if let Some(address) = line[at + marker.len()..]
+            .trim_end()
+            .parse::<IpAddr>()
+            .ok()
+            .filter(|_| bound)
         {
             found.push(address);
         }
