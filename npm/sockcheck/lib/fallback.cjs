@@ -1,27 +1,53 @@
 'use strict';
 // The fallback where no sockcheck binary exists (macOS, Windows, another CPU)
 // or when SOCKCHECK_FALLBACK=1 forces it: a plain-bind canary on every port
-// plus a connect probe, and leases held by a UDP socket bound to
-// ADDRESS:LEASE_PORT in the leaseholder process (the kernel frees it when
-// that process dies: no files, nothing to go stale).
+// plus a connect probe, and leases held in the leaseholder process itself.
 //
-// What it cannot do: name owners (no pids), read SO_REUSEPORT, or report
-// lingering workers after `run`.
+// On Linux a lease is the binary's own token (docs/leases.md): an AF_UNIX
+// stream socket bound to the abstract name `\0sockcheck/v1/lease/ADDRESS`, so
+// fallback and binary leases are one lease space: `bind` on a taken name
+// fails with EADDRINUSE whoever (binary agent, another fallback, any user)
+// holds it, and the kernel frees the name when the holder dies. Elsewhere
+// (no abstract names) a lease is a UDP socket bound to ADDRESS:LEASE_PORT,
+// which only other fallback processes honour.
+//
+// What it cannot do: name the owners of listeners (no pids), read
+// SO_REUSEPORT, report lingering workers after `run`, or read SO_PEERCRED
+// (the holder of a taken token is named by what its info line claims).
 
 const dgram = require('node:dgram');
 const net = require('node:net');
 const { SockcheckError, parseAddress, sleep, abortedError } = require('./util.cjs');
 
-/** The UDP port a fallback lease binds on its address, unless told otherwise. */
+/** Where a lease is an abstract unix token (shared with the binary): Linux, and Android's Linux kernel. */
+const ABSTRACT_TOKENS = process.platform === 'linux' || process.platform === 'android';
+
+/** The lease token's abstract name (docs/leases.md); ADDRESS is canonical text (util.cjs fromBig). */
+const TOKEN_PREFIX = '\0sockcheck/v1/lease/';
+/** The name as ss(8) and /proc/net/unix show it, for messages. */
+const tokenShown = (address) => `@sockcheck/v1/lease/${address}`;
+
+/** How long a taken token's holder has to write its info line. */
+const HOLDER_ANSWER_MS = 200;
+/** Accepted connections a token keeps open at once: a waiter each; more from one peer is abuse. */
+const TOKEN_MAX_CONNECTIONS = 256;
+
+/** The UDP port a fallback lease binds on its address where there are no abstract names. */
 const DEFAULT_LEASE_PORT = 9924;
 
 const SEVERITY = { free: 0, unavailable: 1, conflict: 2, busy: 3, foreign: 4 };
 const worst = (a, b) => (SEVERITY[b] > SEVERITY[a] ? b : a);
 
-/** Fallback leases held by this process: address → dgram socket. */
+/** Fallback leases held by this process: address → token ({close()}). */
 const held = new Map();
 
+/**
+ * The UDP lease port, where leases are UDP sockets (not Linux). On Linux the
+ * option and SOCKCHECK_LEASE_PORT are accepted and ignored: a lease is the
+ * abstract token there. null on Linux.
+ */
 function leasePortOf(opts = {}, env = process.env) {
+  if (ABSTRACT_TOKENS) return null;
   const value = opts.leasePort ?? env.SOCKCHECK_LEASE_PORT ?? DEFAULT_LEASE_PORT;
   const n = Number(value);
   if (!Number.isInteger(n) || n < 1 || n > 65535) {
@@ -160,8 +186,55 @@ async function check(addresses, ports) {
   };
 }
 
-/** Bind the lease socket; resolves with the socket or an error code. */
-function bindLease(address, port) {
+/**
+ * Take the lease token of `address`: the abstract unix token on Linux, the
+ * UDP socket on ADDRESS:leasePort elsewhere. Resolves {token} (token.close()
+ * ends the lease) or {error: CODE}. Nothing here keeps the process alive.
+ */
+function bindToken(address, info, leasePort) {
+  return ABSTRACT_TOKENS ? bindAbstractToken(address, info) : bindUdpToken(address, leasePort);
+}
+
+/**
+ * Listen on the abstract token. Every connection gets the info line and is
+ * kept open until the lease ends, then destroyed: a waiting acquirer (the
+ * binary) wakes on that EOF. What a peer writes is never read as a command
+ * (the fallback has no `release` over the token); it is drained only so a
+ * peer that hangs up is noticed and its socket closed.
+ */
+function bindAbstractToken(address, info) {
+  return new Promise((resolve) => {
+    const line = `${JSON.stringify(info)}\n`;
+    const connections = new Set();
+    const server = net.createServer((conn) => {
+      conn.unref();
+      connections.add(conn);
+      conn.on('error', () => { /* the peer went away: nothing to report */ });
+      conn.on('close', () => connections.delete(conn));
+      conn.resume();
+      conn.write(line);
+    });
+    server.maxConnections = TOKEN_MAX_CONNECTIONS;
+    server.once('error', (e) => resolve({ error: e.code || String(e.message) }));
+    server.listen({ path: TOKEN_PREFIX + address, backlog: 128 }, () => {
+      server.removeAllListeners('error');
+      server.on('error', () => { /* a listening token: accept errors are the peer's */ });
+      server.unref(); // a lease never keeps the process alive
+      resolve({
+        token: {
+          close() {
+            server.close();
+            for (const conn of connections) conn.destroy();
+            connections.clear();
+          },
+        },
+      });
+    });
+  });
+}
+
+/** The UDP token (no abstract names): bound, never connected, without SO_REUSEADDR. */
+function bindUdpToken(address, port) {
   return new Promise((resolve) => {
     const family = net.isIPv6(address) ? 'udp6' : 'udp4';
     const socket = dgram.createSocket({ type: family, reuseAddr: false });
@@ -173,45 +246,104 @@ function bindLease(address, port) {
       socket.removeAllListeners('error');
       socket.on('error', () => { /* a bound, idle socket: nothing to report */ });
       socket.unref(); // a lease never keeps the process alive
-      resolve({ socket });
+      resolve({ token: { close() { try { socket.close(); } catch { /* closed */ } } } });
     });
   });
 }
 
+const BACKENDS = { binary: 'sockcheck binary', fallback: 'npm fallback' };
+
 /**
- * Try each address of the pool once. Returns {address, socket} or the list
+ * Who holds a taken abstract token: connect, read its info line (within
+ * `ms`), and say it in one phrase. The pid and uid are what the holder
+ * claims: Node cannot read SO_PEERCRED, which the binary names them from.
+ */
+function tokenHolder(address, ms) {
+  return new Promise((resolve) => {
+    const socket = net.connect({ path: TOKEN_PREFIX + address });
+    let text = '';
+    const done = (holder) => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(holder);
+    };
+    const notAnswering = { pids: [], message: 'leased (its token is bound but not yet answering)' };
+    const timer = setTimeout(() => done(notAnswering), ms);
+    socket.setEncoding('utf8');
+    socket.on('data', (d) => {
+      text += d;
+      const nl = text.indexOf('\n');
+      if (nl >= 0 || text.length > 4096) done(describeHolder(nl >= 0 ? text.slice(0, nl) : text));
+    });
+    // ECONNREFUSED: bound, not listening yet (a binary acquirer between bind
+    // and handing the token to its agent). EOF before a line: the same, or
+    // a lease ending just now.
+    socket.once('error', () => done(notAnswering));
+    socket.once('end', () => done(text ? describeHolder(text) : notAnswering));
+  });
+}
+
+/** `leased to pid 4242 (uid 1000, sockcheck binary)` from an info line. */
+function describeHolder(line) {
+  let info = null;
+  try { info = JSON.parse(line); } catch { /* not JSON */ }
+  const pid = info?.owner?.pid;
+  if (!info || info.sockcheck_lease !== 1 || !Number.isInteger(pid)) {
+    return { pids: [], message: 'leased (its token answers with something that is not a sockcheck lease line)' };
+  }
+  const holders = (Array.isArray(info.holders) ? info.holders : [])
+    .map((h) => (Number.isInteger(h) ? h : h?.pid)).filter((h) => Number.isInteger(h) && h !== pid);
+  const who = [Number.isInteger(info.uid) ? `uid ${info.uid}` : null,
+    BACKENDS[info.backend] ?? (typeof info.backend === 'string' ? `backend ${JSON.stringify(info.backend).slice(0, 40)}` : null)]
+    .filter(Boolean).join(', ');
+  const also = holders.length ? `; held on by pid ${holders.join(',')}` : '';
+  return { pids: [pid, ...holders], message: `leased to pid ${pid}${who ? ` (${who})` : ''}${also}` };
+}
+
+/**
+ * Try each address of the pool once. Returns {address, token} or the list
  * of skipped candidates.
  */
 async function tryPool(pool, ports, leasePort, signal) {
   const skipped = [];
+  const owner = { pid: process.pid, start_ticks: null };
+  const uid = typeof process.getuid === 'function' ? process.getuid() : null;
   for (const address of pool) {
     if (signal?.aborted) return { aborted: true, skipped };
     if (held.has(address)) {
       skipped.push({ address, reason: 'leased', verdict: null, pids: [process.pid], message: `leased to this process (pid ${process.pid})` });
       continue;
     }
-    const bound = await bindLease(address, leasePort);
+    const info = {
+      sockcheck_lease: 1, address, kind: 'address', backend: 'fallback', owner, holders: [], uid,
+      acquired: Math.floor(Date.now() / 1000), ports,
+    };
+    const bound = await bindToken(address, info, leasePort);
     if (bound.error) {
-      if (bound.error === 'EADDRINUSE') {
-        skipped.push({ address, reason: 'leased', verdict: null, pids: [], message: `leased to another process (its lease socket ${hostPort(address, leasePort)}/udp is bound; pid unknown: fallback)` });
+      const what = ABSTRACT_TOKENS ? `the lease token ${tokenShown(address)}` : `the lease socket ${hostPort(address, leasePort)}/udp`;
+      if (bound.error === 'EADDRINUSE' && ABSTRACT_TOKENS) {
+        const holder = await tokenHolder(address, HOLDER_ANSWER_MS);
+        skipped.push({ address, reason: 'leased', verdict: null, ...holder });
+      } else if (bound.error === 'EADDRINUSE') {
+        skipped.push({ address, reason: 'leased', verdict: null, pids: [], message: `leased to another process (${what} is bound; pid unknown: fallback)` });
       } else if (bound.error === 'EADDRNOTAVAIL') {
         skipped.push({ address, reason: 'unavailable', verdict: 'unavailable', pids: [], message: `${address} is not a local address (EADDRNOTAVAIL)` });
       } else {
-        skipped.push({ address, reason: 'conflict', verdict: 'conflict', pids: [], message: `the lease socket ${hostPort(address, leasePort)}/udp cannot be bound: ${bound.error}` });
+        skipped.push({ address, reason: 'conflict', verdict: 'conflict', pids: [], message: `${what} cannot be bound: ${bound.error}` });
       }
       continue;
     }
-    // Holding the lease socket first makes the check and the lease one step:
-    // no other fallback process can take this address meanwhile.
+    // Holding the token first makes the check and the lease one step: no
+    // other acquirer can take this address meanwhile.
     let doc;
     try {
       doc = await inspectAddress(address, ports);
     } catch (e) {
-      bound.socket.close();
+      bound.token.close();
       throw e;
     }
-    if (doc.verdict === 'free') return { address, socket: bound.socket, skipped };
-    bound.socket.close();
+    if (doc.verdict === 'free') return { address, token: bound.token, skipped };
+    bound.token.close();
     skipped.push({
       address, reason: doc.verdict, verdict: doc.verdict, pids: [],
       message: doc.reasons.map((r) => r.message).join('; '),
@@ -222,7 +354,7 @@ async function tryPool(pool, ports, leasePort, signal) {
 
 /**
  * Lease the first free address of the pool (fallback). `waitMs`: poll this
- * long. Resolves {address, socket}; rejects SOCKCHECK_NO_FREE_ADDRESS with
+ * long. Resolves {address, token}; rejects SOCKCHECK_NO_FREE_ADDRESS with
  * the skipped candidates.
  */
 async function acquire({ pool, ports, waitMs = 0, allowForeign = false, leasePort, signal }) {
@@ -230,11 +362,11 @@ async function acquire({ pool, ports, waitMs = 0, allowForeign = false, leasePor
   for (;;) {
     const got = await tryPool(pool, ports, leasePort, signal);
     if (got.aborted || signal?.aborted) {
-      if (got.socket) got.socket.close();
+      if (got.token) got.token.close();
       throw abortedError('sockcheck acquire (fallback)', signal);
     }
-    if (got.socket) {
-      held.set(got.address, got.socket);
+    if (got.token) {
+      held.set(got.address, got.token);
       return got;
     }
     const hopelessReasons = allowForeign ? ['unavailable'] : ['foreign', 'unavailable'];
@@ -256,10 +388,10 @@ async function acquire({ pool, ports, waitMs = 0, allowForeign = false, leasePor
 function release(address) {
   const parsed = parseAddress(address);
   const key = parsed ? parsed.address : String(address);
-  const socket = held.get(key);
-  if (!socket) return false;
+  const token = held.get(key);
+  if (!token) return false;
   held.delete(key);
-  try { socket.close(); } catch { /* already closed */ }
+  token.close();
   return true;
 }
 
@@ -279,4 +411,6 @@ async function waitFree({ address, ports, timeoutMs, allowForeign, signal }) {
   }
 }
 
-module.exports = { DEFAULT_LEASE_PORT, leasePortOf, check, acquire, release, waitFree, held };
+module.exports = {
+  DEFAULT_LEASE_PORT, ABSTRACT_TOKENS, tokenShown, leasePortOf, check, acquire, release, waitFree, held,
+};

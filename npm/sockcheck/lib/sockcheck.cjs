@@ -67,10 +67,16 @@ function backend(opts, sub) {
   }
   if (!warned) {
     warned = true;
+    const leases = fallback.ABSTRACT_TOKENS
+      ? 'Leases: fallback and binary leases share one lease space (abstract unix tokens ' +
+        '@sockcheck/v1/lease/ADDRESS, held by this process), so no two acquirers, binary or fallback, ' +
+        'any user, get the same address.'
+      : `Leases: a UDP socket on ADDRESS:${fallback.leasePortOf({})} held by this process, which only ` +
+        'other fallback processes see (the binary does not run here).';
     process.emitWarning(
-      `sockcheck: ${b.reason}; using the JS fallback (a plain-bind canary and a connect probe). ` +
-      'Lost: no owners (no holder pids), no SO_REUSEPORT evidence, no lingering-worker report. ' +
-      `Fallback leases are held by a UDP socket on ADDRESS:${fallback.leasePortOf({})} in this process.`,
+      `sockcheck: ${b.reason}; using the JS fallback (a plain-bind canary and a connect probe). ${leases} ` +
+      'What the fallback cannot see: the owners of listeners (no owners: no holder pids), ' +
+      'SO_REUSEPORT (no SO_REUSEPORT evidence), and lingering workers after run (no lingering-worker report).',
       { type: 'SockcheckFallbackWarning', code: 'SOCKCHECK_FALLBACK' });
   }
   return b;
@@ -229,13 +235,14 @@ class Lease {
   #releasing = null;
   #released = false;
 
-  constructor({ address, ports, owner = null, stateDir = null, source, leasePort = null }, releaseFn) {
+  constructor({ address, ports, owner = null, stateDir = null, source, leasePort = null, token = null }, releaseFn) {
     this.address = address;
     this.ports = ports;
     this.owner = owner;
     this.stateDir = stateDir;
     this.source = source;
     if (leasePort != null) this.leasePort = leasePort;
+    if (token != null) this.token = token;
     this.#releaseFn = releaseFn;
   }
 
@@ -397,6 +404,7 @@ async function acquireFallback(opts, waitMs) {
   const { address } = got;
   return new Lease({
     address, ports, owner: { pid: process.pid, start_ticks: null }, stateDir: null, source: 'fallback', leasePort,
+    token: fallback.ABSTRACT_TOKENS ? fallback.tokenShown(address) : null,
   }, async () => { fallback.release(address); });
 }
 

@@ -59,7 +59,11 @@ export interface AcquireOptions extends CommonOptions {
   owner?: number;
   /** Keep waiting on addresses a wildcard listener covers, instead of failing at once when all are foreign. */
   allowForeign?: boolean;
-  /** Fallback only: the UDP port a lease binds on its address. Default: `$SOCKCHECK_LEASE_PORT`, else 9924. */
+  /**
+   * Fallback off Linux only: the UDP port a lease binds on its address.
+   * Default: `$SOCKCHECK_LEASE_PORT`, else 9924. Accepted and ignored on
+   * Linux, where a lease is an abstract unix token shared with the binary.
+   */
   leasePort?: number;
 }
 
@@ -97,8 +101,10 @@ export declare class Lease implements AsyncDisposable {
   /** The state directory that holds the lease (null in the fallback). */
   readonly stateDir: string | null;
   readonly source: Source;
-  /** Fallback only: the UDP port whose socket holds the lease. */
+  /** Fallback off Linux only: the UDP port whose socket holds the lease. */
   readonly leasePort?: number;
+  /** Fallback on Linux: the lease token, as ss(8) shows it (`@sockcheck/v1/lease/127.0.0.2`). */
+  readonly token?: string;
   /** True once release() has succeeded. */
   readonly released: boolean;
   /** Give the address back. Safe to call twice; resolves also when the lease was already gone. */
@@ -316,7 +322,7 @@ export declare function resolveBinary(options?: { bin?: string; env?: NodeJS.Pro
 export declare function resolveBackend(options?: { bin?: string }): Backend;
 /** The platform package for a platform and CPU (default: this one), or null. */
 export declare function platformPackage(platform?: string, arch?: string): string | null;
-/** The fallback's default lease port (UDP): 9924. */
+/** The fallback's default lease port (UDP, off Linux only): 9924. */
 export declare const DEFAULT_LEASE_PORT: number;
 /** This package's version. */
 export declare const version: string;

@@ -14,7 +14,7 @@ delete process.env.SOCKCHECK_POOL;
 
 const { scan, acquire } = await import('sockcheck');
 const CASES = JSON.parse(fs.readFileSync(path.join(helpers.REPO, 'tests/data/pools.json'), 'utf8'));
-const PORTS = [46199];
+const { ports: PORTS } = helpers.resources('pools');
 
 test('the fallback parses and refuses pools as the binary does (tests/data/pools.json)', async (t) => {
   assert.ok(CASES.length > 50, `${CASES.length} cases`);
