@@ -27,8 +27,10 @@ const TOKEN_PREFIX = '\0sockcheck/v1/lease/';
 /** The name as ss(8) and /proc/net/unix show it, for messages. */
 const tokenShown = (address) => `@sockcheck/v1/lease/${address}`;
 
-/** How long a taken token's holder has to write its info line. */
+/** How long a taken token's holder has to write its info line (a real one writes it on accept)... */
 const HOLDER_ANSWER_MS = 200;
+/** ...and the least, when a wait's deadline is near. */
+const MIN_HOLDER_ANSWER_MS = 25;
 /** Accepted connections a token keeps open at once: a waiter each; more from one peer is abuse. */
 const TOKEN_MAX_CONNECTIONS = 256;
 
@@ -71,11 +73,35 @@ function canary(address, port) {
   });
 }
 
+/** The longest a connect probe waits (no deadline near). */
+const PROBE_MS = 500;
 /**
- * The connect probe: does anything accept a connection on ADDRESS:PORT?
- * `connected`, `refused`, `timeout` or an error code.
+ * The shortest: on loopback the kernel completes a handshake inside
+ * connect(2), and refuses one (RST) as fast, so only a dropped SYN (a full
+ * accept queue) takes longer than an event-loop turn.
  */
-function connectProbe(address, port, ms = 500) {
+const MIN_PROBE_MS = 50;
+
+/**
+ * One inspection's context: `deadline` (ms since the epoch, or null) bounds
+ * every connect probe, so a wait ends within MIN_PROBE_MS or so of its
+ * deadline; `wildcards` remembers, per port, what the sentinel said, so a
+ * pass over a pool asks once per port, not once per address.
+ */
+function probeContext(deadline = null) {
+  return { deadline, wildcards: new Map() };
+}
+
+function probeMs(ctx) {
+  if (ctx.deadline == null) return PROBE_MS;
+  return Math.min(PROBE_MS, Math.max(MIN_PROBE_MS, ctx.deadline - Date.now()));
+}
+
+/**
+ * The connect probe: does anything listen on ADDRESS:PORT? `connected`,
+ * `refused`, `timeout` or an error code.
+ */
+function connectProbe(address, port, ms) {
   return new Promise((resolve) => {
     const socket = net.connect({ host: address, port });
     const done = (result) => {
@@ -90,6 +116,15 @@ function connectProbe(address, port, ms = 500) {
 }
 
 /**
+ * Whether a probe result means a listener. A listener whose accept queue is
+ * full (one that never accepts fills it with a few connections, ours among
+ * them, and they stay queued after we close) drops the SYN: the connect
+ * times out instead of being refused. A socket that is bound but not
+ * listening refuses at once.
+ */
+const listens = (result) => result === 'connected' || result === 'timeout';
+
+/**
  * On Linux every 127/8 address is local, so a wildcard listener shows on a
  * sentinel address of the same port too: that tells `foreign` from `busy`.
  */
@@ -98,14 +133,32 @@ function sentinelFor(address) {
   return address === '127.255.255.254' ? '127.255.255.253' : '127.255.255.254';
 }
 
-/** One port of one address: canary, then the connect probe. */
-async function inspectPort(address, port) {
+/**
+ * Whether a wildcard listener covers PORT, by its sentinel address: the
+ * canary fails there too and something listens. Asked once per port and
+ * context (127.255.255.254 serves every address but itself).
+ */
+function wildcardOn(sentinel, port, ctx) {
+  const key = `${sentinel}:${port}`;
+  if (!ctx.wildcards.has(key)) {
+    ctx.wildcards.set(key, (async () => {
+      const c = await canary(sentinel, port);
+      if (c.result !== 'EADDRINUSE') return null;
+      const probe = await connectProbe(sentinel, port, probeMs(ctx));
+      return listens(probe.result) ? { sentinel, canary: c, connect: probe } : null;
+    })());
+  }
+  return ctx.wildcards.get(key);
+}
+
+/** One port of one address: canary, then the wildcard sentinel or the connect probe. */
+async function inspectPort(address, port, ctx) {
   const entry = { port, canary: await canary(address, port), listeners: [] };
   const c = entry.canary.result;
   let verdict = 'free';
   let reason = null;
   if (c === 'ok') {
-    entry.connect = await connectProbe(address, port);
+    entry.connect = await connectProbe(address, port, probeMs(ctx));
     if (entry.connect.result === 'connected') {
       // The bind succeeded beside a listener: only a wildcard can do that
       // (macOS, BSD); on Linux it means a listener appeared in between.
@@ -118,19 +171,28 @@ async function inspectPort(address, port) {
       }
     }
   } else if (c === 'EADDRINUSE') {
-    entry.connect = await connectProbe(address, port);
-    if (entry.connect.result === 'connected') {
-      verdict = 'busy';
-      reason = { code: 'listener', message: `${hostPort(address, port)} is in use and accepts connections (owner unknown: fallback)` };
-      const sentinel = sentinelFor(address);
-      if (sentinel && (await canary(sentinel, port)).result === 'EADDRINUSE'
-          && (await connectProbe(sentinel, port)).result === 'connected') {
-        verdict = 'foreign';
-        reason = { code: 'wildcard', message: `a wildcard listener on port ${port} covers ${address} (${sentinel}:${port} answers too; owner unknown: fallback)` };
-      }
+    // A wildcard first: it takes every address's port (a bind beside it
+    // fails whatever else is there), and probing each address of a pool
+    // against a listener that does not accept would cost a timeout each.
+    const sentinel = sentinelFor(address);
+    const wildcard = sentinel ? await wildcardOn(sentinel, port, ctx) : null;
+    if (wildcard) {
+      entry.sentinel = { address: sentinel, canary: wildcard.canary, connect: wildcard.connect };
+      verdict = 'foreign';
+      const accepting = wildcard.connect.result === 'connected' ? 'answers too' : 'is in use and its listener does not accept';
+      reason = { code: 'wildcard', message: `a wildcard listener on port ${port} covers ${address} (${sentinel}:${port} ${accepting}; owner unknown: fallback)` };
     } else {
-      verdict = 'conflict';
-      reason = { code: 'canary_failed', message: `the canary bind on ${hostPort(address, port)} fails with EADDRINUSE, but nothing accepts connections there (a bound socket that is not listening?)` };
+      entry.connect = await connectProbe(address, port, probeMs(ctx));
+      if (entry.connect.result === 'connected') {
+        verdict = 'busy';
+        reason = { code: 'listener', message: `${hostPort(address, port)} is in use and accepts connections (owner unknown: fallback)` };
+      } else if (listens(entry.connect.result)) {
+        verdict = 'busy';
+        reason = { code: 'listener', message: `${hostPort(address, port)} is in use by a listener that does not accept (its accept queue is full; owner unknown: fallback)` };
+      } else {
+        verdict = 'conflict';
+        reason = { code: 'canary_failed', message: `the canary bind on ${hostPort(address, port)} fails with EADDRINUSE, but nothing listens there (a bound socket that is not listening?)` };
+      }
     }
   } else if (c === 'EADDRNOTAVAIL') {
     verdict = 'unavailable';
@@ -147,7 +209,7 @@ function hostPort(address, port) {
 }
 
 /** The check document (schema 1) for one address, from the fallback. */
-async function inspectAddress(text, ports) {
+async function inspectAddress(text, ports, ctx = probeContext()) {
   const parsed = parseAddress(text);
   if (!parsed) {
     throw new SockcheckError(`sockcheck (fallback): '${text}' is not an IP address`, { code: 'SOCKCHECK_USAGE' });
@@ -157,7 +219,7 @@ async function inspectAddress(text, ports) {
   const reasons = [];
   const portEntries = [];
   for (const port of ports) {
-    const r = await inspectPort(address, port);
+    const r = await inspectPort(address, port, ctx);
     portEntries.push(r.entry);
     verdict = worst(verdict, r.verdict);
     if (r.reason) reasons.push(r.reason);
@@ -172,9 +234,11 @@ const SOURCES = {
   proc: { status: 'unavailable', detail: 'fallback: no sockcheck binary' },
 };
 
-async function check(addresses, ports) {
+/** The check document for addresses; `deadline` (ms since the epoch) bounds its probes. */
+async function check(addresses, ports, deadline = null) {
   const docs = [];
-  for (const a of addresses) docs.push(await inspectAddress(a, ports));
+  const ctx = probeContext(deadline);
+  for (const a of addresses) docs.push(await inspectAddress(a, ports, ctx));
   return {
     schema: 1,
     sockcheck: null,
@@ -302,10 +366,12 @@ function describeHolder(line) {
 
 /**
  * Try each address of the pool once. Returns {address, token} or the list
- * of skipped candidates.
+ * of skipped candidates. `deadline` (ms since the epoch, or null) bounds
+ * every probe and every wait for a holder's answer.
  */
-async function tryPool(pool, ports, leasePort, signal) {
+async function tryPool(pool, ports, leasePort, signal, deadline) {
   const skipped = [];
+  const ctx = probeContext(deadline);
   const owner = { pid: process.pid, start_ticks: null };
   const uid = typeof process.getuid === 'function' ? process.getuid() : null;
   for (const address of pool) {
@@ -322,7 +388,9 @@ async function tryPool(pool, ports, leasePort, signal) {
     if (bound.error) {
       const what = ABSTRACT_TOKENS ? `the lease token ${tokenShown(address)}` : `the lease socket ${hostPort(address, leasePort)}/udp`;
       if (bound.error === 'EADDRINUSE' && ABSTRACT_TOKENS) {
-        const holder = await tokenHolder(address, HOLDER_ANSWER_MS);
+        const ms = deadline == null ? HOLDER_ANSWER_MS
+          : Math.min(HOLDER_ANSWER_MS, Math.max(MIN_HOLDER_ANSWER_MS, deadline - Date.now()));
+        const holder = await tokenHolder(address, ms);
         skipped.push({ address, reason: 'leased', verdict: null, ...holder });
       } else if (bound.error === 'EADDRINUSE') {
         skipped.push({ address, reason: 'leased', verdict: null, pids: [], message: `leased to another process (${what} is bound; pid unknown: fallback)` });
@@ -337,7 +405,7 @@ async function tryPool(pool, ports, leasePort, signal) {
     // other acquirer can take this address meanwhile.
     let doc;
     try {
-      doc = await inspectAddress(address, ports);
+      doc = await inspectAddress(address, ports, ctx);
     } catch (e) {
       bound.token.close();
       throw e;
@@ -360,7 +428,9 @@ async function tryPool(pool, ports, leasePort, signal) {
 async function acquire({ pool, ports, waitMs = 0, allowForeign = false, leasePort, signal }) {
   const deadline = Date.now() + waitMs;
   for (;;) {
-    const got = await tryPool(pool, ports, leasePort, signal);
+    // Without a wait, one pass with the probes' full time; with one, no
+    // probe outlasts the deadline by more than MIN_PROBE_MS.
+    const got = await tryPool(pool, ports, leasePort, signal, waitMs > 0 ? deadline : null);
     if (got.aborted || signal?.aborted) {
       if (got.token) got.token.close();
       throw abortedError('sockcheck acquire (fallback)', signal);
@@ -399,7 +469,7 @@ function release(address) {
 async function waitFree({ address, ports, timeoutMs, allowForeign, signal }) {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const doc = await check([address], ports);
+    const doc = await check([address], ports, deadline);
     if (signal?.aborted) throw abortedError('sockcheck wait (fallback)', signal);
     const verdict = doc.addresses[0].verdict;
     if (verdict === 'free') return { doc, outcome: 'free' };
