@@ -28,6 +28,12 @@ const MARGIN_MS = 30_000;
 /** run's watchdog when none is given: the command is the caller's test suite. */
 const RUN_TIMEOUT_MS = 6 * 3600_000;
 const DEFAULT_PORTS = [9925, 9926];
+/**
+ * The pool acquire and run lease from when given none and SOCKCHECK_POOL is
+ * unset: Harper's loopback pool (127.0.0.START, 32 addresses from 2), the
+ * one the binary defaults to as well.
+ */
+const DEFAULT_POOL = '127.0.0.2-127.0.0.33';
 const REASONS = ['leased', 'quarantined', 'busy', 'foreign', 'conflict', 'unavailable'];
 const VERDICTS = ['busy', 'foreign', 'conflict', 'unavailable'];
 
@@ -214,10 +220,33 @@ function defaultPorts(ports) {
   return DEFAULT_PORTS.slice();
 }
 
-function poolOf(pool) {
+/**
+ * SOCKCHECK_POOL of the environment sockcheck runs with (run's `env` option
+ * included); blank is unset, as the binary takes it.
+ */
+const envPool = (env = process.env) => (env.SOCKCHECK_POOL?.trim() ? env.SOCKCHECK_POOL : null);
+
+/** The pool to inspect (scan): POOL, else SOCKCHECK_POOL; no default. */
+function poolOf(pool, env = process.env) {
   if (pool != null) return parsePool(pool, 'POOL');
-  if (process.env.SOCKCHECK_POOL) return parsePool(process.env.SOCKCHECK_POOL, 'SOCKCHECK_POOL');
+  if (envPool(env) != null) return parsePool(envPool(env), 'SOCKCHECK_POOL');
   throw new SockcheckError('sockcheck: no pool given and SOCKCHECK_POOL is not set', { code: 'SOCKCHECK_USAGE' });
+}
+
+/** The pool to lease from (acquire, run): POOL, else SOCKCHECK_POOL, else DEFAULT_POOL. */
+function leasePoolOf(pool, env = process.env) {
+  if (pool == null && envPool(env) == null) return parsePool(DEFAULT_POOL, 'the default pool');
+  return poolOf(pool, env);
+}
+
+/**
+ * The POOL argument for acquire and run: the pool given, none when
+ * SOCKCHECK_POOL is set (the binary reads it and names it in errors), else
+ * DEFAULT_POOL explicitly, for a binary older than its own default.
+ */
+function leasePoolArg(pool, env = process.env) {
+  if (pool != null) return String(pool);
+  return envPool(env) != null ? null : DEFAULT_POOL;
 }
 
 function commonArgs(opts) {
@@ -344,7 +373,8 @@ async function acquire(opts = {}) {
   const args = ['acquire', '--json', '-v', '--owner', String(owner), ...commonArgs(opts)];
   if (opts.wait != null) args.push('--wait', durationArg(opts.wait, 'wait'));
   if (opts.allowForeign) args.push('--allow-foreign');
-  if (opts.pool != null) args.push('--', String(opts.pool)); // a pool is never taken for an option
+  const poolArg = leasePoolArg(opts.pool);
+  if (poolArg != null) args.push('--', poolArg); // a pool is never taken for an option
   const r = await runChild(b.bin, args, {
     sub: 'acquire', timeoutMs: processTimeoutMs(opts, waitMs + MARGIN_MS), signal: opts.signal,
   });
@@ -380,8 +410,8 @@ async function acquire(opts = {}) {
   throw failure('acquire', r);
 }
 
-async function acquireFallback(opts, waitMs) {
-  const pool = poolOf(opts.pool);
+async function acquireFallback(opts, waitMs, env = process.env) {
+  const pool = leasePoolOf(opts.pool, env);
   const ports = defaultPorts(opts.ports);
   const leasePort = fallback.leasePortOf(opts);
   const owner = opts.owner ?? process.pid;
@@ -577,7 +607,8 @@ async function run(pool, command, opts = {}) {
   if (opts.grace != null) args.push('--grace', durationArg(opts.grace, 'grace'));
   if (opts.wait != null) args.push('--wait', durationArg(opts.wait, 'wait'));
   if (opts.allowForeign) args.push('--allow-foreign');
-  if (pool != null) args.push(String(pool));
+  const poolArg = leasePoolArg(pool, env);
+  if (poolArg != null) args.push(poolArg);
   args.push('--', ...cmd);
   const r = await runChild(b.bin, args, {
     sub: 'run', timeoutMs, signal: opts.signal, killGraceMs: lingerMs + graceMs + 5000,
@@ -620,7 +651,7 @@ async function run(pool, command, opts = {}) {
 
 async function runFallback(pool, cmd, opts, { waitMs, pipe, env, timeoutMs }) {
   const started = Date.now();
-  const lease = await acquireFallback({ ...opts, pool, processTimeout: undefined }, waitMs);
+  const lease = await acquireFallback({ ...opts, pool, processTimeout: undefined }, waitMs, env);
   try {
     const r = await new Promise((resolve, reject) => {
       if (opts.signal?.aborted) return reject(abortedError('sockcheck run (fallback)', opts.signal));
@@ -695,5 +726,6 @@ module.exports = {
   resolveBackend,
   platformPackage,
   DEFAULT_LEASE_PORT: fallback.DEFAULT_LEASE_PORT,
+  DEFAULT_POOL,
   version: VERSION,
 };

@@ -49,7 +49,7 @@ export interface CommonOptions {
 }
 
 export interface AcquireOptions extends CommonOptions {
-  /** A range (`127.0.0.2-127.0.0.33`), CIDR (`127.0.0.0/27`) or comma list. Default: `$SOCKCHECK_POOL`. */
+  /** A range (`127.0.0.2-127.0.0.33`), CIDR (`127.0.0.0/27`) or comma list. Default: `$SOCKCHECK_POOL`, else DEFAULT_POOL. */
   pool?: string;
   /** Ports that must be free. Default: `$SOCKCHECK_PORTS`, else 9925,9926. */
   ports?: Ports;
@@ -311,7 +311,7 @@ export declare function scan(pool?: string | null, options?: CheckOptions): Prom
 /** Wait until an address is free; resolves with its check document. */
 export declare function waitFree(address: string, options?: WaitOptions): Promise<CheckReport>;
 /**
- * Lease an address from the pool (null: `$SOCKCHECK_POOL`), run the command
+ * Lease an address from the pool (null: `$SOCKCHECK_POOL`, else DEFAULT_POOL), run the command
  * (argv array, or a string for /bin/sh -c) with SOCKCHECK_ADDR and
  * SOCKCHECK_PORTS set, then check for lingering holders.
  */
@@ -324,5 +324,7 @@ export declare function resolveBackend(options?: { bin?: string }): Backend;
 export declare function platformPackage(platform?: string, arch?: string): string | null;
 /** The fallback's default lease port (UDP, off Linux only): 9924. */
 export declare const DEFAULT_LEASE_PORT: number;
+/** The pool acquire and run lease from when given none and `$SOCKCHECK_POOL` is unset: `127.0.0.2-127.0.0.33` (32 addresses). */
+export declare const DEFAULT_POOL: string;
 /** This package's version. */
 export declare const version: string;
