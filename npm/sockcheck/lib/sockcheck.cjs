@@ -182,6 +182,17 @@ const EXIT = {
   3: ['SOCKCHECK_INSPECTION_FAILED', 'inspection failed'],
 };
 
+/**
+ * Exit 3 from acquire, release, leases and run is "the state directory or
+ * the inspection failed"; the binary's message says which (`sockcheck: state
+ * directory DIR: ...`). An older binary exited 2 for a state directory it
+ * could not use, with the same message: that is no usage error either.
+ */
+function stateFailure(r, stderr) {
+  if (r.status === 3) return /\bstate directory\b/.test(stderr);
+  return r.status === 2 && /^sockcheck: state directory /m.test(stderr);
+}
+
 /** The error for an abort, a watchdog kill, a signal or an unexpected status. */
 function failure(sub, r, table = {}) {
   const stderr = r.stderr.trim();
@@ -197,7 +208,8 @@ function failure(sub, r, table = {}) {
   if (r.status === null) {
     return new SockcheckError(`sockcheck ${sub}: killed by ${r.signal}`, { ...base, code: 'SOCKCHECK_FAILED' });
   }
-  const [code, what] = table[r.status] || EXIT[r.status] || ['SOCKCHECK_FAILED', `exit status ${r.status}`];
+  const [code, what] = (stateFailure(r, stderr) && ['SOCKCHECK_STATE', 'the state directory failed'])
+    || table[r.status] || EXIT[r.status] || ['SOCKCHECK_FAILED', `exit status ${r.status}`];
   return new SockcheckError(`sockcheck ${sub}: ${what}: ${lastLine(stderr) || '(no message)'}`, { ...base, code });
 }
 
