@@ -43,6 +43,11 @@ test('the fallback is used, and says so once', async () => {
   assert.match(ours[0].message, /no SO_REUSEPORT evidence/);
   assert.match(ours[0].message, /no lingering-worker report/);
   assert.match(ours[0].message, /SOCKCHECK_FALLBACK=1/);
+  if (process.platform === 'linux') {
+    // Said plainly: which leases it honours, and what it cannot see.
+    assert.match(ours[0].message, /fallback and binary leases share one lease space \(abstract unix tokens/);
+    assert.match(ours[0].message, /cannot see: the owners of listeners .*SO_REUSEPORT .*lingering workers/);
+  }
 });
 
 test('check: plain, reuseport group and wildcard listeners are not free', { skip: skipHolder }, async () => {
