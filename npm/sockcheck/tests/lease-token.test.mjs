@@ -7,7 +7,8 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
 import net from 'node:net';
-import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
 import helpers from './helpers.cjs';
 
 process.env.SOCKCHECK_FALLBACK = '1';
@@ -18,7 +19,9 @@ const { acquire } = await import('sockcheck');
 const { net: NET, ports: PORTS } = helpers.resources('token');
 const LINUX = process.platform === 'linux';
 const skipNotLinux = LINUX ? false : `abstract unix names are Linux-only (${process.platform} keeps the UDP token)`;
-const token = (address) => `\0sockcheck/v1/lease/${address}`;
+// The name every Node binds for the token: NUL-padded to the 108 bytes of
+// sun_path (what Node 20 makes of any abstract name; see fallback.cjs).
+const token = (address) => `\0sockcheck/v1/lease/${address}`.padEnd(108, '\0');
 
 after(helpers.killAll);
 
@@ -142,4 +145,54 @@ test('a lease never keeps its process alive', { skip: skipNotLinux }, async () =
   assert.equal(code, 0, 'the child exited by itself');
   assert.ok((await ended) - at < 1000, 'its token closed with it');
   (await listen(token(doc.address))).close();
+});
+
+test('the token is the name every Node binds: NUL-padded to the 108 bytes of sun_path', { skip: skipNotLinux }, async () => {
+  const lease = await acquire({ pool: `${NET}.7`, ports: PORTS });
+  try {
+    const name = `@sockcheck/v1/lease/${NET}.7`;
+    const lines = fs.readFileSync('/proc/net/unix', 'latin1').split('\n').filter((l) => l.includes(`${name}@`) || l.endsWith(` ${name}`));
+    assert.equal(lines.length, 1, lines.join('\n'));
+    assert.ok(lines[0].endsWith(` ${name.padEnd(108, '@')}`), lines[0]);
+  } finally {
+    await lease.release();
+  }
+});
+
+test('a token bound with its exact length (the binary\'s, docs/leases.md) is honoured', { skip: skipNotLinux }, async (t) => {
+  // Node 20 cannot bind an exact-length abstract name: Python can.
+  const python = ['/usr/bin/python3', 'python3'].find((p) => spawnSync(p, ['-c', 'pass']).status === 0);
+  if (!python) {
+    const why = 'no python3 to bind an exact-length abstract name';
+    console.log(`# skipped: ${why}`);
+    t.skip(why);
+    return;
+  }
+  const address = `${NET}.8`;
+  const child = spawn(python, ['-c', `
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(b'\\0sockcheck/v1/lease/${address}')
+s.listen(128)
+print('ready', flush=True)
+time.sleep(60)
+`], { stdio: ['ignore', 'pipe', 'inherit'] });
+  helpers.children.add(child);
+  try {
+    await new Promise((resolve, reject) => {
+      child.stdout.on('data', (d) => { if (String(d).includes('ready')) resolve(); });
+      child.once('exit', (code) => reject(new Error(`python exited ${code}`)));
+    });
+    await assert.rejects(acquire({ pool: address, ports: PORTS }), (e) => {
+      assert.equal(e.code, 'SOCKCHECK_NO_FREE_ADDRESS');
+      assert.equal(e.candidates[0].reason, 'leased');
+      assert.match(e.candidates[0].message, /^leased \(its token @sockcheck\/v1\/lease\/\S+ is bound, by a process this Node cannot connect to/);
+      return true;
+    });
+  } finally {
+    await helpers.killChild(child);
+  }
+  // Gone with its holder: the address is free again.
+  const lease = await acquire({ pool: address, ports: PORTS });
+  await lease.release();
 });
