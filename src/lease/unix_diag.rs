@@ -118,6 +118,7 @@ fn datagram(mut bytes: &[u8], found: &mut Vec<IpAddr>) -> Result<bool, String> {
                 if let Some(name) = name(&bytes[HEADER + MESSAGE..length])
                     && let Some(address) = name
                         .strip_prefix(prefix)
+                        .map(|a| a.split(|&b| b == 0).next().unwrap_or(a))
                         .and_then(|a| std::str::from_utf8(a).ok())
                         .and_then(|a| a.parse::<IpAddr>().ok())
                 {

@@ -32,30 +32,12 @@ const tokenShown = (address) => `@sockcheck/v1/lease/${address}`;
  * The whole of sun_path. Node 20 (libuv 1.46) binds and connects an
  * abstract name with addrlen sizeof(sockaddr_un) whatever the string's
  * length (nodejs/node#50889): its `\0NAME` is the kernel name `\0NAME` with
- * NULs up to 108 bytes, a different name from the exact `\0NAME` that Rust,
- * Python or a newer Node bind. Padding the string to 108 bytes ourselves
- * gives the one name every Node binds for it; the exact name (what the
- * binary binds per docs/leases.md) is then honoured through /proc/net/unix,
- * as Node 20 can neither bind nor connect to it.
+ * NULs up to 108 bytes. So the token is that padded name for everyone
+ * (docs/leases.md): the binary pads it too, and padding the string here
+ * gives the same kernel name on every Node version.
  */
 const SUN_PATH_BYTES = 108;
 const tokenPath = (address) => (TOKEN_PREFIX + address).padEnd(SUN_PATH_BYTES, '\0');
-
-/**
- * Whether the exact-length token of `address` is bound by anyone: a line of
- * /proc/net/unix (this network namespace's sockets, any user's) whose path
- * is exactly the name, not the padded one.
- */
-function exactTokenBound(address) {
-  let text;
-  try {
-    text = fs.readFileSync('/proc/net/unix', 'latin1');
-  } catch {
-    return false; // no procfs: only the padded token can tell
-  }
-  const suffix = ` ${tokenShown(address)}`;
-  return text.split('\n').some((line) => line.endsWith(suffix));
-}
 
 /** How long a taken token's holder has to write its info line (a real one writes it on accept)... */
 const HOLDER_ANSWER_MS = 200;
@@ -429,17 +411,6 @@ async function tryPool(pool, ports, leasePort, signal, deadline) {
       } else {
         skipped.push({ address, reason: 'conflict', verdict: 'conflict', pids: [], message: `${what} cannot be bound: ${bound.error}` });
       }
-      continue;
-    }
-    // The exact-length name, which this Node cannot bind, asked after ours
-    // is bound: an acquirer binding it first and ours second (the binary,
-    // docs/leases.md) and this order never both win.
-    if (ABSTRACT_TOKENS && exactTokenBound(address)) {
-      bound.token.close();
-      skipped.push({
-        address, reason: 'leased', verdict: null, pids: [],
-        message: `leased (its token ${tokenShown(address)} is bound, by a process this Node cannot connect to: the sockcheck binary's lease agent?)`,
-      });
       continue;
     }
     // Holding the token first makes the check and the lease one step: no
