@@ -112,6 +112,8 @@ enum Command {
         ports: PortsArg,
         #[command(flatten)]
         sources: SourceArgs,
+        #[command(flatten)]
+        netns: NetnsArg,
     },
     /// Wait until an address is free.
     #[command(after_long_help = exit::HELP_WAIT)]
@@ -153,6 +155,8 @@ enum Command {
         sources: SourceArgs,
         #[command(flatten)]
         state: StateArgs,
+        #[command(flatten)]
+        netns: NetnsArg,
     },
     /// Give a leased address back.
     #[command(after_long_help = exit::HELP_RELEASE)]
@@ -162,6 +166,8 @@ enum Command {
         address: std::net::IpAddr,
         #[command(flatten)]
         state: StateArgs,
+        #[command(flatten)]
+        netns: NetnsArg,
     },
     /// List leases and quarantined addresses.
     #[command(after_long_help = exit::HELP_LEASES)]
@@ -171,6 +177,8 @@ enum Command {
         pool: Option<Pool>,
         #[command(flatten)]
         state: StateArgs,
+        #[command(flatten)]
+        netns: NetnsArg,
     },
     /// Lease an address, run CMD with SOCKCHECK_ADDR set, then check for
     /// lingering holders.
@@ -253,6 +261,8 @@ struct RunArgs {
     sources: SourceArgs,
     #[command(flatten)]
     state: StateArgs,
+    #[command(flatten)]
+    netns: NetnsArg,
     /// Words before `--` that are not the pool (an error).
     #[arg(hide = true)]
     stray: Vec<OsString>,
@@ -530,6 +540,7 @@ impl SourceArgs {
 /// Every command but `check`: the gate commands go to
 /// [`dispatch_inspecting`] or [`dispatch_leasing`], the others run here.
 fn dispatch(command: Command, top: &Top) -> Result<ExitStatus, Error> {
+    refuse_unused(top, &command)?;
     match command {
         Command::Check(_) => unreachable!("check is dispatched by run_command"),
         command @ (Command::Scan { .. }
@@ -559,6 +570,47 @@ fn dispatch(command: Command, top: &Top) -> Result<ExitStatus, Error> {
         Command::Completions { shell } => completions(shell),
         Command::Man => man(),
         Command::LeaseAgent { dir } => crate::lease::agent::serve(&dir),
+    }
+}
+
+/// Which of the options given before it a command uses: `--ports`, the
+/// sources (`--no-probe`, `--no-pidfd`, `--bpf`), `--netns`, `--state-dir`.
+fn takes(command: &Command) -> (&'static str, [bool; 4]) {
+    match command {
+        Command::Check(_) => ("check", [true, true, true, false]),
+        Command::Scan { .. } => ("scan", [true, true, true, false]),
+        Command::List { .. } => ("list", [true, true, true, false]),
+        Command::Reap { .. } => ("reap", [true, true, true, false]),
+        Command::Wait { .. } => ("wait", [true, true, true, false]),
+        Command::Acquire { .. } => ("acquire", [true, true, true, true]),
+        Command::Run(_) => ("run", [true, true, true, true]),
+        Command::Release { .. } => ("release", [false, false, true, true]),
+        Command::Leases { .. } => ("leases", [true, false, true, true]),
+        Command::Watch { .. } => ("watch", [true, false, true, false]),
+        Command::Doctor => ("doctor", [false; 4]),
+        Command::Completions { .. } => ("completions", [false; 4]),
+        Command::Man => ("man", [false; 4]),
+        Command::LeaseAgent { .. } => ("__lease-agent", [false; 4]),
+    }
+}
+
+/// No option is dropped: one given before a command that does not use it
+/// is refused (exit 2), naming both, rather than ignored.
+fn refuse_unused(top: &Top, command: &Command) -> Result<(), Error> {
+    let (name, [ports, sources, netns, state_dir]) = takes(command);
+    let given = [
+        ("--ports", top.ports.is_some(), ports),
+        ("--no-probe", top.sources.no_probe, sources),
+        ("--no-pidfd", top.sources.no_pidfd, sources),
+        ("--bpf", top.sources.bpf.is_some(), sources),
+        ("--netns", top.netns.is_some(), netns),
+        ("--state-dir", top.state_dir.is_some(), state_dir),
+    ];
+    match given.iter().find(|(_, given, used)| *given && !*used) {
+        Some((option, _, _)) => Err(Error::Usage(format!(
+            "{option} does not apply to 'sockcheck {name}' (nothing it does depends on it)"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -593,11 +645,11 @@ fn dispatch_inspecting(command: Command, top: &Top) -> Result<ExitStatus, Error>
             dry_run,
             ports,
             sources,
-        } => gate::reap_address(
-            &top.gate(ports, Some(sources), None)?,
-            address,
-            grace,
-            dry_run,
+            netns,
+        } => in_netns(
+            netns.netns.or(top.netns.clone()),
+            top.gate(ports, Some(sources), None)?,
+            |gate| gate::reap_address(&gate, address, grace, dry_run),
         ),
         Command::Wait {
             address,
@@ -627,18 +679,27 @@ fn dispatch_leasing(command: Command, top: &Top) -> Result<ExitStatus, Error> {
             ports,
             sources,
             state,
+            netns,
         } => {
             let gate = top.gate(ports, Some(sources), Some(state))?;
             let pool = input::resolve_pool(pool.pool)?;
-            gate::acquire(&gate, &pool, owner, wait, allow_foreign)
+            in_netns(netns.netns.or(top.netns.clone()), gate, |gate| {
+                gate::acquire(&gate, &pool, owner, wait, allow_foreign)
+            })
         }
-        Command::Release { address, state } => gate::release(
-            &top.gate(PortsArg { ports: None }, None, Some(state))?,
+        Command::Release {
             address,
+            state,
+            netns,
+        } => in_netns(
+            netns.netns.or(top.netns.clone()),
+            top.gate(PortsArg { ports: None }, None, Some(state))?,
+            |gate| gate::release(&gate, address),
         ),
-        Command::Leases { pool, state } => gate::leases(
-            &top.gate(PortsArg { ports: None }, None, Some(state))?,
-            pool.map(|p| p.0),
+        Command::Leases { pool, state, netns } => in_netns(
+            netns.netns.or(top.netns.clone()),
+            top.gate(PortsArg { ports: None }, None, Some(state))?,
+            |gate| gate::leases(&gate, pool.map(|p| p.0)),
         ),
         Command::Run(args) => run_cmd(args, top),
         _ => unreachable!("only the leasing gate commands come here"),
@@ -694,7 +755,12 @@ fn run_cmd(args: RunArgs, top: &Top) -> Result<ExitStatus, Error> {
         wait: args.wait,
         command: args.command,
     };
-    gate::run(&gate, &pool, &options)
+    let netns = args.netns.netns.or(top.netns.clone());
+    if netns.is_some() {
+        // Before the namespace's thread exists: see block_forwarded.
+        gate::child::block_forwarded();
+    }
+    in_netns(netns, gate, |gate| gate::run(&gate, &pool, &options))
 }
 
 /// Runs `command` with `gate` in the network namespace `--netns` names, on

@@ -16,5 +16,6 @@ export const {
   resolveBackend,
   platformPackage,
   DEFAULT_LEASE_PORT,
+  DEFAULT_POOL,
   version,
 } = sockcheck;

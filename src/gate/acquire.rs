@@ -117,10 +117,23 @@ pub fn try_acquire(
     let quarantined = gate.quarantined()?;
     let view = inspect::kernel_view(&gate.ports)?;
     let covers = Covers::of(&view);
+    // A large pool reads the leased addresses in one dump instead of one
+    // bind each; a token that comes or goes meanwhile is caught by the bind.
+    let listed: HashSet<IpAddr> = if pool.len() > LIST_ABOVE {
+        lease::unix_diag::tokens()
+            .map(|l| l.into_iter().collect())
+            .unwrap_or_default()
+    } else {
+        HashSet::new()
+    };
     let mut skipped = Vec::new();
     for &address in pool {
         if let Some((verdict, sockets)) = covers.look(address) {
             skipped.push(Skipped::held(address, verdict, sockets, &quarantined));
+            continue;
+        }
+        if listed.contains(&address) {
+            skipped.push(Skipped::leased(address, quarantined.contains(&address)));
             continue;
         }
         let Some(token) = Token::claim(address)? else {
@@ -490,6 +503,10 @@ pub fn lease(
         }
     }
 }
+
+/// Pools larger than this read every token of the namespace at once
+/// (one sock_diag dump) rather than trying a bind per leased address.
+const LIST_ABOVE: usize = 256;
 
 /// How many leased tokens a waiting acquire listens to at once.
 const WAITERS: usize = 64;

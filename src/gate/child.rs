@@ -86,7 +86,16 @@ pub fn run(
 /// forwarding thread spawned after), which waits for them with
 /// sigwaitinfo instead. Returns the blocked set and the signal mask
 /// sockcheck had before.
-fn block_forwarded() -> (libc::sigset_t, libc::sigset_t) {
+/// The signal mask sockcheck started with, from before the first
+/// [`block_forwarded`]: what the command gets back, even when `run` ran on
+/// a thread that inherited an already blocked mask (`--netns`).
+static STARTED_WITH: std::sync::OnceLock<libc::sigset_t> = std::sync::OnceLock::new();
+
+/// Blocks the forwarded signals on this thread (and the threads it
+/// starts); returns them and the mask sockcheck started with. `run --netns`
+/// calls it on the main thread before the namespace's thread exists, so no
+/// thread is left where a forwarded signal would kill sockcheck.
+pub fn block_forwarded() -> (libc::sigset_t, libc::sigset_t) {
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: plain libc calls on a local sigset.
     unsafe {
@@ -98,7 +107,7 @@ fn block_forwarded() -> (libc::sigset_t, libc::sigset_t) {
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: valid sigsets.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) };
-    (set, old)
+    (set, *STARTED_WITH.get_or_init(|| old))
 }
 
 /// The command for `argv` with `env` added, whose child sets its signal

@@ -478,13 +478,16 @@ impl Agent {
     }
 
     fn hold(&mut self, info: Info, token: OwnedFd, pidfd: OwnedFd) -> Result<(), String> {
-        let expected = token::name(info.address);
+        let expected = token::kernel_name(info.address);
         let bound = net::getsockname(&token)
             .ok()
             .and_then(|a| SocketAddrUnix::try_from(a).ok())
             .and_then(|a| a.abstract_name().map(<[u8]>::to_vec));
-        if bound.as_deref() != Some(expected.as_bytes()) {
-            return Err(format!("the fd is not the token @{expected}"));
+        if bound.as_deref() != Some(expected.as_slice()) {
+            return Err(format!(
+                "the fd is not the token @{}",
+                token::name(info.address)
+            ));
         }
         if self.leases.contains_key(&info.address) {
             return Err(format!("{} is leased here already", info.address));

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod token;
+pub mod unix_diag;
 
 use std::net::IpAddr;
 use std::os::fd::{AsFd, OwnedFd};

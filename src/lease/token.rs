@@ -24,13 +24,32 @@ pub const ANSWER: Duration = Duration::from_millis(300);
 /// The backlog a holder listens with: waiting acquirers sit in it.
 pub const BACKLOG: i32 = 128;
 
-/// The abstract name of `address`'s token, without the leading NUL.
+/// The abstract name of `address`'s token as people read it (ss and
+/// /proc/net/unix show `@` before it, and one `@` per padding NUL after).
 pub fn name(address: IpAddr) -> String {
     format!("{PREFIX}{address}")
 }
 
+/// The bytes of the name in the kernel, without the leading NUL: padded
+/// with NULs to the whole of `sun_path` (107 bytes after the leading NUL).
+///
+/// Node 20 (libuv 1.46) binds and connects every abstract name with the
+/// full `sizeof(struct sockaddr_un)` (nodejs/node#50889), so the name it
+/// binds for `\0sockcheck/v1/lease/ADDR` is that string padded with NULs.
+/// The padded name is the one every implementation can bind, so it is the
+/// token for all of them: the npm fallback pads its string to 108 bytes,
+/// which newer Node versions bind as given.
+pub fn kernel_name(address: IpAddr) -> Vec<u8> {
+    let mut bytes = name(address).into_bytes();
+    bytes.resize(SUN_PATH - 1, 0);
+    bytes
+}
+
+/// `sizeof(((struct sockaddr_un *)0)->sun_path)`.
+const SUN_PATH: usize = 108;
+
 fn socket_addr(address: IpAddr) -> Result<SocketAddrUnix, Error> {
-    SocketAddrUnix::new_abstract_name(name(address).as_bytes())
+    SocketAddrUnix::new_abstract_name(&kernel_name(address))
         .map_err(|e| Error::syscall("the lease token's name", e.into()))
 }
 
@@ -366,20 +385,22 @@ pub fn listed() -> Result<Vec<IpAddr>, Error> {
         path: "/proc/thread-self/net/unix".into(),
         source: e,
     })?;
+    let text = String::from_utf8_lossy(&text);
+    let marker = format!(" @{PREFIX}");
     let mut found = Vec::new();
-    let marker = format!("@{PREFIX}");
-    for line in text.split(|&b| b == b'\n').skip(1) {
-        let Ok(line) = std::str::from_utf8(line) else {
+    for line in text.lines().skip(1) {
+        // Num RefCount Protocol Flags Type St Inode Path: only lines that
+        // name a token are split.
+        let Some(at) = line.find(&marker) else {
             continue;
         };
-        // Num RefCount Protocol Flags Type St Inode Path
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() < 8 || fields[5] != "01" {
-            continue;
-        }
-        if let Some(address) = fields[7]
-            .strip_prefix(&marker)
-            .and_then(|a| a.parse::<IpAddr>().ok())
+        let bound = line.split_whitespace().nth(5) == Some("01");
+        if let Some(address) = line[at + marker.len()..]
+            .trim_end()
+            .trim_end_matches('@')
+            .parse::<IpAddr>()
+            .ok()
+            .filter(|_| bound)
         {
             found.push(address);
         }

@@ -28,6 +28,12 @@ const MARGIN_MS = 30_000;
 /** run's watchdog when none is given: the command is the caller's test suite. */
 const RUN_TIMEOUT_MS = 6 * 3600_000;
 const DEFAULT_PORTS = [9925, 9926];
+/**
+ * The pool acquire and run lease from when given none and SOCKCHECK_POOL is
+ * unset: Harper's loopback pool (127.0.0.START, 32 addresses from 2), the
+ * one the binary defaults to as well.
+ */
+const DEFAULT_POOL = '127.0.0.2-127.0.0.33';
 const REASONS = ['leased', 'quarantined', 'busy', 'foreign', 'conflict', 'unavailable'];
 const VERDICTS = ['busy', 'foreign', 'conflict', 'unavailable'];
 
@@ -67,10 +73,16 @@ function backend(opts, sub) {
   }
   if (!warned) {
     warned = true;
+    const leases = fallback.ABSTRACT_TOKENS
+      ? 'Leases: fallback and binary leases share one lease space (abstract unix tokens ' +
+        '@sockcheck/v1/lease/ADDRESS, held by this process), so no two acquirers, binary or fallback, ' +
+        'any user, get the same address.'
+      : `Leases: a UDP socket on ADDRESS:${fallback.leasePortOf({})} held by this process, which only ` +
+        'other fallback processes see (the binary does not run here).';
     process.emitWarning(
-      `sockcheck: ${b.reason}; using the JS fallback (a plain-bind canary and a connect probe). ` +
-      'Lost: no owners (no holder pids), no SO_REUSEPORT evidence, no lingering-worker report. ' +
-      `Fallback leases are held by a UDP socket on ADDRESS:${fallback.leasePortOf({})} in this process.`,
+      `sockcheck: ${b.reason}; using the JS fallback (a plain-bind canary and a connect probe). ${leases} ` +
+      'What the fallback cannot see: the owners of listeners (no owners: no holder pids), ' +
+      'SO_REUSEPORT (no SO_REUSEPORT evidence), and lingering workers after run (no lingering-worker report).',
       { type: 'SockcheckFallbackWarning', code: 'SOCKCHECK_FALLBACK' });
   }
   return b;
@@ -170,6 +182,17 @@ const EXIT = {
   3: ['SOCKCHECK_INSPECTION_FAILED', 'inspection failed'],
 };
 
+/**
+ * Exit 3 from acquire, release, leases and run is "the state directory or
+ * the inspection failed"; the binary's message says which (`sockcheck: state
+ * directory DIR: ...`). An older binary exited 2 for a state directory it
+ * could not use, with the same message: that is no usage error either.
+ */
+function stateFailure(r, stderr) {
+  if (r.status === 3) return /\bstate directory\b/.test(stderr);
+  return r.status === 2 && /^sockcheck: state directory /m.test(stderr);
+}
+
 /** The error for an abort, a watchdog kill, a signal or an unexpected status. */
 function failure(sub, r, table = {}) {
   const stderr = r.stderr.trim();
@@ -185,7 +208,8 @@ function failure(sub, r, table = {}) {
   if (r.status === null) {
     return new SockcheckError(`sockcheck ${sub}: killed by ${r.signal}`, { ...base, code: 'SOCKCHECK_FAILED' });
   }
-  const [code, what] = table[r.status] || EXIT[r.status] || ['SOCKCHECK_FAILED', `exit status ${r.status}`];
+  const [code, what] = (stateFailure(r, stderr) && ['SOCKCHECK_STATE', 'the state directory failed'])
+    || table[r.status] || EXIT[r.status] || ['SOCKCHECK_FAILED', `exit status ${r.status}`];
   return new SockcheckError(`sockcheck ${sub}: ${what}: ${lastLine(stderr) || '(no message)'}`, { ...base, code });
 }
 
@@ -208,10 +232,33 @@ function defaultPorts(ports) {
   return DEFAULT_PORTS.slice();
 }
 
-function poolOf(pool) {
+/**
+ * SOCKCHECK_POOL of the environment sockcheck runs with (run's `env` option
+ * included); blank is unset, as the binary takes it.
+ */
+const envPool = (env = process.env) => (env.SOCKCHECK_POOL?.trim() ? env.SOCKCHECK_POOL : null);
+
+/** The pool to inspect (scan): POOL, else SOCKCHECK_POOL; no default. */
+function poolOf(pool, env = process.env) {
   if (pool != null) return parsePool(pool, 'POOL');
-  if (process.env.SOCKCHECK_POOL) return parsePool(process.env.SOCKCHECK_POOL, 'SOCKCHECK_POOL');
+  if (envPool(env) != null) return parsePool(envPool(env), 'SOCKCHECK_POOL');
   throw new SockcheckError('sockcheck: no pool given and SOCKCHECK_POOL is not set', { code: 'SOCKCHECK_USAGE' });
+}
+
+/** The pool to lease from (acquire, run): POOL, else SOCKCHECK_POOL, else DEFAULT_POOL. */
+function leasePoolOf(pool, env = process.env) {
+  if (pool == null && envPool(env) == null) return parsePool(DEFAULT_POOL, 'the default pool');
+  return poolOf(pool, env);
+}
+
+/**
+ * The POOL argument for acquire and run: the pool given, none when
+ * SOCKCHECK_POOL is set (the binary reads it and names it in errors), else
+ * DEFAULT_POOL explicitly, for a binary older than its own default.
+ */
+function leasePoolArg(pool, env = process.env) {
+  if (pool != null) return String(pool);
+  return envPool(env) != null ? null : DEFAULT_POOL;
 }
 
 function commonArgs(opts) {
@@ -229,13 +276,14 @@ class Lease {
   #releasing = null;
   #released = false;
 
-  constructor({ address, ports, owner = null, stateDir = null, source, leasePort = null }, releaseFn) {
+  constructor({ address, ports, owner = null, stateDir = null, source, leasePort = null, token = null }, releaseFn) {
     this.address = address;
     this.ports = ports;
     this.owner = owner;
     this.stateDir = stateDir;
     this.source = source;
     if (leasePort != null) this.leasePort = leasePort;
+    if (token != null) this.token = token;
     this.#releaseFn = releaseFn;
   }
 
@@ -337,7 +385,8 @@ async function acquire(opts = {}) {
   const args = ['acquire', '--json', '-v', '--owner', String(owner), ...commonArgs(opts)];
   if (opts.wait != null) args.push('--wait', durationArg(opts.wait, 'wait'));
   if (opts.allowForeign) args.push('--allow-foreign');
-  if (opts.pool != null) args.push('--', String(opts.pool)); // a pool is never taken for an option
+  const poolArg = leasePoolArg(opts.pool);
+  if (poolArg != null) args.push('--', poolArg); // a pool is never taken for an option
   const r = await runChild(b.bin, args, {
     sub: 'acquire', timeoutMs: processTimeoutMs(opts, waitMs + MARGIN_MS), signal: opts.signal,
   });
@@ -373,8 +422,8 @@ async function acquire(opts = {}) {
   throw failure('acquire', r);
 }
 
-async function acquireFallback(opts, waitMs) {
-  const pool = poolOf(opts.pool);
+async function acquireFallback(opts, waitMs, env = process.env) {
+  const pool = leasePoolOf(opts.pool, env);
   const ports = defaultPorts(opts.ports);
   const leasePort = fallback.leasePortOf(opts);
   const owner = opts.owner ?? process.pid;
@@ -397,6 +446,7 @@ async function acquireFallback(opts, waitMs) {
   const { address } = got;
   return new Lease({
     address, ports, owner: { pid: process.pid, start_ticks: null }, stateDir: null, source: 'fallback', leasePort,
+    token: fallback.ABSTRACT_TOKENS ? fallback.tokenShown(address) : null,
   }, async () => { fallback.release(address); });
 }
 
@@ -569,7 +619,8 @@ async function run(pool, command, opts = {}) {
   if (opts.grace != null) args.push('--grace', durationArg(opts.grace, 'grace'));
   if (opts.wait != null) args.push('--wait', durationArg(opts.wait, 'wait'));
   if (opts.allowForeign) args.push('--allow-foreign');
-  if (pool != null) args.push(String(pool));
+  const poolArg = leasePoolArg(pool, env);
+  if (poolArg != null) args.push(poolArg);
   args.push('--', ...cmd);
   const r = await runChild(b.bin, args, {
     sub: 'run', timeoutMs, signal: opts.signal, killGraceMs: lingerMs + graceMs + 5000,
@@ -612,7 +663,7 @@ async function run(pool, command, opts = {}) {
 
 async function runFallback(pool, cmd, opts, { waitMs, pipe, env, timeoutMs }) {
   const started = Date.now();
-  const lease = await acquireFallback({ ...opts, pool, processTimeout: undefined }, waitMs);
+  const lease = await acquireFallback({ ...opts, pool, processTimeout: undefined }, waitMs, env);
   try {
     const r = await new Promise((resolve, reject) => {
       if (opts.signal?.aborted) return reject(abortedError('sockcheck run (fallback)', opts.signal));
@@ -687,5 +738,6 @@ module.exports = {
   resolveBackend,
   platformPackage,
   DEFAULT_LEASE_PORT: fallback.DEFAULT_LEASE_PORT,
+  DEFAULT_POOL,
   version: VERSION,
 };

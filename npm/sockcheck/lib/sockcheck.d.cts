@@ -23,6 +23,7 @@ export type SockcheckErrorCode =
   | 'SOCKCHECK_NO_FREE_ADDRESS'
   | 'SOCKCHECK_USAGE'
   | 'SOCKCHECK_INSPECTION_FAILED'
+  | 'SOCKCHECK_STATE'
   | 'SOCKCHECK_NOT_LEASED'
   | 'SOCKCHECK_FAILED'
   | 'SOCKCHECK_NOT_RUN'
@@ -49,7 +50,7 @@ export interface CommonOptions {
 }
 
 export interface AcquireOptions extends CommonOptions {
-  /** A range (`127.0.0.2-127.0.0.33`), CIDR (`127.0.0.0/27`) or comma list. Default: `$SOCKCHECK_POOL`. */
+  /** A range (`127.0.0.2-127.0.0.33`), CIDR (`127.0.0.0/27`) or comma list. Default: `$SOCKCHECK_POOL`, else DEFAULT_POOL. */
   pool?: string;
   /** Ports that must be free. Default: `$SOCKCHECK_PORTS`, else 9925,9926. */
   ports?: Ports;
@@ -59,7 +60,11 @@ export interface AcquireOptions extends CommonOptions {
   owner?: number;
   /** Keep waiting on addresses a wildcard listener covers, instead of failing at once when all are foreign. */
   allowForeign?: boolean;
-  /** Fallback only: the UDP port a lease binds on its address. Default: `$SOCKCHECK_LEASE_PORT`, else 9924. */
+  /**
+   * Fallback off Linux only: the UDP port a lease binds on its address.
+   * Default: `$SOCKCHECK_LEASE_PORT`, else 9924. Accepted and ignored on
+   * Linux, where a lease is an abstract unix token shared with the binary.
+   */
   leasePort?: number;
 }
 
@@ -97,8 +102,10 @@ export declare class Lease implements AsyncDisposable {
   /** The state directory that holds the lease (null in the fallback). */
   readonly stateDir: string | null;
   readonly source: Source;
-  /** Fallback only: the UDP port whose socket holds the lease. */
+  /** Fallback off Linux only: the UDP port whose socket holds the lease. */
   readonly leasePort?: number;
+  /** Fallback on Linux: the lease token, as ss(8) shows it (`@sockcheck/v1/lease/127.0.0.2`). */
+  readonly token?: string;
   /** True once release() has succeeded. */
   readonly released: boolean;
   /** Give the address back. Safe to call twice; resolves also when the lease was already gone. */
@@ -305,7 +312,7 @@ export declare function scan(pool?: string | null, options?: CheckOptions): Prom
 /** Wait until an address is free; resolves with its check document. */
 export declare function waitFree(address: string, options?: WaitOptions): Promise<CheckReport>;
 /**
- * Lease an address from the pool (null: `$SOCKCHECK_POOL`), run the command
+ * Lease an address from the pool (null: `$SOCKCHECK_POOL`, else DEFAULT_POOL), run the command
  * (argv array, or a string for /bin/sh -c) with SOCKCHECK_ADDR and
  * SOCKCHECK_PORTS set, then check for lingering holders.
  */
@@ -316,7 +323,9 @@ export declare function resolveBinary(options?: { bin?: string; env?: NodeJS.Pro
 export declare function resolveBackend(options?: { bin?: string }): Backend;
 /** The platform package for a platform and CPU (default: this one), or null. */
 export declare function platformPackage(platform?: string, arch?: string): string | null;
-/** The fallback's default lease port (UDP): 9924. */
+/** The fallback's default lease port (UDP, off Linux only): 9924. */
 export declare const DEFAULT_LEASE_PORT: number;
+/** The pool acquire and run lease from when given none and `$SOCKCHECK_POOL` is unset: `127.0.0.2-127.0.0.33` (32 addresses). */
+export declare const DEFAULT_POOL: string;
 /** This package's version. */
 export declare const version: string;

@@ -394,3 +394,39 @@ exit 1
     return true;
   });
 });
+
+test('exit 3 naming the state directory is SOCKCHECK_STATE; other exit 3 stays SOCKCHECK_INSPECTION_FAILED', async () => {
+  const fake = (name, status, line) => {
+    const file = path.join(scratch, name);
+    fs.writeFileSync(file, `#!/bin/sh\necho '${line}' >&2\nexit ${status}\n`, { mode: 0o755 });
+    return file;
+  };
+  const state = fake('state-3', 3, 'sockcheck: state directory /x/sockcheck: cannot create it: Permission denied (os error 13)');
+  const older = fake('state-2', 2, 'sockcheck: state directory /x/sockcheck: Not a directory (os error 20)');
+  const inspection = fake('inspection-3', 3, 'sockcheck: netlink sock_diag dump for AF_INET port 9925 failed: EPERM');
+  const calls = (bin) => [
+    ['acquire', () => acquire({ bin, pool: `${NET}.9` })],
+    ['release', () => release(`${NET}.9`, { bin })],
+    ['run', () => run(`${NET}.9`, ['true'], { bin, stdio: 'pipe' })],
+  ];
+  for (const [bin, code, status] of [[state, 'SOCKCHECK_STATE', 3], [older, 'SOCKCHECK_STATE', 2], [inspection, 'SOCKCHECK_INSPECTION_FAILED', 3]]) {
+    for (const [sub, call] of calls(bin)) {
+      await assert.rejects(call(), (e) => {
+        assert.equal(e.code, code, `${sub} via ${path.basename(bin)}: ${e.message}`);
+        assert.equal(e.exitStatus, status);
+        assert.match(e.message, new RegExp(`^sockcheck ${sub}: `));
+        return true;
+      });
+    }
+  }
+});
+
+test('a state directory sockcheck cannot use rejects SOCKCHECK_STATE (the binary)', { skip: skipBin }, async () => {
+  const file = path.join(scratch, 'not-a-directory');
+  fs.writeFileSync(file, '');
+  await assert.rejects(acquire({ pool: `${NET}.9`, ports: PORTS, stateDir: path.join(file, 'state') }), (e) => {
+    assert.equal(e.code, 'SOCKCHECK_STATE', e.message);
+    assert.match(e.message, /state directory/);
+    return true;
+  });
+});

@@ -1,7 +1,7 @@
 // The fallback (no binary), forced on Linux with SOCKCHECK_FALLBACK=1, against
 // real listeners. Run: node --test npm/sockcheck/tests/
 // Resources: 127.94.3X.0/24, TCP ports 45330-45331 and 45392 (wildcard), UDP
-// lease port 45339.
+// lease port 45339 (off Linux; on Linux leases are abstract unix tokens).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
@@ -43,6 +43,11 @@ test('the fallback is used, and says so once', async () => {
   assert.match(ours[0].message, /no SO_REUSEPORT evidence/);
   assert.match(ours[0].message, /no lingering-worker report/);
   assert.match(ours[0].message, /SOCKCHECK_FALLBACK=1/);
+  if (process.platform === 'linux') {
+    // Said plainly: which leases it honours, and what it cannot see.
+    assert.match(ours[0].message, /fallback and binary leases share one lease space \(abstract unix tokens/);
+    assert.match(ours[0].message, /cannot see: the owners of listeners .*SO_REUSEPORT .*lingering workers/);
+  }
 });
 
 test('check: plain, reuseport group and wildcard listeners are not free', { skip: skipHolder }, async () => {
@@ -76,7 +81,12 @@ test('acquire never hands out an address held by a plain, reuseport or wildcard 
     for (const l of leases) {
       assert.equal(l.source, 'fallback');
       assert.deepEqual(l.ports, PORTS);
-      assert.equal(l.leasePort, R.leasePort);
+      if (process.platform === 'linux') {
+        assert.equal(l.token, `@sockcheck/v1/lease/${l.address}`);
+        assert.equal(l.leasePort, undefined, 'SOCKCHECK_LEASE_PORT is accepted and ignored on Linux');
+      } else {
+        assert.equal(l.leasePort, R.leasePort);
+      }
     }
     await assert.rejects(acquire({ pool, ports: PORTS }), (e) => {
       assert.ok(e instanceof SockcheckError);
@@ -149,7 +159,12 @@ test('a lease is exclusive across processes, and a killed owner\'s lease is free
     await assert.rejects(acquire({ pool, ports: PORTS }), (e) => {
       assert.equal(e.code, 'SOCKCHECK_NO_FREE_ADDRESS');
       assert.equal(e.candidates[0].reason, 'leased');
-      assert.match(e.candidates[0].message, /another process/);
+      if (process.platform === 'linux') {
+        assert.equal(e.candidates[0].message, `leased to pid ${child.p.pid} (uid ${process.getuid()}, npm fallback)`);
+        assert.deepEqual(e.candidates[0].pids, [child.p.pid]);
+      } else {
+        assert.match(e.candidates[0].message, /another process/);
+      }
       return true;
     });
     const killedAt = Date.now();
@@ -179,7 +194,8 @@ test('concurrent processes never hold the same lease (fallback)', async () => {
 });
 
 test('a lease holds the address against other fallback users, not against servers on it', async () => {
-  // The lease socket is UDP: the leaseholder's own TCP server binds the address freely.
+  // The lease token is a unix socket (a UDP one off Linux): the leaseholder's
+  // own TCP server binds the address freely.
   const lease = await acquire({ pool: `${NET}.50`, ports: PORTS });
   const server = net.createServer();
   await new Promise((resolve, reject) => server.once('error', reject).listen(PORTS[0], lease.address, resolve));

@@ -2,7 +2,8 @@
 // Shared by the package's tests (ESM and CommonJS).
 //
 // Test-only resources: addresses in 127.94.0.0/16 and ports 45300-45399 (each
-// test file its own /24 block and ports, see BLOCKS), and a private temp
+// test file its own /24 block and ports, see BLOCKS; files added since issue
+// 16 use 127.61.0.0/16 and ports 46100-46199, see BLOCKS_61), and a private temp
 // state dir per file. Binaries: $SOCKCHECK_BIN (else the installed platform
 // package or PATH, else the repo's target/release/sockcheck) and
 // $SOCKCHECK_HOLDER (else target/release/examples/sockcheck-holder, else
@@ -29,9 +30,17 @@ const BLOCKS = {
   launcher: { block: 4, ports: [45340], wildcardPort: null },
 };
 
+/** The same in 127.61.0.0/16 (127.61.X.0/24, X = 10*block + pid % 10), ports 46100-46199. */
+const BLOCKS_61 = {
+  token: { block: 1, ports: [46110, 46111] },
+  wait: { block: 2, ports: [46120, 46121], wildcardPort: 46129 },
+  defaults: { block: 3, ports: [46130] },
+  pools: { block: 0, ports: [46199] },
+};
+
 function resources(name) {
-  const b = BLOCKS[name];
-  return { ...b, net: `127.94.${b.block * 10 + (process.pid % 10)}` };
+  const [b, prefix] = BLOCKS[name] ? [BLOCKS[name], '127.94'] : [BLOCKS_61[name], '127.61'];
+  return { ...b, net: `${prefix}.${b.block * 10 + (process.pid % 10)}` };
 }
 
 function firstExisting(paths) {
