@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Soak the lease ledger the way an adversary would (issue 9).
+"""Soak the lease space the way an adversary would (issues 9 and 16).
 
 Two attacks against one private state directory, with real sockcheck
 processes:
@@ -9,13 +9,19 @@ processes:
    address handed to two workers at once is a duplicate.
 2. SIGKILL: KILLS acquire and release processes are SIGKILLed at a random
    moment of their work. Every lease an acquire confirmed (it printed the
-   address) must still be in the state afterwards, with its owner: one that
-   is missing is lost. A killed release may or may not have released.
+   address) must still be leased afterwards, to its owner: one that is
+   missing is lost. A killed release may or may not have released.
 
-Afterwards: leftover temporary files in the state directory, and the state
-itself (no address leased twice). Prints one summary line and the acquire
-latency (p50, p99); exits 1 if duplicates, lost leases or leftover temp
-files are not all 0.
+A lease is a token (an abstract AF_UNIX name) that the lease agent holds
+(docs/leases.md); there is no state file. What is leased is what
+`sockcheck leases --json POOL` lists: one row per token of the pool, with
+the owner (pid, start_ticks, alive), the holder's pid and uid from
+SO_PEERCRED, the backend and the further holders. A confirmed lease is
+lost when its row is missing, or is no longer owned by the attack's owner.
+Afterwards: leftover temporary files in the state directory, and the
+listing itself (no address listed twice, every row owned by a live owner).
+Prints one summary line and the acquire latency (p50, p99); exits 1 if
+duplicates, lost leases or leftover temp files are not all 0.
 
 Not part of .ci/run (it takes a minute or more). Needs nothing but a built
 sockcheck; run as any user:
@@ -24,7 +30,9 @@ sockcheck; run as any user:
     scripts/soak.py --workers 16 --cycles 10000 --kills 1000
 
 Owns 127.97.0.0/16 and TCP port 47950 (nothing listens there: the addresses
-are inspected, never bound by this script).
+are inspected, never bound by this script). At the end it ends the lease
+agent its acquires started (by pid, after the owner of the SIGKILL attack's
+leases has exited), so no process of it is left.
 """
 
 import argparse
@@ -58,14 +66,28 @@ def main():
     random.seed(args.seed)
     with tempfile.TemporaryDirectory(prefix="sockcheck-soak-") as tmp:
         state = Path(tmp) / "state"
-        base = [args.bin, "--state-dir", str(state), "--ports", args.ports]
-        contention = contend(base, args)
-        killing = kill_attack(base, args)
-        temp_files = sorted(p.name for p in state.iterdir()
-                            if p.name.startswith(".") or ".tmp" in p.name)
-        leases = json.loads(run(base + ["--json", "leases"]).stdout or "{}").get("leases", [])
-        addresses = [l["address"] for l in leases]
-        twice = len(addresses) - len(set(addresses))
+        base = [args.bin, "--state-dir", str(state)]
+        args.acquire = base + ["--ports", args.ports, "acquire"]
+        agents = set()
+        try:
+            contention = contend(base, args)
+            killing = kill_attack(base, args, agents)
+            temp_files = sorted(p.name for p in state.iterdir()
+                                if p.name.startswith(".") or ".tmp" in p.name)
+            leases = []
+            for pool in (args.pool, args.kill_pool):
+                rows = listing(base, pool)
+                agents |= holder_pids(rows)
+                leases += rows
+            addresses = [l["address"] for l in leases]
+            twice = len(addresses) - len(set(addresses))
+            # The SIGKILL attack's owner has exited: its leases are ended
+            # (the agent watches its pidfd); none may be left to a dead owner.
+            stale = [l["address"] for l in leases if not (l.get("owner") or {}).get("alive", True)]
+            if stale:
+                print(f"soak: leases of exited owners still listed: {stale[:5]}", file=sys.stderr)
+        finally:
+            stop_agents(agents, state)
     lat = sorted(contention["latencies"])
     p50 = lat[len(lat) // 2] * 1000 if lat else float("nan")
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000 if lat else float("nan")
@@ -89,7 +111,7 @@ def contend(base, args):
     """WORKERS threads, CYCLES acquire/release cycles, one ledger."""
     ledger = {}  # address -> worker
     lock = threading.Lock()
-    out = {"duplicates": 0, "failures": 0, "latencies": [], "cycles": 0}
+    out = {"duplicates": 0, "failures": 0, "release_failures": 0, "latencies": [], "cycles": 0}
     per_worker = args.cycles // args.workers
     owner = str(os.getpid())
 
@@ -97,7 +119,7 @@ def contend(base, args):
         rng = random.Random(args.seed * 1000 + n)
         for _ in range(per_worker):
             started = time.monotonic()
-            r = run(base + ["acquire", args.pool, "--owner", owner, "--wait", "30s"])
+            r = run(args.acquire + [args.pool, "--owner", owner, "--wait", "30s"])
             took = time.monotonic() - started
             address = r.stdout.strip()
             with lock:
@@ -119,6 +141,10 @@ def contend(base, args):
             if rel.returncode != 0:
                 with lock:
                     out["failures"] += 1
+                    out["release_failures"] += 1
+                    if out["release_failures"] <= 3:
+                        print(f"soak: release {address} failed ({rel.returncode}): "
+                              f"{rel.stderr.strip()[:300]}", file=sys.stderr)
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(args.workers)]
     for t in threads:
@@ -128,7 +154,7 @@ def contend(base, args):
     return out
 
 
-def kill_attack(base, args):
+def kill_attack(base, args, agents):
     """KILLS acquires and releases SIGKILLed at a random moment."""
     sleeper = subprocess.Popen(["sleep", "100000"])
     owner = str(sleeper.pid)
@@ -142,7 +168,7 @@ def kill_attack(base, args):
                 argv = base + ["release", address]
             else:
                 address = None
-                argv = base + ["acquire", args.kill_pool, "--owner", owner]
+                argv = args.acquire + [args.kill_pool, "--owner", owner]
             p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             time.sleep(rng.random() * 0.03)
             if p.poll() is None:
@@ -157,11 +183,11 @@ def kill_attack(base, args):
                     confirmed.discard(address)
             elif address is not None and p.returncode == -signal.SIGKILL:
                 # A killed release may have released: find out.
-                if address not in held(base, owner):
+                if address not in held(base, args.kill_pool, owner, agents):
                     confirmed.discard(address)
             # Every confirmed lease must still be there.
             if out["kills"] % 50 == 0 or len(confirmed) > 40:
-                leased = held(base, owner)
+                leased = held(base, args.kill_pool, owner, agents)
                 lost = confirmed - leased
                 if lost:
                     out["lost"] += len(lost)
@@ -176,21 +202,35 @@ def kill_attack(base, args):
                     for address in sorted(confirmed)[:20]:
                         run(base + ["release", address])
                         confirmed.discard(address)
-        lost = confirmed - held(base, owner)
+        lost = confirmed - held(base, args.kill_pool, owner, agents)
         out["lost"] += len(lost)
         if lost:
             print(f"soak: LOST {sorted(lost)}", file=sys.stderr)
     finally:
         sleeper.kill()
         sleeper.wait()
+        # The agent ends the sleeper's leases when its pidfd turns readable.
+        deadline = time.monotonic() + 5
+        while listing(base, args.kill_pool) and time.monotonic() < deadline:
+            time.sleep(0.05)
     return out
 
 
-def held(base, owner):
-    """Addresses leased to OWNER now."""
-    r = run(base + ["--json", "leases"])
-    leases = json.loads(r.stdout or "{}").get("leases", [])
-    return {l["address"] for l in leases if str(owner_pid(l)) == owner}
+def listing(base, pool):
+    """The leases of POOL: `sockcheck leases --json POOL`'s rows."""
+    r = run(base + ["leases", "--json", pool])
+    if r.returncode not in (0, 1) or not r.stdout.strip():
+        raise SystemExit(f"soak: sockcheck leases {pool} failed ({r.returncode}): {r.stderr.strip()[:300]}")
+    return json.loads(r.stdout).get("leases", [])
+
+
+def held(base, pool, owner, agents=None):
+    """Addresses of POOL leased to OWNER now (tokens listed with OWNER as
+    their owner). Notes the holders' pids (the lease agent) in AGENTS."""
+    rows = listing(base, pool)
+    if agents is not None:
+        agents |= holder_pids(rows)
+    return {l["address"] for l in rows if str(owner_pid(l)) == owner}
 
 
 def owner_pid(lease):
@@ -198,6 +238,36 @@ def owner_pid(lease):
     if isinstance(owner, dict):
         return owner.get("pid")
     return lease.get("owner_pid")
+
+
+def holder_pids(rows):
+    """The pids holding the binary's tokens: the lease agent (SO_PEERCRED)."""
+    return {(l.get("holder") or {}).get("pid") for l in rows
+            if l.get("backend") == "binary" and (l.get("holder") or {}).get("pid")}
+
+
+def stop_agents(pids, state):
+    """Ends the lease agents this soak's acquires started, by pid (they
+    would leave a few seconds after their last lease anyway): the holders
+    its listings named, and any `sockcheck __lease-agent STATE`."""
+    pids = set(pids)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if b"__lease-agent" in argv and str(state).encode() in argv:
+                pids.add(int(entry))
+    for pid in sorted(pids):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"__lease-agent" not in f.read():
+                    continue
+            os.kill(pid, signal.SIGTERM)
+        except (OSError, ProcessLookupError):
+            pass
 
 
 if __name__ == "__main__":
