@@ -56,7 +56,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PORT = 47960                 # the lease port (canary) of loops, many, pool16, wait
 STORM_PORTS = (47961, 47962)  # the storm's servers
-PREFIX = b"\0sockcheck/v1/lease/"
+PREFIX = b"sockcheck/v1/lease/"
+
+
+def token_name(address):
+    """A token's abstract name: NUL, then the name padded with NULs to the
+    whole of sun_path (107 bytes), as src/lease/token.rs binds it."""
+    return b"\0" + (PREFIX + address.encode()).ljust(107, b"\0")
 NOFILE = 200_000
 
 
@@ -96,7 +102,7 @@ def helper_tokens(args):
     held = []
     for i in range(args.start, args.start + args.count * args.step, args.step):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.bind(PREFIX + addr(args.base, i).encode())
+        s.bind(token_name(addr(args.base, i)))
         s.listen(8)
         held.append(s)
     print(f"ready tokens={len(held)}", flush=True)
@@ -436,7 +442,7 @@ class Bench:
         for trial in range(a.wait_trials // 2):
             # A token this driver holds: closed at a known instant.
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.bind(PREFIX + address.encode())
+            s.bind(token_name(address))
             s.listen(8)
             w, stamp = self.waiter(state, address)
             time.sleep(0.15)
