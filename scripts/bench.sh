@@ -24,6 +24,8 @@
 #   --out DIR                     results                     (BENCH_OUT, target/bench)
 #   --leases-only                 run only the lease stage    (BENCH_LEASES_ONLY=1)
 #   --no-leases                   skip the lease stage        (BENCH_NO_LEASES=1)
+#   BENCH_LEASES_ARGS             arguments of scripts/bench-leases.py stage
+#                                 (default --agent-leases 8000; see its --help)
 #
 # Each load process holds the same number of fds (total-fds / procs), so the
 # small load has proportionally fewer fds too.
@@ -263,7 +265,7 @@ lease_stage() {
     } >"$dir/env.txt"
     echo "bench: lease stage" >&2
     "$PY" "$ROOT/scripts/bench-leases.py" stage --bin "$SOCKCHECK" --holder "$HOLDER" --out "$dir" \
-        ${BENCH_LEASES_ARGS:-} >"$dir/stage.log" &
+        ${BENCH_LEASES_ARGS:---agent-leases 8000} >"$dir/stage.log" &
     LEASE_PID=$!
     wait "$LEASE_PID" || die "lease stage failed: $(tail -5 "$dir/stage.log")"
     LEASE_PID=
