@@ -505,9 +505,25 @@ class Bench:
                   f"storm: sockcheck acquire median within 2x Harper's: {s['median_ms']:.1f} ms vs "
                   f"{h['median_ms']:.1f} ms ({s['median_ms'] / h['median_ms']:.2f}x)")
         self.info(f"storm: bind conflicts (a leased address already bound): sockcheck {s['conflicts']}, "
-                  f"Harper {h['conflicts']}; pool-exhausted waits: Harper {h.get('sleeps', 0)} 1-s sleeps; "
-                  f"sockcheck acquire p50/p95 through npm {s['median_ms']:.1f}/{s['p95_ms']:.0f} ms, "
-                  f"release median {s.get('release_median_ms', float('nan')):.1f} ms")
+                  f"Harper {h['conflicts']}; Harper: {h.get('sleeps', 0)} pool-exhausted 1-s sleeps, "
+                  f"{h.get('lock_waits', 0)} 1-s lock retries, {h.get('canary_skips', 0)} canary skips; "
+                  f"acquires that waited >= 100 ms: sockcheck {s.get('waited')}, Harper {h.get('waited')}; "
+                  f"time in acquire, all shards: sockcheck {s.get('acquire_total_s', 0):.1f} s, "
+                  f"Harper {h.get('acquire_total_s', 0):.1f} s; release median: sockcheck "
+                  f"{s.get('release_median_ms', float('nan')):.1f} ms (a process), Harper "
+                  f"{h.get('release_median_ms', float('nan')):.1f} ms")
+        if "sockcheck-no-v" in doc:
+            n = doc["sockcheck-no-v"]
+            self.info(f"storm, npm with -v taken out of acquire's arguments: wall {n['wall_s']:.1f} s, "
+                      f"median {n['median_ms']:.1f} ms ({n['median_ms'] / h['median_ms']:.2f}x Harper's), "
+                      f"p95 {n['p95_ms']:.0f} ms")
+        for name in ("sockcheck", "sockcheck-no-v"):
+            q = doc.get(name, {}).get("quick_breakdown_ms")
+            if q:
+                self.info(f"storm, {name}: npm acquire that did not wait (median of "
+                          f"{doc[name]['quick_n']}): " + ", ".join(f"{k} {v:.2f} ms" for k, v in q.items())
+                          + f"; node spawn /bin/true under the storm: median "
+                          f"{doc[name]['spawn_true_under_load_ms']['median']:.2f} ms")
         if "floor" in doc:
             f = doc["floor"]
             self.info("npm per-call floor (idle, medians): " +

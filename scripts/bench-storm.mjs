@@ -335,6 +335,10 @@ async function storm(mode) {
     release_median_ms: median(rel), conflicts: results.reduce((n, r) => n + r.conflicts, 0),
     sleeps: results.reduce((n, r) => n + r.sleeps, 0), lock_waits: results.reduce((n, r) => n + r.lockWaits, 0),
     canary_skips: results.reduce((n, r) => n + r.skips, 0), acquires: all.length,
+    // Acquires that waited for an address (pool exhausted or lock held),
+    // and the shards' total time in acquire: the storm is a closed loop, so
+    // a pool whose shards run faster meets more lingering workers at once.
+    waited: all.filter((x) => x >= 100).length, acquire_total_s: all.reduce((a, b) => a + b, 0) / 1000,
     spawn_true_under_load_ms: { median: median(spawnUnderLoad), p95: pct(spawnUnderLoad, 95), n: spawnUnderLoad.length },
     acquire_ms: all,
   };
