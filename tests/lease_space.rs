@@ -23,8 +23,12 @@ fn gate_with(
     adjust: impl FnOnce(&mut Command) -> &mut Command,
 ) -> Output {
     let mut command = support::command();
+    command.args(["--state-dir", state.path()]);
+    // release has no use for --ports (and refuses it).
+    if !args.contains(&"release") {
+        command.args(["--ports", ports]);
+    }
     command
-        .args(["--state-dir", state.path(), "--ports", ports])
         .args(args)
         .env("NO_COLOR", "1")
         .env_remove("SOCKCHECK_POOL");
@@ -32,10 +36,16 @@ fn gate_with(
 }
 
 fn nobody(state: &TempDir, ports: &str, args: &[&str]) -> Output {
+    let ports = ["--ports", ports];
     Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(&*support::SOCKCHECK)
-        .args(["--state-dir", state.path(), "--ports", ports])
+        .args(["--state-dir", state.path()])
+        .args(if args.contains(&"release") {
+            &[][..]
+        } else {
+            &ports[..]
+        })
         .args(args)
         .env("NO_COLOR", "1")
         .env("XDG_CACHE_HOME", "/nonexistent")
@@ -446,4 +456,44 @@ fn a_full_state_filesystem_during_run_never_loses_the_report() {
     );
     support::kill(pid);
     assert_no_lease_left(&other, "127.94.6.1");
+}
+
+/// A non-blocking connection to a lease token (the kernel's padded name),
+/// or `None` once its backlog is full.
+fn connect_token(address: &str) -> Option<std::os::fd::OwnedFd> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let mut name = format!("sockcheck/v1/lease/{address}").into_bytes();
+    name.resize(107, 0);
+    let socket = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    )
+    .ok()?;
+    let to = SocketAddrUnix::new_abstract_name(&name).ok()?;
+    rustix::net::connect(&socket, &to).ok()?;
+    Some(socket)
+}
+
+#[test]
+fn a_flood_of_connections_to_a_token_blocks_neither_its_release_nor_the_agent() {
+    let state = TempDir::new("space-flood");
+    let me = std::process::id().to_string();
+    let output = gate(&state, "45309", &["acquire", "127.94.7.1", "--owner", &me]);
+    assert_eq!(stdout(&output).trim(), "127.94.7.1", "{}", stderr(&output));
+    // Anyone may connect to a token: 300 connections that never read.
+    let flood: Vec<_> = (0..300)
+        .map_while(|_| connect_token("127.94.7.1"))
+        .collect();
+    assert!(flood.len() >= 64, "only {} connections", flood.len());
+    // The agent still takes leases, and the owner can still release.
+    let output = gate(&state, "45309", &["acquire", "127.94.7.2", "--owner", &me]);
+    assert_eq!(stdout(&output).trim(), "127.94.7.2", "{}", stderr(&output));
+    for address in ["127.94.7.1", "127.94.7.2"] {
+        let output = gate(&state, "45309", &["release", address]);
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    }
+    drop(flood);
+    assert_no_lease_left(&state, "127.94.7.0/24");
 }

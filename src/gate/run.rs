@@ -74,7 +74,7 @@ pub fn run(gate: &Gate, pool: &[IpAddr], options: &RunOptions) -> Result<ExitSta
     let finished = match finished {
         Ok(finished) => finished,
         Err(e) => {
-            let _ = lease::token::release(address);
+            let _ = lease::agent::release(&dir, address);
             return Err(e);
         }
     };
@@ -175,7 +175,7 @@ fn after(
     }
     if forensic.quarantined {
         failed |= !quarantine(gate, dir, &forensic, options);
-    } else if let Err(e) = lease::token::release(address) {
+    } else if let Err(e) = lease::agent::release(dir, address) {
         gate.output
             .warn(&format!("sockcheck: releasing {address}: {e}\n"));
         failed = true;
