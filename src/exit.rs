@@ -141,25 +141,6 @@ Exit status:
   0  printed
   2  bad usage";
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn codes_are_the_documented_ones() {
-        assert_eq!(ExitStatus::Free.code(), 0);
-        assert_eq!(ExitStatus::NotFree.code(), 1);
-        assert_eq!(ExitStatus::Usage.code(), 2);
-        assert_eq!(ExitStatus::Failed.code(), 3);
-        assert_eq!(ExitStatus::Lingering.code(), 4);
-        assert_eq!(ExitStatus::NoAddress.code(), 5);
-        assert_eq!(ExitStatus::Command(42).code(), 42);
-        for code in 0..=5 {
-            assert!(HELP.contains(&format!("  {code}  ")));
-        }
-    }
-}
-
 /// The system allocator, except that an allocation that fails ends
 /// sockcheck with one line and exit status 3 (the command failed), where
 /// Rust would abort (SIGABRT, 134) with a message of its own. Under an
@@ -229,5 +210,24 @@ fn out_of_memory(size: usize) -> ! {
     unsafe {
         libc::write(2, line.as_ptr().cast(), at);
         libc::_exit(ExitStatus::Failed.code().into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_the_documented_ones() {
+        assert_eq!(ExitStatus::Free.code(), 0);
+        assert_eq!(ExitStatus::NotFree.code(), 1);
+        assert_eq!(ExitStatus::Usage.code(), 2);
+        assert_eq!(ExitStatus::Failed.code(), 3);
+        assert_eq!(ExitStatus::Lingering.code(), 4);
+        assert_eq!(ExitStatus::NoAddress.code(), 5);
+        assert_eq!(ExitStatus::Command(42).code(), 42);
+        for code in 0..=5 {
+            assert!(HELP.contains(&format!("  {code}  ")));
+        }
     }
 }
