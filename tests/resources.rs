@@ -7,7 +7,7 @@ mod support;
 
 use std::io::Write;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use support::TempDir;
 
