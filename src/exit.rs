@@ -141,6 +141,78 @@ Exit status:
   0  printed
   2  bad usage";
 
+/// The system allocator, except that an allocation that fails ends
+/// sockcheck with one line and exit status 3 (the command failed), where
+/// Rust would abort (SIGABRT, 134) with a message of its own. Under an
+/// RLIMIT_AS or a cgroup memory limit this is what a user sees.
+pub struct ExitOnOom;
+
+// SAFETY: every call goes to the system allocator; a null result ends the
+// process instead of being returned.
+unsafe impl std::alloc::GlobalAlloc for ExitOnOom {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: the caller's contract is passed on.
+        let p = unsafe { std::alloc::System.alloc(layout) };
+        if p.is_null() {
+            out_of_memory(layout.size());
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: the caller's contract is passed on.
+        let p = unsafe { std::alloc::System.alloc_zeroed(layout) };
+        if p.is_null() {
+            out_of_memory(layout.size());
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: the caller's contract is passed on.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        // SAFETY: the caller's contract is passed on.
+        let p = unsafe { std::alloc::System.realloc(ptr, layout, new) };
+        if p.is_null() {
+            out_of_memory(new);
+        }
+        p
+    }
+}
+
+/// Says so in one line, without allocating, and exits 3.
+fn out_of_memory(size: usize) -> ! {
+    let mut line = [0u8; 128];
+    let mut at = 0;
+    let mut put = |bytes: &[u8]| {
+        let n = bytes.len().min(line.len() - at);
+        line[at..at + n].copy_from_slice(&bytes[..n]);
+        at += n;
+    };
+    put(b"sockcheck: out of memory: an allocation of ");
+    let mut digits = [0u8; 20];
+    let mut n = size;
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    put(&digits[i..]);
+    put(b" bytes failed (RLIMIT_AS, or a memory limit)\n");
+    // SAFETY: write(2) and _exit(2) of plain bytes; no allocation.
+    unsafe {
+        libc::write(2, line.as_ptr().cast(), at);
+        libc::_exit(ExitStatus::Failed.code().into())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,10 @@
 use std::process::ExitCode;
 
-use sockcheck::exit::ExitStatus;
+use sockcheck::exit::{ExitOnOom, ExitStatus};
+
+/// An allocation that fails is one line and exit 3, not an abort.
+#[global_allocator]
+static ALLOCATOR: ExitOnOom = ExitOnOom;
 
 fn main() -> ExitCode {
     match sockcheck::cli::run(std::env::args_os()) {

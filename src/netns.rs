@@ -108,8 +108,9 @@ impl NetNs {
     /// it, one error line says so.
     pub fn run<T: Send>(&self, work: impl FnOnce() -> T + Send) -> Result<T, Error> {
         std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
+            std::thread::Builder::new()
+                .name("sockcheck-netns".into())
+                .spawn_scoped(scope, || {
                     rustix::thread::move_into_link_name_space(
                         self.file.as_fd(),
                         Some(rustix::thread::LinkNameSpaceType::Network),
@@ -117,6 +118,7 @@ impl NetNs {
                     .map_err(|e| self.enter_error(e))?;
                     Ok(work())
                 })
+                .map_err(|e| Error::syscall("starting the --netns thread (pthread_create)", e))?
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })

@@ -124,8 +124,8 @@ pub fn scan(inodes: &HashSet<u64>) -> Result<FdScan, Error> {
     let next = AtomicUsize::new(0);
     let merged = Mutex::new(FdScan::default());
     std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| {
+        for worker in 0..workers {
+            let work = || {
                 let mut local = FdScan::default();
                 let mut scanner = Scanner::new(&proc_dir, inodes);
                 loop {
@@ -140,7 +140,15 @@ pub fn scan(inodes: &HashSet<u64>) -> Result<FdScan, Error> {
                 for (inode, pids) in local.holders {
                     all.holders.entry(inode).or_default().extend(pids);
                 }
-            });
+            };
+            // The last worker is this thread; another that cannot be
+            // started (pids.max, RLIMIT_NPROC, memory) leaves its share to
+            // the workers that run: slower, never a panic.
+            if worker + 1 == workers {
+                work();
+            } else {
+                let _ = std::thread::Builder::new().spawn_scoped(scope, work);
+            }
         }
     });
     let mut scan = merged.into_inner().unwrap_or_else(|p| p.into_inner());

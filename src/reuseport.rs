@@ -308,8 +308,9 @@ fn bind_probe(subject: &Subject<'_>) -> Probe {
     let v6only = subject.v6only;
     // setfsuid affects only the calling thread: do it on a thread of its own.
     let outcome = std::thread::scope(|scope| {
-        scope
-            .spawn(move || -> Result<(), std::io::Error> {
+        let thread = std::thread::Builder::new().spawn_scoped(
+            scope,
+            move || -> Result<(), std::io::Error> {
                 if euid != uid {
                     set_fsuid(uid)?;
                 }
@@ -323,9 +324,19 @@ fn bind_probe(subject: &Subject<'_>) -> Probe {
                 }
                 socket.set_reuse_port(true)?;
                 socket.bind(&local.into())
-            })
-            .join()
+            },
+        );
+        thread.map(|t| t.join())
     });
+    let outcome = match outcome {
+        Ok(joined) => joined,
+        Err(e) => {
+            return Probe::Cannot(format!(
+                "its thread could not be started: {}",
+                errno_label(&e)
+            ));
+        }
+    };
     match outcome {
         Ok(Ok(())) => Probe::Joined(uid),
         Ok(Err(e)) if e.raw_os_error() == Some(libc::EADDRINUSE) => {

@@ -15,9 +15,27 @@ use support::{
     Holder, KillOnDrop, SOCKCHECK, TempDir, holder_from, kill, lingering_command, wait_gone,
 };
 
+/// Runs a gate command with `--ports`, and the state directory for the
+/// commands that lease (the others refuse it: no option is dropped).
 fn gate(state: &TempDir, ports: &str, args: &[&str]) -> Output {
+    let command = args.iter().find(|a| !a.starts_with('-'));
+    let leasing = matches!(
+        command.copied(),
+        Some("acquire" | "release" | "leases" | "run")
+    );
+    let state_dir: &[&str] = if leasing {
+        &["--state-dir", state.path()]
+    } else {
+        &[]
+    };
+    let ports: &[&str] = if command == Some(&"release") {
+        &[]
+    } else {
+        &["--ports", ports]
+    };
     support::command()
-        .args(["--state-dir", state.path(), "--ports", ports])
+        .args(state_dir)
+        .args(ports)
         .args(args)
         .env("NO_COLOR", "1")
         .env_remove("SOCKCHECK_POOL")

@@ -1,7 +1,7 @@
 //! One lease space (issue 16): leases made by any user, state directory or
 //! backend are visible to every acquirer of the network namespace, and an
 //! owner whose liveness cannot be read keeps its lease. Addresses
-//! 127.94.0.0/16 and ports 45300-45349 belong to this file.
+//! 127.86.0.0/16 and ports 45700-45749 belong to this file.
 
 mod support;
 
@@ -23,8 +23,12 @@ fn gate_with(
     adjust: impl FnOnce(&mut Command) -> &mut Command,
 ) -> Output {
     let mut command = support::command();
+    command.args(["--state-dir", state.path()]);
+    // release has no use for --ports (and refuses it).
+    if !args.contains(&"release") {
+        command.args(["--ports", ports]);
+    }
     command
-        .args(["--state-dir", state.path(), "--ports", ports])
         .args(args)
         .env("NO_COLOR", "1")
         .env_remove("SOCKCHECK_POOL");
@@ -32,10 +36,16 @@ fn gate_with(
 }
 
 fn nobody(state: &TempDir, ports: &str, args: &[&str]) -> Output {
+    let ports = ["--ports", ports];
     Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(&*support::SOCKCHECK)
-        .args(["--state-dir", state.path(), "--ports", ports])
+        .args(["--state-dir", state.path()])
+        .args(if args.contains(&"release") {
+            &[][..]
+        } else {
+            &ports[..]
+        })
         .args(args)
         .env("NO_COLOR", "1")
         .env("XDG_CACHE_HOME", "/nonexistent")
@@ -78,7 +88,7 @@ fn assert_no_lease_left(state: &TempDir, pool: &str) {
     let started = Instant::now();
     loop {
         let doc: Value =
-            serde_json::from_slice(&gate(state, "45300", &["--json", "leases", pool]).stdout)
+            serde_json::from_slice(&gate(state, "45700", &["--json", "leases", pool]).stdout)
                 .unwrap();
         if doc["leases"].as_array().unwrap().is_empty() {
             return;
@@ -112,15 +122,15 @@ fn users_see_each_others_leases_and_cannot_release_them() {
     let owner = Owner::new();
     let output = gate(
         &root_state,
-        "45301",
-        &["acquire", "127.94.0.1", "--owner", &owner.pid()],
+        "45701",
+        &["acquire", "127.86.0.1", "--owner", &owner.pid()],
     );
-    assert_eq!(stdout(&output).trim(), "127.94.0.1", "{}", stderr(&output));
+    assert_eq!(stdout(&output).trim(), "127.86.0.1", "{}", stderr(&output));
     // Another user, another state directory: the lease is seen and named.
     let output = nobody(
         &nobody_state,
-        "45301",
-        &["acquire", "127.94.0.1", "--owner", &owner.pid()],
+        "45701",
+        &["acquire", "127.86.0.1", "--owner", &owner.pid()],
     );
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(
@@ -129,7 +139,7 @@ fn users_see_each_others_leases_and_cannot_release_them() {
         stderr(&output)
     );
     // ... and cannot be released by that user.
-    let output = nobody(&nobody_state, "45301", &["release", "127.94.0.1"]);
+    let output = nobody(&nobody_state, "45701", &["release", "127.86.0.1"]);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("may not release it"),
@@ -139,12 +149,12 @@ fn users_see_each_others_leases_and_cannot_release_them() {
     // nobody gets the next address of the pool, and root sees that lease.
     let output = nobody(
         &nobody_state,
-        "45301",
-        &["acquire", "127.94.0.1-127.94.0.2", "--owner", &owner.pid()],
+        "45701",
+        &["acquire", "127.86.0.1-127.86.0.2", "--owner", &owner.pid()],
     );
-    assert_eq!(stdout(&output).trim(), "127.94.0.2", "{}", stderr(&output));
+    assert_eq!(stdout(&output).trim(), "127.86.0.2", "{}", stderr(&output));
     let doc: Value = serde_json::from_slice(
-        &gate(&root_state, "45301", &["--json", "leases", "127.94.0.0/24"]).stdout,
+        &gate(&root_state, "45701", &["--json", "leases", "127.86.0.0/24"]).stdout,
     )
     .unwrap();
     let uids: Vec<(String, u64)> = doc["leases"]
@@ -160,11 +170,11 @@ fn users_see_each_others_leases_and_cannot_release_them() {
         .collect();
     assert_eq!(
         uids,
-        [("127.94.0.1".into(), 0), ("127.94.0.2".into(), 65534)],
+        [("127.86.0.1".into(), 0), ("127.86.0.2".into(), 65534)],
         "{doc}"
     );
     drop(owner);
-    assert_no_lease_left(&root_state, "127.94.0.0/24");
+    assert_no_lease_left(&root_state, "127.86.0.0/24");
 }
 
 #[test]
@@ -173,14 +183,14 @@ fn moving_the_state_directory_away_never_hands_an_address_out_twice() {
     let owner = Owner::new();
     let output = gate(
         &state,
-        "45302",
-        &["acquire", "127.94.1.1", "--owner", &owner.pid()],
+        "45702",
+        &["acquire", "127.86.1.1", "--owner", &owner.pid()],
     );
-    assert_eq!(stdout(&output).trim(), "127.94.1.1", "{}", stderr(&output));
+    assert_eq!(stdout(&output).trim(), "127.86.1.1", "{}", stderr(&output));
     let moved = TempDir::new("space-moved-away");
     std::fs::rename(&state.0, &moved.0).unwrap();
     // A new directory, a new lease agent: the token still decides.
-    let output = gate(&state, "45302", &["acquire", "127.94.1.1"]);
+    let output = gate(&state, "45702", &["acquire", "127.86.1.1"]);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("leased to pid"),
@@ -188,7 +198,7 @@ fn moving_the_state_directory_away_never_hands_an_address_out_twice() {
         stderr(&output)
     );
     drop(owner);
-    assert_no_lease_left(&state, "127.94.1.1");
+    assert_no_lease_left(&state, "127.86.1.1");
 }
 
 /// Runs sockcheck with RLIMIT_NOFILE at `limit`.
@@ -216,18 +226,18 @@ fn an_owner_whose_liveness_cannot_be_read_keeps_its_lease() {
     let owner = Owner::new();
     let output = gate(
         &state,
-        "45303",
-        &["acquire", "127.94.2.1", "--owner", &owner.pid()],
+        "45703",
+        &["acquire", "127.86.2.1", "--owner", &owner.pid()],
     );
-    assert_eq!(stdout(&output).trim(), "127.94.2.1", "{}", stderr(&output));
+    assert_eq!(stdout(&output).trim(), "127.86.2.1", "{}", stderr(&output));
     // From 5: below that the dynamic loader itself cannot open libgcc_s.
     for limit in 5..=12 {
         // Another acquirer short of fds: it fails (exit 3) or finds the
         // address leased, and never hands it out again.
         let output = gate_with(
             &state,
-            "45303",
-            &["acquire", "127.94.2.1", "--owner", &owner.pid()],
+            "45703",
+            &["acquire", "127.86.2.1", "--owner", &owner.pid()],
             with_nofile(limit),
         );
         let said = stderr(&output);
@@ -242,8 +252,8 @@ fn an_owner_whose_liveness_cannot_be_read_keeps_its_lease() {
         // process" (bad input).
         let output = gate_with(
             &state,
-            "45303",
-            &["acquire", "127.94.2.2", "--owner", &owner.pid()],
+            "45703",
+            &["acquire", "127.86.2.2", "--owner", &owner.pid()],
             with_nofile(limit),
         );
         assert!(
@@ -252,16 +262,16 @@ fn an_owner_whose_liveness_cannot_be_read_keeps_its_lease() {
             stderr(&output)
         );
         if output.status.code() == Some(0) {
-            let _ = gate(&state, "45303", &["release", "127.94.2.2"]);
+            let _ = gate(&state, "45703", &["release", "127.86.2.2"]);
         } else {
             assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
         }
     }
     // The lease held throughout.
-    let output = gate(&state, "45303", &["acquire", "127.94.2.1"]);
+    let output = gate(&state, "45703", &["acquire", "127.86.2.1"]);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     drop(owner);
-    assert_no_lease_left(&state, "127.94.2.0/24");
+    assert_no_lease_left(&state, "127.86.2.0/24");
 }
 
 #[test]
@@ -276,21 +286,21 @@ fn a_udp_wildcard_on_the_old_token_port_blocks_no_lease() {
     let owner = Owner::new();
     let output = gate(
         &state,
-        "45304",
-        &["acquire", "127.94.3.1", "--owner", &owner.pid()],
+        "45704",
+        &["acquire", "127.86.3.1", "--owner", &owner.pid()],
     );
-    assert_eq!(stdout(&output).trim(), "127.94.3.1", "{}", stderr(&output));
+    assert_eq!(stdout(&output).trim(), "127.86.3.1", "{}", stderr(&output));
     drop(udp);
     drop(owner);
-    assert_no_lease_left(&state, "127.94.3.1");
+    assert_no_lease_left(&state, "127.86.3.1");
 }
 
 #[test]
 fn a_killed_run_is_not_shown_alive_and_its_lease_lives_on_in_the_command() {
     let state = TempDir::new("space-killed-run");
     let mut run = support::command()
-        .args(["--state-dir", state.path(), "--ports", "45305"])
-        .args(["run", "127.94.4.1", "--", "sleep", "60"])
+        .args(["--state-dir", state.path(), "--ports", "45705"])
+        .args(["run", "127.86.4.1", "--", "sleep", "60"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -298,7 +308,7 @@ fn a_killed_run_is_not_shown_alive_and_its_lease_lives_on_in_the_command() {
     let started = Instant::now();
     let command = loop {
         let doc: Value = serde_json::from_slice(
-            &gate(&state, "45305", &["--json", "leases", "127.94.4.1"]).stdout,
+            &gate(&state, "45705", &["--json", "leases", "127.86.4.1"]).stdout,
         )
         .unwrap();
         if let Some(pid) = doc["leases"][0]["holders"][0]["pid"].as_u64() {
@@ -313,7 +323,7 @@ fn a_killed_run_is_not_shown_alive_and_its_lease_lives_on_in_the_command() {
     run.wait().unwrap();
     let started = Instant::now();
     let text = loop {
-        let text = stdout(&gate(&state, "45305", &["leases", "127.94.4.1"]));
+        let text = stdout(&gate(&state, "45705", &["leases", "127.86.4.1"]));
         if text.contains("exited") || started.elapsed() > Duration::from_secs(2) {
             break text;
         }
@@ -328,7 +338,7 @@ fn a_killed_run_is_not_shown_alive_and_its_lease_lives_on_in_the_command() {
         "{text}"
     );
     support::kill(command);
-    assert_no_lease_left(&state, "127.94.4.1");
+    assert_no_lease_left(&state, "127.86.4.1");
 }
 
 #[test]
@@ -337,25 +347,25 @@ fn a_waiting_acquire_gets_an_address_released_meanwhile() {
     let owner = Owner::new();
     let output = gate(
         &state,
-        "45306",
-        &["acquire", "127.94.5.1", "--owner", &owner.pid()],
+        "45706",
+        &["acquire", "127.86.5.1", "--owner", &owner.pid()],
     );
-    assert_eq!(stdout(&output).trim(), "127.94.5.1", "{}", stderr(&output));
+    assert_eq!(stdout(&output).trim(), "127.86.5.1", "{}", stderr(&output));
     let waiter = support::command()
-        .args(["--state-dir", state.path(), "--ports", "45306"])
-        .args(["acquire", "127.94.5.1", "--wait", "20s", "--owner"])
+        .args(["--state-dir", state.path(), "--ports", "45706"])
+        .args(["acquire", "127.86.5.1", "--wait", "20s", "--owner"])
         .arg(std::process::id().to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let output = gate(&state, "45306", &["release", "127.94.5.1"]);
+    let output = gate(&state, "45706", &["release", "127.86.5.1"]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let output = waiter.wait_with_output().unwrap();
-    assert_eq!(stdout(&output).trim(), "127.94.5.1", "{}", stderr(&output));
-    let _ = gate(&state, "45306", &["release", "127.94.5.1"]);
-    assert_no_lease_left(&state, "127.94.5.1");
+    assert_eq!(stdout(&output).trim(), "127.86.5.1", "{}", stderr(&output));
+    let _ = gate(&state, "45706", &["release", "127.86.5.1"]);
+    assert_no_lease_left(&state, "127.86.5.1");
 }
 
 #[test]
@@ -363,7 +373,7 @@ fn acquire_and_run_have_a_default_pool() {
     let state = TempDir::new("space-default");
     let output = gate(
         &state,
-        "45307",
+        "45707",
         &["acquire", "--owner", &std::process::id().to_string()],
     );
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
@@ -373,10 +383,10 @@ fn acquire_and_run_have_a_default_pool() {
         address.octets()[..3] == [127, 0, 0] && (2..=33).contains(&last),
         "{address}"
     );
-    let _ = gate(&state, "45307", &["release", &address.to_string()]);
+    let _ = gate(&state, "45707", &["release", &address.to_string()]);
     let output = gate(
         &state,
-        "45307",
+        "45707",
         &["run", "--", "sh", "-c", "echo $SOCKCHECK_ADDR"],
     );
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
@@ -416,12 +426,12 @@ fn a_full_state_filesystem_during_run_never_loses_the_report() {
     let report = base.join("report.json");
     let fill = format!(
         "{}; dd if=/dev/zero of={} bs=4k count=64 2>/dev/null; true",
-        lingering_command(45308, &ready),
+        lingering_command(45708, &ready),
         mount.join("fill").display()
     );
     let output = support::command()
-        .args(["--state-dir", state.to_str().unwrap(), "--ports", "45308"])
-        .args(["run", "127.94.6.1", "--linger", "200ms", "--report"])
+        .args(["--state-dir", state.to_str().unwrap(), "--ports", "45708"])
+        .args(["run", "127.86.6.1", "--linger", "200ms", "--report"])
         .arg(&report)
         .args(["--", "sh", "-c", &fill])
         .env("NO_COLOR", "1")
@@ -436,14 +446,54 @@ fn a_full_state_filesystem_during_run_never_loses_the_report() {
     assert_eq!(json["holders"][0]["pid"], pid);
     // Still leased, in the lingering holder, for everyone to see.
     let other = TempDir::new("space-full-other");
-    let output = gate(&other, "45308", &["acquire", "127.94.6.1"]);
+    let output = gate(&other, "45708", &["acquire", "127.86.6.1"]);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
-    let output = gate(&other, "45308", &["leases", "127.94.6.1"]);
+    let output = gate(&other, "45708", &["leases", "127.86.6.1"]);
     assert!(
         stdout(&output).contains(&format!("living on in pid {pid}")),
         "{}",
         stdout(&output)
     );
     support::kill(pid);
-    assert_no_lease_left(&other, "127.94.6.1");
+    assert_no_lease_left(&other, "127.86.6.1");
+}
+
+/// A non-blocking connection to a lease token (the kernel's padded name),
+/// or `None` once its backlog is full.
+fn connect_token(address: &str) -> Option<std::os::fd::OwnedFd> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let mut name = format!("sockcheck/v1/lease/{address}").into_bytes();
+    name.resize(107, 0);
+    let socket = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    )
+    .ok()?;
+    let to = SocketAddrUnix::new_abstract_name(&name).ok()?;
+    rustix::net::connect(&socket, &to).ok()?;
+    Some(socket)
+}
+
+#[test]
+fn a_flood_of_connections_to_a_token_blocks_neither_its_release_nor_the_agent() {
+    let state = TempDir::new("space-flood");
+    let me = std::process::id().to_string();
+    let output = gate(&state, "45709", &["acquire", "127.86.7.1", "--owner", &me]);
+    assert_eq!(stdout(&output).trim(), "127.86.7.1", "{}", stderr(&output));
+    // Anyone may connect to a token: 300 connections that never read.
+    let flood: Vec<_> = (0..300)
+        .map_while(|_| connect_token("127.86.7.1"))
+        .collect();
+    assert!(flood.len() >= 64, "only {} connections", flood.len());
+    // The agent still takes leases, and the owner can still release.
+    let output = gate(&state, "45709", &["acquire", "127.86.7.2", "--owner", &me]);
+    assert_eq!(stdout(&output).trim(), "127.86.7.2", "{}", stderr(&output));
+    for address in ["127.86.7.1", "127.86.7.2"] {
+        let output = gate(&state, "45709", &["release", address]);
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    }
+    drop(flood);
+    assert_no_lease_left(&state, "127.86.7.0/24");
 }

@@ -4,8 +4,8 @@
 //! server on every address it is handed: a bind that fails means the
 //! address was held twice. The storm must end with 0 addresses held twice,
 //! 0 leases lost (a worker whose lease was handed on while it lived is the
-//! same failed bind) and 0 left behind. Addresses 127.94.100.0/24 and port
-//! 45320 belong to this file.
+//! same failed bind) and 0 left behind. Addresses 127.86.100.0/24 and port
+//! 45750 belong to this file.
 
 mod support;
 
@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::TempDir;
 
-const PORT: &str = "45320";
+const PORT: &str = "45750";
 /// Fewer addresses than workers: they queue on each other's leases.
-const POOL: &str = "127.94.100.1,127.94.100.2,127.94.100.3,127.94.100.4,127.94.100.5";
+const POOL: &str = "127.86.100.1,127.86.100.2,127.86.100.3,127.86.100.4,127.86.100.5";
 const CYCLES: &str = "40";
 
 fn repo() -> PathBuf {
@@ -158,7 +158,7 @@ fn a_mixed_storm_of_backends_and_users_loses_nothing_and_hands_nothing_out_twice
     assert_eq!(kills, 6, "the killer ran out of time");
     // Nothing left behind: every lease, of every backend and user, ended
     // with its owner.
-    let pool_range = "127.94.100.0/29";
+    let pool_range = "127.86.100.0/29";
     let started = Instant::now();
     loop {
         let output = support::command()

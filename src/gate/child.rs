@@ -67,12 +67,16 @@ pub fn run(
     spawned: impl FnOnce(u32),
 ) -> Result<Finished, Error> {
     let (set, restore) = block_forwarded();
+    // The forwarding thread starts before the command does: a process that
+    // cannot start a thread (pids.max, RLIMIT_NPROC) fails here, with exit 3
+    // and nothing run, rather than with a command it cannot look after.
+    let (signals, pid_for_thread) = forward(set)?;
     let mut child = match spawn(command(argv, env, restore), &restore) {
         Ok(child) => child,
         Err(finished) => return Ok(finished),
     };
+    let _ = pid_for_thread.send(child.id());
     spawned(child.id());
-    let signals = forward(set, child.id());
     let status = child.wait().map_err(|e| Error::syscall("waitpid", e))?;
     let signalled = signals.take();
     Ok(Finished {
@@ -157,37 +161,48 @@ fn spawn(mut command: Command, restore: &libc::sigset_t) -> Result<Child, Finish
 /// Starts the thread that waits (sigwaitinfo) for the blocked signals in
 /// `set`, records each terminating one in the returned [`Signals`], and
 /// passes each sent to sockcheck itself on to the command `pid`.
-fn forward(set: libc::sigset_t, pid: u32) -> Signals {
-    // Signals go through a pidfd: once the command is reaped it refers to
-    // a dead process, never to a recycled pid.
-    let pidfd = rustix::process::Pid::from_raw(pid as i32).and_then(|pid| {
-        rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
-    });
+fn forward(set: libc::sigset_t) -> Result<(Signals, std::sync::mpsc::Sender<u32>), Error> {
     let signals = Signals(Arc::default());
     let received = Arc::clone(&signals.0);
-    std::thread::spawn(move || {
-        loop {
-            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            // SAFETY: valid set and out-pointer.
-            let signal = unsafe { libc::sigwaitinfo(&set, &mut info) };
-            if signal < 0 {
-                continue;
+    let (pid_tx, pid_rx) = std::sync::mpsc::channel::<u32>();
+    let started = std::thread::Builder::new()
+        .name("sockcheck-signals".into())
+        .spawn(move || {
+            // Signals go through a pidfd: once the command is reaped it refers
+            // to a dead process, never to a recycled pid. None when the command
+            // did not start.
+            let pidfd = pid_rx.recv().ok().and_then(|pid| {
+                let pid = rustix::process::Pid::from_raw(pid as i32)?;
+                rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+            });
+            loop {
+                let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+                // SAFETY: valid set and out-pointer.
+                let signal = unsafe { libc::sigwaitinfo(&set, &mut info) };
+                if signal < 0 {
+                    continue;
+                }
+                if TERMINATING.contains(&signal) {
+                    received.store(signal, Ordering::SeqCst);
+                }
+                // A terminal's Ctrl-C (SI_KERNEL) already reached the command,
+                // which shares our process group; pass on only what was sent
+                // to sockcheck itself.
+                if info.si_code != libc::SI_KERNEL
+                    && let (Some(pidfd), Some(signal)) =
+                        (&pidfd, rustix::process::Signal::from_named_raw(signal))
+                {
+                    let _ = rustix::process::pidfd_send_signal(pidfd, signal);
+                }
             }
-            if TERMINATING.contains(&signal) {
-                received.store(signal, Ordering::SeqCst);
-            }
-            // A terminal's Ctrl-C (SI_KERNEL) already reached the command,
-            // which shares our process group; pass on only what was sent
-            // to sockcheck itself.
-            if info.si_code != libc::SI_KERNEL
-                && let (Some(pidfd), Some(signal)) =
-                    (&pidfd, rustix::process::Signal::from_named_raw(signal))
-            {
-                let _ = rustix::process::pidfd_send_signal(pidfd, signal);
-            }
-        }
-    });
-    signals
+        });
+    started.map_err(|e| {
+        Error::syscall(
+            "starting run's signal-forwarding thread (pthread_create)",
+            e,
+        )
+    })?;
+    Ok((signals, pid_tx))
 }
 
 /// The exit status a shell gives for a child that ended: its exit code, or

@@ -168,8 +168,7 @@ pub fn write(report: &Forensic, path: &Path) -> Result<(), Error> {
     } else {
         markdown(report)
     };
-    std::fs::write(path, text)
-        .map_err(|e| Error::syscall(format!("writing the report to {}", path.display()), e))
+    super::report_file::write(path, text.as_bytes())
 }
 
 /// The report for people: Markdown, which also reads well on a terminal.

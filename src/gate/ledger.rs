@@ -19,7 +19,14 @@ use crate::report::Verdict;
 /// lease. A lease of another uid, or of the npm fallback, is not released
 /// (exit 1, saying whose it is).
 pub fn release(gate: &Gate, address: IpAddr) -> Result<ExitStatus, Error> {
-    let outcome = token::release(address)?;
+    // Our own agent's lease ends through its socket; any other is asked on
+    // its token, which says whose it is.
+    let dir = crate::lease::Dir::open(&gate.state_dir)?;
+    let outcome = if crate::lease::agent::release(&dir, address)? {
+        Outcome::Released
+    } else {
+        token::release(address)?
+    };
     let released = outcome == Outcome::Released;
     if gate.output.json {
         gate.output.print(&crate::output::json(&Released {

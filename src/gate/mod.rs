@@ -15,6 +15,7 @@ pub mod inspecting;
 pub mod ledger;
 pub mod openers;
 pub mod reap;
+pub mod report_file;
 pub mod run;
 pub mod state;
 

@@ -35,7 +35,7 @@ pub fn run(gate: &Gate, pool: &[IpAddr], options: &RunOptions) -> Result<ExitSta
         return Err(Error::Usage("run: no command given after --".into()));
     }
     if let Some(path) = &options.report {
-        check_writable(path)?;
+        super::report_file::check(path)?;
     }
     let me = OwnerHandle::open(std::process::id(), "run")?;
     let dir = Dir::open(&gate.state_dir)?;
@@ -74,7 +74,7 @@ pub fn run(gate: &Gate, pool: &[IpAddr], options: &RunOptions) -> Result<ExitSta
     let finished = match finished {
         Ok(finished) => finished,
         Err(e) => {
-            let _ = lease::token::release(address);
+            let _ = lease::agent::release(&dir, address);
             return Err(e);
         }
     };
@@ -175,7 +175,7 @@ fn after(
     }
     if forensic.quarantined {
         failed |= !quarantine(gate, dir, &forensic, options);
-    } else if let Err(e) = lease::token::release(address) {
+    } else if let Err(e) = lease::agent::release(dir, address) {
         gate.output
             .warn(&format!("sockcheck: releasing {address}: {e}\n"));
         failed = true;
@@ -240,19 +240,4 @@ fn command_status(status: u8) -> ExitStatus {
     } else {
         ExitStatus::Command(status)
     }
-}
-
-/// Fails early (exit 2, nothing changed) when the report cannot be written.
-fn check_writable(path: &std::path::Path) -> Result<(), Error> {
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    if !parent.is_dir() || rustix::fs::access(parent, rustix::fs::Access::WRITE_OK).is_err() {
-        return Err(Error::Usage(format!(
-            "--report: cannot write {} (its directory is missing or not writable)",
-            path.display()
-        )));
-    }
-    Ok(())
 }

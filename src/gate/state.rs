@@ -42,6 +42,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, errno_label};
 
+/// How long a command waits for another to let go of the state lock.
+/// Holders keep it for a read and a write (microseconds), never across an
+/// inspection.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The state file's format version.
 const VERSION: u32 = 1;
 
@@ -432,12 +437,36 @@ impl Store {
         let lock = open_regular(&dir, "lock", Access::Lock)?.ok_or_else(|| {
             unusable(dir.path(), "its lock file vanished while opening it".into())
         })?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).map_err(|e| {
-            unusable(
-                dir.path(),
-                format!("cannot lock {}: {}", dir.show("lock"), errno_text(e)),
-            )
-        })?;
+        // Bounded: a process that holds the lock and hangs (stopped, say)
+        // must not hang every gate command, nor `run` after its command.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => break,
+                Err(rustix::io::Errno::WOULDBLOCK) | Err(rustix::io::Errno::INTR)
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => {
+                    return Err(unusable(
+                        dir.path(),
+                        format!(
+                            "another process has held {} for {} s (a sockcheck that is \
+                             stopped or hung? `fuser -v` names it)",
+                            dir.show("lock"),
+                            LOCK_WAIT.as_secs()
+                        ),
+                    ));
+                }
+                Err(e) => {
+                    return Err(unusable(
+                        dir.path(),
+                        format!("cannot lock {}: {}", dir.show("lock"), errno_text(e)),
+                    ));
+                }
+            }
+        }
         sweep(&dir);
         Ok(Store {
             dir,

@@ -66,12 +66,18 @@ pub fn gather(query: &Query, view: &KernelView, plan: &Plan<'_>) -> Evidence {
     // the fd tables are walked, once the loads' shared preparation is done.
     let prefetch = bpf_owners && !plan.reuseport.is_empty() && bpf::prepare().is_ok();
     let (scan, proc, bits) = std::thread::scope(|scope| {
-        let bits = prefetch.then(|| scope.spawn(|| bpf::tcp_listeners(&query.ports)));
+        // A thread that cannot be started is read after the walk instead.
+        let bits = prefetch.then(|| {
+            std::thread::Builder::new()
+                .spawn_scoped(scope, || bpf::tcp_listeners(&query.ports))
+                .ok()
+        });
         let (scan, proc) = find_owners(bpf_owners, &plan.owners, &mut bpf);
-        let bits = bits.map(|thread| {
-            thread
+        let bits = bits.map(|thread| match thread {
+            Some(thread) => thread
                 .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            None => bpf::tcp_listeners(&query.ports),
         });
         (scan, proc, bits)
     });

@@ -33,6 +33,8 @@ const SOCKET: &str = "agent.sock";
 const LOCK: &str = "agent.lock";
 /// How long an agent with no lease and no client stays.
 const IDLE: Duration = Duration::from_secs(3);
+/// Connections a token keeps accepted at once (readers and waiters).
+const CONNECTIONS: usize = 64;
 /// How long a client waits for the agent's answer.
 const ANSWER: Duration = Duration::from_secs(5);
 
@@ -44,6 +46,8 @@ enum Request {
     Hold { info: Info },
     /// The lease of `address` lives on in `holder` too (pidfd: fd 0).
     Attach { address: IpAddr, holder: Owner },
+    /// End the lease of `address` (only this user reaches the agent).
+    Release { address: IpAddr },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -79,6 +83,32 @@ pub fn hand_over(
     ask(dir, &request, &[token.fd(), pidfd.as_fd()])
 }
 
+/// Ends the lease of `address` if this directory's agent holds it:
+/// `Ok(false)` when it does not (another agent's, another user's, the
+/// fallback's, or none), or when no agent runs. Through the agent's own
+/// socket, not the token, so a flood of connections to the token cannot
+/// keep its owner from releasing it.
+pub fn release(dir: &Dir, address: IpAddr) -> Result<bool, Error> {
+    match connect(dir) {
+        Err(Errno::NOENT) | Err(Errno::CONNREFUSED) => return Ok(false),
+        Err(e) => {
+            return Err(state_error(
+                dir.path(),
+                format!("cannot reach its lease agent: {}", errno(e)),
+            ));
+        }
+        Ok(_) => {}
+    }
+    match ask(dir, &Request::Release { address }, &[]) {
+        Ok(()) => Ok(true),
+        Err(Error::State(why)) if why.ends_with(NOT_HERE) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// What the agent answers a release of a lease it does not hold.
+const NOT_HERE: &str = "not leased through this agent";
+
 /// Makes the lease of `address` live on in `holder` too.
 pub fn attach(dir: &Dir, address: IpAddr, holder: Owner, pidfd: &OwnedFd) -> Result<(), Error> {
     ask(dir, &Request::Attach { address, holder }, &[pidfd.as_fd()])
@@ -103,7 +133,9 @@ fn ask(dir: &Dir, request: &Request, fds: &[BorrowedFd<'_>]) -> Result<(), Error
         };
         let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
         let mut control = net::SendAncillaryBuffer::new(&mut space);
-        control.push(net::SendAncillaryMessage::ScmRights(fds));
+        if !fds.is_empty() {
+            control.push(net::SendAncillaryMessage::ScmRights(fds));
+        }
         if let Err(e) = net::sendmsg(
             &socket,
             &[IoSlice::new(&text)],
@@ -462,6 +494,13 @@ impl Agent {
                 let token = fds.pop().expect("two fds");
                 self.hold(info, token, pidfd)
             }
+            Request::Release { address } => {
+                if !self.leases.contains_key(&address) {
+                    return Err(format!("{address} is {NOT_HERE}"));
+                }
+                self.end(address);
+                Ok(())
+            }
             Request::Attach { address, holder } => {
                 let pidfd = fds.pop().ok_or("an attach request needs a pidfd")?;
                 if !self.leases.contains_key(&address) {
@@ -550,6 +589,18 @@ impl Agent {
         let Some(lease) = self.leases.get(&address) else {
             return;
         };
+        if lease.connections.len() >= CONNECTIONS {
+            // Enough readers: the rest wait in the backlog (they still wake
+            // when the lease ends) until one hangs up. Not accepting also
+            // means no fd of ours for whoever floods a token.
+            let _ = epoll::modify(
+                &self.epoll,
+                &lease.token,
+                epoll::EventData::new_u64(lease.token_slot),
+                epoll::EventFlags::empty(),
+            );
+            return;
+        }
         let Ok(connection) =
             net::accept_with(&lease.token, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK)
         else {
@@ -587,6 +638,15 @@ impl Agent {
         };
         if n == 0 {
             let connection = lease.connections.remove(&slot).expect("present");
+            if lease.connections.len() + 1 == CONNECTIONS {
+                // Room again: accept what waits in the backlog.
+                let _ = epoll::modify(
+                    &self.epoll,
+                    &lease.token,
+                    epoll::EventData::new_u64(lease.token_slot),
+                    epoll::EventFlags::IN,
+                );
+            }
             self.forget(slot, connection.as_fd());
             return;
         }

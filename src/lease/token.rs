@@ -3,7 +3,6 @@
 //! the lease: the kernel lets one socket of a network namespace have a name,
 //! whoever asks, and frees it when the last fd on it closes.
 
-use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -226,9 +225,11 @@ pub struct Connection {
 
 impl Connection {
     /// Connects to `address`'s token: `None` when nothing listens on it
-    /// (ECONNREFUSED: no such name, or bound and not listening yet).
+    /// (ECONNREFUSED: no such name, or bound and not listening yet), or its
+    /// backlog is full (EAGAIN). Non-blocking: a token whose backlog someone
+    /// filled never stalls the caller.
     pub fn open(address: IpAddr) -> Result<Option<Connection>, Error> {
-        let fd = unix_socket(SocketFlags::empty())?;
+        let fd = unix_socket(SocketFlags::NONBLOCK)?;
         match net::connect(&fd, &socket_addr(address)?) {
             Ok(()) => Ok(Some(Connection { fd })),
             Err(Errno::CONNREFUSED) | Err(Errno::AGAIN) => Ok(None),
@@ -262,21 +263,22 @@ impl Connection {
             if left.is_zero() || !readable(self.fd.as_fd(), left) {
                 return None;
             }
-            let mut file = std::fs::File::from(self.fd.try_clone().ok()?);
-            match file.read(&mut buf) {
-                Ok(0) | Err(_) => return None,
+            match rustix::io::read(&self.fd, &mut buf) {
+                Ok(0) => return None,
                 Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(Errno::AGAIN) | Err(Errno::INTR) => {}
+                Err(_) => return None,
             }
         }
         let end = got.iter().position(|&b| b == b'\n')?;
         String::from_utf8(got[..end].to_vec()).ok()
     }
 
+    /// Sends a short request (it fits the socket buffer of a fresh
+    /// connection, so a non-blocking send takes it whole).
     pub fn send(&mut self, text: &str) -> bool {
-        let Ok(fd) = self.fd.try_clone() else {
-            return false;
-        };
-        std::fs::File::from(fd).write_all(text.as_bytes()).is_ok()
+        net::send(&self.fd, text.as_bytes(), net::SendFlags::NOSIGNAL)
+            .is_ok_and(|n| n == text.len())
     }
 }
 
