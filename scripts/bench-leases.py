@@ -246,7 +246,9 @@ class Bench:
         per_phase = max(2, a.loop_iterations // 2)
         acc = {"check": [], "acquire": []}
         fails = {"check": 0, "acquire": 0}
+        agent_cpu = 0.0
         for phase in ("check", "acquire", "check", "acquire"):
+            cpu0 = agent_cpu_s(state)
             workers = []
             for i in range(n):
                 argv = [sys.executable, __file__, "loop", "--mode", phase, "--bin", a.bin,
@@ -263,6 +265,8 @@ class Bench:
                 fails[phase] += out.get("failures", 1)
                 w.wait()
                 self.procs.procs.remove(w)
+            if phase == "acquire":
+                agent_cpu += agent_cpu_s(state) - cpu0
         c, q = acc["check"], acc["acquire"]
         cp50, cp99, ap50, ap99 = (ms(pct(c, 50)), ms(pct(c, 99)), ms(pct(q, 50)), ms(pct(q, 99)))
         self.results["loops"] = {"check_ms": [ms(x) for x in c], "acquire_ms": [ms(x) for x in q],
@@ -274,6 +278,8 @@ class Bench:
         self.line(ap99 <= 1.3 * cp99,
                   f"{n} loops: acquire p99 <= 1.3x check p99: {ap99:.1f} ms vs {cp99:.1f} ms "
                   f"({ap99 / cp99:.2f}x)")
+        self.info(f"{n} loops: the lease agent's CPU time per acquire+release cycle: "
+                  f"{agent_cpu / max(1, len(q)) * 1e6:.0f} us ({agent_cpu:.2f} s for {len(q)} cycles)")
 
     # -- b: 65,536 existing leases ------------------------------------------------
     def many(self):
@@ -557,6 +563,22 @@ class Bench:
             print(f"bench-leases: stage {name}", file=sys.stderr, flush=True)
             getattr(self, name)()
         self.info(f"lease stage: load average {open('/proc/loadavg').read().split()[0]} at the end")
+
+
+def agent_cpu_s(state):
+    """User+system CPU seconds of the lease agent of state (0 if none)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            if b"__lease-agent" in argv and state.encode() in argv:
+                stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+                return (int(stat[11]) + int(stat[12])) / tick
+        except OSError:
+            continue
+    return 0.0
 
 
 def stop_agents(tmp):  # tmp: a directory path (str); agents of state dirs under it
