@@ -44,7 +44,7 @@ Exit status:
   0  every address is free
   1  at least one address is not free (busy, foreign, conflict or unavailable)
   2  bad usage or input (nothing was inspected or changed)
-  3  the inspection itself or the gate's state directory failed (netlink sock_diag unavailable, ...)
+  3  the inspection itself, the gate's state directory or lease agent, or a resource failed (one line says which: sock_diag unavailable, no memory, no thread, ...)
   4  run: the command succeeded but left lingering holders
   5  run: no address of the pool could be leased
   (run otherwise exits with the command's own status)";
