@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::sockets::{self, Opts};
+use support::sockets::listen_close;
 
 /// A `sockcheck watch` with both of its outputs read as they come (a full
 /// pipe would stall it, and a closed one would lose its notes).
@@ -114,16 +114,6 @@ fn tally(out: &str, local: &str) -> Tally {
         }
     }
     tally
-}
-
-/// `cycles` sockets put into LISTEN on `addr` and closed again, one after
-/// the other: two events each.
-fn listen_close(addr: SocketAddr, cycles: u64) {
-    for i in 0..cycles {
-        let fd = sockets::listen(addr, Opts::default())
-            .unwrap_or_else(|e| panic!("cycle {i}: listen on {addr}: {e}"));
-        drop(fd);
-    }
 }
 
 /// The smallest ring buffer the kernel takes: one page.
