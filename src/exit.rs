@@ -123,9 +123,10 @@ Exit status:
 /// `watch`'s exit statuses.
 pub const HELP_WATCH: &str = "\
 Exit status:
-  0    after --count events, or at --timeout when no --count was given
-  1    at --timeout before --count events
-  130  on SIGINT, 143 on SIGTERM
+  0    after --count events, or at --timeout when no --count was given, and no event was lost
+  1    events were lost (the kernel's ring buffer was full: see --ring-size; each loss is
+       reported as `lost N events`), or --timeout came before --count events
+  130  on SIGINT, 143 on SIGTERM (also when events were lost)
   2    bad usage or input
   3    eBPF unavailable (watch needs eBPF) or failed";
 
