@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: (MIT OR GPL-2.0)
 /*
  * Watch TCP sockets entering or leaving LISTEN on watched ports and push one
- * `listen_event` per transition into the `events` ring buffer.
+ * `listen_event` per transition into the `events` ring buffer. A transition
+ * the ring buffer has no room for (the reader is behind) is counted in
+ * `lost` instead, so userspace can say how many it never saw.
  *
  * Two entry points on the same kernel hook; userspace loads one of them:
  *  - tracepoint/sock/inet_sock_set_state: the classic tracepoint (needs
@@ -13,10 +15,26 @@
 #include "pidns.h"
 #include "ports.h"
 
+/* Here rather than in sockcheck.h, whose every line shift changes the line
+ * info of all the objects. */
+#define BPF_MAP_TYPE_PERCPU_ARRAY 6
+
+/* The default size; userspace may set another (`--ring-size`) before load. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 64 * 1024);
 } events SEC(".maps");
+
+/* Events dropped because bpf_ringbuf_reserve failed, per CPU (no cache line
+ * shared between CPUs); userspace sums the CPUs. The add is still atomic: a
+ * tracepoint program runs with migration, not preemption, disabled, so two
+ * tasks may run it on one CPU at once. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost SEC(".maps");
 
 /* Must match `LISTEN_EVENT_RECORD` in src/bpf.rs (72 bytes). */
 struct listen_event {
@@ -61,8 +79,14 @@ begin(const struct sock *sk, int oldstate, int newstate, __u16 family, __u16 por
 	if (!port_watched(port))
 		return 0;
 	struct listen_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e)
+	if (!e) {
+		__u32 zero = 0;
+		__u64 *n = bpf_map_lookup_elem(&lost, &zero);
+
+		if (n)
+			__sync_fetch_and_add(n, 1);
 		return 0;
+	}
 	struct socket *sock = 0;
 
 	READ_INTO(&sock, sk, sk_socket);

@@ -66,7 +66,7 @@ use std::{
 
 use aya::{
     Btf, BtfError, Ebpf, EbpfError, EbpfLoader, Endianness, include_bytes_aligned,
-    maps::{HashMap, MapData, MapError, RingBuf},
+    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, Iter, ProgramError, TracePoint, links::LinkError},
 };
 
@@ -1011,12 +1011,81 @@ pub enum WatchHook {
     BtfTracePoint,
 }
 
+/// The size of a [`Watcher`]'s ring buffer (the `events` map's
+/// `max_entries`), in bytes: what the kernel accepts, a power of two
+/// multiple of the page size. Each event takes 80 bytes of it (its 72 and
+/// the ring buffer's 8-byte header), so 64 KiB hold 819 events the reader
+/// has not taken yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingSize(u32);
+
+/// Why a size cannot be a ring buffer's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{bytes} bytes is not a ring buffer size: the kernel takes a power of two multiple of \
+     the page size ({page} bytes), up to {max} bytes"
+)]
+pub struct BadRingSize {
+    pub bytes: u64,
+    pub page: u64,
+    pub max: u64,
+}
+
+impl RingSize {
+    /// What `bpf/watch.bpf.c` declares.
+    pub const DEFAULT: RingSize = RingSize(64 * 1024);
+
+    /// The largest the map's `max_entries` (a u32) can be.
+    const MAX: u64 = 1 << 31;
+
+    /// `bytes`, if the kernel would take it on this machine's page size.
+    pub fn new(bytes: u64) -> Result<RingSize, BadRingSize> {
+        let page = page_size();
+        if bytes.is_power_of_two() && bytes >= page && bytes <= Self::MAX {
+            Ok(RingSize(bytes as u32))
+        } else {
+            Err(BadRingSize {
+                bytes,
+                page,
+                max: Self::MAX,
+            })
+        }
+    }
+
+    pub fn bytes(self) -> u32 {
+        self.0
+    }
+}
+
+/// `64K`, `4M`, `1G`: as `--ring-size` takes it.
+impl fmt::Display for RingSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            n if n % (1 << 30) == 0 => write!(f, "{}G", n >> 30),
+            n if n % (1 << 20) == 0 => write!(f, "{}M", n >> 20),
+            n if n % (1 << 10) == 0 => write!(f, "{}K", n >> 10),
+            n => write!(f, "{n}"),
+        }
+    }
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory effects.
+    match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as u64,
+        _ => 4096,
+    }
+}
+
 /// Reports TCP sockets entering or leaving LISTEN on some ports, from the
-/// moment it is created. Dropping it detaches and unloads everything.
+/// moment it is created, and counts those its ring buffer had no room for
+/// ([`Watcher::lost`]). Dropping it detaches and unloads everything.
 pub struct Watcher {
-    // Field order is drop order: the ring buffer before the object owning
-    // the program and its link.
+    // Field order is drop order: the maps before the object owning the
+    // program and its link.
     events: RingBuf<MapData>,
+    /// Per CPU: events `bpf_ringbuf_reserve` found no room for.
+    lost: PerCpuArray<MapData, u64>,
     hook: WatchHook,
     _ebpf: Ebpf,
 }
@@ -1030,19 +1099,25 @@ impl fmt::Debug for Watcher {
 }
 
 impl Watcher {
-    /// Watches `ports` (every port if empty). Uses the tracepoint when tracefs
-    /// is mounted and falls back to `tp_btf` otherwise, or if that fails.
+    /// Watches `ports` (every port if empty), with a ring buffer of the
+    /// default size. Uses the tracepoint when tracefs is mounted and falls
+    /// back to `tp_btf` otherwise, or if that fails.
     pub fn new(ports: &[u16]) -> Result<Self, BpfError> {
+        Self::with_ring_size(ports, RingSize::DEFAULT)
+    }
+
+    /// [`Watcher::new`] with a ring buffer of `ring` bytes.
+    pub fn with_ring_size(ports: &[u16], ring: RingSize) -> Result<Self, BpfError> {
         availability()?;
         let tracepoint = if tracefs_mounted() {
-            match Self::with_hook(ports, WatchHook::TracePoint) {
+            match Self::attach(ports, WatchHook::TracePoint, ring) {
                 Ok(watcher) => return Ok(watcher),
                 Err(error) => Some(error),
             }
         } else {
             None
         };
-        Self::with_hook(ports, WatchHook::BtfTracePoint).map_err(|tp_btf| match tracepoint {
+        Self::attach(ports, WatchHook::BtfTracePoint, ring).map_err(|tp_btf| match tracepoint {
             Some(tracepoint) => BpfError::Watch {
                 tracepoint: Box::new(tracepoint),
                 tp_btf: Box::new(tp_btf),
@@ -1053,11 +1128,16 @@ impl Watcher {
 
     /// Watches `ports` (every port if empty) through the given hook only.
     pub fn with_hook(ports: &[u16], hook: WatchHook) -> Result<Self, BpfError> {
+        Self::attach(ports, hook, RingSize::DEFAULT)
+    }
+
+    fn attach(ports: &[u16], hook: WatchHook, ring: RingSize) -> Result<Self, BpfError> {
         const PROGRAM: &str = "sock/inet_sock_set_state";
         let ports = PortSet::new(ports)?;
         let pidns = pidns_inum();
         let (mut ebpf, btf) = load_object(PROGRAM, watch_object(), |loader| {
             loader.override_global("pidns_inum", &pidns, true);
+            loader.map_max_entries("events", ring.bytes());
             ports.write_into(loader);
         })?;
 
@@ -1103,8 +1183,18 @@ impl Watcher {
             program: PROGRAM,
             error,
         })?;
+        let lost = ebpf.take_map("lost").ok_or(BpfError::Missing {
+            program: PROGRAM,
+            what: "map lost",
+        })?;
+        let lost = PerCpuArray::try_from(lost).map_err(|error| BpfError::Map {
+            step: "opening the lost counter of",
+            program: PROGRAM,
+            error,
+        })?;
         Ok(Self {
             events,
+            lost,
             hook,
             _ebpf: ebpf,
         })
@@ -1113,6 +1203,19 @@ impl Watcher {
     /// The hook in use.
     pub fn hook(&self) -> WatchHook {
         self.hook
+    }
+
+    /// How many events the ring buffer had no room for since the watch
+    /// began (summed over the CPUs): on every watched port, whatever their
+    /// address or network namespace, since they are dropped before any
+    /// filter sees them. An event counted here is never in [`Watcher::poll`].
+    pub fn lost(&self) -> Result<u64, BpfError> {
+        let per_cpu = self.lost.get(&0, 0).map_err(|error| BpfError::Map {
+            step: "reading the lost counter of",
+            program: "sock/inet_sock_set_state",
+            error,
+        })?;
+        Ok(per_cpu.iter().fold(0u64, |sum, n| sum.wrapping_add(*n)))
     }
 
     /// Returns the events queued so far, waiting up to `timeout` for the

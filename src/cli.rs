@@ -189,7 +189,9 @@ enum Command {
     ///
     /// Prints one line per event (--json: one compact JSON object per line)
     /// until Ctrl-C (SIGINT), SIGTERM, --count or --timeout. Once attached
-    /// it says so on stderr.
+    /// it says so on stderr. Events the kernel had no room for are counted:
+    /// `lost N events` on stderr (--json: also a `lost` event) as soon as
+    /// it is noticed, and the watch exits 1.
     #[command(after_long_help = exit::HELP_WATCH)]
     Watch {
         /// Only events whose address covers one of these (the address,
@@ -211,6 +213,11 @@ enum Command {
         /// when it is not sockcheck's own).
         #[arg(long)]
         all_netns: bool,
+        /// The kernel's buffer of events not yet printed: more holds more
+        /// of a burst before events are lost (4096, 256K, 4M: a power of two
+        /// multiple of the page size; 80 bytes an event).
+        #[arg(long, value_name = "BYTES", default_value = "64K", value_parser = input::ring_size())]
+        ring_size: crate::bpf::RingSize,
         #[command(flatten)]
         ports: PortsArg,
     },
@@ -557,6 +564,7 @@ fn dispatch(command: Command, top: &Top) -> Result<ExitStatus, Error> {
             timeout,
             netns,
             all_netns,
+            ring_size,
             ports,
         } => crate::watch::watch(&crate::watch::WatchOptions {
             ports: top.ports(ports)?,
@@ -565,6 +573,7 @@ fn dispatch(command: Command, top: &Top) -> Result<ExitStatus, Error> {
             count,
             timeout,
             netns: watch_netns(netns.or(top.netns.clone()), all_netns)?,
+            ring_size,
         }),
         Command::Doctor => crate::doctor::doctor(top.output),
         Command::Completions { shell } => completions(shell),

@@ -44,7 +44,7 @@ Exit status:
   0  every address is free
   1  at least one address is not free (busy, foreign, conflict or unavailable)
   2  bad usage or input (nothing was inspected or changed)
-  3  the inspection itself or the gate's state directory failed (netlink sock_diag unavailable, ...)
+  3  the inspection itself, the gate's state directory or lease agent, or a resource failed (one line says which: sock_diag unavailable, no memory, no thread, ...)
   4  run: the command succeeded but left lingering holders
   5  run: no address of the pool could be leased
   (run otherwise exits with the command's own status)";
@@ -123,9 +123,10 @@ Exit status:
 /// `watch`'s exit statuses.
 pub const HELP_WATCH: &str = "\
 Exit status:
-  0    after --count events, or at --timeout when no --count was given
-  1    at --timeout before --count events
-  130  on SIGINT, 143 on SIGTERM
+  0    after --count events, or at --timeout when no --count was given, and no event was lost
+  1    events were lost (the kernel's ring buffer was full: see --ring-size; each loss is
+       reported as `lost N events`), or --timeout came before --count events
+  130  on SIGINT, 143 on SIGTERM (also when events were lost)
   2    bad usage or input
   3    eBPF unavailable (watch needs eBPF) or failed";
 

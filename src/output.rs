@@ -37,7 +37,7 @@ impl Output {
     /// quiet.
     pub fn note(&self, text: &str) {
         if !self.quiet {
-            eprint!("{text}");
+            write_stderr(text);
         }
     }
 
@@ -45,7 +45,7 @@ impl Output {
     /// written, a state directory that failed after the command ran): on
     /// stderr even when quiet, as an error would be.
     pub fn warn(&self, text: &str) {
-        eprint!("{text}");
+        write_stderr(text);
     }
 }
 
@@ -99,6 +99,13 @@ pub fn json<T: Serialize + ?Sized>(document: &T) -> String {
 /// A document on one line, for line-oriented streams (`watch --json`).
 pub fn json_line<T: Serialize + ?Sized>(document: &T) -> String {
     serde_json::to_string(document).expect("a document always serializes") + "\n"
+}
+
+/// Writes to stderr. A closed stderr drops the text: `eprint!` would
+/// panic, and a note (such as `watch`'s, in the middle of its stream) is
+/// never worth ending the command for.
+fn write_stderr(text: &str) {
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error.

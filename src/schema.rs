@@ -72,9 +72,10 @@ pub fn schemas() -> Vec<(&'static str, Value)> {
         ),
         (
             "watch-event",
-            document::<watch::EventLine>(
+            document::<watch::WatchLine>(
                 "watch-event",
-                "One line of `sockcheck watch --json`: a TCP socket entering or leaving LISTEN.",
+                "One line of `sockcheck watch --json`: a TCP socket entering or leaving LISTEN, \
+                 or events lost because the kernel's ring buffer was full.",
                 watch::SCHEMA,
             ),
         ),

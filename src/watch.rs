@@ -6,6 +6,11 @@
 //! address itself, `::ffff:ADDR`, or a wildcard), printed one line each, and
 //! the watch ends on `--count`, `--timeout`, SIGINT or SIGTERM. The watcher
 //! is dropped (detached and unloaded) before returning, whatever ended it.
+//!
+//! Events the kernel had no room for (the ring buffer was full: a burst,
+//! or a reader that was stopped) are counted by the program; a growing
+//! count is reported as it is noticed and once more at the end, and a watch
+//! that lost events exits 1 (a signal still gives 128+N).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -13,7 +18,7 @@ use std::time::{Duration, Instant};
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use crate::bpf::{self, BpfError, ListenChange, ListenEvent, Watcher};
+use crate::bpf::{self, BpfError, ListenChange, ListenEvent, RingSize, Watcher};
 use crate::error::Error;
 use crate::exit::ExitStatus;
 use crate::inspect;
@@ -43,6 +48,8 @@ pub struct WatchOptions {
     pub timeout: Option<Duration>,
     /// Which network namespaces' sockets to show.
     pub netns: NetnsFilter,
+    /// The size of the kernel's ring buffer of events not yet read.
+    pub ring_size: RingSize,
 }
 
 /// Which network namespaces' sockets `watch` shows. The tracepoint fires
@@ -96,13 +103,32 @@ impl NetnsFilter {
     }
 }
 
-/// One event as `watch --json` prints it.
+/// One line of `watch --json`: the schema number, then the event (its
+/// `event` names which).
 #[derive(Debug, Serialize, JsonSchema)]
-pub struct EventLine<'a> {
+pub struct WatchLine<'a> {
     pub schema: u32,
-    /// `listen` or `close`.
-    #[schemars(extend("enum" = ["listen", "close"]))]
-    pub event: &'static str,
+    #[serde(flatten)]
+    pub event: WatchEvent<'a>,
+}
+
+/// What a line of `watch --json` reports. A reader should skip an `event`
+/// it does not know: kinds may be added within a schema number.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum WatchEvent<'a> {
+    /// A TCP socket entered LISTEN (`listen()`).
+    Listen(Transition<'a>),
+    /// A TCP socket left LISTEN (closed, or `listen()` failed after all).
+    Close(Transition<'a>),
+    /// The kernel had no room for some events: the reader was behind and
+    /// its ring buffer (`--ring-size`) was full. They are lost for good.
+    Lost(Lost),
+}
+
+/// A socket entering or leaving LISTEN, as `watch --json` prints it.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Transition<'a> {
     /// Wall-clock time, UTC, RFC 3339 with milliseconds.
     pub time: String,
     /// CLOCK_MONOTONIC in ns, as the kernel stamped the event.
@@ -127,7 +153,19 @@ pub struct EventLine<'a> {
     pub covers: Vec<&'a IpAddr>,
 }
 
+/// Events lost since the previous `lost` line. They are counted on every
+/// watched port, whatever their address or network namespace: the kernel
+/// drops them before any filter could look at them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct Lost {
+    /// Lost since the previous `lost` line (or since the watch began).
+    pub count: u64,
+    /// Lost since the watch began.
+    pub total: u64,
+}
+
 /// Why the watch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
     Count,
     Timeout,
@@ -148,10 +186,11 @@ pub fn watch(options: &WatchOptions) -> Result<ExitStatus, Error> {
     // process while the program is loaded; they are taken with a
     // non-blocking sigtimedwait between polls instead.
     let signals = SignalGuard::block(&[libc::SIGINT, libc::SIGTERM]);
-    let mut watcher = Watcher::new(&options.ports).map_err(|e| match e {
-        BpfError::TooManyPorts { .. } => Error::Usage(format!("--ports: {e}")),
-        source => Error::bpf("attaching the eBPF watch", source),
-    })?;
+    let mut watcher =
+        Watcher::with_ring_size(&options.ports, options.ring_size).map_err(|e| match e {
+            BpfError::TooManyPorts { .. } => Error::Usage(format!("--ports: {e}")),
+            source => Error::bpf("attaching the eBPF watch", source),
+        })?;
     let own = netns::own_inode();
     options.output.note(&format!(
         "sockcheck: watching TCP listeners on port{} {} {} ({})\n",
@@ -175,72 +214,180 @@ pub fn watch(options: &WatchOptions) -> Result<ExitStatus, Error> {
             started.elapsed().as_secs_f64() * 1e3
         ));
     }
-    let end = pump(&mut watcher, &signals, options, own);
+    let pumped = pump(&mut watcher, &signals, options, own);
     // Detach and unload before anything else happens.
     drop(watcher);
     drop(signals);
-    Ok(match end? {
-        End::Count | End::ClosedStdout => ExitStatus::Free,
-        End::Timeout if options.count.is_some() => ExitStatus::NotFree,
-        End::Timeout => ExitStatus::Free,
-        End::Signal(signal) => ExitStatus::Command(128 + signal as u8),
-    })
+    let (end, lost) = pumped?;
+    if lost > 0 {
+        options.output.note(&format!(
+            "sockcheck: lost {lost} event{} in all; a bigger --ring-size (this one: {}) holds \
+             more of a burst\n",
+            if lost == 1 { "" } else { "s" },
+            options.ring_size
+        ));
+    }
+    Ok(status(end, lost, options.count.is_some()))
 }
 
+/// The exit status: a signal's own, success when stdout was closed (the
+/// reader is gone), then 1 for a watch that lost events or timed out
+/// before its --count.
+fn status(end: End, lost: u64, counting: bool) -> ExitStatus {
+    match end {
+        End::Signal(signal) => ExitStatus::Command(128 + signal as u8),
+        End::ClosedStdout => ExitStatus::Free,
+        _ if lost > 0 => ExitStatus::NotFree,
+        End::Timeout if counting => ExitStatus::NotFree,
+        End::Count | End::Timeout => ExitStatus::Free,
+    }
+}
+
+/// Shows events until the watch ends; returns why it ended and how many
+/// events the kernel lost meanwhile (all of them reported).
 fn pump(
     watcher: &mut Watcher,
     signals: &SignalGuard,
     options: &WatchOptions,
     own_netns: Option<u64>,
-) -> Result<End, Error> {
+) -> Result<(End, u64), Error> {
     let deadline = options.timeout.map(|t| Instant::now() + t);
     let mut shown: u64 = 0;
-    loop {
+    let mut losses = Losses::default();
+    let read_error = |source| Error::bpf("reading the eBPF watch", source);
+    let mut end = loop {
         if let Some(signal) = signals.pending() {
-            return Ok(End::Signal(signal));
+            break End::Signal(signal);
         }
         let wait = match deadline {
             Some(deadline) => {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    return Ok(End::Timeout);
+                    break End::Timeout;
                 }
                 POLL.min(left)
             }
             None => POLL,
         };
-        let events = watcher
-            .poll(wait)
-            .map_err(|source| Error::bpf("reading the eBPF watch", source))?;
-        let clock = Clock::now();
-        for event in &events {
-            if !options.netns.shows(event.netns) {
-                continue;
-            }
-            let covers: Vec<&IpAddr> = options
-                .addresses
-                .iter()
-                .filter(|target| inspect::coverage(**target, event.addr, None).is_some())
-                .collect();
-            if !options.addresses.is_empty() && covers.is_empty() {
-                continue;
-            }
-            let line = if options.output.quiet {
-                String::new()
-            } else if options.output.json {
-                json_line(event, &clock, covers)
-            } else {
-                human_line(event, &clock, own_netns)
-            };
-            if output::write(&line)? == Stdout::Closed {
-                return Ok(End::ClosedStdout);
-            }
-            shown += 1;
-            if options.count.is_some_and(|n| shown >= n) {
-                return Ok(End::Count);
-            }
+        let events = watcher.poll(wait).map_err(read_error)?;
+        if let Some(end) = show(&events, &mut shown, options, own_netns)? {
+            break end;
+        }
+        let lost = watcher.lost().map_err(read_error)?;
+        if losses.report(lost, options, false)? == Stdout::Closed {
+            break End::ClosedStdout;
+        }
+    };
+    if end == End::ClosedStdout {
+        return Ok((end, losses.reported));
+    }
+    // Events already in the ring buffer happened before the signal or the
+    // deadline: they are shown, so that events shown and lost add up.
+    if matches!(end, End::Timeout | End::Signal(_)) {
+        let events = watcher.poll(Duration::ZERO).map_err(read_error)?;
+        if let Some(last) = show(&events, &mut shown, options, own_netns)? {
+            end = last;
         }
     }
+    let lost = watcher.lost().map_err(read_error)?;
+    if losses.report(lost, options, true)? == Stdout::Closed {
+        end = End::ClosedStdout;
+    }
+    Ok((end, losses.reported))
+}
+
+/// Prints the events the filters let through; `Some` when the watch ends
+/// (`--count` reached, stdout closed).
+fn show(
+    events: &[ListenEvent],
+    shown: &mut u64,
+    options: &WatchOptions,
+    own_netns: Option<u64>,
+) -> Result<Option<End>, Error> {
+    let clock = Clock::now();
+    for event in events {
+        if !options.netns.shows(event.netns) {
+            continue;
+        }
+        let covers: Vec<&IpAddr> = options
+            .addresses
+            .iter()
+            .filter(|target| inspect::coverage(**target, event.addr, None).is_some())
+            .collect();
+        if !options.addresses.is_empty() && covers.is_empty() {
+            continue;
+        }
+        let line = if options.output.quiet {
+            String::new()
+        } else if options.output.json {
+            json_line(event, &clock, covers)
+        } else {
+            human_line(event, &clock, own_netns)
+        };
+        if output::write(&line)? == Stdout::Closed {
+            return Ok(Some(End::ClosedStdout));
+        }
+        *shown += 1;
+        if options.count.is_some_and(|n| *shown >= n) {
+            return Ok(Some(End::Count));
+        }
+    }
+    Ok(None)
+}
+
+/// How often, at most, a loss is reported while the watch runs: a storm
+/// that overflows the ring buffer at every wake gets a line a second, not
+/// one per wake.
+const LOST_EVERY: Duration = Duration::from_secs(1);
+
+/// The kernel's count of lost events, as far as it has been reported.
+#[derive(Debug, Default)]
+struct Losses {
+    reported: u64,
+    at: Option<Instant>,
+}
+
+impl Losses {
+    /// Reports the events lost since the last report, given the kernel's
+    /// count (`total`): a note on stderr, and a `lost` line in the --json
+    /// stream. Unless `last`, at most once per [`LOST_EVERY`].
+    fn report(&mut self, total: u64, options: &WatchOptions, last: bool) -> Result<Stdout, Error> {
+        if total <= self.reported || (!last && self.at.is_some_and(|at| at.elapsed() < LOST_EVERY))
+        {
+            return Ok(Stdout::Open);
+        }
+        let lost = Lost {
+            count: total - self.reported,
+            total,
+        };
+        self.reported = total;
+        self.at = Some(Instant::now());
+        options.output.note(&lost_note(lost, options.ring_size));
+        if options.output.json && !options.output.quiet {
+            return output::write(&output::json_line(&WatchLine {
+                schema: SCHEMA,
+                event: WatchEvent::Lost(lost),
+            }));
+        }
+        Ok(Stdout::Open)
+    }
+}
+
+/// `sockcheck: lost 1234 events (the kernel's ring buffer, 64K, was full)`,
+/// then `; 5678 in all` after the first report. On stderr, as every note of
+/// watch: stdout has only the events, so `watch | grep` keeps the events
+/// while the terminal shows the loss where it happened.
+fn lost_note(lost: Lost, ring: RingSize) -> String {
+    let all = if lost.total == lost.count {
+        String::new()
+    } else {
+        format!("; {} in all", lost.total)
+    };
+    format!(
+        "sockcheck: lost {} event{} (the kernel's ring buffer, {ring}, was full){all}\n",
+        lost.count,
+        if lost.count == 1 { "" } else { "s" },
+    )
 }
 
 fn kind(event: &ListenEvent) -> &'static str {
@@ -273,9 +420,7 @@ pub fn human_line(event: &ListenEvent, clock: &Clock, own_netns: Option<u64>) ->
 }
 
 fn json_line(event: &ListenEvent, clock: &Clock, covers: Vec<&IpAddr>) -> String {
-    let line = EventLine {
-        schema: SCHEMA,
-        event: kind(event),
+    let transition = Transition {
         time: clock.utc_rfc3339(event.ktime_ns),
         ktime_ns: event.ktime_ns,
         local: SocketAddr::new(event.addr, event.port).to_string(),
@@ -291,7 +436,13 @@ fn json_line(event: &ListenEvent, clock: &Clock, covers: Vec<&IpAddr>) -> String
         new_state: event.new_state,
         covers,
     };
-    output::json_line(&line)
+    output::json_line(&WatchLine {
+        schema: SCHEMA,
+        event: match event.kind {
+            ListenChange::Listen => WatchEvent::Listen(transition),
+            ListenChange::Close => WatchEvent::Close(transition),
+        },
+    })
 }
 
 // ------------------------------------------------------------------ time
@@ -483,6 +634,42 @@ mod tests {
             .describe(Some(1)),
             "in this network namespace (inode 1)"
         );
+    }
+
+    #[test]
+    fn a_lost_line_counts_since_the_last_and_in_all() {
+        let lost = Lost {
+            count: 3,
+            total: 10,
+        };
+        let line = output::json_line(&WatchLine {
+            schema: SCHEMA,
+            event: WatchEvent::Lost(lost),
+        });
+        assert_eq!(
+            line,
+            "{\"schema\":1,\"event\":\"lost\",\"count\":3,\"total\":10}\n"
+        );
+        let ring = RingSize::new(4096).unwrap();
+        assert_eq!(
+            lost_note(lost, ring),
+            "sockcheck: lost 3 events (the kernel's ring buffer, 4K, was full); 10 in all\n"
+        );
+        assert_eq!(
+            lost_note(Lost { count: 1, total: 1 }, ring),
+            "sockcheck: lost 1 event (the kernel's ring buffer, 4K, was full)\n"
+        );
+    }
+
+    #[test]
+    fn a_watch_that_lost_events_exits_1_unless_a_signal_or_closed_stdout_ended_it() {
+        assert_eq!(status(End::Count, 0, true), ExitStatus::Free);
+        assert_eq!(status(End::Count, 5, true), ExitStatus::NotFree);
+        assert_eq!(status(End::Timeout, 0, false), ExitStatus::Free);
+        assert_eq!(status(End::Timeout, 5, false), ExitStatus::NotFree);
+        assert_eq!(status(End::Timeout, 0, true), ExitStatus::NotFree);
+        assert_eq!(status(End::Signal(2), 5, false), ExitStatus::Command(130));
+        assert_eq!(status(End::ClosedStdout, 5, false), ExitStatus::Free);
     }
 
     #[test]

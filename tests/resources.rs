@@ -33,7 +33,8 @@ fn listener() -> std::net::TcpListener {
 
 /// The commands to starve: each looks up owners, SO_REUSEPORT evidence, or
 /// another namespace, on threads of its own when it can.
-fn commands(state: &TempDir) -> Vec<Vec<String>> {
+/// `run` leases `run_address`: each test its own.
+fn commands(state: &TempDir, run_address: &str) -> Vec<Vec<String>> {
     let port = PORT.to_string();
     let mut all: Vec<Vec<&str>> = vec![
         vec![ADDRESS, "--ports", &port],
@@ -42,7 +43,7 @@ fn commands(state: &TempDir) -> Vec<Vec<String>> {
         vec!["reap", ADDRESS, "--dry-run", "--ports", &port],
         vec![
             "run",
-            "127.82.0.2",
+            run_address,
             "--state-dir",
             state.path(),
             "--ports",
@@ -95,7 +96,7 @@ fn out_of_memory_is_exit_3_with_one_line_never_an_abort() {
     let _listener = listener();
     let state = TempDir::new("resources-as");
     for megabytes in [10u64, 20, 30, 50] {
-        for args in commands(&state) {
+        for args in commands(&state, "127.82.0.2") {
             let limit = megabytes << 20;
             let mut command = support::command();
             command.args(&args).env("NO_COLOR", "1");
@@ -165,7 +166,7 @@ fn no_thread_to_start_is_exit_3_with_one_line_never_a_panic() {
             eprintln!("skipped: no pids cgroup controller to limit threads with");
             return;
         };
-        for args in commands(&state) {
+        for args in commands(&state, "127.82.0.4") {
             let procs = std::fs::OpenOptions::new()
                 .write(true)
                 .open(cgroup.0.join("cgroup.procs"))
@@ -183,4 +184,39 @@ fn no_thread_to_start_is_exit_3_with_one_line_never_a_panic() {
             assert_said(&format!("pids.max {max}: {args:?}"), &output);
         }
     }
+}
+
+#[test]
+fn run_without_room_for_its_duties_fails_before_its_command() {
+    let state = TempDir::new("resources-nofile");
+    let files = TempDir::created("resources-nofile-files");
+    let ran = files.join("ran");
+    let mut command = support::command();
+    command
+        .args(["--state-dir", state.path(), "--ports", "46502"])
+        .args(["run", "127.82.0.3", "--", "touch"])
+        .arg(&ran)
+        .env("NO_COLOR", "1");
+    // SAFETY: setrlimit is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            let rlimit = libc::rlimit {
+                rlim_cur: 24,
+                rlim_max: 24,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let output = command.output().unwrap();
+    assert_said("RLIMIT_NOFILE 24: run", &output);
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!ran.exists(), "the command ran");
 }

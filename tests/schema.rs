@@ -166,6 +166,64 @@ fn gate_documents_fit_their_schemas() {
     }
 }
 
+/// `watch --json` lines of every kind fit `schema/watch-event.json`: a
+/// listen and a close, and a `lost` line (made by 300 listen/close cycles
+/// while the watch is stopped, with a one-page ring buffer).
+#[test]
+fn watch_lines_of_every_kind_fit_their_schema() {
+    if !support::require_bpf("watch --json") {
+        return;
+    }
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.to_string();
+    let mut watch = support::command()
+        .args(["watch", "--json", "--timeout", "2s", "--ring-size", &page])
+        .args(["--ports", "45653", "127.89.0.20"])
+        .env_remove("SOCKCHECK_PORTS")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(watch.stderr.take().unwrap());
+    let mut attached = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut attached).unwrap();
+    assert!(attached.contains("watching"), "{attached}");
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(watch.id() as i32, libc::SIGSTOP) };
+    support::sockets::listen_close("127.89.0.20:45653".parse().unwrap(), 300);
+    unsafe { libc::kill(watch.id() as i32, libc::SIGCONT) };
+    let output = watch.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "it lost events");
+    let schema = committed("watch-event");
+    let mut kinds = std::collections::BTreeSet::new();
+    for line in String::from_utf8(output.stdout).unwrap().lines() {
+        let document: Value = serde_json::from_str(line).unwrap();
+        kinds.insert(document["event"].as_str().unwrap().to_owned());
+        assert_fits(&document, &schema);
+    }
+    assert_eq!(
+        kinds.into_iter().collect::<Vec<_>>(),
+        ["close", "listen", "lost"]
+    );
+    // The flattened fields are still checked: an unknown key, or a kind
+    // with another kind's fields, does not fit.
+    for wrong in [
+        r#"{"schema":1,"event":"lost","count":1,"total":1,"bogus":2}"#,
+        r#"{"schema":1,"event":"listen","count":1,"total":1}"#,
+        r#"{"schema":1,"event":"gone","count":1,"total":1}"#,
+    ] {
+        let mut errors = Vec::new();
+        fits(
+            &serde_json::from_str(wrong).unwrap(),
+            &schema,
+            &schema,
+            "$",
+            &mut errors,
+            true,
+        );
+        assert!(!errors.is_empty(), "{wrong} fits");
+    }
+}
+
 #[test]
 fn a_doctor_document_fits_its_schema() {
     let run = sockcheck(&["doctor", "--json"]);
@@ -177,7 +235,7 @@ fn a_doctor_document_fits_its_schema() {
 /// `schema`.
 fn assert_fits(document: &Value, schema: &Value) {
     let mut errors = Vec::new();
-    fits(document, schema, schema, "$", &mut errors);
+    fits(document, schema, schema, "$", &mut errors, true);
     assert!(
         errors.is_empty(),
         "the document does not fit schema `{}`:\n  {}\n{document:#}",
@@ -191,8 +249,19 @@ fn assert_fits(document: &Value, schema: &Value) {
 /// `const`, `enum`, `minimum`, `properties`, `required`,
 /// `additionalProperties`, `items`). An object key that no `properties`
 /// names is an error unless `additionalProperties` allows it, so a field
-/// the types emit but the schema misses is caught. Formats are not checked.
-fn fits(value: &Value, schema: &Value, root: &Value, at: &str, errors: &mut Vec<String>) {
+/// the types emit but the schema misses is caught. The `properties` that
+/// count are those of the schema and of its `$ref`, `allOf` and matching
+/// `anyOf`/`oneOf` branches (a flattened enum spreads an object's fields
+/// over them): `strict` is false inside such a branch, where the keys are
+/// checked by the schema that holds it. Formats are not checked.
+fn fits(
+    value: &Value,
+    schema: &Value,
+    root: &Value,
+    at: &str,
+    errors: &mut Vec<String>,
+    strict: bool,
+) {
     let Some(rules) = schema.as_object() else {
         if schema == &Value::Bool(false) {
             errors.push(format!("{at}: nothing is allowed here"));
@@ -204,7 +273,7 @@ fn fits(value: &Value, schema: &Value, root: &Value, at: &str, errors: &mut Vec<
             .strip_prefix('#')
             .and_then(|pointer| root.pointer(pointer))
             .unwrap_or_else(|| panic!("{at}: unresolved $ref {reference}"));
-        fits(value, target, root, at, errors);
+        fits(value, target, root, at, errors, false);
     }
     for (keyword, exactly_one) in [("anyOf", false), ("oneOf", true)] {
         if let Some(branches) = rules.get(keyword).and_then(Value::as_array) {
@@ -212,7 +281,7 @@ fn fits(value: &Value, schema: &Value, root: &Value, at: &str, errors: &mut Vec<
                 .iter()
                 .filter(|branch| {
                     let mut inner = Vec::new();
-                    fits(value, branch, root, at, &mut inner);
+                    fits(value, branch, root, at, &mut inner, false);
                     inner.is_empty()
                 })
                 .count();
@@ -225,7 +294,7 @@ fn fits(value: &Value, schema: &Value, root: &Value, at: &str, errors: &mut Vec<
     }
     if let Some(all) = rules.get("allOf").and_then(Value::as_array) {
         for branch in all {
-            fits(value, branch, root, at, errors);
+            fits(value, branch, root, at, errors, false);
         }
     }
     if let Some(types) = rules.get("type") {
@@ -256,13 +325,14 @@ fn fits(value: &Value, schema: &Value, root: &Value, at: &str, errors: &mut Vec<
     if let Some(object) = value.as_object() {
         let properties = rules.get("properties").and_then(Value::as_object);
         let additional = rules.get("additionalProperties");
-        let describes_objects = properties.is_some() || additional.is_some();
+        let mut known = Vec::new();
+        let describes_objects = strict && named_keys(value, schema, root, &mut known);
         for (key, item) in object {
             let here = format!("{at}.{key}");
             match (properties.and_then(|p| p.get(key)), additional) {
-                (Some(property), _) => fits(item, property, root, &here, errors),
-                (None, Some(extra)) => fits(item, extra, root, &here, errors),
-                (None, None) if describes_objects => {
+                (Some(property), _) => fits(item, property, root, &here, errors, true),
+                (None, Some(extra)) => fits(item, extra, root, &here, errors, true),
+                (None, None) if describes_objects && !known.contains(key) => {
                     errors.push(format!("{here}: not a property of the schema"))
                 }
                 (None, None) => {}
@@ -282,9 +352,46 @@ fn fits(value: &Value, schema: &Value, root: &Value, at: &str, errors: &mut Vec<
     }
     if let (Some(items), Some(array)) = (rules.get("items"), value.as_array()) {
         for (i, item) in array.iter().enumerate() {
-            fits(item, items, root, &format!("{at}[{i}]"), errors);
+            fits(item, items, root, &format!("{at}[{i}]"), errors, true);
         }
     }
+}
+
+/// Adds to `known` the keys the `properties` of `schema` name, and of its
+/// `$ref`, `allOf` and `anyOf`/`oneOf` branches that `value` fits; true if
+/// any of them describes objects (`properties` or `additionalProperties`).
+fn named_keys(value: &Value, schema: &Value, root: &Value, known: &mut Vec<String>) -> bool {
+    let Some(rules) = schema.as_object() else {
+        return false;
+    };
+    let mut describes = rules.contains_key("additionalProperties");
+    if let Some(properties) = rules.get("properties").and_then(Value::as_object) {
+        describes = true;
+        known.extend(properties.keys().cloned());
+    }
+    if let Some(target) = rules
+        .get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|r| r.strip_prefix('#'))
+        .and_then(|pointer| root.pointer(pointer))
+    {
+        describes |= named_keys(value, target, root, known);
+    }
+    for keyword in ["allOf", "anyOf", "oneOf"] {
+        for branch in rules
+            .get(keyword)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let mut inner = Vec::new();
+            fits(value, branch, root, "", &mut inner, false);
+            if keyword == "allOf" || inner.is_empty() {
+                describes |= named_keys(value, branch, root, known);
+            }
+        }
+    }
+    describes
 }
 
 fn has_type(value: &Value, name: &str) -> bool {

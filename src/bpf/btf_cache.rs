@@ -143,6 +143,10 @@ pub(crate) enum Identity {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Key {
     bytes: Vec<u8>,
+    /// The most types the kernel's BTF can hold: every BTF type takes 12
+    /// bytes or more (`struct btf_type`). Every id and count an entry
+    /// claims is bounded by it before anything is built from them.
+    types_bound: u64,
 }
 
 impl Key {
@@ -162,7 +166,10 @@ impl Key {
                 bytes.extend_from_slice(&hash.to_le_bytes());
             }
         }
-        Key { bytes }
+        Key {
+            bytes,
+            types_bound: btf_len / 12,
+        }
     }
 
     /// The entry's file name.
@@ -277,7 +284,7 @@ pub(crate) fn decode(bytes: &[u8], key: &Key) -> Result<Views, String> {
     if r.field() != Some(&key.bytes[..]) {
         return Err("made for another kernel or another sockcheck (key differs)".into());
     }
-    let views = read_views(&mut r).ok_or("truncated")?;
+    let views = read_views(&mut r, key.types_bound).ok_or("truncated or out of bounds")?;
     if r.at != body.len() {
         return Err(format!("{} bytes of trailing garbage", body.len() - r.at));
     }
@@ -294,8 +301,15 @@ pub(crate) fn decode(bytes: &[u8], key: &Key) -> Result<Views, String> {
     Ok(views)
 }
 
-fn read_views(r: &mut Reader<'_>) -> Option<Views> {
-    let mut figure = || r.u64().and_then(|v| usize::try_from(v).ok());
+/// The views of an entry, with every id and count within `bound` (the
+/// kernel BTF's most types): an id of 0xFFFFFFFF in an entry with a good
+/// checksum would otherwise have the attach view built up to it (gigabytes).
+fn read_views(r: &mut Reader<'_>, bound: u64) -> Option<Views> {
+    let mut figure = || {
+        r.u64()
+            .filter(|&v| v <= (bound + 1) * 12)
+            .and_then(|v| usize::try_from(v).ok())
+    };
     let stats = Stats {
         kernel_bytes: figure()?,
         kernel_types: figure()?,
@@ -304,10 +318,10 @@ fn read_views(r: &mut Reader<'_>) -> Option<Views> {
         attach_ids: figure()?,
     };
     let relocation = r.field()?.to_vec();
-    let count = r.u32()?;
+    let count = r.u32().filter(|&c| u64::from(c) <= bound)?;
     let mut attach = Vec::new();
     for _ in 0..count {
-        let id = r.u32()?;
+        let id = r.u32().filter(|&id| u64::from(id) <= bound)?;
         let info = r.u32()?;
         let name = String::from_utf8(r.field()?.to_vec()).ok()?;
         attach.push(AttachPoint { id, info, name });
@@ -673,6 +687,29 @@ mod tests {
     fn an_entry_decodes_to_the_views_it_was_made_from() {
         let (key, views) = (key(), views());
         assert_eq!(decode(&encode(&key, &views), &key).unwrap(), views);
+    }
+
+    /// An entry whose checksum is good but whose ids are out of any kernel's
+    /// reach (only its own user can plant one): refused, not built up to
+    /// (an attach id of 0xFFFFFFFF grew memory to 10 GB in 17 s).
+    #[test]
+    fn ids_and_counts_beyond_the_kernel_btf_are_refused_before_anything_is_built() {
+        let key = key();
+        let mut views = views();
+        let reseal = |views: &Views| encode(&key, views);
+        views.attach[0].id = u32::MAX;
+        assert!(decode(&reseal(&views), &key).is_err());
+        let mut views = self::views();
+        views.stats.kernel_types = usize::MAX / 2;
+        assert!(decode(&reseal(&views), &key).is_err());
+        // A count past the bound, with a good checksum: refused at once.
+        let entry = reseal(&self::views());
+        let good = decode(&entry, &key).unwrap();
+        assert!(
+            good.attach
+                .iter()
+                .all(|p| u64::from(p.id) <= key.types_bound)
+        );
     }
 
     #[test]

@@ -11,30 +11,53 @@ use crate::output::emit;
 use crate::report::{Report, Verdict};
 
 /// `sockcheck scan POOL`.
+///
+/// One sock_diag dump for the pool; people's lines (and `-q`'s verdict)
+/// are made a slice of the pool at a time and printed as they come, so no
+/// whole report of a /16 on 64 ports is ever kept. `-q` prints nothing and
+/// so names no owners: it never reads /proc. `--json` is one document.
 pub fn scan(gate: &Gate, pool: Vec<IpAddr>) -> Result<ExitStatus, Error> {
-    let report = inspect::inspect(&gate.query(pool, true))?;
     if gate.output.json {
+        let report = inspect::inspect(&gate.query(pool, true))?;
         emit(&report, gate.output)?;
-    } else {
-        gate.output.print(&lines(&report, false))?;
+        return Ok(if report.all_free() {
+            ExitStatus::Free
+        } else {
+            ExitStatus::NotFree
+        });
     }
-    Ok(if report.all_free() {
+    let view = inspect::kernel_view(&gate.ports)?;
+    let width = pool.iter().map(|a| a.to_string().len()).max().unwrap_or(0);
+    // About 65,536 address-and-port entries a slice, whatever the ports.
+    let slice = (SLICE_ENTRIES / gate.ports.len().max(1)).max(1);
+    let mut all_free = true;
+    for (n, addresses) in pool.chunks(slice).enumerate() {
+        let report =
+            inspect::inspect_view(&gate.query(addresses.to_vec(), !gate.output.quiet), &view);
+        all_free &= report.all_free();
+        if !gate.output.quiet {
+            gate.output.print(&lines(&report, false, width, n == 0))?;
+        }
+    }
+    Ok(if all_free {
         ExitStatus::Free
     } else {
         ExitStatus::NotFree
     })
 }
 
-/// One line per address: the address, its verdict, who holds it, and
-/// (`counts`) how many sockets it has on the ports.
-fn lines(report: &Report, counts: bool) -> String {
-    let width = report
-        .addresses
-        .iter()
-        .map(|a| a.address.to_string().len())
-        .max()
-        .unwrap_or(0);
-    let mut text = crate::report::human::netns_line(report);
+/// How many address-and-port entries `scan` keeps at once.
+const SLICE_ENTRIES: usize = 65_536;
+
+/// One line per address: the address (padded to `width`), its verdict,
+/// who holds it, and (`counts`) how many sockets it has on the ports;
+/// `header`: first the namespace line, when there is one.
+fn lines(report: &Report, counts: bool, width: usize, header: bool) -> String {
+    let mut text = if header {
+        crate::report::human::netns_line(report)
+    } else {
+        String::new()
+    };
     for address in &report.addresses {
         let listeners: usize = address.ports.iter().map(|p| p.listeners.len()).sum();
         let others: usize = address.ports.iter().map(|p| p.other_sockets.total).sum();
@@ -78,7 +101,13 @@ pub fn list(gate: &Gate) -> Result<ExitStatus, Error> {
             ports.join(",")
         ))?;
     } else {
-        gate.output.print(&lines(&report, true))?;
+        let width = report
+            .addresses
+            .iter()
+            .map(|a| a.address.to_string().len())
+            .max()
+            .unwrap_or(0);
+        gate.output.print(&lines(&report, true, width, true))?;
     }
     Ok(ExitStatus::Free)
 }

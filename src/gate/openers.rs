@@ -4,8 +4,10 @@
 //! comes from here.
 //!
 //! The watch is drained by a thread of its own every 100 ms, so a long
-//! command cannot fill the ring buffer; it is stopped (and the program
-//! unloaded) once the linger check is over.
+//! command seldom fills the ring buffer; when a burst does, the program
+//! counts the events it had no room for, and the report's attribution says
+//! so (an opener may then be missing). The watch is stopped (and the
+//! program unloaded) once the linger check is over.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -44,6 +46,8 @@ pub struct OpenerWatch {
 #[derive(Debug, Default)]
 struct Drained {
     openers: BTreeMap<u64, Opener>,
+    /// Events on the ports the ring buffer had no room for.
+    lost: u64,
     error: Option<String>,
 }
 
@@ -51,7 +55,15 @@ struct Drained {
 #[derive(Debug)]
 pub struct Stopped {
     pub openers: BTreeMap<u64, Opener>,
-    outcome: Result<(WatchHook, Option<String>), SourceStatus>,
+    outcome: Result<Watched, SourceStatus>,
+}
+
+/// How a watch that ran went.
+#[derive(Debug)]
+struct Watched {
+    hook: WatchHook,
+    lost: u64,
+    error: Option<String>,
 }
 
 impl Attribution {
@@ -141,7 +153,11 @@ impl Attribution {
                 };
                 Stopped {
                     openers: drained.openers,
-                    outcome: Ok((watch.hook, drained.error)),
+                    outcome: Ok(Watched {
+                        hook: watch.hook,
+                        lost: drained.lost,
+                        error: drained.error,
+                    }),
                 }
             }
         }
@@ -161,9 +177,9 @@ impl Stopped {
     /// The report's `attribution`, given the holders (with `opened_by`
     /// filled in from [`Stopped::openers`]).
     pub fn status(&self, holders: &[Holder]) -> SourceStatus {
-        let (hook, error) = match &self.outcome {
+        let Watched { hook, lost, error } = match &self.outcome {
             Err(status) => return status.clone(),
-            Ok(outcome) => outcome,
+            Ok(watched) => watched,
         };
         let total = holders.iter().map(|h| h.listeners.len()).sum::<usize>();
         let named = holders
@@ -172,27 +188,47 @@ impl Stopped {
             .filter(|l| l.opened_by.is_some())
             .count();
         let via = hook_name(*hook);
-        match error {
-            Some(error) => SourceStatus::new(
+        let lost = match lost {
+            0 => None,
+            1 => Some("the watch lost 1 event (its ring buffer was full)".to_owned()),
+            n => Some(format!(
+                "the watch lost {n} events (its ring buffer was full)"
+            )),
+        };
+        match (error, lost) {
+            (Some(error), lost) => SourceStatus::new(
                 "partial",
                 format!(
                     "{via}: {named} of {total} lingering listeners named; the watch failed \
-                     while running: {error}"
+                     while running: {error}{}",
+                    lost.map(|l| format!("; {l}")).unwrap_or_default()
                 ),
             ),
-            None if named == total => SourceStatus::new(
+            (None, lost) if named == total => SourceStatus::new(
                 "used",
-                if total == 0 {
-                    format!("{via}: no lingering listener to name")
-                } else {
-                    format!("{via}: {named} of {total} lingering listeners named")
+                match (total, lost) {
+                    (0, None) => format!("{via}: no lingering listener to name"),
+                    (0, Some(lost)) => format!("{via}: no lingering listener to name; {lost}"),
+                    (_, None) => format!("{via}: {named} of {total} lingering listeners named"),
+                    (_, Some(lost)) => format!(
+                        "{via}: {named} of {total} lingering listeners named; {lost}, none \
+                         of them an opener the report needs"
+                    ),
                 },
             ),
-            None => SourceStatus::new(
+            (None, None) => SourceStatus::new(
                 "partial",
                 format!(
                     "{via}: {named} of {total} lingering listeners named; the others entered \
                      LISTEN before the command started, or in another pid namespace"
+                ),
+            ),
+            (None, Some(lost)) => SourceStatus::new(
+                "partial",
+                format!(
+                    "{via}: {named} of {total} lingering listeners named; {lost}, so an \
+                     opener may be missing (or the others entered LISTEN before the command \
+                     started, or in another pid namespace)"
                 ),
             ),
         }
@@ -254,6 +290,12 @@ fn drain(
             break;
         }
     }
+    match watcher.lost() {
+        Ok(lost) => drained.lost = lost,
+        Err(e) => {
+            drained.error.get_or_insert(e.to_string());
+        }
+    }
     drop(watcher);
     drained
 }
@@ -281,5 +323,37 @@ impl Drop for BlockAll {
     fn drop(&mut self) {
         // SAFETY: restoring this thread's own mask.
         unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stopped(lost: u64) -> Stopped {
+        Stopped {
+            openers: BTreeMap::new(),
+            outcome: Ok(Watched {
+                hook: WatchHook::BtfTracePoint,
+                lost,
+                error: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn attribution_says_when_the_watch_lost_events() {
+        let quiet = stopped(0).status(&[]);
+        assert_eq!(quiet.status, "used");
+        assert!(!quiet.detail.contains("lost"), "{}", quiet.detail);
+        let lossy = stopped(7).status(&[]);
+        assert_eq!(lossy.status, "used");
+        assert!(
+            lossy
+                .detail
+                .ends_with("; the watch lost 7 events (its ring buffer was full)"),
+            "{}",
+            lossy.detail
+        );
     }
 }

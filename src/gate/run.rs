@@ -39,6 +39,9 @@ pub fn run(gate: &Gate, pool: &[IpAddr], options: &RunOptions) -> Result<ExitSta
     }
     let me = OwnerHandle::open(std::process::id(), "run")?;
     let dir = Dir::open(&gate.state_dir)?;
+    // Room for the duties after the command, decided before anything is
+    // leased or run.
+    let reserve = Reserve::new(RESERVED_FDS)?;
     let address = match lease(gate, &dir, pool, &me, options.wait, false)? {
         Ok(address) => address,
         Err(refusal) => {
@@ -71,6 +74,7 @@ pub fn run(gate: &Gate, pool: &[IpAddr], options: &RunOptions) -> Result<ExitSta
         |pid| live_on_in(gate, &dir, address, pid),
     );
     let exited = state::now();
+    drop(reserve);
     let finished = match finished {
         Ok(finished) => finished,
         Err(e) => {
@@ -79,6 +83,40 @@ pub fn run(gate: &Gate, pool: &[IpAddr], options: &RunOptions) -> Result<ExitSta
         }
     };
     after(gate, &dir, address, &finished, exited, options, attribution)
+}
+
+/// File descriptors the linger check, the report and the quarantine need
+/// at most at once (a netlink socket, /proc directories, pidfds of the
+/// holders, the report, the state directory's files, the agent's socket).
+const RESERVED_FDS: usize = 24;
+
+/// Descriptors held while the command runs and let go after it: a `run`
+/// whose open-files limit leaves no room for its duties fails (exit 3)
+/// before the command starts, not with a command it cannot report on.
+struct Reserve(#[allow(dead_code)] Vec<std::os::fd::OwnedFd>);
+
+impl Reserve {
+    fn new(n: usize) -> Result<Reserve, Error> {
+        let mut held = Vec::with_capacity(n);
+        for _ in 0..n {
+            let fd = rustix::fs::open(
+                "/dev/null",
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(|e| {
+                Error::syscall(
+                    format!(
+                        "keeping {n} file descriptors for the checks after the command \
+                         (raise the open-files limit)"
+                    ),
+                    e.into(),
+                )
+            })?;
+            held.push(fd);
+        }
+        Ok(Reserve(held))
+    }
 }
 
 /// Makes the lease of `address` live on in the command `pid` too, so that

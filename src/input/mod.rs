@@ -19,6 +19,7 @@ use clap::error::ErrorKind;
 
 pub mod pool;
 
+use crate::bpf::RingSize;
 use crate::error::Error;
 use crate::inspect::{self, DEFAULT_PORTS};
 use crate::text::echo;
@@ -80,6 +81,11 @@ pub fn pool() -> Parser<Pool> {
 /// `--timeout 30s`, `--wait 1m30s`.
 pub fn duration() -> Parser<Duration> {
     Parser(parse_duration)
+}
+
+/// `--ring-size 256K`.
+pub fn ring_size() -> Parser<RingSize> {
+    Parser(parse_ring_size)
 }
 
 /// An address to inspect. A word close to a subcommand's name is taken
@@ -218,9 +224,71 @@ pub fn parse_duration(text: &str, source: &str) -> Result<Duration, Error> {
     Ok(duration)
 }
 
+/// Parses a ring buffer size: a number of bytes, or of KiB, MiB or GiB
+/// (`4096`, `256K`, `4M`, `1G`; `KiB`, `k` and `kb` are the same as `K`).
+/// It must be what the kernel takes ([`RingSize::new`]): nothing is
+/// rounded, since a size the user did not ask for would be a surprise.
+pub fn parse_ring_size(text: &str, source: &str) -> Result<RingSize, Error> {
+    let trimmed = text.trim();
+    let digits = trimmed.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = trimmed.split_at(digits);
+    let shift = match unit.trim_start().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => u32::MAX,
+    };
+    let bytes = number
+        .parse::<u64>()
+        .ok()
+        .filter(|_| shift != u32::MAX)
+        .and_then(|n| n.checked_mul(1u64 << shift.min(63)));
+    let Some(bytes) = bytes else {
+        return Err(Error::Usage(format!(
+            "{source}: {} is not a size (examples: 4096, 256K, 4M)",
+            echo(text)
+        )));
+    };
+    RingSize::new(bytes).map_err(|e| Error::Usage(format!("{source}: {}: {e}", echo(text))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ring_sizes_as_people_write_them() {
+        for (text, bytes) in [
+            ("65536", 65536),
+            ("64K", 65536),
+            ("256k", 262_144),
+            ("256KiB", 262_144),
+            ("4M", 4 << 20),
+            ("4 MB", 4 << 20),
+            ("1G", 1 << 30),
+        ] {
+            assert_eq!(
+                parse_ring_size(text, "--ring-size").unwrap().bytes(),
+                bytes,
+                "{text}"
+            );
+        }
+        for bad in [
+            "", "K", "4X", "-4K", "0", "3000", "96K", "2048", "4G", "1e6",
+        ] {
+            let e = parse_ring_size(bad, "--ring-size").unwrap_err().to_string();
+            assert!(e.starts_with("--ring-size"), "{bad}: {e}");
+            assert!(!e.contains('\n'), "{bad}: {e}");
+        }
+        let e = parse_ring_size("3000", "--ring-size")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--ring-size: '3000': 3000 bytes is not a ring buffer size"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn durations_as_people_write_them() {

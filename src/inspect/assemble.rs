@@ -17,6 +17,7 @@ use crate::verdict;
 
 /// The report of `plan`, from what `evidence` found.
 pub fn report(query: &Query, view: &KernelView, plan: &Plan<'_>, evidence: &Evidence) -> Report {
+    let v6only = v6only_ports(&query.ports, view);
     Report {
         schema: SCHEMA,
         sockcheck: env!("CARGO_PKG_VERSION"),
@@ -25,19 +26,14 @@ pub fn report(query: &Query, view: &KernelView, plan: &Plan<'_>, evidence: &Evid
         addresses: plan
             .addresses
             .iter()
-            .map(|address| address_report(query, view, address, evidence))
+            .map(|address| address_report(&v6only, address, evidence))
             .collect(),
         sources: source_statuses(query, view, evidence),
     }
 }
 
 /// One address: its ports, and the verdict decided from them.
-fn address_report(
-    query: &Query,
-    view: &KernelView,
-    plan: &AddressPlan<'_>,
-    evidence: &Evidence,
-) -> AddressReport {
+fn address_report(v6only: &[u16], plan: &AddressPlan<'_>, evidence: &Evidence) -> AddressReport {
     let ports: Vec<PortReport> = plan
         .ports
         .iter()
@@ -45,7 +41,7 @@ fn address_report(
         .collect();
     let decision = verdict::decide(plan.address, &ports);
     let mut notes = decision.notes;
-    notes.extend(v6only_notes(plan.address, &query.ports, view));
+    notes.extend(v6only_notes(plan.address, v6only));
     AddressReport {
         address: plan.address,
         verdict: decision.verdict,
@@ -156,10 +152,21 @@ fn source_statuses(query: &Query, view: &KernelView, evidence: &Evidence) -> Sou
 
 /// A v6only `[::]` listener does not cover an IPv4 address; say so, since
 /// people expect it to.
-fn v6only_notes(address: IpAddr, ports: &[u16], view: &KernelView) -> Vec<String> {
+fn v6only_notes(address: IpAddr, v6only: &[u16]) -> Vec<String> {
     if !address.is_ipv4() {
         return Vec::new();
     }
+    v6only
+        .iter()
+        .map(|port| {
+            format!("[::]:{port} is listening with IPV6_V6ONLY, so it does not cover {address}")
+        })
+        .collect()
+}
+
+/// The queried ports with a `[::]` listener that has IPV6_V6ONLY, each
+/// once, in the order first met: found once per report, not per address.
+fn v6only_ports(ports: &[u16], view: &KernelView) -> Vec<u16> {
     let mut seen = BTreeSet::new();
     view.listeners
         .iter()
@@ -168,12 +175,7 @@ fn v6only_notes(address: IpAddr, ports: &[u16], view: &KernelView) -> Vec<String
                 && s.local.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED)
                 && s.v6only == Some(true)
         })
-        .filter(|s| seen.insert(s.local.port()))
-        .map(|s| {
-            format!(
-                "[::]:{} is listening with IPV6_V6ONLY, so it does not cover {address}",
-                s.local.port()
-            )
-        })
+        .map(|s| s.local.port())
+        .filter(|&port| seen.insert(port))
         .collect()
 }

@@ -143,3 +143,32 @@ pub fn gettid() -> u32 {
 pub fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
+
+/// `cycles` plain TCP sockets put into LISTEN on `addr` and closed again,
+/// one after the other: two `inet_sock_set_state` events each (CLOSE to
+/// LISTEN, LISTEN to CLOSE). A bind that finds the port taken is retried
+/// (for up to 10 s): on a shared machine, anyone's socket bound to the
+/// wildcard address on port 0 may draw this port from the ephemeral range
+/// for a while. A failed bind makes no event, so the count stays exact.
+pub fn listen_close(addr: SocketAddr, cycles: u64) {
+    let mut busy_since = None;
+    let mut done = 0;
+    while done < cycles {
+        match listen(addr, Opts::default()) {
+            Ok(fd) => {
+                drop(fd);
+                done += 1;
+                busy_since = None;
+            }
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                let since = *busy_since.get_or_insert_with(std::time::Instant::now);
+                assert!(
+                    since.elapsed() < std::time::Duration::from_secs(10),
+                    "cycle {done}: {addr} stayed taken for 10 s: {e}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("cycle {done}: listen on {addr}: {e}"),
+        }
+    }
+}
