@@ -162,7 +162,19 @@ fn after(
         let view = inspect::kernel_view(&gate.ports)?;
         let quick = gate.one(&view, address, false);
         if quick.verdict == Verdict::Free {
-            return Ok(done(true));
+            // Released before run exits, so whoever runs next finds it free
+            // (the agent would end it when run exits, a moment later).
+            return Ok(match lease::agent::release(dir, address) {
+                Ok(_) => done(true),
+                Err(e) => {
+                    gate.output
+                        .warn(&format!("sockcheck: releasing {address}: {e}\n"));
+                    match done(true) {
+                        ExitStatus::Free => ExitStatus::Failed,
+                        status => status,
+                    }
+                }
+            });
         }
         if Instant::now() >= deadline || interrupted().is_some() {
             break gate.one(&view, address, true);
