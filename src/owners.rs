@@ -356,8 +356,22 @@ impl<'a> Scanner<'a> {
 }
 
 /// Kernel threads: kthreadd (pid 2) and its children, from one read of
-/// /proc/2/task/2/children (readable by anyone).
+/// /proc/2/task/2/children (readable by anyone). Only when pid 2 is
+/// kthreadd (PF_KTHREAD in its flags): in a pid namespace (a container,
+/// `unshare --pid`) pid 2 is an ordinary process whose children may hold
+/// sockets.
 fn kernel_threads() -> HashSet<u32> {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let kthreadd = std::fs::read_to_string("/proc/2/stat").is_ok_and(|stat| {
+        // `pid (comm) state ppid pgrp session tty_nr tpgid flags ...`
+        stat.rfind(')')
+            .and_then(|at| stat[at + 1..].split_whitespace().nth(6))
+            .and_then(|flags| flags.parse::<u64>().ok())
+            .is_some_and(|flags| flags & PF_KTHREAD != 0)
+    });
+    if !kthreadd {
+        return HashSet::new();
+    }
     let mut threads = HashSet::from([2]);
     if let Ok(children) = std::fs::read_to_string("/proc/2/task/2/children") {
         threads.extend(
