@@ -330,3 +330,55 @@ fn pid_of_a_zombie_leader_is_its_live_threads_namespace() {
         vec![u64::from(pid)]
     );
 }
+
+/// Whether `pid` runs (its /proc/PID/stat says so, and not a zombie).
+fn runs(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| !stat.rsplit_once(')').unwrap().1.starts_with(" Z"))
+}
+
+#[test]
+fn reap_in_a_namespace_signals_only_holders_of_its_sockets() {
+    if !support::require_root("ip netns add") {
+        return;
+    }
+    let mut ns = Namespace::new(6);
+    // The same address and port on the host: none of the namespace's.
+    let host = Holder::start("plain", "127.83.1.2", 46462, &[]);
+    let name = ns.name.clone();
+    let args = [
+        "--netns",
+        &name,
+        "reap",
+        "--ports",
+        "46462",
+        "127.83.1.2",
+        "--grace",
+        "2s",
+    ];
+    let run = sockcheck(&args);
+    assert_eq!(run.status, 0, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.ends_with("127.83.1.2 was free; now free\n") && !run.stdout.contains("pid "),
+        "{}",
+        run.stdout
+    );
+    assert!(runs(host.pid), "the host's holder was signalled");
+    // A holder in the namespace is reaped; the host's lives on.
+    let inside = ns.holder("plain", "127.83.1.2", 46462);
+    let mut json_args = vec!["--json"];
+    json_args.extend(args);
+    let run = sockcheck(&json_args);
+    assert_eq!(run.status, 0, "{}{}", run.stdout, run.stderr);
+    let doc = run.json();
+    assert_eq!(
+        doc["reaped"],
+        serde_json::json!([{"pid": inside, "action": "SIGTERM", "exited": true}]),
+        "{doc}"
+    );
+    assert_eq!(
+        (doc["before"].as_str(), doc["after"].as_str()),
+        (Some("busy"), Some("free"))
+    );
+    assert!(runs(host.pid), "the host's holder was signalled");
+}
