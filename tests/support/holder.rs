@@ -182,7 +182,7 @@ fn main() {
             };
             // SAFETY: the handler only swaps an atomic and calls close(2),
             // both async-signal-safe.
-            unsafe { libc::signal(signal, close_listener as libc::sighandler_t) };
+            unsafe { libc::signal(signal, close_listener as *const () as libc::sighandler_t) };
         }
         other => fail(&format!("unknown shape '{other}'\n{SHAPES}")),
     }
