@@ -207,8 +207,9 @@ fn after(
         inspection: report,
     };
     if options.reap {
-        let pids: Vec<u32> = forensic.holders.iter().map(|h| h.pid).collect();
-        forensic.reaped = reap::reap(&pids, options.grace, false);
+        // Only these processes, while they still hold these sockets.
+        let found: Vec<reap::Found> = forensic.holders.iter().map(reap::Found::from).collect();
+        forensic.reaped = reap::reap(&found, options.grace, false);
         let view = inspect::kernel_view(&gate.ports)?;
         if gate.one(&view, address, false).verdict == Verdict::Free {
             forensic.quarantined = false;
