@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import Any, Optional, Sequence, Union
 
 from . import _fallback
-from ._binary import MARGIN_SECONDS, failure, find_binary, parse_json, run
+from ._binary import MARGIN_SECONDS, failure, find_binary, has_command, parse_json, run
 from ._errors import SockcheckError, SockcheckFallbackWarning
 from ._util import (
     DEFAULT_PORTS,
@@ -53,8 +53,12 @@ def _bin(sub: str) -> Optional[str]:
     """The binary to run, or None for the fallback (which is announced once)."""
     global _warned
     source, path, why = backend()
-    if source == "sockcheck":
-        return path
+    if source == "sockcheck" and path is not None:
+        if has_command(path, sub):
+            return path
+        # An older binary without this command: the fallback takes the same
+        # tokens, so its leases and the binary's still never overlap.
+        why = f"this sockcheck binary ({path}) has no `{sub}` command"
     if os.environ.get("SOCKCHECK_FALLBACK", "").strip().lower() in _FALSE:
         raise SockcheckError(f"sockcheck {sub}: {why}, and SOCKCHECK_FALLBACK=0 forbids the fallback",
                              code="SOCKCHECK_NOT_RUN")

@@ -70,6 +70,31 @@ def _is_python_script(path: str) -> bool:
     return head.startswith(b"#!") and b"python" in head.split(b"\n", 1)[0]
 
 
+_commands: dict[str, frozenset[str]] = {}
+
+
+def has_command(bin_path: str, sub: str) -> bool:
+    """Whether this binary has the command ``sub`` (from its ``--help``
+    listing, read once per binary): an older binary has no ``acquire-port``."""
+    if bin_path not in _commands:
+        names: set[str] = set()
+        try:
+            p = subprocess.run([bin_path, "--help"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                               errors="replace", timeout=MARGIN_SECONDS, check=False)
+            listing = p.stdout.split("Commands:", 1)[1] if "Commands:" in p.stdout else ""
+            for line in listing.splitlines():
+                if not line.strip():
+                    if names:
+                        break
+                    continue
+                if line.startswith("  ") and not line.startswith("   "):
+                    names.add(line.split()[0])
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        _commands[bin_path] = frozenset(names)
+    return sub in _commands[bin_path]
+
+
 @dataclass
 class Result:
     argv: list[str]
