@@ -19,6 +19,7 @@ from typing import Any, Iterator, Optional
 import pytest
 
 import sockcheck
+from sockcheck._binary import has_command
 
 pytest_plugins = ["pytester"]
 
@@ -46,16 +47,10 @@ def binary() -> str:
     return found[1]
 
 
-_has: dict[str, bool] = {}
-
-
 def require_command(sub: str) -> str:
     """The binary, if it has the command `sub`; else skip, saying why."""
     bin_path = binary()
-    if sub not in _has:
-        r = subprocess.run([bin_path, sub, "--help"], capture_output=True, text=True)
-        _has[sub] = r.returncode == 0
-    if not _has[sub]:
+    if not has_command(bin_path, sub):
         msg = f"skipped: this sockcheck binary ({bin_path}) has no `{sub}` command"
         if os.environ.get("SOCKCHECK_TEST_STRICT") == "1" and os.environ.get("SOCKCHECK_TEST_ALLOW_NO_PORTS") != "1":
             pytest.fail(msg)
