@@ -94,7 +94,10 @@ enum Command {
     /// End the processes holding listeners that cover an address: SIGTERM,
     /// then SIGKILL after --grace for those still holding.
     ///
-    /// Never signals pid 1, sockcheck itself or its ancestors; an
+    /// Only the processes the inspection found, and only while they still
+    /// hold those sockets: one that exited (its pid may be another
+    /// process's now) or closed them is listed as gone or no longer
+    /// holding it, and not signalled. Never signals pid 1, sockcheck itself or its ancestors; an
     /// unprivileged user signals only their own processes, and the others
     /// are listed as not permitted.
     #[command(after_long_help = exit::HELP_REAP)]

@@ -2,7 +2,8 @@
 //! leases (see [`crate::lease`]), so parallel suites never get the same
 //! address at once, whoever asks.
 //!
-//! - [`inspecting`]: `scan`, `list`, `wait` and `reap`, which lease nothing;
+//! - [`inspecting`]: `scan`, `list` and `wait`, which lease nothing;
+//! - [`reap`]: `reap`, and the reaping `run --reap` does;
 //! - [`acquire`]: `acquire`, and the leasing `run` uses;
 //! - [`ledger`]: `release` and `leases`;
 //! - [`run`]: `run`, with its linger check and forensic report;
@@ -20,8 +21,9 @@ pub mod run;
 pub mod state;
 
 pub use acquire::{Refusal, SkipReason, Skipped, acquire, explain, lease, try_acquire};
-pub use inspecting::{list, reap_address, scan, wait};
+pub use inspecting::{list, scan, wait};
 pub use ledger::{leases, release};
+pub use reap::reap_address;
 pub use run::{RunOptions, run};
 
 use std::collections::HashSet;

@@ -162,7 +162,19 @@ fn after(
         let view = inspect::kernel_view(&gate.ports)?;
         let quick = gate.one(&view, address, false);
         if quick.verdict == Verdict::Free {
-            return Ok(done(true));
+            // Released before run exits, so whoever runs next finds it free
+            // (the agent would end it when run exits, a moment later).
+            return Ok(match lease::agent::release(dir, address) {
+                Ok(_) => done(true),
+                Err(e) => {
+                    gate.output
+                        .warn(&format!("sockcheck: releasing {address}: {e}\n"));
+                    match done(true) {
+                        ExitStatus::Free => ExitStatus::Failed,
+                        status => status,
+                    }
+                }
+            });
         }
         if Instant::now() >= deadline || interrupted().is_some() {
             break gate.one(&view, address, true);
@@ -195,8 +207,9 @@ fn after(
         inspection: report,
     };
     if options.reap {
-        let pids: Vec<u32> = forensic.holders.iter().map(|h| h.pid).collect();
-        forensic.reaped = reap::reap(&pids, options.grace, false);
+        // Only these processes, while they still hold these sockets.
+        let found: Vec<reap::Found> = forensic.holders.iter().map(reap::Found::from).collect();
+        forensic.reaped = reap::reap(&found, options.grace, false);
         let view = inspect::kernel_view(&gate.ports)?;
         if gate.one(&view, address, false).verdict == Verdict::Free {
             forensic.quarantined = false;

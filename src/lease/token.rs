@@ -412,6 +412,19 @@ pub fn listed() -> Result<Vec<IpAddr>, Error> {
     Ok(found)
 }
 
+/// Whether the holder has hung up on `connection` (the lease ended).
+pub fn readable_hangup(connection: &Connection) -> bool {
+    let mut fds = [rustix::event::PollFd::new(
+        &connection.fd,
+        rustix::event::PollFlags::RDHUP | rustix::event::PollFlags::HUP,
+    )];
+    let zero = rustix::event::Timespec::try_from(Duration::ZERO).ok();
+    matches!(rustix::event::poll(&mut fds, zero.as_ref()), Ok(n) if n > 0)
+        && fds[0]
+            .revents()
+            .intersects(rustix::event::PollFlags::RDHUP | rustix::event::PollFlags::HUP)
+}
+
 /// Waits until one of the connections hangs up (a lease ended) or
 /// `timeout` passes. Returns whether one did.
 pub fn wait_any(connections: &[Connection], timeout: Duration) -> bool {
