@@ -36,8 +36,6 @@ def _scripts_dirs() -> list[str]:
         dirs.append(sysconfig.get_path("scripts", f"{os.name}_user"))
     except KeyError:
         pass
-    # A venv run through its symlinked interpreter without activation.
-    dirs.append(os.path.dirname(sys.executable))
     return [d for d in dict.fromkeys(dirs) if d]
 
 
