@@ -145,7 +145,7 @@ pub fn try_acquire(
             skipped.push(skip);
             continue;
         }
-        lease::grant(dir, token, owner, &gate.ports)?;
+        lease::grant(dir, token, owner, &gate.ports, address)?;
         if quarantined.contains(&address) {
             gate.unquarantine(&[address])?;
         }
@@ -702,7 +702,7 @@ pub fn acquire(
 /// `addr=$(sockcheck acquire P | cat)`), which exits as soon as the command
 /// substitution ends and would take the lease with it. Then the owner is
 /// the shell it was forked from, and a note says so.
-fn default_owner(gate: &Gate) -> u32 {
+pub(crate) fn default_owner(gate: &Gate) -> u32 {
     let parent = rustix::process::getppid().map_or(1, |p| p.as_raw_nonzero().get() as u32);
     let mut owner = parent;
     while let Some(above) = forked_from(owner) {

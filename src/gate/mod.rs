@@ -6,6 +6,7 @@
 //! - [`reap`]: `reap`, and the reaping `run --reap` does;
 //! - [`acquire`]: `acquire`, and the leasing `run` uses;
 //! - [`ledger`]: `release` and `leases`;
+//! - [`ports`]: `acquire-port` and `release-port`;
 //! - [`run`]: `run`, with its linger check and forensic report;
 //! - [`state`]: the per-user state directory (quarantine, the agent's socket).
 
@@ -15,6 +16,7 @@ pub mod forensic;
 pub mod inspecting;
 pub mod ledger;
 pub mod openers;
+pub mod ports;
 pub mod reap;
 pub mod report_file;
 pub mod run;
