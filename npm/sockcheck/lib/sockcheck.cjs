@@ -572,12 +572,14 @@ function noFreePortError({ error, skipped, hopeless = false, report = null, stde
 }
 
 /**
- * Binaries that predate acquire-port (clap: "unrecognized subcommand"): the
- * JS implementation takes the same tokens on Linux, so it stands in, with a
- * warning once per binary.
+ * Binaries that predate acquire-port (they take `acquire-port` for an
+ * address to check, or clap says "unrecognized subcommand"; release-port
+ * then also refuses --host): the JS implementation takes the same tokens on
+ * Linux, so it stands in, with a warning once per binary.
  */
 const noPortCommand = new Set();
-const predatesPorts = (r) => r.status === 2 && /unrecognized subcommand '(acquire|release)-port'/.test(r.stderr);
+const predatesPorts = (r) => r.status === 2
+  && /'(acquire|release)-port' is not an IP address|unrecognized subcommand '(acquire|release)-port'|^sockcheck: unexpected argument '--host'/m.test(r.stderr);
 
 function portFallbackWarning(bin) {
   process.emitWarning(
@@ -675,6 +677,12 @@ async function binaryReleasePorts(bin, ports, opts = {}) {
     sub: 'release-port', timeoutMs: processTimeoutMs(opts, MARGIN_MS), signal: opts.signal,
   });
   if (r.status === 0 && !r.aborted && !r.timedOut) return;
+  if (predatesPorts(r)) {
+    // No binary port lease can exist: this binary cannot make them.
+    noPortCommand.add(bin);
+    throw new SockcheckError(`sockcheck release-port: not leased: ${ports.join(',')} (${bin} has no port leases)`,
+      { code: 'SOCKCHECK_NOT_LEASED', exitStatus: r.status, stderr: r.stderr.trim(), argv: r.argv });
+  }
   throw failure('release-port', r, { 1: ['SOCKCHECK_NOT_LEASED', 'port not leased (or not yours)'], 3: ['SOCKCHECK_FAILED', 'failed'] });
 }
 
