@@ -94,7 +94,10 @@ enum Command {
     /// End the processes holding listeners that cover an address: SIGTERM,
     /// then SIGKILL after --grace for those still holding.
     ///
-    /// Never signals pid 1, sockcheck itself or its ancestors; an
+    /// Only the processes the inspection found, and only while they still
+    /// hold those sockets: one that exited (its pid may be another
+    /// process's now) or closed them is listed as gone or no longer
+    /// holding it, and not signalled. Never signals pid 1, sockcheck itself or its ancestors; an
     /// unprivileged user signals only their own processes, and the others
     /// are listed as not permitted.
     #[command(after_long_help = exit::HELP_REAP)]
@@ -153,6 +156,53 @@ enum Command {
         ports: PortsArg,
         #[command(flatten)]
         sources: SourceArgs,
+        #[command(flatten)]
+        state: StateArgs,
+        #[command(flatten)]
+        netns: NetnsArg,
+    },
+    /// Lease free TCP ports (get-port without the race) and print them,
+    /// one per line.
+    ///
+    /// A port is free on --host when no socket that would make a server's
+    /// bind fail is on it (a wildcard of either family included), nobody
+    /// has leased it, and a bind with SO_REUSEADDR succeeds; ports with no
+    /// TIME_WAIT remnant are chosen first. A port lease holds the port on
+    /// every host, until the owner exits or releases it.
+    #[command(name = "acquire-port", after_long_help = exit::HELP_ACQUIRE_PORT)]
+    AcquirePort {
+        /// Ports to choose from: 20000, 20000-20099, or a comma list
+        /// [default: 15000-32767 less the kernel's ephemeral
+        /// (ip_local_port_range) and reserved ports]
+        #[arg(value_name = "RANGE", value_parser = input::port_range())]
+        range: Option<input::PortRange>,
+        /// The host the ports must be free on.
+        #[arg(long, default_value = "127.0.0.1", value_name = "ADDRESS", value_parser = input::Address)]
+        host: std::net::IpAddr,
+        /// How many ports to lease.
+        #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+        count: u16,
+        /// The process that owns the leases [default: sockcheck's parent]
+        #[arg(long, value_name = "PID")]
+        owner: Option<u32>,
+        /// Wait this long for free ports instead of failing at once.
+        #[arg(long, value_name = "DURATION", value_parser = input::duration())]
+        wait: Option<Duration>,
+        #[command(flatten)]
+        state: StateArgs,
+        #[command(flatten)]
+        netns: NetnsArg,
+    },
+    /// Give leased ports back.
+    #[command(name = "release-port", after_long_help = exit::HELP_RELEASE_PORT)]
+    ReleasePort {
+        /// The leased ports to give back.
+        #[arg(value_name = "PORT", required = true, value_parser = clap::value_parser!(u16).range(1..))]
+        ports: Vec<u16>,
+        /// Accepted for symmetry with acquire-port (a port lease holds the
+        /// port on every host); checked to be an address.
+        #[arg(long, value_name = "ADDRESS", value_parser = input::Address)]
+        host: Option<std::net::IpAddr>,
         #[command(flatten)]
         state: StateArgs,
         #[command(flatten)]
@@ -262,6 +312,11 @@ struct RunArgs {
     /// Wait this long for a free address instead of failing at once.
     #[arg(long, value_name = "DURATION", value_parser = input::duration())]
     wait: Option<Duration>,
+    /// Also lease N free TCP ports for CMD (as acquire-port does), export
+    /// them as SOCKCHECK_PORT (the first) and SOCKCHECK_PORTS, and check
+    /// them for lingering holders after CMD like the address's ports.
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=32))]
+    lease_ports: u16,
     #[command(flatten)]
     ports: PortsArg,
     #[command(flatten)]
@@ -556,6 +611,8 @@ fn dispatch(command: Command, top: &Top) -> Result<ExitStatus, Error> {
         | Command::Wait { .. }) => dispatch_inspecting(command, top),
         command @ (Command::Acquire { .. }
         | Command::Release { .. }
+        | Command::AcquirePort { .. }
+        | Command::ReleasePort { .. }
         | Command::Leases { .. }
         | Command::Run(_)) => dispatch_leasing(command, top),
         Command::Watch {
@@ -594,6 +651,8 @@ fn takes(command: &Command) -> (&'static str, [bool; 4]) {
         Command::Acquire { .. } => ("acquire", [true, true, true, true]),
         Command::Run(_) => ("run", [true, true, true, true]),
         Command::Release { .. } => ("release", [false, false, true, true]),
+        Command::AcquirePort { .. } => ("acquire-port", [false, false, true, true]),
+        Command::ReleasePort { .. } => ("release-port", [false, false, true, true]),
         Command::Leases { .. } => ("leases", [true, false, true, true]),
         Command::Watch { .. } => ("watch", [true, false, true, false]),
         Command::Doctor => ("doctor", [false; 4]),
@@ -705,6 +764,36 @@ fn dispatch_leasing(command: Command, top: &Top) -> Result<ExitStatus, Error> {
             top.gate(PortsArg { ports: None }, None, Some(state))?,
             |gate| gate::release(&gate, address),
         ),
+        Command::AcquirePort {
+            range,
+            host,
+            count,
+            owner,
+            wait,
+            state,
+            netns,
+        } => in_netns(
+            netns.netns.or(top.netns.clone()),
+            top.gate(PortsArg { ports: None }, None, Some(state))?,
+            |gate| {
+                let range = range.map_or_else(gate::ports::default_range, |r| r.0);
+                gate::ports::acquire_port(&gate, range, host, count.into(), owner, wait)
+            },
+        ),
+        Command::ReleasePort {
+            ports,
+            host: _,
+            state,
+            netns,
+        } => in_netns(
+            netns.netns.or(top.netns.clone()),
+            top.gate(PortsArg { ports: None }, None, Some(state))?,
+            |gate| {
+                let mut seen = std::collections::BTreeSet::new();
+                let ports: Vec<u16> = ports.into_iter().filter(|p| seen.insert(*p)).collect();
+                gate::ports::release_port(&gate, &ports)
+            },
+        ),
         Command::Leases { pool, state, netns } => in_netns(
             netns.netns.or(top.netns.clone()),
             top.gate(PortsArg { ports: None }, None, Some(state))?,
@@ -762,6 +851,7 @@ fn run_cmd(args: RunArgs, top: &Top) -> Result<ExitStatus, Error> {
         reap: args.reap,
         grace: args.grace,
         wait: args.wait,
+        lease_ports: args.lease_ports.into(),
         command: args.command,
     };
     let netns = args.netns.netns.or(top.netns.clone());

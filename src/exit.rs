@@ -96,6 +96,22 @@ Exit status:
   2  bad usage or input (nothing was leased)
   3  the state directory or the inspection failed";
 
+/// `acquire-port`'s exit statuses.
+pub const HELP_ACQUIRE_PORT: &str = "\
+Exit status:
+  0  the ports were leased (and printed, one per line)
+  1  not enough free ports in the range (each port passed over and why on stderr)
+  2  bad usage or input (nothing was leased)
+  3  the state directory, the lease agent or a resource failed";
+
+/// `release-port`'s exit statuses.
+pub const HELP_RELEASE_PORT: &str = "\
+Exit status:
+  0  every port was released
+  1  some port was not leased, or its lease is not ours to end
+  2  bad usage or input
+  3  the state directory or the lease agent failed";
+
 /// `release`'s exit statuses.
 pub const HELP_RELEASE: &str = "\
 Exit status:

@@ -7,9 +7,11 @@
 //! its pid namespace, its other threads) stays where it is.
 
 use std::fs::File;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags};
 
 use crate::error::Error;
 use crate::text::echo;
@@ -31,15 +33,23 @@ pub struct NetNs {
 
 impl NetNs {
     /// Resolves and opens `NAME` (under /run/netns), a path to an nsfs
-    /// file, or `pid:PID` (that process's network namespace). Bad input is
-    /// a usage error naming it.
+    /// file, or `pid:PID` (that process's network namespace; for a zombie
+    /// thread-group leader, a live thread's). The file is opened without
+    /// blocking (a FIFO is refused at once) and must be a network
+    /// namespace (NS_GET_NSTYPE). Bad input is a usage error naming it.
     pub fn open(spec: &str) -> Result<NetNs, Error> {
-        let path = if let Some(pid) = spec.strip_prefix("pid:") {
-            let pid: u32 = pid
-                .parse()
-                .ok()
-                .filter(|p| *p > 0 && pid.bytes().all(|b| b.is_ascii_digit()))
-                .ok_or_else(|| Error::Usage(format!("--netns: {} is not pid:PID", echo(spec))))?;
+        let pid = match spec.strip_prefix("pid:") {
+            Some(pid) => Some(
+                pid.parse::<u32>()
+                    .ok()
+                    .filter(|p| *p > 0 && pid.bytes().all(|b| b.is_ascii_digit()))
+                    .ok_or_else(|| {
+                        Error::Usage(format!("--netns: {} is not pid:PID", echo(spec)))
+                    })?,
+            ),
+            None => None,
+        };
+        let path = if let Some(pid) = pid {
             PathBuf::from(format!("/proc/{pid}/ns/net"))
         } else if spec.contains('/') {
             PathBuf::from(spec)
@@ -51,7 +61,14 @@ impl NetNs {
                 echo(spec)
             )));
         };
-        let file = File::open(&path).map_err(|e| {
+        let (path, file) = match (open_nonblocking(&path), pid) {
+            (Ok(file), _) => Ok((path.clone(), file)),
+            // A zombie thread-group leader has no namespaces of its own any
+            // more; its live threads still have theirs.
+            (Err(e), Some(pid)) => live_thread_netns(pid).ok_or(e),
+            (Err(e), None) => Err(e),
+        }
+        .map_err(|e| {
             Error::Usage(format!(
                 "--netns {}: cannot open {}: {e}",
                 echo(spec),
@@ -59,16 +76,33 @@ impl NetNs {
             ))
         })?;
         let meta = file.metadata().map_err(|e| Error::syscall("fstat", e))?;
+        let not = |what: &str| {
+            Error::Usage(format!(
+                "--netns {}: {} is not {what}",
+                echo(spec),
+                echo(&path.to_string_lossy())
+            ))
+        };
         // nsfs: what /proc/PID/ns/net and `ip netns add` bind mounts are.
         let statfs =
             rustix::fs::fstatfs(file.as_fd()).map_err(|e| Error::syscall("fstatfs", e.into()))?;
         const NSFS_MAGIC: i64 = 0x6e73_6673;
         if statfs.f_type as i64 != NSFS_MAGIC {
-            return Err(Error::Usage(format!(
-                "--netns {}: {} is not a namespace (not on nsfs)",
-                echo(spec),
-                echo(&path.to_string_lossy())
-            )));
+            return Err(not("a namespace (not on nsfs)"));
+        }
+        match namespace_type(&file) {
+            Ok(libc::CLONE_NEWNET) => {}
+            Ok(other) => {
+                return Err(not(&format!(
+                    "a network namespace (it is a {} namespace)",
+                    kind(other)
+                )));
+            }
+            Err(e) => {
+                return Err(not(&format!(
+                    "known to be a network namespace (NS_GET_NSTYPE failed: {e})"
+                )));
+            }
         }
         Ok(NetNs {
             spec: spec.to_string(),
@@ -137,6 +171,59 @@ impl NetNs {
     }
 }
 
+/// Opens `path` for reading without waiting (a FIFO opens at once, and is
+/// then refused as no namespace) and without taking a terminal.
+fn open_nonblocking(path: &Path) -> std::io::Result<File> {
+    rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    )
+    .map(File::from)
+    .map_err(Into::into)
+}
+
+/// The network namespace of a live thread of `pid`, for a zombie
+/// thread-group leader whose other threads live on: its path and the file.
+fn live_thread_netns(pid: u32) -> Option<(PathBuf, File)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    tasks.flatten().find_map(|task| {
+        let tid = task.file_name();
+        if tid.to_str() == Some(&pid.to_string()) {
+            return None;
+        }
+        let path = task.path().join("ns/net");
+        open_nonblocking(&path).ok().map(|file| (path, file))
+    })
+}
+
+/// The namespace type (a CLONE_NEW* flag) of an nsfs file: the
+/// NS_GET_NSTYPE ioctl, `_IO(0xb7, 0x3)` (Linux 4.11).
+fn namespace_type(file: &File) -> std::io::Result<libc::c_int> {
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    // SAFETY: an ioctl that takes no argument, on an fd we own.
+    let nstype = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+    if nstype < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(nstype)
+    }
+}
+
+/// `mount`, `pid`, `user`…: what a CLONE_NEW* flag names.
+fn kind(nstype: libc::c_int) -> String {
+    match nstype {
+        libc::CLONE_NEWNS => "mount".into(),
+        libc::CLONE_NEWPID => "pid".into(),
+        libc::CLONE_NEWUSER => "user".into(),
+        libc::CLONE_NEWUTS => "uts".into(),
+        libc::CLONE_NEWIPC => "ipc".into(),
+        libc::CLONE_NEWCGROUP => "cgroup".into(),
+        0x80 => "time".into(), // CLONE_NEWTIME
+        other => format!("type {other:#x}"),
+    }
+}
+
 /// The inode of sockcheck's own network namespace.
 pub fn own_inode() -> Option<u64> {
     std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.ino())
@@ -155,6 +242,9 @@ mod tests {
             ("", "is not a namespace name"),
             ("..", "is not a namespace name"),
             ("/etc/hostname", "is not a namespace"),
+            ("/proc/self/ns/mnt", "(it is a mount namespace)"),
+            ("/proc/self/ns/pid", "(it is a pid namespace)"),
+            ("/proc/self/ns/user", "(it is a user namespace)"),
             ("no-such-namespace-for-sure", "cannot open"),
         ] {
             let e = NetNs::open(spec).unwrap_err();

@@ -161,6 +161,22 @@ pub fn scan(inodes: &HashSet<u64>) -> Result<FdScan, Error> {
     Ok(scan)
 }
 
+/// Whether process `pid` holds one of `inodes` now, read as [`scan`] reads
+/// it (for a zombie leader, through its live threads' fd tables). `None`
+/// when its fd table cannot be read.
+pub fn holds(pid: u32, inodes: &HashSet<u64>) -> Option<bool> {
+    let proc_dir = open_dir(rustix::fs::CWD, c"/proc").ok()?;
+    let mut out = FdScan::default();
+    Scanner::new(&proc_dir, inodes).process(pid, &mut out);
+    if out.holders.values().any(|pids| pids.contains_key(&pid)) {
+        Some(true)
+    } else if out.unreadable.iter().any(|u| u.pid == pid) {
+        None
+    } else {
+        Some(false)
+    }
+}
+
 struct Scanner<'a> {
     proc_dir: &'a OwnedFd,
     inodes: &'a HashSet<u64>,
@@ -364,8 +380,22 @@ impl<'a> Scanner<'a> {
 }
 
 /// Kernel threads: kthreadd (pid 2) and its children, from one read of
-/// /proc/2/task/2/children (readable by anyone).
+/// /proc/2/task/2/children (readable by anyone). Only when pid 2 is
+/// kthreadd (PF_KTHREAD in its flags): in a pid namespace (a container,
+/// `unshare --pid`) pid 2 is an ordinary process whose children may hold
+/// sockets.
 fn kernel_threads() -> HashSet<u32> {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let kthreadd = std::fs::read_to_string("/proc/2/stat").is_ok_and(|stat| {
+        // `pid (comm) state ppid pgrp session tty_nr tpgid flags ...`
+        stat.rfind(')')
+            .and_then(|at| stat[at + 1..].split_whitespace().nth(6))
+            .and_then(|flags| flags.parse::<u64>().ok())
+            .is_some_and(|flags| flags & PF_KTHREAD != 0)
+    });
+    if !kthreadd {
+        return HashSet::new();
+    }
     let mut threads = HashSet::from([2]);
     if let Ok(children) = std::fs::read_to_string("/proc/2/task/2/children") {
         threads.extend(
@@ -504,6 +534,12 @@ pub struct ProcessInfo {
     pub ppid: Option<u32>,
     /// Start time, seconds since the Unix epoch.
     pub start_time: Option<u64>,
+    /// Start time as /proc/PID/stat gives it (clock ticks since boot), read
+    /// with the rest: with the pid, what tells this process from a later
+    /// one given the same pid (`reap` checks it before signalling). Not
+    /// serialized: `start_time` is its public form.
+    #[serde(skip)]
+    pub start_ticks: Option<u64>,
     /// Seconds since it started.
     pub age_seconds: Option<u64>,
     /// Its pid in its own pid namespace, when that is not sockcheck's (a
@@ -626,6 +662,7 @@ pub fn describe(pid: u32) -> ProcessInfo {
         uid: process.as_ref().and_then(|p| p.uid().ok()),
         ppid: stat.as_ref().map(|s| s.ppid as u32),
         start_time,
+        start_ticks: stat.as_ref().map(|s| s.starttime),
         age_seconds,
         ns_pid,
         cgroup,
@@ -827,6 +864,9 @@ mod tests {
         let refs = &scan.holders[&inode][&me];
         assert_eq!(refs[0].fd, fd as u32);
         assert!(refs[0].via_tids.is_empty());
+        assert_eq!(holds(me, &HashSet::from([inode])), Some(true));
+        drop(listener);
+        assert_eq!(holds(me, &HashSet::from([inode])), Some(false));
     }
 
     #[test]

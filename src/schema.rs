@@ -41,6 +41,15 @@ pub fn schemas() -> Vec<(&'static str, Value)> {
             ),
         ),
         (
+            "acquire-port",
+            document::<gate::ports::PortsAcquired>(
+                "acquire-port",
+                "`sockcheck acquire-port --json [RANGE]`: the ports leased (exit status 0), or \
+                 null and why each port of the range was passed over (exit status 1).",
+                1,
+            ),
+        ),
+        (
             "reap",
             document::<gate::reap::ReapReport>(
                 "reap",

@@ -2,7 +2,9 @@
 //! listeners in a namespace each test makes (`ip netns add`), with `lo` up,
 //! deleted at the end. Namespaces named sockcheck-test-PID-N; ports
 //! 45660-45669 (inside them any address is private; `watch` also sees the
-//! host, where the port is still this file's).
+//! host, where the port is still this file's). The tests of `--netns`
+//! validation and of `--netns X reap` use 127.83.1.0/24 and ports
+//! 46460-46469 (CONTRIBUTING's row for tests/reap.rs).
 
 mod support;
 
@@ -227,4 +229,156 @@ fn watch_filters_events_by_the_sockets_namespace() {
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
     let run = sockcheck(&["watch", "--netns", &ns.name, "--all-netns"]);
     assert_eq!(run.status, 2, "{}", run.stderr);
+}
+
+/// `sockcheck ARGS` that must end by itself within 10 s (it must never
+/// block): its exit status and stderr. Killed by pid otherwise.
+fn sockcheck_quick(args: &[&str]) -> (i32, String) {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    let mut child = support::command()
+        .args(args)
+        .env_remove("SOCKCHECK_PORTS")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("sockcheck {args:?} blocked for 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status.code().unwrap_or(-1), stderr)
+}
+
+#[test]
+fn a_netns_that_is_no_network_namespace_is_refused_at_once() {
+    let files = support::TempDir::created("netns-fifo");
+    let fifo = files.join("fifo");
+    let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string; mkfifo has no other memory effects.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    for (spec, why) in [
+        (fifo.to_str().unwrap(), "is not a namespace (not on nsfs)"),
+        ("/proc/self/ns/mnt", "(it is a mount namespace)"),
+        ("/proc/self/ns/pid", "(it is a pid namespace)"),
+        ("/proc/self/ns/user", "(it is a user namespace)"),
+    ] {
+        for args in [
+            vec!["--netns", spec, "--ports", "46460", "127.83.1.1"],
+            vec![
+                "watch",
+                "--netns",
+                spec,
+                "--ports",
+                "46460",
+                "--timeout",
+                "1s",
+            ],
+        ] {
+            let (status, stderr) = sockcheck_quick(&args);
+            assert_eq!(status, 2, "{args:?}: {stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+            assert!(stderr.contains(why), "{args:?}: {stderr}");
+        }
+    }
+}
+
+#[test]
+fn pid_of_a_zombie_leader_is_its_live_threads_namespace() {
+    if !support::require_root("ip netns add") {
+        return;
+    }
+    let mut ns = Namespace::new(5);
+    let pid = ns.holder("lingering", "127.0.0.2", 46461);
+    // Its main thread exits after the ready line: wait for the zombie.
+    let zombie = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| stat.rsplit_once(')').unwrap().1.starts_with(" Z"))
+    };
+    for _ in 0..500 {
+        if zombie() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(zombie(), "pid {pid} did not become a zombie leader");
+    let spec = format!("pid:{pid}");
+    let run = sockcheck(&["--json", "--netns", &spec, "--ports", "46461", "127.0.0.2"]);
+    assert_eq!(run.status, 1, "{}", run.stderr);
+    let json = run.json();
+    assert_eq!(json["netns"]["name"], ns.name.as_str(), "{json}");
+    let address = &json["addresses"][0];
+    assert_eq!(address["verdict"], "busy");
+    assert_eq!(
+        support::owner_pids(support::port(address, 46461)),
+        vec![u64::from(pid)]
+    );
+}
+
+/// Whether `pid` runs (its /proc/PID/stat says so, and not a zombie).
+fn runs(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| !stat.rsplit_once(')').unwrap().1.starts_with(" Z"))
+}
+
+#[test]
+fn reap_in_a_namespace_signals_only_holders_of_its_sockets() {
+    if !support::require_root("ip netns add") {
+        return;
+    }
+    let mut ns = Namespace::new(6);
+    // The same address and port on the host: none of the namespace's.
+    let host = Holder::start("plain", "127.83.1.2", 46462, &[]);
+    let name = ns.name.clone();
+    let args = [
+        "--netns",
+        &name,
+        "reap",
+        "--ports",
+        "46462",
+        "127.83.1.2",
+        "--grace",
+        "2s",
+    ];
+    let run = sockcheck(&args);
+    assert_eq!(run.status, 0, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.ends_with("127.83.1.2 was free; now free\n") && !run.stdout.contains("pid "),
+        "{}",
+        run.stdout
+    );
+    assert!(runs(host.pid), "the host's holder was signalled");
+    // A holder in the namespace is reaped; the host's lives on.
+    let inside = ns.holder("plain", "127.83.1.2", 46462);
+    let mut json_args = vec!["--json"];
+    json_args.extend(args);
+    let run = sockcheck(&json_args);
+    assert_eq!(run.status, 0, "{}{}", run.stdout, run.stderr);
+    let doc = run.json();
+    assert_eq!(
+        doc["reaped"],
+        serde_json::json!([{"pid": inside, "action": "SIGTERM", "exited": true}]),
+        "{doc}"
+    );
+    assert_eq!(
+        (doc["before"].as_str(), doc["after"].as_str()),
+        (Some("busy"), Some("free"))
+    );
+    assert!(runs(host.pid), "the host's holder was signalled");
 }

@@ -145,7 +145,7 @@ pub fn try_acquire(
             skipped.push(skip);
             continue;
         }
-        lease::grant(dir, token, owner, &gate.ports)?;
+        lease::grant(dir, token, owner, &gate.ports, address)?;
         if quarantined.contains(&address) {
             gate.unquarantine(&[address])?;
         }
@@ -475,11 +475,18 @@ pub fn lease(
     allow_foreign: bool,
 ) -> Result<Result<IpAddr, Refusal>, Error> {
     let deadline = wait.map(|w| Instant::now() + w);
+    let mut settled = false;
     loop {
         let mut refusal = match try_acquire(gate, dir, pool, owner, allow_foreign)? {
             Ok(address) => return Ok(Ok(address)),
             Err(refusal) => refusal,
         };
+        // Leases whose every owner has just exited end in their agent a
+        // moment later: wait for those (and only those) before refusing.
+        if !settled && settle(&refusal) {
+            settled = true;
+            continue;
+        }
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         match left {
             Some(left) if !left.is_zero() && !refusal.hopeless => {
@@ -499,6 +506,63 @@ pub fn lease(
             _ => {
                 explain(gate, &mut refusal);
                 return Ok(Err(refusal));
+            }
+        }
+    }
+}
+
+/// Waits (200 ms at most) for the leases of the refusal whose every owner
+/// is known to be gone (no such pid, or another process under it) to end;
+/// returns whether there was any. It never takes a token: the holder ends
+/// the lease, as always. An owner whose liveness cannot be read counts as
+/// alive.
+fn settle(refusal: &Refusal) -> bool {
+    let ending: Vec<lease::token::Connection> = refusal
+        .skipped
+        .iter()
+        .filter(|s| s.verdict.is_none())
+        .take(WAITERS)
+        .filter_map(|s| {
+            let mut connection = lease::token::Connection::open(s.address).ok().flatten()?;
+            let info: lease::Info =
+                serde_json::from_str(&connection.line(Duration::from_millis(50))?).ok()?;
+            let owners = std::iter::once(&info.owner)
+                .chain(&info.holders)
+                .filter(|o| !info.exited.contains(o));
+            owners.clone().all(gone).then_some(connection)
+        })
+        .collect();
+    if ending.is_empty() {
+        return false;
+    }
+    let deadline = Instant::now() + Duration::from_millis(200);
+    let mut left = ending;
+    while !left.is_empty() && Instant::now() < deadline {
+        lease::token::wait_any(&left, deadline.saturating_duration_since(Instant::now()));
+        left.retain(|c| !lease::token::readable_hangup(c));
+    }
+    true
+}
+
+/// Whether `owner` is known to be gone: no process has its pid, or another
+/// process (another start time) has it now.
+fn gone(owner: &lease::Owner) -> bool {
+    let Some(pid) = rustix::process::Pid::from_raw(owner.pid as i32) else {
+        return false;
+    };
+    match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+        Err(rustix::io::Errno::SRCH) => true,
+        Err(_) => false,
+        Ok(pidfd) => {
+            if lease::token::readable(std::os::fd::AsFd::as_fd(&pidfd), Duration::ZERO) {
+                return true; // exited, not yet reaped
+            }
+            match (
+                owner.start_ticks,
+                procfs::process::Process::new(owner.pid as i32).and_then(|p| p.stat()),
+            ) {
+                (Some(start), Ok(stat)) => stat.starttime != start,
+                _ => false,
             }
         }
     }
@@ -638,7 +702,7 @@ pub fn acquire(
 /// `addr=$(sockcheck acquire P | cat)`), which exits as soon as the command
 /// substitution ends and would take the lease with it. Then the owner is
 /// the shell it was forked from, and a note says so.
-fn default_owner(gate: &Gate) -> u32 {
+pub(crate) fn default_owner(gate: &Gate) -> u32 {
     let parent = rustix::process::getppid().map_or(1, |p| p.as_raw_nonzero().get() as u32);
     let mut owner = parent;
     while let Some(above) = forked_from(owner) {

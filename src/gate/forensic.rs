@@ -371,7 +371,7 @@ fn markdown_reaped(out: &mut String, reaped: &[Reaped]) {
             out,
             "- pid {}: {}{}",
             r.pid,
-            md(&r.action),
+            md(r.action.as_str()),
             if r.exited {
                 ", exited"
             } else {

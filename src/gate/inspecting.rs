@@ -1,9 +1,10 @@
-//! The gate commands that lease nothing: `scan`, `list`, `wait` and `reap`.
+//! The gate commands that lease nothing: `scan`, `list` and `wait` (`reap`
+//! is in [`super::reap`]).
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use super::{Gate, POLL, plural, reap, show_duration, summary};
+use super::{Gate, POLL, plural, show_duration, summary};
 use crate::error::Error;
 use crate::exit::ExitStatus;
 use crate::inspect::{self, KernelView};
@@ -127,55 +128,6 @@ fn local_addresses(view: &KernelView) -> Vec<IpAddr> {
     addresses.sort_unstable();
     addresses.dedup();
     addresses
-}
-
-/// `sockcheck reap ADDR`: SIGTERM, then SIGKILL after `grace`, to the
-/// processes holding listeners that cover ADDR on the ports (never pid 1,
-/// sockcheck or its ancestors; another user's only with the privilege).
-/// Exits 0 once ADDR is free, 1 while something still holds it.
-pub fn reap_address(
-    gate: &Gate,
-    address: IpAddr,
-    grace: Duration,
-    dry_run: bool,
-) -> Result<ExitStatus, Error> {
-    let view = inspect::kernel_view(&gate.ports)?;
-    let before = single(gate, &view, address).addresses.remove(0);
-    let (pids, hidden) = reap::holders(&before);
-    let comms = before
-        .ports
-        .iter()
-        .flat_map(|p| &p.listeners)
-        .flat_map(|l| &l.owners)
-        .filter_map(|o| Some((o.pid?, o.process.as_ref()?.comm.escaped())))
-        .collect();
-    let reaped = reap::reap(&pids, grace, dry_run);
-    let after = if dry_run {
-        before.verdict
-    } else {
-        let view = inspect::kernel_view(&gate.ports)?;
-        gate.one(&view, address, false).verdict
-    };
-    let report = reap::ReapReport {
-        schema: 1,
-        address,
-        ports: gate.ports.clone(),
-        dry_run,
-        before: before.verdict,
-        after,
-        reaped,
-        hidden,
-    };
-    if gate.output.json {
-        gate.output.print(&crate::output::json(&report))?;
-    } else {
-        gate.output.print(&reap::render(&report, &comms))?;
-    }
-    Ok(if after == Verdict::Free {
-        ExitStatus::Free
-    } else {
-        ExitStatus::NotFree
-    })
 }
 
 /// `sockcheck wait ADDR`.

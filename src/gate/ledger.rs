@@ -12,7 +12,7 @@ use super::Gate;
 use super::state::{self, Quarantine};
 use crate::error::Error;
 use crate::exit::ExitStatus;
-use crate::lease::token::{self, Backend, Holder, Owner, Released as Outcome};
+use crate::lease::token::{self, Backend, Holder, Owner, Released as Outcome, Subject};
 use crate::report::Verdict;
 
 /// `sockcheck release ADDR`: asks the holder of the token to end the
@@ -90,9 +90,25 @@ impl LeaseOwner {
     }
 }
 
+/// What a lease is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+enum LeaseKind {
+    /// A loopback address, on the gate's ports.
+    Address,
+    /// A TCP port, on every host.
+    Port,
+}
+
 #[derive(Debug, Serialize, JsonSchema)]
 struct LeaseRow {
-    address: IpAddr,
+    kind: LeaseKind,
+    /// The address leased; for a port, the host it was asked for (null
+    /// when its holder did not say).
+    address: Option<IpAddr>,
+    /// The port leased (port leases only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    port: Option<u16>,
     /// Null when the holder did not say (see `holder`).
     owner: Option<LeaseOwner>,
     /// Who holds the token, from the kernel (SO_PEERCRED): the lease
@@ -125,14 +141,23 @@ pub fn leases(gate: &Gate, pool: Option<Vec<IpAddr>>) -> Result<ExitStatus, Erro
     let wanted = |a: &IpAddr| pool.as_ref().is_none_or(|p| p.contains(a));
     let quarantine = current_quarantine(gate)?;
     let now = state::now();
-    let rows: Vec<LeaseRow> = token::listed()?
+    // With a pool, its addresses; without, every lease, ports too.
+    let rows: Vec<LeaseRow> = crate::lease::unix_diag::subjects()?
         .into_iter()
-        .filter(wanted)
-        .map(|address| row(address, &quarantine, now))
+        .filter(|subject| match subject {
+            Subject::Address(address) => wanted(address),
+            Subject::Port(_) => pool.is_none(),
+        })
+        .map(|subject| row(subject, &quarantine, now))
         .collect();
     let quarantined: Vec<&Quarantine> = quarantine
         .iter()
-        .filter(|q| wanted(&q.address) && !rows.iter().any(|r| r.address == q.address))
+        .filter(|q| {
+            wanted(&q.address)
+                && !rows
+                    .iter()
+                    .any(|r| r.kind == LeaseKind::Address && r.address == Some(q.address))
+        })
         .collect();
     let text = if gate.output.json {
         crate::output::json(&Leases {
@@ -149,8 +174,8 @@ pub fn leases(gate: &Gate, pool: Option<Vec<IpAddr>>) -> Result<ExitStatus, Erro
     Ok(ExitStatus::Free)
 }
 
-fn row(address: IpAddr, quarantine: &[Quarantine], now: u64) -> LeaseRow {
-    let holder = token::holder(address);
+fn row(subject: Subject, quarantine: &[Quarantine], now: u64) -> LeaseRow {
+    let holder = token::holder(subject);
     let (owner, peer, backend, age) = match &holder {
         Holder::Answered { peer, info } => (
             Some(LeaseOwner::of(info.owner, &info.exited)),
@@ -162,22 +187,39 @@ fn row(address: IpAddr, quarantine: &[Quarantine], now: u64) -> LeaseRow {
         Holder::Free => (None, None, None, None),
     };
     // The processes it still lives on in.
-    let holders = match holder {
+    let holders = match &holder {
         Holder::Answered { info, .. } => info
             .holders
-            .into_iter()
+            .iter()
             .filter(|h| !info.exited.contains(h))
+            .copied()
             .collect(),
         _ => Vec::new(),
     };
+    let (kind, address, port) = match subject {
+        Subject::Address(address) => (LeaseKind::Address, Some(address), None),
+        Subject::Port(port) => (
+            LeaseKind::Port,
+            match &holder {
+                Holder::Answered { info, .. } => Some(info.address),
+                _ => None,
+            },
+            Some(port),
+        ),
+    };
     LeaseRow {
+        kind,
         address,
+        port,
         owner,
         holder: peer,
         backend,
         holders,
         age_seconds: age,
-        quarantined: quarantine.iter().find(|q| q.address == address).cloned(),
+        quarantined: quarantine
+            .iter()
+            .find(|q| kind == LeaseKind::Address && Some(q.address) == address)
+            .cloned(),
     }
 }
 
@@ -213,7 +255,15 @@ fn human(rows: &[LeaseRow], quarantined: &[&Quarantine], now: u64) -> String {
             .age_seconds
             .map(|a| format!(", {}", crate::report::human::human_age(a)))
             .unwrap_or_default();
-        text.push_str(&format!("{}  {who}{age}\n", r.address));
+        let what = match (r.kind, r.address, r.port) {
+            (LeaseKind::Port, Some(host), Some(port)) => {
+                format!("port {port} (host {host})")
+            }
+            (LeaseKind::Port, None, Some(port)) => format!("port {port}"),
+            (_, Some(address), _) => address.to_string(),
+            _ => "?".into(),
+        };
+        text.push_str(&format!("{what}  {who}{age}\n"));
         if let Some(q) = &r.quarantined {
             text.push_str(&format!("  {}\n", quarantine_line(q, now)));
         }

@@ -2,9 +2,11 @@
 //! leases (see [`crate::lease`]), so parallel suites never get the same
 //! address at once, whoever asks.
 //!
-//! - [`inspecting`]: `scan`, `list`, `wait` and `reap`, which lease nothing;
+//! - [`inspecting`]: `scan`, `list` and `wait`, which lease nothing;
+//! - [`reap`]: `reap`, and the reaping `run --reap` does;
 //! - [`acquire`]: `acquire`, and the leasing `run` uses;
 //! - [`ledger`]: `release` and `leases`;
+//! - [`ports`]: `acquire-port` and `release-port`;
 //! - [`run`]: `run`, with its linger check and forensic report;
 //! - [`state`]: the per-user state directory (quarantine, the agent's socket).
 
@@ -14,14 +16,16 @@ pub mod forensic;
 pub mod inspecting;
 pub mod ledger;
 pub mod openers;
+pub mod ports;
 pub mod reap;
 pub mod report_file;
 pub mod run;
 pub mod state;
 
 pub use acquire::{Refusal, SkipReason, Skipped, acquire, explain, lease, try_acquire};
-pub use inspecting::{list, reap_address, scan, wait};
+pub use inspecting::{list, scan, wait};
 pub use ledger::{leases, release};
+pub use reap::reap_address;
 pub use run::{RunOptions, run};
 
 use std::collections::HashSet;

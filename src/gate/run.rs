@@ -14,7 +14,7 @@ use super::{Gate, POLL, child, reap};
 use crate::error::Error;
 use crate::exit::ExitStatus;
 use crate::inspect;
-use crate::lease::{self, Dir, OwnerHandle};
+use crate::lease::{self, Dir, OwnerHandle, Subject};
 use crate::report::Verdict;
 
 /// Options of `sockcheck run`.
@@ -26,6 +26,8 @@ pub struct RunOptions {
     pub grace: Duration,
     /// How long to wait for a free address before giving up (exit 5).
     pub wait: Option<Duration>,
+    /// `--lease-ports N`: ports leased for the command too.
+    pub lease_ports: usize,
     pub command: Vec<OsString>,
 }
 
@@ -49,12 +51,45 @@ pub fn run(gate: &Gate, pool: &[IpAddr], options: &RunOptions) -> Result<ExitSta
             return Ok(ExitStatus::NoAddress);
         }
     };
-    let ports = gate
-        .ports
-        .iter()
-        .map(u16::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
+    // --lease-ports: leased beside the address, for the command's own
+    // servers, and checked after it like the address's ports.
+    let leased_ports = match super::ports::lease_for(&dir, &me, address, options.lease_ports) {
+        Ok(ports) => ports,
+        Err(e) => {
+            let _ = lease::agent::release(&dir, address);
+            return Err(e);
+        }
+    };
+    let Some(leased_ports) = leased_ports else {
+        let _ = lease::agent::release(&dir, address);
+        gate.output.note(&format!(
+            "sockcheck: not {} free ports in the default range for --lease-ports\n",
+            options.lease_ports
+        ));
+        return Ok(ExitStatus::NoAddress);
+    };
+    let companions: Vec<Subject> = leased_ports.iter().map(|&p| Subject::Port(p)).collect();
+    let mut checked = gate.clone();
+    for &port in &leased_ports {
+        if !checked.ports.contains(&port) {
+            checked.ports.push(port);
+        }
+    }
+    let gate = &checked;
+    let ports = if leased_ports.is_empty() {
+        &gate.ports
+    } else {
+        &leased_ports
+    }
+    .iter()
+    .map(u16::to_string)
+    .collect::<Vec<_>>()
+    .join(",");
+    let mut env = vec![("SOCKCHECK_ADDR", address.to_string())];
+    if let Some(first) = leased_ports.first() {
+        env.push(("SOCKCHECK_PORT", first.to_string()));
+    }
+    env.push(("SOCKCHECK_PORTS", ports));
     if gate.output.verbose {
         gate.output
             .note(&format!("sockcheck: leased {address} for the command\n"));
@@ -65,24 +100,29 @@ pub fn run(gate: &Gate, pool: &[IpAddr], options: &RunOptions) -> Result<ExitSta
         gate.output
             .note(&format!("sockcheck: {}\n", attribution.describe()));
     }
-    let finished = child::run(
-        &options.command,
-        &[
-            ("SOCKCHECK_ADDR", address.to_string()),
-            ("SOCKCHECK_PORTS", ports),
-        ],
-        |pid| live_on_in(gate, &dir, address, pid),
-    );
+    let finished = child::run(&options.command, &env, |pid| {
+        live_on_in(gate, &dir, address, &companions, pid)
+    });
     let exited = state::now();
     drop(reserve);
     let finished = match finished {
         Ok(finished) => finished,
         Err(e) => {
             let _ = lease::agent::release(&dir, address);
+            release_all(&dir, &companions);
             return Err(e);
         }
     };
-    after(gate, &dir, address, &finished, exited, options, attribution)
+    after(
+        gate,
+        &dir,
+        address,
+        &companions,
+        &finished,
+        exited,
+        options,
+        attribution,
+    )
 }
 
 /// File descriptors the linger check, the report and the quarantine need
@@ -123,13 +163,29 @@ impl Reserve {
 /// if `run` itself is killed, the address stays leased for as long as the
 /// command runs. (Should that fail, the lease stays `run`'s alone, and a
 /// note says so.)
-fn live_on_in(gate: &Gate, dir: &Dir, address: IpAddr, pid: u32) {
-    let tied = OwnerHandle::open(pid, "run's command")
-        .and_then(|command| lease::agent::attach(dir, address, command.owner, &command.pidfd));
-    if let Err(e) = tied {
-        gate.output.note(&format!(
-            "sockcheck: the lease of {address} could not be tied to the command: {e}\n"
-        ));
+fn live_on_in(gate: &Gate, dir: &Dir, address: IpAddr, companions: &[Subject], pid: u32) {
+    let command = match OwnerHandle::open(pid, "run's command") {
+        Ok(command) => command,
+        Err(e) => {
+            gate.output.note(&format!(
+                "sockcheck: the lease of {address} could not be tied to the command: {e}\n"
+            ));
+            return;
+        }
+    };
+    for subject in std::iter::once(Subject::Address(address)).chain(companions.iter().copied()) {
+        if let Err(e) = lease::agent::attach(dir, subject, command.owner, &command.pidfd) {
+            gate.output.note(&format!(
+                "sockcheck: the lease of {subject} could not be tied to the command: {e}\n"
+            ));
+        }
+    }
+}
+
+/// Ends the leases of `subjects`, as far as it can.
+fn release_all(dir: &Dir, subjects: &[Subject]) {
+    for &subject in subjects {
+        let _ = lease::agent::release(dir, subject);
     }
 }
 
@@ -139,10 +195,12 @@ fn live_on_in(gate: &Gate, dir: &Dir, address: IpAddr, pid: u32) {
 /// inspected once, reported and quarantined as at the deadline. A signal
 /// that came while the command ran was the command's to answer, and its
 /// status stands; one that comes during the wait makes `run` exit 128+N.
+#[allow(clippy::too_many_arguments)]
 fn after(
     gate: &Gate,
     dir: &Dir,
     address: IpAddr,
+    companions: &[Subject],
     finished: &child::Finished,
     exited: u64,
     options: &RunOptions,
@@ -162,7 +220,20 @@ fn after(
         let view = inspect::kernel_view(&gate.ports)?;
         let quick = gate.one(&view, address, false);
         if quick.verdict == Verdict::Free {
-            return Ok(done(true));
+            // Released before run exits, so whoever runs next finds it free
+            // (the agent would end it when run exits, a moment later).
+            release_all(dir, companions);
+            return Ok(match lease::agent::release(dir, address) {
+                Ok(_) => done(true),
+                Err(e) => {
+                    gate.output
+                        .warn(&format!("sockcheck: releasing {address}: {e}\n"));
+                    match done(true) {
+                        ExitStatus::Free => ExitStatus::Failed,
+                        status => status,
+                    }
+                }
+            });
         }
         if Instant::now() >= deadline || interrupted().is_some() {
             break gate.one(&view, address, true);
@@ -195,8 +266,9 @@ fn after(
         inspection: report,
     };
     if options.reap {
-        let pids: Vec<u32> = forensic.holders.iter().map(|h| h.pid).collect();
-        forensic.reaped = reap::reap(&pids, options.grace, false);
+        // Only these processes, while they still hold these sockets.
+        let found: Vec<reap::Found> = forensic.holders.iter().map(reap::Found::from).collect();
+        forensic.reaped = reap::reap(&found, options.grace, false);
         let view = inspect::kernel_view(&gate.ports)?;
         if gate.one(&view, address, false).verdict == Verdict::Free {
             forensic.quarantined = false;
@@ -212,8 +284,11 @@ fn after(
         failed = true;
     }
     if forensic.quarantined {
-        failed |= !quarantine(gate, dir, &forensic, options);
-    } else if let Err(e) = lease::agent::release(dir, address) {
+        failed |= !quarantine(gate, dir, &forensic, companions, options);
+    } else if let Err(e) = {
+        release_all(dir, companions);
+        lease::agent::release(dir, address)
+    } {
         gate.output
             .warn(&format!("sockcheck: releasing {address}: {e}\n"));
         failed = true;
@@ -230,12 +305,21 @@ fn after(
 /// they are all gone), which every user and backend sees; and this user's
 /// quarantine records why, with the report's path. Says what failed, and
 /// returns whether everything held.
-fn quarantine(gate: &Gate, dir: &Dir, forensic: &Forensic, options: &RunOptions) -> bool {
+fn quarantine(
+    gate: &Gate,
+    dir: &Dir,
+    forensic: &Forensic,
+    companions: &[Subject],
+    options: &RunOptions,
+) -> bool {
     let address = forensic.address;
     let mut held = true;
     for holder in &forensic.holders {
-        let tied = OwnerHandle::open(holder.pid, "a lingering holder")
-            .and_then(|h| lease::agent::attach(dir, address, h.owner, &h.pidfd));
+        let tied = OwnerHandle::open(holder.pid, "a lingering holder").and_then(|h| {
+            std::iter::once(Subject::Address(address))
+                .chain(companions.iter().copied())
+                .try_for_each(|subject| lease::agent::attach(dir, subject, h.owner, &h.pidfd))
+        });
         if let Err(e) = tied {
             gate.output.warn(&format!(
                 "sockcheck: the lease of {address} could not be kept for pid {}: {e}\n",

@@ -78,6 +78,15 @@ pub fn pool() -> Parser<Pool> {
     Parser(|text, source| pool::parse_pool(text, source).map(Pool))
 }
 
+/// `acquire-port`'s RANGE: `20000`, `20000-20099`, a comma list.
+pub fn port_range() -> Parser<PortRange> {
+    Parser(|text, source| crate::gate::ports::parse_range(text, source).map(PortRange))
+}
+
+/// The ports of a RANGE, in the order given, each once.
+#[derive(Debug, Clone)]
+pub struct PortRange(pub Vec<u16>);
+
 /// `--timeout 30s`, `--wait 1m30s`.
 pub fn duration() -> Parser<Duration> {
     Parser(parse_duration)

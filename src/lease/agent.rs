@@ -14,7 +14,6 @@
 use std::collections::{HashMap, HashSet};
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
-use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -24,7 +23,7 @@ use rustix::io::Errno;
 use rustix::net::{self, AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 use serde::{Deserialize, Serialize};
 
-use super::token::{self, BACKLOG, Info, Owner};
+use super::token::{self, BACKLOG, Info, Owner, Subject};
 use crate::error::Error;
 
 /// The agent's socket, in the state directory.
@@ -44,10 +43,10 @@ const ANSWER: Duration = Duration::from_secs(5);
 enum Request {
     /// Hold this token (fd 0) for `info.owner`, whose pidfd is fd 1.
     Hold { info: Info },
-    /// The lease of `address` lives on in `holder` too (pidfd: fd 0).
-    Attach { address: IpAddr, holder: Owner },
-    /// End the lease of `address` (only this user reaches the agent).
-    Release { address: IpAddr },
+    /// The lease of `subject` lives on in `holder` too (pidfd: fd 0).
+    Attach { subject: Subject, holder: Owner },
+    /// End the lease of `subject` (only this user reaches the agent).
+    Release { subject: Subject },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -88,7 +87,8 @@ pub fn hand_over(
 /// fallback's, or none), or when no agent runs. Through the agent's own
 /// socket, not the token, so a flood of connections to the token cannot
 /// keep its owner from releasing it.
-pub fn release(dir: &Dir, address: IpAddr) -> Result<bool, Error> {
+pub fn release(dir: &Dir, subject: impl Into<Subject>) -> Result<bool, Error> {
+    let subject = subject.into();
     match connect(dir) {
         Err(Errno::NOENT) | Err(Errno::CONNREFUSED) => return Ok(false),
         Err(e) => {
@@ -99,7 +99,7 @@ pub fn release(dir: &Dir, address: IpAddr) -> Result<bool, Error> {
         }
         Ok(_) => {}
     }
-    match ask(dir, &Request::Release { address }, &[]) {
+    match ask(dir, &Request::Release { subject }, &[]) {
         Ok(()) => Ok(true),
         Err(Error::State(why)) if why.ends_with(NOT_HERE) => Ok(false),
         Err(e) => Err(e),
@@ -110,8 +110,14 @@ pub fn release(dir: &Dir, address: IpAddr) -> Result<bool, Error> {
 const NOT_HERE: &str = "not leased through this agent";
 
 /// Makes the lease of `address` live on in `holder` too.
-pub fn attach(dir: &Dir, address: IpAddr, holder: Owner, pidfd: &OwnedFd) -> Result<(), Error> {
-    ask(dir, &Request::Attach { address, holder }, &[pidfd.as_fd()])
+pub fn attach(
+    dir: &Dir,
+    subject: impl Into<Subject>,
+    holder: Owner,
+    pidfd: &OwnedFd,
+) -> Result<(), Error> {
+    let subject = subject.into();
+    ask(dir, &Request::Attach { subject, holder }, &[pidfd.as_fd()])
 }
 
 fn ask(dir: &Dir, request: &Request, fds: &[BorrowedFd<'_>]) -> Result<(), Error> {
@@ -312,8 +318,8 @@ fn raise_nofile() {
 enum Slot {
     Listener,
     Client(OwnedFd),
-    Token(IpAddr),
-    Connection(IpAddr),
+    Token(Subject),
+    Connection(Subject),
     Owner(Owner),
 }
 
@@ -329,7 +335,7 @@ struct Lease {
 struct Watch {
     pidfd: OwnedFd,
     slot: u64,
-    leases: HashSet<IpAddr>,
+    leases: HashSet<Subject>,
 }
 
 struct Agent {
@@ -337,7 +343,7 @@ struct Agent {
     listener: OwnedFd,
     slots: HashMap<u64, Slot>,
     next: u64,
-    leases: HashMap<IpAddr, Lease>,
+    leases: HashMap<Subject, Lease>,
     watches: HashMap<Owner, Watch>,
     uid: u32,
 }
@@ -494,14 +500,17 @@ impl Agent {
                 let token = fds.pop().expect("two fds");
                 self.hold(info, token, pidfd)
             }
-            Request::Release { address } => {
+            Request::Release { subject: address } => {
                 if !self.leases.contains_key(&address) {
                     return Err(format!("{address} is {NOT_HERE}"));
                 }
                 self.end(address);
                 Ok(())
             }
-            Request::Attach { address, holder } => {
+            Request::Attach {
+                subject: address,
+                holder,
+            } => {
                 let pidfd = fds.pop().ok_or("an attach request needs a pidfd")?;
                 if !self.leases.contains_key(&address) {
                     return Err(format!("{address} is not leased here"));
@@ -517,19 +526,17 @@ impl Agent {
     }
 
     fn hold(&mut self, info: Info, token: OwnedFd, pidfd: OwnedFd) -> Result<(), String> {
-        let expected = token::kernel_name(info.address);
+        let subject = info.subject();
+        let expected = token::kernel_name(subject);
         let bound = net::getsockname(&token)
             .ok()
             .and_then(|a| SocketAddrUnix::try_from(a).ok())
             .and_then(|a| a.abstract_name().map(<[u8]>::to_vec));
         if bound.as_deref() != Some(expected.as_slice()) {
-            return Err(format!(
-                "the fd is not the token @{}",
-                token::name(info.address)
-            ));
+            return Err(format!("the fd is not the token @{}", token::name(subject)));
         }
-        if self.leases.contains_key(&info.address) {
-            return Err(format!("{} is leased here already", info.address));
+        if self.leases.contains_key(&subject) {
+            return Err(format!("{subject} is leased here already"));
         }
         if token::readable(pidfd.as_fd(), Duration::ZERO) {
             return Err(format!("the owner, pid {}, has exited", info.owner.pid));
@@ -539,9 +546,9 @@ impl Agent {
         // SAFETY: the token lives in its lease as long as it is registered.
         let fd = unsafe { BorrowedFd::borrow_raw(raw) };
         let slot = self
-            .register(fd, Slot::Token(info.address), epoll::EventFlags::IN)
+            .register(fd, Slot::Token(subject), epoll::EventFlags::IN)
             .map_err(|e| format!("epoll: {}", errno(e)))?;
-        let address = info.address;
+        let address = subject;
         let owner = info.owner;
         self.leases.insert(
             address,
@@ -561,7 +568,7 @@ impl Agent {
     }
 
     /// Watches `owner`'s pidfd for `address` (one pidfd per owner).
-    fn watch(&mut self, owner: Owner, pidfd: OwnedFd, address: IpAddr) -> Result<(), String> {
+    fn watch(&mut self, owner: Owner, pidfd: OwnedFd, address: Subject) -> Result<(), String> {
         if let Some(watch) = self.watches.get_mut(&owner) {
             watch.leases.insert(address);
             return Ok(());
@@ -585,7 +592,7 @@ impl Agent {
 
     /// A reader or a waiter connects: it gets the info line, and keeps the
     /// connection until the lease ends.
-    fn accept(&mut self, address: IpAddr) {
+    fn accept(&mut self, address: Subject) {
         let Some(lease) = self.leases.get(&address) else {
             return;
         };
@@ -623,7 +630,7 @@ impl Agent {
     }
 
     /// A connection speaks (`release`) or hangs up.
-    fn connection(&mut self, address: IpAddr, slot: u64) {
+    fn connection(&mut self, address: Subject, slot: u64) {
         let Some(lease) = self.leases.get_mut(&address) else {
             return;
         };
@@ -689,7 +696,7 @@ impl Agent {
 
     /// Ends a lease: the token closes first (the name is free), then its
     /// connections (waiters wake to find it free).
-    fn end(&mut self, address: IpAddr) {
+    fn end(&mut self, address: Subject) {
         let Some(lease) = self.leases.remove(&address) else {
             return;
         };

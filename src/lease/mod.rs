@@ -16,7 +16,7 @@ use rustix::io::Errno;
 
 use crate::error::Error;
 pub use agent::Dir;
-pub use token::{Backend, Holder, Info, Owner, Token};
+pub use token::{Backend, Holder, Info, Owner, Subject, Token};
 
 /// A process that is to own a lease, pinned by a pidfd: whatever happens
 /// to its pid later, the pidfd stays this process's.
@@ -70,19 +70,30 @@ impl OwnerHandle {
 }
 
 /// Hands a claimed token to the lease agent of `dir`, for `owner`. Once
-/// this returns, the address is leased until the owner exits or releases.
-pub fn grant(dir: &Dir, token: Token, owner: &OwnerHandle, ports: &[u16]) -> Result<Info, Error> {
+/// this returns, it is leased until the owner exits or releases. `ports`:
+/// an address lease's ports; `host`: the host a port lease was asked for.
+pub fn grant(
+    dir: &Dir,
+    token: Token,
+    owner: &OwnerHandle,
+    ports: &[u16],
+    host: IpAddr,
+) -> Result<Info, Error> {
+    let (address, kind, ports) = match token.subject {
+        token::Subject::Address(address) => (address, "address", ports.to_vec()),
+        token::Subject::Port(port) => (host, "port", vec![port]),
+    };
     let info = Info {
         sockcheck_lease: 1,
-        address: token.address,
-        kind: "address".into(),
+        address,
+        kind: kind.into(),
         backend: Backend::Binary,
         owner: owner.owner,
         holders: Vec::new(),
         exited: Vec::new(),
         uid: rustix::process::geteuid().as_raw(),
         acquired: crate::gate::state::now(),
-        ports: ports.to_vec(),
+        ports,
     };
     agent::hand_over(dir, token, &info, &owner.pidfd)?;
     Ok(info)

@@ -17,16 +17,47 @@ use crate::error::Error;
 /// The abstract names of address leases start with this (after the NUL).
 pub const PREFIX: &str = "sockcheck/v1/lease/";
 
+/// The abstract names of port leases start with this: a port is leased on
+/// every host at once.
+pub const PORT_PREFIX: &str = "sockcheck/v1/port/";
+
+/// What a lease is for: a loopback address (on the gate's ports), or a
+/// TCP port (on every host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Subject {
+    Address(IpAddr),
+    Port(u16),
+}
+
+impl From<IpAddr> for Subject {
+    fn from(address: IpAddr) -> Subject {
+        Subject::Address(address)
+    }
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subject::Address(address) => write!(f, "{address}"),
+            Subject::Port(port) => write!(f, "port {port}"),
+        }
+    }
+}
+
 /// How long a reader waits for a holder's info line.
 pub const ANSWER: Duration = Duration::from_millis(300);
 
 /// The backlog a holder listens with: waiting acquirers sit in it.
 pub const BACKLOG: i32 = 128;
 
-/// The abstract name of `address`'s token as people read it (ss and
-/// /proc/net/unix show `@` before it, and one `@` per padding NUL after).
-pub fn name(address: IpAddr) -> String {
-    format!("{PREFIX}{address}")
+/// The abstract name of a token as people read it (ss and /proc/net/unix
+/// show `@` before it, and one `@` per padding NUL after).
+pub fn name(subject: impl Into<Subject>) -> String {
+    match subject.into() {
+        Subject::Address(address) => format!("{PREFIX}{address}"),
+        Subject::Port(port) => format!("{PORT_PREFIX}{port}"),
+    }
 }
 
 /// The bytes of the name in the kernel, without the leading NUL: padded
@@ -38,8 +69,8 @@ pub fn name(address: IpAddr) -> String {
 /// The padded name is the one every implementation can bind, so it is the
 /// token for all of them: the npm fallback pads its string to 108 bytes,
 /// which newer Node versions bind as given.
-pub fn kernel_name(address: IpAddr) -> Vec<u8> {
-    let mut bytes = name(address).into_bytes();
+pub fn kernel_name(subject: impl Into<Subject>) -> Vec<u8> {
+    let mut bytes = name(subject).into_bytes();
     bytes.resize(SUN_PATH - 1, 0);
     bytes
 }
@@ -47,8 +78,8 @@ pub fn kernel_name(address: IpAddr) -> Vec<u8> {
 /// `sizeof(((struct sockaddr_un *)0)->sun_path)`.
 const SUN_PATH: usize = 108;
 
-fn socket_addr(address: IpAddr) -> Result<SocketAddrUnix, Error> {
-    SocketAddrUnix::new_abstract_name(&kernel_name(address))
+fn socket_addr(subject: Subject) -> Result<SocketAddrUnix, Error> {
+    SocketAddrUnix::new_abstract_name(&kernel_name(subject))
         .map_err(|e| Error::syscall("the lease token's name", e.into()))
 }
 
@@ -68,20 +99,21 @@ fn unix_socket(flags: SocketFlags) -> Result<OwnedFd, Error> {
 #[derive(Debug)]
 pub struct Token {
     fd: OwnedFd,
-    pub address: IpAddr,
+    pub subject: Subject,
 }
 
 impl Token {
     /// Takes the lease of `address`: `None` when any socket of this network
     /// namespace has its name already (leased). Any other failure (EMFILE,
     /// ENOMEM, …) is an error: nothing was leased, and nothing is guessed.
-    pub fn claim(address: IpAddr) -> Result<Option<Token>, Error> {
+    pub fn claim(subject: impl Into<Subject>) -> Result<Option<Token>, Error> {
+        let subject = subject.into();
         let fd = unix_socket(SocketFlags::empty())?;
-        match net::bind(&fd, &socket_addr(address)?) {
-            Ok(()) => Ok(Some(Token { fd, address })),
+        match net::bind(&fd, &socket_addr(subject)?) {
+            Ok(()) => Ok(Some(Token { fd, subject })),
             Err(Errno::ADDRINUSE) => Ok(None),
             Err(e) => Err(Error::syscall(
-                format!("bind(@{}) (taking the lease token)", name(address)),
+                format!("bind(@{}) (taking the lease token)", name(subject)),
                 e.into(),
             )),
         }
@@ -101,8 +133,9 @@ impl Token {
 pub struct Info {
     /// The protocol version: 1.
     pub sockcheck_lease: u32,
+    /// The address leased, or for a port, the host it was asked for.
     pub address: IpAddr,
-    /// What is leased: `address`.
+    /// What is leased: `address` or `port` (then `ports` holds it).
     pub kind: String,
     pub backend: Backend,
     /// The process the lease belongs to.
@@ -123,13 +156,24 @@ pub struct Info {
     pub ports: Vec<u16>,
 }
 
+impl Info {
+    /// What this lease is for.
+    pub fn subject(&self) -> Subject {
+        match (self.kind.as_str(), self.ports.first()) {
+            ("port", Some(&port)) => Subject::Port(port),
+            _ => Subject::Address(self.address),
+        }
+    }
+}
+
 /// Who holds a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// A sockcheck lease agent (the binary: acquire, run, npm, Python).
     Binary,
-    /// The npm package's plain-JS fallback, in the leaseholder's process.
+    /// A package's fallback (npm's plain JS, Python's), in the leaseholder's
+    /// own process.
     Fallback,
 }
 
@@ -137,7 +181,7 @@ impl Backend {
     pub fn as_str(self) -> &'static str {
         match self {
             Backend::Binary => "sockcheck binary",
-            Backend::Fallback => "npm fallback",
+            Backend::Fallback => "fallback",
         }
     }
 }
@@ -228,13 +272,14 @@ impl Connection {
     /// (ECONNREFUSED: no such name, or bound and not listening yet), or its
     /// backlog is full (EAGAIN). Non-blocking: a token whose backlog someone
     /// filled never stalls the caller.
-    pub fn open(address: IpAddr) -> Result<Option<Connection>, Error> {
+    pub fn open(subject: impl Into<Subject>) -> Result<Option<Connection>, Error> {
+        let subject = subject.into();
         let fd = unix_socket(SocketFlags::NONBLOCK)?;
-        match net::connect(&fd, &socket_addr(address)?) {
+        match net::connect(&fd, &socket_addr(subject)?) {
             Ok(()) => Ok(Some(Connection { fd })),
             Err(Errno::CONNREFUSED) | Err(Errno::AGAIN) => Ok(None),
             Err(e) => Err(Error::syscall(
-                format!("connect(@{})", name(address)),
+                format!("connect(@{})", name(subject)),
                 e.into(),
             )),
         }
@@ -293,12 +338,13 @@ pub fn readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
 }
 
 /// Who holds `address`'s token, as far as one look can tell.
-pub fn holder(address: IpAddr) -> Holder {
-    let mut connection = match Connection::open(address) {
+pub fn holder(subject: impl Into<Subject>) -> Holder {
+    let subject = subject.into();
+    let mut connection = match Connection::open(subject) {
         Ok(Some(connection)) => connection,
         _ => {
             // Nothing listens: free, or bound and being handed over.
-            return match Token::claim(address) {
+            return match Token::claim(subject) {
                 Ok(Some(_)) => Holder::Free,
                 _ => Holder::Silent { peer: None },
             };
@@ -327,9 +373,10 @@ pub enum Released {
 /// Asks the holder of `address`'s token to end the lease. Only a binary
 /// holder of the same uid does (it checks SO_PEERCRED); the fallback
 /// releases only in its own process.
-pub fn release(address: IpAddr) -> Result<Released, Error> {
-    let Some(mut connection) = Connection::open(address)? else {
-        return Ok(match Token::claim(address)? {
+pub fn release(subject: impl Into<Subject>) -> Result<Released, Error> {
+    let subject = subject.into();
+    let Some(mut connection) = Connection::open(subject)? else {
+        return Ok(match Token::claim(subject)? {
             Some(_) => Released::NotLeased,
             None => Released::Refused(
                 "its token is bound but not listening (an acquire is handing it over); try again"
@@ -378,38 +425,17 @@ pub fn release(address: IpAddr) -> Result<Released, Error> {
     }
 }
 
-/// Every token of this network namespace: the addresses leased, from
-/// `/proc/thread-self/net/unix` (the calling thread's namespace, which is
-/// `--netns`'s on the thread that entered it). A name is listed once,
-/// from its bound, unconnected socket (accepted connections show it too).
-pub fn listed() -> Result<Vec<IpAddr>, Error> {
-    let text = std::fs::read("/proc/thread-self/net/unix").map_err(|e| Error::Proc {
-        path: "/proc/thread-self/net/unix".into(),
-        source: e,
-    })?;
-    let text = String::from_utf8_lossy(&text);
-    let marker = format!(" @{PREFIX}");
-    let mut found = Vec::new();
-    for line in text.lines().skip(1) {
-        // Num RefCount Protocol Flags Type St Inode Path: only lines that
-        // name a token are split.
-        let Some(at) = line.find(&marker) else {
-            continue;
-        };
-        let bound = line.split_whitespace().nth(5) == Some("01");
-        if let Some(address) = line[at + marker.len()..]
-            .trim_end()
-            .trim_end_matches('@')
-            .parse::<IpAddr>()
-            .ok()
-            .filter(|_| bound)
-        {
-            found.push(address);
-        }
-    }
-    found.sort_unstable();
-    found.dedup();
-    Ok(found)
+/// Whether the holder has hung up on `connection` (the lease ended).
+pub fn readable_hangup(connection: &Connection) -> bool {
+    let mut fds = [rustix::event::PollFd::new(
+        &connection.fd,
+        rustix::event::PollFlags::RDHUP | rustix::event::PollFlags::HUP,
+    )];
+    let zero = rustix::event::Timespec::try_from(Duration::ZERO).ok();
+    matches!(rustix::event::poll(&mut fds, zero.as_ref()), Ok(n) if n > 0)
+        && fds[0]
+            .revents()
+            .intersects(rustix::event::PollFlags::RDHUP | rustix::event::PollFlags::HUP)
 }
 
 /// Waits until one of the connections hangs up (a lease ended) or

@@ -18,7 +18,7 @@ use netlink_sys::{
     Socket as NetlinkSocket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIAG,
 };
 
-use super::token::PREFIX;
+use super::token::{PORT_PREFIX, PREFIX, Subject};
 use crate::error::Error;
 
 /// `TCP_CLOSE`: a bound stream socket that neither listens nor is
@@ -27,6 +27,18 @@ const TCP_CLOSE: u32 = 7;
 
 /// The addresses whose token is bound or listening, sorted, each once.
 pub fn tokens() -> Result<Vec<IpAddr>, Error> {
+    Ok(subjects()?
+        .into_iter()
+        .filter_map(|s| match s {
+            Subject::Address(address) => Some(address),
+            Subject::Port(_) => None,
+        })
+        .collect())
+}
+
+/// Every lease of the namespace (address and port tokens, bound or
+/// listening), sorted, each once.
+pub fn subjects() -> Result<Vec<Subject>, Error> {
     let mut socket = NetlinkSocket::new(NETLINK_SOCK_DIAG)
         .map_err(|e| Error::netlink("socket(AF_NETLINK, NETLINK_SOCK_DIAG)", e))?;
     socket
@@ -98,8 +110,7 @@ const MESSAGE: usize = 16;
 /// of 60,000 sockets spent as long in the generic parser as in the kernel.
 /// Only the name attribute is looked at, and every length is checked
 /// against what is left before it is used.
-fn datagram(mut bytes: &[u8], found: &mut Vec<IpAddr>) -> Result<bool, String> {
-    let prefix = PREFIX.as_bytes();
+fn datagram(mut bytes: &[u8], found: &mut Vec<Subject>) -> Result<bool, String> {
     while bytes.len() >= HEADER {
         let length = u32::from_ne_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
         let kind = u16::from_ne_bytes(bytes[4..6].try_into().expect("2 bytes"));
@@ -115,14 +126,8 @@ fn datagram(mut bytes: &[u8], found: &mut Vec<IpAddr>) -> Result<bool, String> {
                 return Err(format!("NLMSG_ERROR {code}"));
             }
             SOCK_DIAG_BY_FAMILY if length >= HEADER + MESSAGE => {
-                if let Some(name) = name(&bytes[HEADER + MESSAGE..length])
-                    && let Some(address) = name
-                        .strip_prefix(prefix)
-                        .map(|a| a.split(|&b| b == 0).next().unwrap_or(a))
-                        .and_then(|a| std::str::from_utf8(a).ok())
-                        .and_then(|a| a.parse::<IpAddr>().ok())
-                {
-                    found.push(address);
+                if let Some(subject) = name(&bytes[HEADER + MESSAGE..length]).and_then(subject) {
+                    found.push(subject);
                 }
             }
             _ => {}
@@ -130,6 +135,20 @@ fn datagram(mut bytes: &[u8], found: &mut Vec<IpAddr>) -> Result<bool, String> {
         bytes = bytes.get((length + 3) & !3..).unwrap_or(&[]);
     }
     Ok(false)
+}
+
+/// The lease a token's name is for, if it is a token's name (its padding
+/// NULs cut).
+fn subject(name: &[u8]) -> Option<Subject> {
+    let text = |rest: &[u8]| {
+        let cut = rest.split(|&b| b == 0).next().unwrap_or(rest);
+        std::str::from_utf8(cut).ok().map(str::to_owned)
+    };
+    if let Some(rest) = name.strip_prefix(PREFIX.as_bytes()) {
+        return text(rest)?.parse().ok().map(Subject::Address);
+    }
+    let rest = name.strip_prefix(PORT_PREFIX.as_bytes())?;
+    text(rest)?.parse().ok().map(Subject::Port)
 }
 
 /// The abstract name in a message's attributes, without its leading NUL.
@@ -183,13 +202,18 @@ mod tests {
             SOCK_DIAG_BY_FAMILY,
             b"\0sockcheck/v1/lease/nonsense",
         ));
+        bytes.extend(message(
+            SOCK_DIAG_BY_FAMILY,
+            b"\0sockcheck/v1/port/20001\0\0",
+        ));
         let mut found = Vec::new();
         assert!(!datagram(&bytes, &mut found).unwrap());
         assert_eq!(
             found,
             [
-                "127.0.0.2".parse::<IpAddr>().unwrap(),
-                "::1".parse().unwrap()
+                Subject::Address("127.0.0.2".parse().unwrap()),
+                Subject::Address("::1".parse().unwrap()),
+                Subject::Port(20001),
             ]
         );
         let mut done = message(NLMSG_DONE, b"");

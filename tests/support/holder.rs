@@ -36,7 +36,10 @@ shapes:
   v6only - PORT            a listener on [::] with IPV6_V6ONLY on
   client ADDR PORT         a client socket bound to ADDR:PORT, connected (ESTABLISHED)
   bound ADDR PORT          a socket bound to ADDR:PORT, never listening
-  timewait ADDR PORT       leaves one TIME_WAIT socket on ADDR:PORT and exits";
+  timewait ADDR PORT       leaves one TIME_WAIT socket on ADDR:PORT and exits
+  closing ADDR PORT        one listener, closed on SIGUSR1; the process lives on
+  draining ADDR PORT       one listener, closed on SIGTERM; the process lives on
+                           (as a server draining its connections would)";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -166,11 +169,37 @@ fn main() {
             unsafe { libc::syscall(libc::SYS_exit, 0) };
             unreachable!();
         }
+        "closing" | "draining" => {
+            let listener = listen(SocketAddr::new(address(), port), false, None);
+            LISTENER.store(
+                std::os::fd::IntoRawFd::into_raw_fd(listener),
+                std::sync::atomic::Ordering::SeqCst,
+            );
+            let signal = if shape == "closing" {
+                libc::SIGUSR1
+            } else {
+                libc::SIGTERM
+            };
+            // SAFETY: the handler only swaps an atomic and calls close(2),
+            // both async-signal-safe.
+            unsafe { libc::signal(signal, close_listener as *const () as libc::sighandler_t) };
+        }
         other => fail(&format!("unknown shape '{other}'\n{SHAPES}")),
     }
     ready(&[], None);
     let _hold = (keep, streams);
     park();
+}
+
+/// The listener `closing` and `draining` close on their signal.
+static LISTENER: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn close_listener(_: libc::c_int) {
+    let fd = LISTENER.swap(-1, std::sync::atomic::Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: the fd is ours, and closed once (it was swapped out).
+        unsafe { libc::close(fd) };
+    }
 }
 
 fn socket_for(local: SocketAddr) -> Socket {
