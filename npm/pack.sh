@@ -124,6 +124,9 @@ for arch in x64 arm64; do
 done
 
 mkdir -p "$stage/sockcheck"
-(cd "$here/sockcheck" && tar -cf - package.json README.md index.js index.d.ts lib bin) | (cd "$stage/sockcheck" && tar -xf -)
+# What the package.json "files" field names (and package.json), so an entry
+# added there (sockcheck/get-port) is packed without a second list here.
+mapfile -t files < <(cd "$here/sockcheck" && node -e 'for (const f of require("./package.json").files) console.log(f.replace(/\/$/, ""))')
+(cd "$here/sockcheck" && tar -cf - package.json "${files[@]}") | (cd "$stage/sockcheck" && tar -xf -)
 pack "$stage/sockcheck"
 say "packed sockcheck $version and $packed platform package(s) into $out"

@@ -37,7 +37,8 @@ const tokenShown = (address) => `@sockcheck/v1/lease/${address}`;
  * gives the same kernel name on every Node version.
  */
 const SUN_PATH_BYTES = 108;
-const tokenPath = (address) => (TOKEN_PREFIX + address).padEnd(SUN_PATH_BYTES, '\0');
+const padName = (name) => name.padEnd(SUN_PATH_BYTES, '\0');
+const tokenPath = (address) => padName(TOKEN_PREFIX + address);
 
 /** How long a taken token's holder has to write its info line (a real one writes it on accept)... */
 const HOLDER_ANSWER_MS = 200;
@@ -279,6 +280,11 @@ function bindToken(address, info, leasePort) {
  * peer that hangs up is noticed and its socket closed.
  */
 function bindAbstractToken(address, info) {
+  return bindAbstractTokenAt(tokenPath(address), info);
+}
+
+/** bindAbstractToken on any padded abstract name (port tokens too). */
+function bindAbstractTokenAt(path, info) {
   return new Promise((resolve) => {
     const line = `${JSON.stringify(info)}\n`;
     const connections = new Set();
@@ -292,7 +298,7 @@ function bindAbstractToken(address, info) {
     });
     server.maxConnections = TOKEN_MAX_CONNECTIONS;
     server.once('error', (e) => resolve({ error: e.code || String(e.message) }));
-    server.listen({ path: tokenPath(address), backlog: 128 }, () => {
+    server.listen({ path, backlog: 128 }, () => {
       server.removeAllListeners('error');
       server.on('error', () => { /* a listening token: accept errors are the peer's */ });
       server.unref(); // a lease never keeps the process alive
@@ -335,8 +341,13 @@ const BACKENDS = { binary: 'sockcheck binary', fallback: 'npm fallback' };
  * claims: Node cannot read SO_PEERCRED, which the binary names them from.
  */
 function tokenHolder(address, ms) {
+  return tokenHolderAt(tokenPath(address), ms);
+}
+
+/** tokenHolder on any padded abstract name (port tokens too). */
+function tokenHolderAt(path, ms) {
   return new Promise((resolve) => {
-    const socket = net.connect({ path: tokenPath(address) });
+    const socket = net.connect({ path });
     let text = '';
     const done = (holder) => {
       clearTimeout(timer);
@@ -495,4 +506,6 @@ async function waitFree({ address, ports, timeoutMs, allowForeign, signal }) {
 
 module.exports = {
   DEFAULT_LEASE_PORT, ABSTRACT_TOKENS, tokenShown, leasePortOf, check, acquire, release, waitFree, held,
+  // For the port leases (fallback-ports.cjs): the same token machinery on other names.
+  padName, bindAbstractTokenAt, tokenHolderAt, canary, hostPort, HOLDER_ANSWER_MS, MIN_HOLDER_ANSWER_MS,
 };

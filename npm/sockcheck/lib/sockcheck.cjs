@@ -20,6 +20,8 @@ const {
   SockcheckError, durationMs, durationArg, portList, portsArg, parseAddress, parsePool, abortedError,
 } = require('./util.cjs');
 const fallback = require('./fallback.cjs');
+const fallbackPorts = require('./fallback-ports.cjs');
+const { parsePortRange, defaultPortRange, rangeText } = require('./ports.cjs');
 
 const VERSION = require('../package.json').version;
 
@@ -490,6 +492,218 @@ async function release(address, opts = {}) {
   await binaryRelease(b.bin, address, opts);
 }
 
+// ---------------------------------------------------------------- ports
+
+/** A leased TCP port (or several). `await using lease = await acquirePort(...)` releases it. */
+class PortLease {
+  #releaseFn;
+  #releasing = null;
+  #released = false;
+
+  constructor({ ports, host, owner = null, stateDir = null, source, tokens = null }, releaseFn) {
+    this.port = ports[0];
+    this.ports = ports;
+    this.host = host;
+    this.owner = owner;
+    this.stateDir = stateDir;
+    this.source = source;
+    if (tokens != null) this.tokens = tokens;
+    this.#releaseFn = releaseFn;
+  }
+
+  /** True once release() has succeeded. */
+  get released() {
+    return this.#released;
+  }
+
+  /** Give the ports back. Safe to call more than once. */
+  release() {
+    if (!this.#releasing) {
+      this.#releasing = this.#releaseFn().then(
+        () => { this.#released = true; },
+        (e) => { this.#releasing = null; throw e; });
+    }
+    return this.#releasing;
+  }
+
+  toString() {
+    return String(this.port);
+  }
+
+  toJSON() {
+    const { port, ports, host, owner, stateDir, source } = this;
+    return { port, ports, host, owner, stateDir, source };
+  }
+}
+for (const key of new Set([ASYNC_DISPOSE, Symbol.for('nodejs.asyncDispose')])) {
+  Object.defineProperty(PortLease.prototype, key, {
+    value: function asyncDispose() { return this.release(); },
+    writable: true, configurable: true,
+  });
+}
+
+/** The host a port is leased for: an address (canonical text); default 127.0.0.1. */
+function portHostOf(host) {
+  if (host == null) return '127.0.0.1';
+  const parsed = parseAddress(host);
+  if (!parsed) throw new SockcheckError(`sockcheck acquire-port: host '${host}' is not an IP address`, { code: 'SOCKCHECK_USAGE' });
+  return parsed.address;
+}
+
+function countOf(count) {
+  if (count == null) return 1;
+  if (!Number.isInteger(count) || count < 1 || count > 65535) {
+    throw new SockcheckError(`sockcheck acquire-port: count ${count} is not a number of ports (1-65535)`, { code: 'SOCKCHECK_USAGE' });
+  }
+  return count;
+}
+
+function noFreePortError({ error, skipped, hopeless = false, report = null, stderr = '', argv = [], exitStatus = 1, source }) {
+  const list = skipped.map((s) => ({
+    ...s, port: s.port, reason: s.reason ?? null, pids: Array.isArray(s.pids) ? s.pids : [], message: s.message ?? '',
+  }));
+  const shown = list.slice(0, 20).map((s) => {
+    const who = s.pids.length ? `pid ${s.pids.join(',')}` : 'no pid';
+    return `\n  ${String(s.port).padEnd(5)}  ${String(s.reason).padEnd(11)}  ${who}${s.message ? `: ${s.message}` : ''}`;
+  }).join('') + (list.length > 20 ? `\n  ... and ${list.length - 20} more` : '');
+  return new SockcheckError(`sockcheck acquire-port: ${error}${shown}`, {
+    code: 'SOCKCHECK_NO_FREE_PORT', exitStatus, stderr, argv, skipped: list, hopeless, report, source,
+  });
+}
+
+/**
+ * Binaries that predate acquire-port (they take `acquire-port` for an
+ * address to check, or clap says "unrecognized subcommand"; release-port
+ * then also refuses --host): the JS implementation takes the same tokens on
+ * Linux, so it stands in, with a warning once per binary.
+ */
+const noPortCommand = new Set();
+const predatesPorts = (r) => r.status === 2
+  && /'(acquire|release)-port' is not an IP address|unrecognized subcommand '(acquire|release)-port'|^sockcheck: unexpected argument '--host'/m.test(r.stderr);
+
+function portFallbackWarning(bin) {
+  process.emitWarning(
+    `sockcheck: ${bin} has no acquire-port (an older binary); port leases use the JS implementation, ` +
+    'which takes the same lease tokens (@sockcheck/v1/port/PORT) as a newer binary',
+    { type: 'SockcheckFallbackWarning', code: 'SOCKCHECK_FALLBACK_PORTS' });
+}
+
+/**
+ * Lease `count` free TCP ports (default 1) of `range` (default: 15000-32767
+ * minus the kernel's ephemeral and reserved ports) for `host` (default
+ * 127.0.0.1). Rejects SOCKCHECK_NO_FREE_PORT (with `skipped`: each port, why
+ * and its holder pids), SOCKCHECK_USAGE, SOCKCHECK_ABORTED, ...
+ */
+async function acquirePort(opts = {}) {
+  const host = portHostOf(opts.host);
+  const count = countOf(opts.count);
+  const candidates = opts.range != null ? parsePortRange(opts.range) : null;
+  if (candidates && count > candidates.length) {
+    throw new SockcheckError(`sockcheck acquire-port: ${count} ports wanted of a range of ${candidates.length}`, { code: 'SOCKCHECK_USAGE' });
+  }
+  const waitMs = opts.wait != null ? durationMs(opts.wait, 'wait') : 0;
+  const b = backend(opts, 'acquire-port');
+  if (b.source === 'fallback' || noPortCommand.has(b.bin)) return acquirePortFallback(opts, { host, count, candidates, waitMs });
+
+  const owner = opts.owner ?? process.pid;
+  const args = ['acquire-port', '--json', '--owner', String(owner), '--host', host, '--count', String(count)];
+  if (opts.stateDir != null) args.push('--state-dir', String(opts.stateDir));
+  if (opts.wait != null) args.push('--wait', durationArg(opts.wait, 'wait'));
+  if (candidates) args.push('--', rangeText(candidates));
+  const r = await runChild(b.bin, args, {
+    sub: 'acquire-port', timeoutMs: processTimeoutMs(opts, waitMs + MARGIN_MS), signal: opts.signal,
+  });
+  if (predatesPorts(r)) {
+    noPortCommand.add(b.bin);
+    portFallbackWarning(b.bin);
+    return acquirePortFallback(opts, { host, count, candidates, waitMs });
+  }
+  const doc = parseJson(r.stdout);
+  const stateDir = doc?.state_dir ?? opts.stateDir ?? null;
+  const leased = r.status === 0 && Array.isArray(doc?.ports) && doc.ports.length > 0 && doc.ports.every(Number.isInteger);
+  const leasedHost = typeof doc?.host === 'string' ? doc.host : host;
+  if (leased && (r.aborted || r.timedOut)) {
+    // It leased just as it was stopped: give the ports back.
+    await binaryReleasePorts(b.bin, doc.ports, { host: leasedHost, stateDir }).catch(() => {});
+  }
+  if (r.aborted || r.timedOut) throw failure('acquire-port', r);
+  if (r.status === 0) {
+    if (!leased) throw badOutput('acquire-port', r);
+    return new PortLease({
+      ports: doc.ports, host: leasedHost, owner: doc.owner ?? null, stateDir, source: 'sockcheck',
+    }, () => binaryReleasePorts(b.bin, doc.ports, { host: leasedHost, stateDir }).catch((e) => {
+      if (e.code !== 'SOCKCHECK_NOT_LEASED') throw e; // already given back, or reclaimed
+    }));
+  }
+  if (r.status === 1) {
+    const stderr = r.stderr.trim();
+    const skipped = Array.isArray(doc?.skipped) ? doc.skipped : [];
+    const error = (typeof doc?.error === 'string' && doc.error) || lastLine(stderr).replace(/^sockcheck: /, '') || 'not enough free ports';
+    throw noFreePortError({
+      error, skipped, hopeless: doc?.hopeless === true, report: doc, stderr, argv: r.argv, source: 'sockcheck',
+    });
+  }
+  throw failure('acquire-port', r, { 3: ['SOCKCHECK_FAILED', 'failed'] });
+}
+
+async function acquirePortFallback(opts, { host, count, candidates, waitMs }) {
+  const owner = opts.owner ?? process.pid;
+  if (owner !== process.pid && !ownerWarned.has(owner)) {
+    ownerWarned.add(owner);
+    process.emitWarning(`sockcheck (fallback): a lease belongs to this process (pid ${process.pid}), not to owner ${owner}`,
+      { type: 'SockcheckFallbackWarning', code: 'SOCKCHECK_FALLBACK_OWNER' });
+  }
+  let ports;
+  try {
+    ports = await withDeadline(
+      fallbackPorts.acquirePorts({ candidates: candidates ?? defaultPortRange(), host, count, waitMs, signal: opts.signal }),
+      processTimeoutMs(opts, waitMs + MARGIN_MS), 'acquire-port');
+  } catch (e) {
+    if (e && e.noFreePort) throw noFreePortError({ ...e, exitStatus: null, source: 'fallback' });
+    throw e;
+  }
+  return new PortLease({
+    ports, host, owner: { pid: process.pid, start_ticks: null }, stateDir: null, source: 'fallback',
+    tokens: fallback.ABSTRACT_TOKENS ? ports.map(fallbackPorts.portTokenShown) : null,
+  }, async () => { for (const p of ports) fallbackPorts.releasePort(p); });
+}
+
+async function binaryReleasePorts(bin, ports, opts = {}) {
+  const args = ['release-port'];
+  if (opts.host != null) args.push('--host', String(opts.host));
+  if (opts.stateDir != null) args.push('--state-dir', String(opts.stateDir));
+  args.push('--', ...ports.map(String));
+  const r = await runChild(bin, args, {
+    sub: 'release-port', timeoutMs: processTimeoutMs(opts, MARGIN_MS), signal: opts.signal,
+  });
+  if (r.status === 0 && !r.aborted && !r.timedOut) return;
+  if (predatesPorts(r)) {
+    // No binary port lease can exist: this binary cannot make them.
+    noPortCommand.add(bin);
+    throw new SockcheckError(`sockcheck release-port: not leased: ${ports.join(',')} (${bin} has no port leases)`,
+      { code: 'SOCKCHECK_NOT_LEASED', exitStatus: r.status, stderr: r.stderr.trim(), argv: r.argv });
+  }
+  throw failure('release-port', r, { 1: ['SOCKCHECK_NOT_LEASED', 'port not leased (or not yours)'], 3: ['SOCKCHECK_FAILED', 'failed'] });
+}
+
+/**
+ * Give leased ports back by number. Rejects SOCKCHECK_NOT_LEASED when one
+ * was not leased, or not by this user (a fallback lease only by this process).
+ */
+async function releasePort(ports, opts = {}) {
+  const list = portList(ports, 'ports');
+  const mine = list.filter((p) => fallbackPorts.heldPorts.has(p));
+  for (const p of mine) fallbackPorts.releasePort(p);
+  const rest = list.filter((p) => !mine.includes(p));
+  if (rest.length === 0) return;
+  const b = backend(opts, 'release-port');
+  if (b.source === 'fallback' || noPortCommand.has(b.bin)) {
+    throw new SockcheckError(`sockcheck release-port (fallback): not leased by this process: ${rest.join(',')}`,
+      { code: 'SOCKCHECK_NOT_LEASED' });
+  }
+  await binaryReleasePorts(b.bin, rest, { ...opts, host: opts.host != null ? portHostOf(opts.host) : null });
+}
+
 // ---------------------------------------------------------------- check
 
 function withSource(doc, source, free) {
@@ -732,12 +946,16 @@ module.exports = {
   scan,
   waitFree,
   run,
+  acquirePort,
+  releasePort,
   Lease,
+  PortLease,
   SockcheckError,
   resolveBinary,
   resolveBackend,
   platformPackage,
   DEFAULT_LEASE_PORT: fallback.DEFAULT_LEASE_PORT,
   DEFAULT_POOL,
+  defaultPortRange,
   version: VERSION,
 };

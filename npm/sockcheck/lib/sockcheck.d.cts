@@ -21,6 +21,7 @@ export type SkipReason = 'leased' | 'quarantined' | 'busy' | 'foreign' | 'confli
 /** Every SockcheckError code. */
 export type SockcheckErrorCode =
   | 'SOCKCHECK_NO_FREE_ADDRESS'
+  | 'SOCKCHECK_NO_FREE_PORT'
   | 'SOCKCHECK_USAGE'
   | 'SOCKCHECK_INSPECTION_FAILED'
   | 'SOCKCHECK_STATE'
@@ -113,6 +114,60 @@ export declare class Lease implements AsyncDisposable {
   [Symbol.asyncDispose](): Promise<void>;
   toString(): string;
   toJSON(): { address: string; ports: number[]; owner: LeaseOwner | null; stateDir: string | null; source: Source };
+}
+
+export interface AcquirePortOptions extends CommonOptions {
+  /**
+   * The ports to lease from: `P`, `P-Q` or a comma list of those
+   * (`'46800-46815,46820'`), a port, or an iterable of ports. Default:
+   * 15000-32767 minus the kernel's ephemeral range and reserved ports
+   * (`defaultPortRange()`).
+   */
+  range?: string | number | Iterable<number | string>;
+  /** The address the ports must bind on (the canary binds it). Default `127.0.0.1`. The lease covers the port on every host. */
+  host?: string;
+  /** How many ports (default 1). */
+  count?: number;
+  /** Wait this long for enough ports to be free. Default: fail at once. */
+  wait?: Duration;
+  /** The pid that owns the lease. Default: this process. (The fallback's leases always belong to this process.) */
+  owner?: number;
+}
+
+/** Why one port of the range could not be leased. */
+export interface SkippedPort {
+  port: number;
+  /** `leased` (another lease holds its token), `busy` (the canary bind failed: something holds HOST:PORT), ... */
+  reason: 'leased' | 'busy' | 'unavailable' | 'conflict' | (string & {});
+  /** The holder pids, when known. */
+  pids: number[];
+  message: string;
+  [key: string]: unknown;
+}
+
+/** Leased TCP ports. `await using lease = await acquirePort(...)` releases them at the end of the scope. */
+export declare class PortLease implements AsyncDisposable {
+  private constructor();
+  /** The (first) leased port. */
+  readonly port: number;
+  /** Every leased port (`count` of them). */
+  readonly ports: number[];
+  /** The address the ports were checked on. */
+  readonly host: string;
+  readonly owner: LeaseOwner | null;
+  /** The state directory that holds the lease (null in the fallback). */
+  readonly stateDir: string | null;
+  readonly source: Source;
+  /** Fallback on Linux: the lease tokens, as ss(8) shows them (`@sockcheck/v1/port/46800`). */
+  readonly tokens?: string[];
+  /** True once release() has succeeded. */
+  readonly released: boolean;
+  /** Give the ports back. Safe to call twice; resolves also when the lease was already gone. */
+  release(): Promise<void>;
+  [Symbol.asyncDispose](): Promise<void>;
+  /** The port, as text. */
+  toString(): string;
+  toJSON(): { port: number; ports: number[]; host: string; owner: LeaseOwner | null; stateDir: string | null; source: Source };
 }
 
 /** One reason for a verdict. */
@@ -269,9 +324,9 @@ export declare class SockcheckError extends Error {
   readonly signal: NodeJS.Signals | null;
   /** SOCKCHECK_NO_FREE_ADDRESS: each address of the pool, why it was skipped, and its holder pids. */
   readonly candidates?: SkippedAddress[];
-  /** The same list as `candidates`, by sockcheck's name for it. */
-  readonly skipped?: SkippedAddress[];
-  /** SOCKCHECK_NO_FREE_ADDRESS: every address was foreign or not local, so it failed without waiting. */
+  /** SOCKCHECK_NO_FREE_ADDRESS: each address and why it was skipped (also as `candidates`); SOCKCHECK_NO_FREE_PORT: each port. */
+  readonly skipped?: SkippedAddress[] | SkippedPort[];
+  /** SOCKCHECK_NO_FREE_ADDRESS: every address was foreign or not local, so it failed without waiting (SOCKCHECK_NO_FREE_PORT: the host is not local). */
   readonly hopeless?: boolean;
   /** The JSON document sockcheck printed with the failure, if any (acquire: the failure document; wait: the check document). */
   readonly report?: Record<string, unknown> | CheckReport | null;
@@ -317,6 +372,12 @@ export declare function waitFree(address: string, options?: WaitOptions): Promis
  * SOCKCHECK_PORTS set, then check for lingering holders.
  */
 export declare function run(pool: string | null | undefined, command: string | readonly string[], options?: RunOptions): Promise<RunResult>;
+/** Lease free TCP ports (`sockcheck acquire-port`): one by default, from the default range, for 127.0.0.1. */
+export declare function acquirePort(options?: AcquirePortOptions): Promise<PortLease>;
+/** Give leased ports back by number (rejects SOCKCHECK_NOT_LEASED when one was not leased, or not yours). */
+export declare function releasePort(ports: number | readonly number[] | string, options?: CommonOptions & { host?: string }): Promise<void>;
+/** The ports acquirePort leases from when given no range: 15000-32767 minus the kernel's ephemeral range and reserved ports. */
+export declare function defaultPortRange(): number[];
 /** Where the binary is ($SOCKCHECK_BIN, the platform package, PATH), or null. */
 export declare function resolveBinary(options?: { bin?: string; env?: NodeJS.ProcessEnv }): ResolvedBinary | null;
 /** Which backend a call would use, and why. */

@@ -3,7 +3,8 @@
 //
 // Test-only resources: addresses in 127.94.0.0/16 and ports 45300-45399 (each
 // test file its own /24 block and ports, see BLOCKS; files added since issue
-// 16 use 127.61.0.0/16 and ports 46100-46199, see BLOCKS_61), and a private temp
+// 16 use 127.61.0.0/16 and ports 46100-46199, see BLOCKS_61; port leases
+// use 127.85.0.0/16 and ports 46800-46899, see BLOCKS_85), and a private temp
 // state dir per file. Binaries: $SOCKCHECK_BIN (else the installed platform
 // package or PATH, else the repo's target/release/sockcheck) and
 // $SOCKCHECK_HOLDER (else target/release/examples/sockcheck-holder, else
@@ -38,8 +39,20 @@ const BLOCKS_61 = {
   pools: { block: 0, ports: [46199] },
 };
 
+/**
+ * Port leases (issue 18): 127.85.0.0/16 (127.85.X.0/24, X = 10*block + pid % 10),
+ * ports 46800-46899. The storms share 46800-46815 (they run one at a time).
+ */
+const BLOCKS_85 = {
+  storm: { block: 1, from: 46800, to: 46815 },
+  portsFallback: { block: 2, from: 46820, to: 46839 },
+  getPort: { block: 3, from: 46840, to: 46859 },
+  portsBinary: { block: 4, from: 46860, to: 46879 },
+};
+
 function resources(name) {
-  const [b, prefix] = BLOCKS[name] ? [BLOCKS[name], '127.94'] : [BLOCKS_61[name], '127.61'];
+  const [b, prefix] = BLOCKS[name] ? [BLOCKS[name], '127.94']
+    : BLOCKS_61[name] ? [BLOCKS_61[name], '127.61'] : [BLOCKS_85[name], '127.85'];
   return { ...b, net: `${prefix}.${b.block * 10 + (process.pid % 10)}` };
 }
 
@@ -189,8 +202,40 @@ function runNode(args, { env, input, timeout = 30000 } = {}) {
 
 /** The path of the lease child script (a fixture). */
 const LEASE_CHILD = path.join(__dirname, 'fixtures', 'lease-child.mjs');
+/** The port lease child (a fixture). */
+const PORT_CHILD = path.join(__dirname, 'fixtures', 'port-child.mjs');
+
+/**
+ * Start the port lease child; resolves {child, line (its first JSON line),
+ * next()} once it printed its line. `next()` resolves its next line.
+ */
+function startPortChild(env) {
+  const child = spawn(process.execPath, [PORT_CHILD], {
+    env: { ...process.env, NODE_NO_WARNINGS: '1', ...env }, stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  children.add(child);
+  child.once('exit', () => children.delete(child));
+  const lines = [];
+  const waiting = [];
+  let buf = '';
+  child.stdout.setEncoding('utf8');
+  child.stdout.on('data', (d) => {
+    buf += d;
+    let nl;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const line = JSON.parse(buf.slice(0, nl));
+      buf = buf.slice(nl + 1);
+      if (waiting.length) waiting.shift().resolve(line);
+      else lines.push(line);
+    }
+  });
+  child.once('exit', (code) => { for (const w of waiting.splice(0)) w.reject(new Error(`port child exited (${code}) before its line`)); });
+  const next = () => (lines.length ? Promise.resolve(lines.shift())
+    : new Promise((resolve, reject) => waiting.push({ resolve, reject })));
+  return next().then((line) => ({ child, line, next }));
+}
 
 module.exports = {
   REPO, STRICT, resources, holderPath, setupBinary, requireHolder, startHolder, killChild, killAll, killPid,
-  tempDir, alive, hungBinary, runNode, LEASE_CHILD, children,
+  tempDir, alive, hungBinary, runNode, LEASE_CHILD, PORT_CHILD, startPortChild, children,
 };

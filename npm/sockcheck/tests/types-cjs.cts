@@ -1,6 +1,7 @@
 // Type-checked, never run: the API from CommonJS TypeScript (resolved through
 // the "require" condition to lib/sockcheck.d.cts).
 import sockcheck = require('sockcheck');
+import getPortModule = require('sockcheck/get-port');
 
 async function main(): Promise<void> {
   const lease: sockcheck.Lease = await sockcheck.acquire({ pool: '127.0.0.2', ports: [9925] });
@@ -14,3 +15,13 @@ async function main(): Promise<void> {
   }
 }
 void main();
+
+async function ports(): Promise<void> {
+  const lease: sockcheck.PortLease = await sockcheck.acquirePort({ range: '46800-46815' });
+  await lease[Symbol.asyncDispose]();
+  const port: number = await getPortModule.default({ port: getPortModule.portNumbers(3000, 3100) });
+  const again: number = await getPortModule.getPort({ exclude: [port] });
+  await getPortModule.release(port);
+  console.log(again);
+}
+void ports();

@@ -4,7 +4,9 @@
 import {
   acquire, check, scan, waitFree, run, release, resolveBackend, SockcheckError, DEFAULT_POOL,
   type Lease, type CheckReport, type RunResult, type SkippedAddress, type Verdict,
+  acquirePort, releasePort, defaultPortRange, type PortLease,
 } from 'sockcheck';
+import getPort, { portNumbers, release as releasePortOf, clearLockedPorts } from 'sockcheck/get-port';
 
 async function harness(signal: AbortSignal): Promise<void> {
   // `await using` releases the lease at the end of the block.
@@ -51,11 +53,43 @@ async function ci(): Promise<number> {
   return result.status ?? 1;
 }
 
+async function ports(signal: AbortSignal): Promise<void> {
+  await using lease = await acquirePort({ range: '46800-46815', host: '127.0.0.1', count: 2, wait: '10s', signal });
+  const port: number = lease.port;
+  const all: number[] = lease.ports;
+  const host: string = lease.host;
+  const tokens: string[] | undefined = lease.tokens;
+  console.log(port, all, host, tokens, lease.source, `${lease}`, defaultPortRange().length);
+  await acquirePort({ range: [46800, '46801-46802'] });
+  await acquirePort();
+  try {
+    await acquirePort({ range: 46800 });
+  } catch (e) {
+    if (e instanceof SockcheckError && e.code === 'SOCKCHECK_NO_FREE_PORT') console.log(e.skipped, e.hopeless);
+  }
+  await releasePort([46800, 46801], { host: '127.0.0.1' });
+  const p: PortLease = await acquirePort({});
+  await p.release();
+}
+
+async function getPorts(): Promise<void> {
+  const a: number = await getPort();
+  const b: number = await getPort({ port: portNumbers(3000, 3100), exclude: [3001], host: '127.0.0.1' });
+  const c: number = await getPort({ port: [3000, 3001], reserve: true });
+  const released: boolean = await releasePortOf(a);
+  await clearLockedPorts();
+  console.log(a, b, c, released);
+  // @ts-expect-error port is a number or an iterable of numbers
+  void getPort({ port: '3000' });
+}
+
 const b = resolveBackend();
 console.log(b.source, b.bin);
 void harness(new AbortController().signal);
 void explicitRelease();
 void ci();
+void ports(new AbortController().signal);
+void getPorts();
 
 // Misuse must not type-check.
 // @ts-expect-error pool is a string
