@@ -10,7 +10,7 @@ with its figure, in bench.sh's style:
            loops: acquire p50 and p99 each <= 1.3x check's.
   many     acquire with 65,536 existing leases <= 2x an acquire with none.
            The 65,536 leases are tokens (abstract AF_UNIX names) bound by
-           one Python holder process: they are leases for every acquirer,
+           Python holder processes: they are leases for every acquirer,
            exactly as the agent's are, and take 65,536 binds instead of
            65,536 acquires (about 10 minutes). The agent's own scaling is
            measured separately with --agent-leases real binary leases
@@ -33,7 +33,9 @@ Resources (test-only, loopback): 127.90.0.0/16 (loops, many, wait, storm),
 127.91.0.0/16 (Harper's pool in the storm), 127.92.0.0/16 (the 65,536
 tokens), 127.93.0.0/16 (the /16 pool), TCP ports 47960-47969, private state
 directories under a temporary directory. Every process it starts is ended
-by pid. Needs root to raise RLIMIT_NOFILE for the holders (fs.nr_open).
+by pid. Holders raise RLIMIT_NOFILE as far as they may and spread their
+sockets over as many processes as the hard limit needs (20,000 here, and
+no CAP_SYS_RESOURCE to raise it). bench.sh runs it as root.
 
     scripts/bench-leases.py --bin target/release/sockcheck \\
         --holder target/release/examples/sockcheck-holder --out target/bench
