@@ -48,7 +48,9 @@
 # through the npm package against Harper 0.6.2's pool. It uses
 # 127.90.0.0/16-127.93.0.0/16 and ports 47960-47969, private state
 # directories, and writes leases-budget.txt, leases.json and storm.json to
-# OUT/leases; its budget lines are appended to the budget.
+# OUT/leases; its budget lines are appended to the budget. Last, the scale
+# stage (scripts/bench-scale.py): list with 20,000 listeners against
+# ss -tlnp, and scan -q of a /16 on 64 ports (127.78.0.0/16, 47810-47874).
 #
 # Tools timed (hyperfine -N, medians): sockcheck --ports P ADDR, ss -tlnp,
 # ss -Htln (no -p), lsof -nP -iTCP:P -sTCP:LISTEN, fuser -n tcp P; for busy
@@ -562,6 +564,12 @@ stop_load
 # The lease stage, with the load gone (its budget lines join the budget).
 [[ $NO_LEASES == 1 ]] || lease_stage
 
+# Issue 17's scale lines (list at 20,000 listeners against ss -tlnp in the
+# same run; scan -q RSS of a /16 on 64 ports), with the load gone.
+echo "bench: scale stage" >&2
+"$PY" "$ROOT/scripts/bench-scale.py" --bin "$SOCKCHECK" --runs 7 >"$OUT/scale-budget.txt" ||
+    die "scale stage failed"
+
 # --- the table and the budget -------------------------------------------------
 "$PY" - "$OUT" <<'EOF'
 import glob, json, os, sys
@@ -666,6 +674,7 @@ EOF
 if [[ $NO_LEASES != 1 ]]; then
     cat "$OUT/leases/leases-budget.txt" | tee -a "$OUT/budget.txt"
 fi
+tee -a "$OUT/budget.txt" <"$OUT/scale-budget.txt"
 echo
 cat "$OUT/env.txt"
 echo

@@ -383,8 +383,10 @@ async function acquire(opts = {}) {
   if (b.source === 'fallback') return acquireFallback(opts, waitMs);
 
   const owner = opts.owner ?? process.pid;
-  // -v: an older sockcheck names why each address was skipped only there.
-  const args = ['acquire', '--json', '-v', '--owner', String(owner), ...commonArgs(opts)];
+  // No -v: the --json refusal lists every address passed over, and -v
+  // costs every successful acquire a look at each skipped address's holder
+  // (the CI storm's median 12.5 -> 6.9 ms, BENCHMARKS.md).
+  const args = ['acquire', '--json', '--owner', String(owner), ...commonArgs(opts)];
   if (opts.wait != null) args.push('--wait', durationArg(opts.wait, 'wait'));
   if (opts.allowForeign) args.push('--allow-foreign');
   const poolArg = leasePoolArg(opts.pool);
