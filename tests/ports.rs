@@ -202,7 +202,11 @@ for _ in range(cycles):
     conn.sendall(me)
     if client.recv(64) != me:
         crosstalk += 1
-    for s in (client, conn, server):
+    # The server's end closes first, so the TIME_WAIT remnant stays on the
+    # leased port: a client closing first leaves it on its ephemeral port,
+    # which may be another test's fixed port (a [::] listener without
+    # SO_REUSEADDR then cannot bind it for a minute).
+    for s in (conn, client, server):
         s.close()
     subprocess.run([bin, "--state-dir", state, "release-port", str(port)], check=True)
 print(inuse, crosstalk)
