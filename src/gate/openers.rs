@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use crate::bpf::{self, ListenChange, WatchHook, Watcher};
 use crate::inspect::{self, BpfMode};
-use crate::report::SourceStatus;
+use crate::report::{SourceStatus, Status};
 use crate::text::Bytes;
 
 use super::forensic::{Holder, Opener};
@@ -71,10 +71,13 @@ impl Attribution {
     /// `address`. Returns once the program is attached (or could not be).
     pub fn start(mode: BpfMode, address: IpAddr, ports: &[u16]) -> Attribution {
         if mode == BpfMode::Never {
-            return Attribution::Off(SourceStatus::new("skipped", "disabled by --bpf never"));
+            return Attribution::Off(SourceStatus::new(
+                Status::Skipped,
+                "disabled by --bpf never",
+            ));
         }
         if let Err(reason) = bpf::availability() {
-            return Attribution::Off(SourceStatus::new("unavailable", reason.to_string()));
+            return Attribution::Off(SourceStatus::new(Status::Unavailable, reason.to_string()));
         }
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
@@ -92,7 +95,7 @@ impl Attribution {
             Ok(thread) => thread,
             Err(e) => {
                 return Attribution::Off(SourceStatus::new(
-                    "unavailable",
+                    Status::Unavailable,
                     format!("watch failed to start: {e}"),
                 ));
             }
@@ -106,14 +109,14 @@ impl Attribution {
             Ok(Err(why)) => {
                 let _ = thread.join();
                 Attribution::Off(SourceStatus::new(
-                    "unavailable",
+                    Status::Unavailable,
                     format!("watch failed to attach: {why}"),
                 ))
             }
             Err(_) => {
                 let _ = thread.join();
                 Attribution::Off(SourceStatus::new(
-                    "unavailable",
+                    Status::Unavailable,
                     "watch failed to attach: its thread ended",
                 ))
             }
@@ -197,7 +200,7 @@ impl Stopped {
         };
         match (error, lost) {
             (Some(error), lost) => SourceStatus::new(
-                "partial",
+                Status::Partial,
                 format!(
                     "{via}: {named} of {total} lingering listeners named; the watch failed \
                      while running: {error}{}",
@@ -205,7 +208,7 @@ impl Stopped {
                 ),
             ),
             (None, lost) if named == total => SourceStatus::new(
-                "used",
+                Status::Used,
                 match (total, lost) {
                     (0, None) => format!("{via}: no lingering listener to name"),
                     (0, Some(lost)) => format!("{via}: no lingering listener to name; {lost}"),
@@ -217,14 +220,14 @@ impl Stopped {
                 },
             ),
             (None, None) => SourceStatus::new(
-                "partial",
+                Status::Partial,
                 format!(
                     "{via}: {named} of {total} lingering listeners named; the others entered \
                      LISTEN before the command started, or in another pid namespace"
                 ),
             ),
             (None, Some(lost)) => SourceStatus::new(
-                "partial",
+                Status::Partial,
                 format!(
                     "{via}: {named} of {total} lingering listeners named; {lost}, so an \
                      opener may be missing (or the others entered LISTEN before the command \
@@ -344,10 +347,10 @@ mod tests {
     #[test]
     fn attribution_says_when_the_watch_lost_events() {
         let quiet = stopped(0).status(&[]);
-        assert_eq!(quiet.status, "used");
+        assert_eq!(quiet.status, Status::Used);
         assert!(!quiet.detail.contains("lost"), "{}", quiet.detail);
         let lossy = stopped(7).status(&[]);
-        assert_eq!(lossy.status, "used");
+        assert_eq!(lossy.status, Status::Used);
         assert!(
             lossy
                 .detail

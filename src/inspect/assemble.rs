@@ -10,7 +10,7 @@ use super::{KernelView, Query};
 use crate::diag::DiagSocket;
 use crate::report::{
     AddressReport, ListenerReport, OtherSocket, OtherSockets, PortReport, Report, SCHEMA,
-    SourceStatus, SourceStatuses,
+    SourceStatus, SourceStatuses, Status,
 };
 use crate::reuseport::Source;
 use crate::verdict;
@@ -123,7 +123,7 @@ fn source_statuses(query: &Query, view: &KernelView, evidence: &Evidence) -> Sou
     };
     SourceStatuses {
         sock_diag: SourceStatus::new(
-            "used",
+            Status::Used,
             if view.notes.is_empty() {
                 "TCP listeners and other sockets on the ports, IPv4 and IPv6".to_string()
             } else {
@@ -132,19 +132,22 @@ fn source_statuses(query: &Query, view: &KernelView, evidence: &Evidence) -> Sou
         ),
         proc: evidence.proc.clone(),
         pidfd_getfd: if used(Source::PidfdGetfd) {
-            SourceStatus::new("used", "SO_REUSEPORT read from an owner's fd")
+            SourceStatus::new(Status::Used, "SO_REUSEPORT read from an owner's fd")
         } else if !query.sources.pidfd {
-            SourceStatus::new("skipped", "disabled by --no-pidfd")
+            SourceStatus::new(Status::Skipped, "disabled by --no-pidfd")
         } else {
-            SourceStatus::new("skipped", "not needed or not permitted")
+            SourceStatus::new(Status::Skipped, "not needed or not permitted")
         },
         bind_probe: if used(Source::BindProbe) {
             let euid = evidence.euid;
-            SourceStatus::new("used", format!("SO_REUSEPORT bind probe as euid {euid}"))
+            SourceStatus::new(
+                Status::Used,
+                format!("SO_REUSEPORT bind probe as euid {euid}"),
+            )
         } else if !query.sources.probe {
-            SourceStatus::new("skipped", "disabled by --no-probe")
+            SourceStatus::new(Status::Skipped, "disabled by --no-probe")
         } else {
-            SourceStatus::new("skipped", "not needed or could not tell")
+            SourceStatus::new(Status::Skipped, "not needed or could not tell")
         },
         bpf: evidence.bpf.clone(),
     }

@@ -11,7 +11,7 @@ use super::{BpfMode, KernelView, Query};
 use crate::bpf;
 use crate::canary::{self, Canary};
 use crate::owners::{self, FdScan, ProcessInfo};
-use crate::report::{Owner, SourceStatus};
+use crate::report::{Owner, SourceStatus, Status};
 use crate::reuseport::{self, Holder, Reuseport, Subject};
 
 /// Above this many open files (`/proc/sys/fs/file-nr`), `--bpf auto` finds
@@ -188,11 +188,11 @@ fn bpf_for_owners(mode: BpfMode, lookup: &OwnerLookup, bpf: &mut BpfUse) -> bool
 fn find_owners(try_bpf: bool, lookup: &OwnerLookup, bpf: &mut BpfUse) -> (FdScan, SourceStatus) {
     let inodes = match lookup {
         OwnerLookup::NoneNeeded => {
-            let status = SourceStatus::new("skipped", "no socket needed an owner");
+            let status = SourceStatus::new(Status::Skipped, "no socket needed an owner");
             return (FdScan::default(), status);
         }
         OwnerLookup::NotAsked => {
-            let status = SourceStatus::new("skipped", "owners were not asked for");
+            let status = SourceStatus::new(Status::Skipped, "owners were not asked for");
             return (FdScan::default(), status);
         }
         OwnerLookup::Find(inodes) => inodes,
@@ -205,7 +205,7 @@ fn find_owners(try_bpf: bool, lookup: &OwnerLookup, bpf: &mut BpfUse) -> (FdScan
                 return (
                     owners::from_task_files(rows),
                     SourceStatus::new(
-                        "skipped",
+                        Status::Skipped,
                         "owners came from the kernel's fd tables through BPF",
                     ),
                 );
@@ -223,7 +223,7 @@ fn find_owners(try_bpf: bool, lookup: &OwnerLookup, bpf: &mut BpfUse) -> (FdScan
         }
         Err(e) => (
             FdScan::default(),
-            SourceStatus::new("unavailable", e.to_string()),
+            SourceStatus::new(Status::Unavailable, e.to_string()),
         ),
     }
 }
@@ -232,7 +232,7 @@ fn find_owners(try_bpf: bool, lookup: &OwnerLookup, bpf: &mut BpfUse) -> (FdScan
 fn proc_status(scan: &FdScan) -> SourceStatus {
     if let Some(mode) = &scan.invisible {
         return SourceStatus::new(
-            "partial",
+            Status::Partial,
             format!(
                 "{} read; /proc is mounted with hidepid={mode}, so other \
                  users' processes cannot even be listed (needs root or CAP_SYS_PTRACE)",
@@ -242,7 +242,7 @@ fn proc_status(scan: &FdScan) -> SourceStatus {
     }
     if scan.unreadable.is_empty() {
         return SourceStatus::new(
-            "used",
+            Status::Used,
             format!("{}, {} fds read", processes(scan.processes), scan.fds),
         );
     }
@@ -264,7 +264,7 @@ fn proc_status(scan: &FdScan) -> SourceStatus {
         "other users' processes need root or CAP_SYS_PTRACE"
     };
     SourceStatus::new(
-        "partial",
+        Status::Partial,
         format!(
             "{} read; could not read the fd table of pid {} ({why})",
             processes(scan.processes),
@@ -434,19 +434,19 @@ impl BpfUse {
     fn status(&self) -> SourceStatus {
         if !self.failures.is_empty() {
             let status = if self.used.is_empty() {
-                "unavailable"
+                Status::Unavailable
             } else {
-                "partial"
+                Status::Partial
             };
             return SourceStatus::new(status, self.failures.join("; "));
         }
         if !self.used.is_empty() {
-            return SourceStatus::new("used", self.used.join(", "));
+            return SourceStatus::new(Status::Used, self.used.join(", "));
         }
         match (&self.availability, self.allowed) {
-            (_, false) => SourceStatus::new("skipped", "disabled by --bpf never"),
-            (Some(Err(why)), _) => SourceStatus::new("unavailable", why.clone()),
-            _ => SourceStatus::new("skipped", "not needed"),
+            (_, false) => SourceStatus::new(Status::Skipped, "disabled by --bpf never"),
+            (Some(Err(why)), _) => SourceStatus::new(Status::Unavailable, why.clone()),
+            _ => SourceStatus::new(Status::Skipped, "not needed"),
         }
     }
 }

@@ -272,14 +272,44 @@ pub struct SourceStatuses {
 /// Whether a source was used, and what a person should know about it.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct SourceStatus {
-    /// `used`, `partial`, `skipped` or `unavailable`.
-    #[schemars(extend("enum" = ["used", "partial", "skipped", "unavailable"]))]
-    pub status: &'static str,
+    pub status: Status,
     pub detail: String,
 }
 
+/// How far a source of evidence was used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// It answered everything asked of it.
+    Used,
+    /// It answered some of it (some processes could not be read, …).
+    Partial,
+    /// Nothing needed it, or the user turned it off.
+    Skipped,
+    /// It could not be used here (privileges, kernel, …): the detail says
+    /// why.
+    Unavailable,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Used => "used",
+            Status::Partial => "partial",
+            Status::Skipped => "skipped",
+            Status::Unavailable => "unavailable",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl SourceStatus {
-    pub fn new(status: &'static str, detail: impl Into<String>) -> SourceStatus {
+    pub fn new(status: Status, detail: impl Into<String>) -> SourceStatus {
         SourceStatus {
             status,
             detail: detail.into(),
