@@ -122,20 +122,27 @@ pub struct SockDiag {
     buffer: Vec<u8>,
 }
 
+/// A `NETLINK_SOCK_DIAG` socket, bound and connected to the kernel, in
+/// the calling thread's network namespace.
+pub(crate) fn netlink_socket() -> Result<NetlinkSocket, Error> {
+    let mut socket = NetlinkSocket::new(NETLINK_SOCK_DIAG)
+        .map_err(|e| Error::netlink("socket(AF_NETLINK, NETLINK_SOCK_DIAG)", e))?;
+    socket
+        .bind_auto()
+        .map_err(|e| Error::netlink("bind(AF_NETLINK)", e))?;
+    socket
+        .connect(&NetlinkAddr::new(0, 0))
+        .map_err(|e| Error::netlink("connect(AF_NETLINK)", e))?;
+    Ok(socket)
+}
+
 /// Big enough for any datagram of a dump: the kernel fills at most
 /// 32 KiB per datagram for a reader with a large buffer.
 const RECV_BUFFER: usize = 64 * 1024;
 
 impl SockDiag {
     pub fn open() -> Result<SockDiag, Error> {
-        let mut socket = NetlinkSocket::new(NETLINK_SOCK_DIAG)
-            .map_err(|e| Error::netlink("socket(AF_NETLINK, NETLINK_SOCK_DIAG)", e))?;
-        socket
-            .bind_auto()
-            .map_err(|e| Error::netlink("bind(AF_NETLINK)", e))?;
-        socket
-            .connect(&NetlinkAddr::new(0, 0))
-            .map_err(|e| Error::netlink("connect(AF_NETLINK)", e))?;
+        let socket = netlink_socket()?;
         Ok(SockDiag {
             socket,
             sequence: 0,

@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::{stderr, stdout};
+
 use std::collections::HashSet;
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -41,14 +43,6 @@ fn gate(state: &TempDir, ports: &str, args: &[&str]) -> Output {
         .env_remove("SOCKCHECK_POOL")
         .output()
         .unwrap()
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 #[test]

@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::{stderr, stdout};
+
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -52,14 +54,6 @@ fn nobody(state: &TempDir, ports: &str, args: &[&str]) -> Output {
         .env_remove("SOCKCHECK_POOL")
         .output()
         .unwrap()
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// A process to own leases for a test: `sleep 60`, killed on drop.

@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::{stderr, stdout};
+
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,14 +17,6 @@ fn sockcheck(state: &TempDir, args: &[&str]) -> Output {
         .env("NO_COLOR", "1")
         .output()
         .unwrap()
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 fn me() -> String {

@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::stderr;
+
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Output;
@@ -21,10 +23,6 @@ fn run(state: &TempDir, port: &str, address: &str, report: &Path, command: &str)
         .env("NO_COLOR", "1")
         .output()
         .unwrap()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 #[test]

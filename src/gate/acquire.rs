@@ -517,29 +517,45 @@ pub fn lease(
 /// the lease, as always. An owner whose liveness cannot be read counts as
 /// alive.
 fn settle(refusal: &Refusal) -> bool {
-    let ending: Vec<lease::token::Connection> = refusal
+    let mut released = false;
+    let mut ending = Vec::new();
+    for skip in refusal
         .skipped
         .iter()
         .filter(|s| s.verdict.is_none())
         .take(WAITERS)
-        .filter_map(|s| {
-            let mut connection = lease::token::Connection::open(s.address).ok().flatten()?;
-            let info: lease::Info =
-                serde_json::from_str(&connection.line(Duration::from_millis(50))?).ok()?;
-            let owners = std::iter::once(&info.owner)
-                .chain(&info.holders)
-                .filter(|o| !info.exited.contains(o));
-            owners.clone().all(gone).then_some(connection)
-        })
-        .collect();
+    {
+        let Ok(connection) = lease::token::Connection::open(skip.address) else {
+            continue;
+        };
+        let Some(mut connection) = connection else {
+            // Nothing listens on it any more: released since the look (or
+            // between its bind and its hand-over, which a retry also sees).
+            released |= lease::token::holder(skip.address) == lease::Holder::Free;
+            continue;
+        };
+        let Some(info) = connection
+            .line(Duration::from_millis(50))
+            .and_then(|line| serde_json::from_str::<lease::Info>(&line).ok())
+        else {
+            // No answer: the holder may have ended the lease meanwhile.
+            released |= lease::token::holder(skip.address) == lease::Holder::Free;
+            continue;
+        };
+        let mut owners = std::iter::once(&info.owner)
+            .chain(&info.holders)
+            .filter(|o| !info.exited.contains(o));
+        if owners.all(gone) {
+            ending.push(connection);
+        }
+    }
     if ending.is_empty() {
-        return false;
+        return released;
     }
     let deadline = Instant::now() + Duration::from_millis(200);
-    let mut left = ending;
-    while !left.is_empty() && Instant::now() < deadline {
-        lease::token::wait_any(&left, deadline.saturating_duration_since(Instant::now()));
-        left.retain(|c| !lease::token::readable_hangup(c));
+    while !ending.is_empty() && Instant::now() < deadline {
+        lease::token::wait_any(&ending, deadline.saturating_duration_since(Instant::now()));
+        ending.retain(|c| !lease::token::readable_hangup(c));
     }
     true
 }

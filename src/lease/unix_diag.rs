@@ -14,9 +14,6 @@ use netlink_packet_core::{
 };
 use netlink_packet_sock_diag::SockDiagMessage;
 use netlink_packet_sock_diag::unix::{ShowFlags, StateFlags, UnixRequest};
-use netlink_sys::{
-    Socket as NetlinkSocket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIAG,
-};
 
 use super::token::{PORT_PREFIX, PREFIX, Subject};
 use crate::error::Error;
@@ -39,14 +36,7 @@ pub fn tokens() -> Result<Vec<IpAddr>, Error> {
 /// Every lease of the namespace (address and port tokens, bound or
 /// listening), sorted, each once.
 pub fn subjects() -> Result<Vec<Subject>, Error> {
-    let mut socket = NetlinkSocket::new(NETLINK_SOCK_DIAG)
-        .map_err(|e| Error::netlink("socket(AF_NETLINK, NETLINK_SOCK_DIAG)", e))?;
-    socket
-        .bind_auto()
-        .map_err(|e| Error::netlink("bind(AF_NETLINK)", e))?;
-    socket
-        .connect(&NetlinkAddr::new(0, 0))
-        .map_err(|e| Error::netlink("connect(AF_NETLINK)", e))?;
+    let socket = crate::diag::netlink_socket()?;
     let request = UnixRequest {
         state_flags: StateFlags::LISTEN | StateFlags::from_bits_retain(1 << TCP_CLOSE),
         inode: 0,

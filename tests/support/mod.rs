@@ -285,6 +285,16 @@ pub fn holder_from(ready: &std::path::Path) -> (u32, Vec<u64>) {
     (pid, tids)
 }
 
+/// A command's stdout, as text.
+pub fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A command's stderr, as text.
+pub fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 /// What one sockcheck run gave.
 pub struct Run {
     pub status: i32,
