@@ -55,6 +55,7 @@ def judge(name, d):
     except FileNotFoundError:
         pass
     try:
+        row["accel"] = open(f"{d}/accel").read().strip()
         row["seconds"] = int(open(f"{d}/seconds").read())
     except (FileNotFoundError, ValueError):
         pass
@@ -256,7 +257,7 @@ def table(path):
         p = r["paths"]
         sk = "; ".join(f"{k}: {v}" for k, v in r["skipped"].items()) or "0"
         fl = "; ".join(r["failed"]) or "0"
-        print(f"| {r['name']} {r['kernel']} | {r['seconds']}s | {len(r['passed'])} | "
+        print(f"| {r['name']} {r['kernel']} | {r['seconds']}s {r.get('accel', '')} | {len(r['passed'])} | "
               f"{len(r['skipped'])} ({sk}) | {len(r['failed'])} ({fl}) | {p.get('owners', '?')} | "
               f"{p.get('watch.tp_btf', '?')} / {p.get('watch.tracepoint', '?')} | {p.get('pidfd_thread', '?')} |")
     for r in rows:

@@ -9,7 +9,9 @@
 #   SOCKCHECK_BIN   the static sockcheck to test [target/x86_64-unknown-linux-musl/
 #                   release/sockcheck, else the one under /work/main/target]
 #   HOLDER_BIN      a static sockcheck-holder [built here as a static musl example]
-#   VM_TIMEOUT      seconds a VM may run [60 with KVM, 600 without]
+#   VM_TIMEOUT      seconds a VM may run [60 with KVM, 600 with TCG]
+#   VM_ACCEL        kvm (the default, when /dev/kvm opens) or tcg
+#   VM_KVM_PROBE    seconds KVM gets to reach init before TCG is used [20]
 #
 # Prints one row per kernel: its version, the checks passed, skipped (with
 # the reason) and failed, and which eBPF path each feature took. Exits 1 if
@@ -117,13 +119,23 @@ if [ -z "$holder" ]; then
 fi
 static_x86 "$holder" || { log "$holder is not a static x86-64 executable"; exit 2; }
 
-accel=(-enable-kvm -cpu host)
-timeout_s=${VM_TIMEOUT:-60}
-if ! { [ -r /dev/kvm ] && [ -w /dev/kvm ] && python3 -c 'import os; os.close(os.open("/dev/kvm", os.O_RDWR))' 2>/dev/null; }; then
+# KVM when /dev/kvm opens, unless VM_ACCEL=tcg. A nested KVM can open and
+# still not boot a kernel (here, inside a Firecracker VM, SeaBIOS runs and
+# the kernel then hangs with no output): a VM that has not reached init
+# within VM_KVM_PROBE seconds (20) is killed and booted again with TCG, and
+# the kernels after it go straight to TCG.
+accel_kind=${VM_ACCEL:-kvm}
+if [ "$accel_kind" = kvm ] && ! python3 -c 'import os; os.close(os.open("/dev/kvm", os.O_RDWR))' 2>/dev/null; then
     log "/dev/kvm is not usable: TCG, slowly"
-    accel=(-cpu max)
-    timeout_s=${VM_TIMEOUT:-600}
+    accel_kind=tcg
 fi
+kvm_probe=${VM_KVM_PROBE:-20}
+accel_args() {
+    if [ "$1" = kvm ]; then echo "-enable-kvm -cpu host"; else echo "-accel tcg -cpu max"; fi
+}
+vm_timeout() {
+    if [ "$1" = kvm ]; then echo "${VM_TIMEOUT:-60}"; else echo "${VM_TIMEOUT:-600}"; fi
+}
 
 # ------------------------------------------------------------------ cleanup
 vm_pids=()
@@ -277,23 +289,37 @@ boot() {
     write_init "$ir/init"
     (cd "$ir" && find . | cpio -o -H newc --quiet | gzip -1 >"$d/initrd.gz")
     rm -rf "$ir"
-    log "$name: booting $(basename "$kernel") (${accel[0]}, timeout ${timeout_s}s)"
-    local start=$SECONDS
-    qemu-system-x86_64 "${accel[@]}" -m 1024 -smp 2 -nographic -no-reboot -nic none \
-        -kernel "$kernel" -initrd "$d/initrd.gz" \
-        -append "console=ttyS0 rdinit=/init quiet loglevel=1 panic=-1" \
-        </dev/null >"$d/console.raw" 2>"$d/qemu.err" &
-    local qpid=$!
-    vm_pids+=("$qpid")
-    local waited=0
-    while kill -0 "$qpid" 2>/dev/null && [ $waited -lt $((timeout_s * 10)) ]; do
-        sleep 0.1; waited=$((waited + 1))
+    local start=$SECONDS kind
+    for kind in $accel_kind tcg; do
+        local timeout_s qpid waited=0 stalled=0
+        timeout_s=$(vm_timeout "$kind")
+        log "$name: booting $(basename "$kernel") ($kind, timeout ${timeout_s}s)"
+        # shellcheck disable=SC2046
+        qemu-system-x86_64 $(accel_args "$kind") -m 1024 -smp 2 -nographic -no-reboot -nic none \
+            -kernel "$kernel" -initrd "$d/initrd.gz" \
+            -append "console=ttyS0 rdinit=/init quiet loglevel=1 panic=-1" \
+            </dev/null >"$d/console.raw" 2>"$d/qemu.err" &
+        qpid=$!
+        vm_pids+=("$qpid")
+        while kill -0 "$qpid" 2>/dev/null && [ $waited -lt $((timeout_s * 10)) ]; do
+            sleep 0.1; waited=$((waited + 1))
+            if [ "$kind" = kvm ] && [ $waited -ge $((kvm_probe * 10)) ] && ! grep -q '^@@@ kernel' "$d/console.raw"; then
+                stalled=1; break
+            fi
+        done
+        if kill -0 "$qpid" 2>/dev/null; then
+            if [ $stalled = 1 ]; then
+                log "$name: no output from init after ${kvm_probe}s under KVM (a nested KVM that cannot run this kernel?): killing pid $qpid, TCG from now on"
+            else
+                log "$name: the VM is still running after ${timeout_s}s: killing pid $qpid"
+            fi
+            kill "$qpid" 2>/dev/null || true
+        fi
+        wait "$qpid" 2>/dev/null || true
+        echo "$kind" >"$d/accel"
+        if [ $stalled = 1 ]; then accel_kind=tcg; start=$SECONDS; continue; fi
+        break
     done
-    if kill -0 "$qpid" 2>/dev/null; then
-        log "$name: the VM is still running after ${timeout_s}s: killing pid $qpid"
-        kill "$qpid" 2>/dev/null || true
-    fi
-    wait "$qpid" 2>/dev/null || true
     tr -d '\r' <"$d/console.raw" >"$d/console.log"
     echo $((SECONDS - start)) >"$d/seconds"
 }
