@@ -43,8 +43,8 @@
 #   plain        one listener (holder plain): busy, owner = the holder (/proc)
 #   group        a SO_REUSEPORT group of 3 in one process: 3 listeners,
 #                reuseport true, owner = the holder
-#   lingering    2 worker threads hold SO_REUSEPORT listeners, the leader is
-#                a zombie: owner found through the threads' fd tables; with
+#   lingering    a worker thread holds a SO_REUSEPORT listener, the leader is
+#                a zombie: owner found through the thread's fd table; with
 #                --bpf never --no-probe the SO_REUSEPORT evidence must come
 #                from pidfd_getfd on a thread (PIDFD_THREAD, Linux 6.9+):
 #                that row is the "pidfd thread" column, a skip before 6.9
@@ -53,19 +53,25 @@
 #   bpf          --bpf always on the plain and lingering listeners: owners
 #                and SO_REUSEPORT from eBPF; SOCKCHECK_BPF_TRACE says whether
 #                the fd walk (iter/task, 5.17+) ran or iter/task_file
-#   doctor       doctor --json: the table's eBPF columns come from it
+#   doctor       doctor --json: sock_diag and the BPF iterators available
+#                (as nobody: not, with the reason); with tracefs mounted it
+#                must name the tracepoint. The table shows its bpf_iter,
+#                bpf_watch and pidfd_getfd rows; doctor does not say which
+#                fd walk or hook will run, so those columns come from
+#                SOCKCHECK_BPF_TRACE (bpf), watch's "watching ..." line and
+#                the lingering check's evidence
 #   watch        watch --count 1 sees a listener appear, once without tracefs
 #                (tp_btf) and once with tracefs mounted (a tracepoint)
 #   lease        acquire (owner: a sleep), leases, release (pidfds, abstract
 #                AF_UNIX names, unix_diag)
-# and as nobody (busybox su: Debian's busybox has no setuidgid or chpst): version, free, plain (the owner is
-# another user's: hidden, verdict still busy), doctor, lease, and --bpf
-# always / watch, which must fail with a reason rather than a wrong answer.
+# and as nobody (busybox su: Debian's busybox has no setuidgid or chpst):
+# version, free, plain (the owner is another user's: hidden, the verdict
+# still busy), doctor, lease, and --bpf always (eBPF `unavailable` with the reason, the verdict still right) and
+# watch (exits non-zero saying why).
 #
 # Installs what it needs with apt-get (qemu-system-x86, busybox-static, cpio,
 # python3 for the table) when missing; kills its VMs by pid and removes the
-# unpacked kernels and initramfs trees on exit. About 10 s a kernel with KVM
-# once the .debs are cached (see CONTRIBUTING.md).
+# unpacked kernels and initramfs trees on exit. Times: CONTRIBUTING.md.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -211,7 +217,7 @@ run plain sockcheck --json --bpf never --ports 45991 127.0.0.2
 run nobody.plain as_nobody sockcheck --json --bpf never --ports 45991 127.0.0.2
 holder group 127.0.0.3 45992 3; group=$hp
 run group sockcheck --json --bpf never --ports 45992 127.0.0.3
-holder lingering 127.0.0.4 45993 2; lingering=$hp
+holder lingering 127.0.0.4 45993 1; lingering=$hp
 run lingering sockcheck --json --bpf never --no-probe --ports 45993 127.0.0.4
 holder dualstack - 45994; dual=$hp
 run dualstack sockcheck --json --bpf never --ports 45994 127.0.0.2
