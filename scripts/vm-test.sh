@@ -283,7 +283,7 @@ boot() {
     printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n' >"$ir/etc/passwd"
     printf 'root:x:0:\nnogroup:x:65534:\n' >"$ir/etc/group"
     for m in inet_diag tcp_diag udp_diag raw_diag unix_diag; do
-        f=$(find "$moddir" -name "$m.ko*" 2>/dev/null | head -1)
+        f=$(find "$moddir" -name "$m.ko*" 2>/dev/null | head -1 || true)
         [ -n "$f" ] || continue   # built in, or absent
         case "$f" in
             *.ko) cp "$f" "$ir/mods/$m.ko" ;;
@@ -351,7 +351,8 @@ for k in "${kernels[@]}"; do
         else
             kdir="$d/k"; rm -rf "$kdir"; tmp_dirs+=("$kdir")
             dpkg-deb -x "$deb" "$kdir"
-            boot "$k" "$(ls "$kdir"/boot/vmlinuz-* | head -1)" "$kdir/lib/modules"
+            # trixie's package has merged /usr: its modules are in usr/lib/modules
+            boot "$k" "$(ls "$kdir"/boot/vmlinuz-* | head -1)" "$kdir"
             rm -rf "$kdir"
         fi
     fi
