@@ -232,6 +232,9 @@ run nobody.doctor as_nobody sockcheck doctor --json
 # watch, without tracefs (tp_btf), then with it (a tracepoint)
 watch_once() {
     name=$1 addr=$2 port=$3
+    # The files go first: the background shell truncates them only when it
+    # gets to run, and a stale "watching" line would start the holder early.
+    rm -f /tmp/w.out /tmp/w.err
     sockcheck watch --json --count 1 --timeout 10 --ports $port >/tmp/w.out 2>/tmp/w.err & w=$!
     i=0; while ! grep -q . /tmp/w.err 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
     holder plain $addr $port; h=$hp
