@@ -10,7 +10,8 @@
 #                   release/sockcheck, else the one under /work/main/target]
 #   HOLDER_BIN      a static sockcheck-holder [built here as a static musl example]
 #   VM_TIMEOUT      seconds a VM may run [60 with KVM, 600 with TCG]
-#   VM_ACCEL        kvm (the default, when /dev/kvm opens) or tcg
+#   VM_ACCEL        kvm or tcg [KVM when /dev/kvm opens and the CPU shows
+#                   vmx or svm, else TCG]
 #   VM_KVM_PROBE    seconds KVM gets to reach init before TCG is used [20]
 #
 # Prints one row per kernel: its version, the checks passed, skipped (with
@@ -125,14 +126,20 @@ if [ -z "$holder" ]; then
 fi
 static_x86 "$holder" || { log "$holder is not a static x86-64 executable"; exit 2; }
 
-# KVM when /dev/kvm opens, unless VM_ACCEL=tcg. A nested KVM can open and
-# still not boot a kernel (here, inside a Firecracker VM, SeaBIOS runs and
-# the kernel then hangs with no output): a VM that has not reached init
-# within VM_KVM_PROBE seconds (20) is killed and booted again with TCG, and
-# the kernels after it go straight to TCG.
-accel_kind=${VM_ACCEL:-kvm}
+# KVM when /dev/kvm opens and the CPU has vmx/svm, unless VM_ACCEL says. A
+# nested KVM can open and still not boot a kernel (inside a Firecracker VM
+# with no vmx flag, SeaBIOS runs and the kernel then hangs silently): a VM
+# that has not reached init within VM_KVM_PROBE seconds (20) is killed and
+# booted again with TCG, and the kernels after it go straight to TCG.
+accel_kind=${VM_ACCEL:-auto}
+[ "$accel_kind" = auto ] || forced=1
+[ "$accel_kind" = tcg ] || accel_kind=kvm
 if [ "$accel_kind" = kvm ] && ! python3 -c 'import os; os.close(os.open("/dev/kvm", os.O_RDWR))' 2>/dev/null; then
-    log "/dev/kvm is not usable: TCG, slowly"
+    log "/dev/kvm is not usable: TCG"
+    accel_kind=tcg
+fi
+if [ "$accel_kind" = kvm ] && [ -z "${forced:-}" ] && ! grep -qwE 'vmx|svm' /proc/cpuinfo; then
+    log "/dev/kvm opens but the CPU shows no vmx/svm flag: TCG (VM_ACCEL=kvm to try anyway)"
     accel_kind=tcg
 fi
 kvm_probe=${VM_KVM_PROBE:-20}
@@ -330,6 +337,7 @@ boot() {
         break
     done
     tr -d '\r' <"$d/console.raw" >"$d/console.log"
+    rm -f "$d/console.raw" "$d/initrd.gz"
     echo $((SECONDS - start)) >"$d/seconds"
 }
 
