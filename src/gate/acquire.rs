@@ -116,7 +116,8 @@ pub fn try_acquire(
 ) -> Result<Result<IpAddr, Refusal>, Error> {
     let quarantined = gate.quarantined()?;
     let view = inspect::kernel_view(&gate.ports)?;
-    let covers = Covers::of(&view);
+    // What covers each pool address is a lookup in the view indexed once.
+    let covers = crate::inspect::plan::ViewIndex::of(&view);
     // A large pool reads the leased addresses in one dump instead of one
     // bind each; a token that comes or goes meanwhile is caught by the bind.
     let listed: HashSet<IpAddr> = if pool.len() > LIST_ABOVE {
@@ -128,7 +129,7 @@ pub fn try_acquire(
     };
     let mut skipped = Vec::new();
     for &address in pool {
-        if let Some((verdict, sockets)) = covers.look(address) {
+        if let Some((verdict, sockets)) = covers.covering(&view, address, &gate.ports) {
             skipped.push(Skipped::held(address, verdict, sockets, &quarantined));
             continue;
         }
@@ -400,63 +401,6 @@ fn holder_pids(address: &AddressReport) -> (Vec<u32>, bool) {
     pids.sort_unstable();
     pids.dedup();
     (pids, hidden)
-}
-
-/// The listeners of a kernel view by the addresses they cover, built once
-/// per look at a pool, so that whether a pool address is held by a
-/// listener is a lookup, not a pass over every socket (a /16 against
-/// 20,000 listeners).
-#[derive(Default)]
-struct Covers {
-    /// Bound to the address (or `::ffff:ADDR`).
-    exact: HashMap<IpAddr, Vec<u64>>,
-    /// 0.0.0.0, ::ffff:0.0.0.0, and [::] without v6only: every IPv4 address.
-    any_v4: Vec<u64>,
-    /// [::]: every IPv6 address.
-    any_v6: Vec<u64>,
-}
-
-impl Covers {
-    fn of(view: &KernelView) -> Covers {
-        let mut covers = Covers::default();
-        for listener in &view.listeners {
-            let inode = listener.inode;
-            match listener.local.ip() {
-                IpAddr::V4(a) if a.is_unspecified() => covers.any_v4.push(inode),
-                IpAddr::V4(a) => covers.exact.entry(IpAddr::V4(a)).or_default().push(inode),
-                IpAddr::V6(a) => match a.to_ipv4_mapped() {
-                    Some(m) if m.is_unspecified() => covers.any_v4.push(inode),
-                    Some(m) => covers.exact.entry(IpAddr::V4(m)).or_default().push(inode),
-                    None if a.is_unspecified() => {
-                        covers.any_v6.push(inode);
-                        if listener.v6only != Some(true) {
-                            covers.any_v4.push(inode);
-                        }
-                    }
-                    None => covers.exact.entry(IpAddr::V6(a)).or_default().push(inode),
-                },
-            }
-        }
-        covers
-    }
-
-    /// The verdict a listener gives `address` (a wildcard first: foreign is
-    /// the more severe), with the inodes of the listeners that give it.
-    fn look(&self, address: IpAddr) -> Option<(Verdict, Vec<u64>)> {
-        let any = if address.is_ipv4() {
-            &self.any_v4
-        } else {
-            &self.any_v6
-        };
-        let mut sockets = if !any.is_empty() {
-            (Verdict::Foreign, any.clone())
-        } else {
-            (Verdict::Busy, self.exact.get(&address)?.clone())
-        };
-        sockets.1.sort_unstable();
-        sockets.1.dedup();
-        Some(sockets)
-    }
 }
 
 /// Leases an address, waiting until `wait` runs out; gives up at once when

@@ -121,7 +121,7 @@ pub fn plan<'v>(query: &Query, view: &'v KernelView) -> Plan<'v> {
 /// by port for wildcards, so that what covers an address is a lookup:
 /// `list` and `scan` stay linear in sockets plus addresses (20,000
 /// listeners and a /16 were quadratic).
-struct ViewIndex {
+pub(crate) struct ViewIndex {
     /// Listeners and other sockets bound to an address, by (address, port).
     listeners: HashMap<(IpAddr, u16), Vec<usize>>,
     others: HashMap<(IpAddr, u16), Vec<usize>>,
@@ -143,7 +143,7 @@ fn key(ip: IpAddr) -> IpAddr {
 }
 
 impl ViewIndex {
-    fn of(view: &KernelView) -> ViewIndex {
+    pub(crate) fn of(view: &KernelView) -> ViewIndex {
         let mut index = ViewIndex {
             listeners: HashMap::new(),
             others: HashMap::new(),
@@ -195,6 +195,39 @@ impl ViewIndex {
             .collect();
         found.sort_unstable();
         found
+    }
+
+    /// The listeners that cover `address` on any of `ports`: the verdict
+    /// they give it (a wildcard first: foreign is the more severe) and the
+    /// inodes of the listeners that give it, sorted. `None`: no listener
+    /// covers it.
+    pub(crate) fn covering(
+        &self,
+        view: &KernelView,
+        address: IpAddr,
+        ports: &[u16],
+    ) -> Option<(crate::report::Verdict, Vec<u64>)> {
+        let (mut wildcards, mut bound) = (Vec::new(), Vec::new());
+        for &port in ports {
+            for i in ViewIndex::candidates(&self.listeners, &self.any_listeners, address, port) {
+                let socket = &view.listeners[i];
+                match super::coverage(address, socket.local.ip(), socket.v6only) {
+                    Some(Coverage::Wildcard) => wildcards.push(socket.inode),
+                    Some(_) => bound.push(socket.inode),
+                    None => {}
+                }
+            }
+        }
+        let (verdict, mut inodes) = if !wildcards.is_empty() {
+            (crate::report::Verdict::Foreign, wildcards)
+        } else if !bound.is_empty() {
+            (crate::report::Verdict::Busy, bound)
+        } else {
+            return None;
+        };
+        inodes.sort_unstable();
+        inodes.dedup();
+        Some((verdict, inodes))
     }
 
     fn group_size(&self, socket: &DiagSocket) -> usize {

@@ -98,8 +98,3 @@ pub fn grant(
     agent::hand_over(dir, token, &info, &owner.pidfd)?;
     Ok(info)
 }
-
-/// Whether `address` is leased now (its token is bound).
-pub fn leased(address: IpAddr) -> Result<bool, Error> {
-    Ok(Token::claim(address)?.is_none())
-}
