@@ -114,7 +114,7 @@ pub fn try_acquire(
     owner: &OwnerHandle,
     allow_foreign: bool,
 ) -> Result<Result<IpAddr, Refusal>, Error> {
-    let quarantined = gate.quarantined()?;
+    let quarantined = gate.quarantined(dir)?;
     let view = inspect::kernel_view(&gate.ports)?;
     // What covers each pool address is a lookup in the view indexed once.
     let covers = crate::inspect::plan::ViewIndex::of(&view);
@@ -148,7 +148,7 @@ pub fn try_acquire(
         }
         lease::grant(dir, token, owner, &gate.ports, address)?;
         if quarantined.contains(&address) {
-            gate.unquarantine(&[address])?;
+            gate.unquarantine(dir, &[address])?;
         }
         if gate.output.verbose && !skipped.is_empty() {
             explain_skips(gate, skipped);

@@ -292,7 +292,7 @@ fn quarantine_line(q: &Quarantine, now: u64) -> String {
 /// This user's quarantine, less the addresses a quick look now finds free
 /// (their holders exited): those are lifted here, not at the next acquire.
 fn current_quarantine(gate: &Gate) -> Result<Vec<Quarantine>, Error> {
-    let (store, mut state) = gate.open()?;
+    let (store, mut state) = gate.open(&crate::lease::Dir::open(&gate.state_dir)?)?;
     if state.quarantine.is_empty() {
         return Ok(Vec::new());
     }

@@ -73,8 +73,9 @@ impl Gate {
 
     /// Locks the state directory and reads the state; a repaired file is
     /// reported once.
-    fn open(&self) -> Result<(Store, state::State), Error> {
-        let mut store = Store::open(&self.state_dir)?;
+    /// (`dir`: the state directory, opened once by the command.)
+    fn open(&self, dir: &state::StateDir) -> Result<(Store, state::State), Error> {
+        let mut store = Store::lock(dir)?;
         let state = store.load()?;
         if let Some(repaired) = &store.repaired {
             self.output.note(&format!("sockcheck: {repaired}\n"));
@@ -83,14 +84,14 @@ impl Gate {
     }
 
     /// The addresses this user's `run`s left quarantined.
-    fn quarantined(&self) -> Result<HashSet<IpAddr>, Error> {
-        let (_store, state) = self.open()?;
+    fn quarantined(&self, dir: &state::StateDir) -> Result<HashSet<IpAddr>, Error> {
+        let (_store, state) = self.open(dir)?;
         Ok(state.quarantine.iter().map(|q| q.address).collect())
     }
 
     /// Lifts the quarantine of `address` (it was found free).
-    fn unquarantine(&self, addresses: &[IpAddr]) -> Result<(), Error> {
-        let (store, mut state) = self.open()?;
+    fn unquarantine(&self, dir: &state::StateDir, addresses: &[IpAddr]) -> Result<(), Error> {
+        let (store, mut state) = self.open(dir)?;
         let before = state.quarantine.len();
         state.quarantine.retain(|q| !addresses.contains(&q.address));
         if state.quarantine.len() != before {

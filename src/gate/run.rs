@@ -327,7 +327,7 @@ fn quarantine(
             ));
         }
     }
-    let recorded = gate.open().and_then(|(store, mut state)| {
+    let recorded = gate.open(dir).and_then(|(store, mut state)| {
         state.quarantine.retain(|q| q.address != address);
         state.quarantine.push(Quarantine {
             address,
