@@ -272,20 +272,16 @@ function commonArgs(opts) {
 
 // ---------------------------------------------------------------- leases
 
-/** A leased address. `await using lease = await acquire(...)` releases it. */
-class Lease {
+/**
+ * What a lease and a port lease share: a release that runs once (a failed
+ * one may be tried again), `released`, and `await using`.
+ */
+class Releasable {
   #releaseFn;
   #releasing = null;
   #released = false;
 
-  constructor({ address, ports, owner = null, stateDir = null, source, leasePort = null, token = null }, releaseFn) {
-    this.address = address;
-    this.ports = ports;
-    this.owner = owner;
-    this.stateDir = stateDir;
-    this.source = source;
-    if (leasePort != null) this.leasePort = leasePort;
-    if (token != null) this.token = token;
+  constructor(releaseFn) {
     this.#releaseFn = releaseFn;
   }
 
@@ -294,7 +290,7 @@ class Lease {
     return this.#released;
   }
 
-  /** Give the address back. Safe to call more than once. */
+  /** Give it back. Safe to call more than once. */
   release() {
     if (!this.#releasing) {
       this.#releasing = this.#releaseFn().then(
@@ -302,6 +298,29 @@ class Lease {
         (e) => { this.#releasing = null; throw e; });
     }
     return this.#releasing;
+  }
+}
+// `await using`: Symbol.asyncDispose where the runtime has it (Node 20.4+:
+// Symbol.for('nodejs.asyncDispose')), and that registered symbol always, so
+// a polyfill installed later finds it too.
+for (const key of new Set([ASYNC_DISPOSE, Symbol.for('nodejs.asyncDispose')])) {
+  Object.defineProperty(Releasable.prototype, key, {
+    value: function asyncDispose() { return this.release(); },
+    writable: true, configurable: true,
+  });
+}
+
+/** A leased address. `await using lease = await acquire(...)` releases it. */
+class Lease extends Releasable {
+  constructor({ address, ports, owner = null, stateDir = null, source, leasePort = null, token = null }, releaseFn) {
+    super(releaseFn);
+    this.address = address;
+    this.ports = ports;
+    this.owner = owner;
+    this.stateDir = stateDir;
+    this.source = source;
+    if (leasePort != null) this.leasePort = leasePort;
+    if (token != null) this.token = token;
   }
 
   toString() {
@@ -312,15 +331,6 @@ class Lease {
     const { address, ports, owner, stateDir, source } = this;
     return { address, ports, owner, stateDir, source };
   }
-}
-// `await using`: Symbol.asyncDispose where the runtime has it (Node 20.4+:
-// Symbol.for('nodejs.asyncDispose')), and that registered symbol always, so
-// a polyfill installed later finds it too.
-for (const key of new Set([ASYNC_DISPOSE, Symbol.for('nodejs.asyncDispose')])) {
-  Object.defineProperty(Lease.prototype, key, {
-    value: function asyncDispose() { return this.release(); },
-    writable: true, configurable: true,
-  });
 }
 
 /** One skipped address, as `sockcheck acquire -v` says it on stderr (before the JSON form). */
@@ -497,12 +507,9 @@ async function release(address, opts = {}) {
 // ---------------------------------------------------------------- ports
 
 /** A leased TCP port (or several). `await using lease = await acquirePort(...)` releases it. */
-class PortLease {
-  #releaseFn;
-  #releasing = null;
-  #released = false;
-
+class PortLease extends Releasable {
   constructor({ ports, host, owner = null, stateDir = null, source, tokens = null }, releaseFn) {
+    super(releaseFn);
     this.port = ports[0];
     this.ports = ports;
     this.host = host;
@@ -510,22 +517,6 @@ class PortLease {
     this.stateDir = stateDir;
     this.source = source;
     if (tokens != null) this.tokens = tokens;
-    this.#releaseFn = releaseFn;
-  }
-
-  /** True once release() has succeeded. */
-  get released() {
-    return this.#released;
-  }
-
-  /** Give the ports back. Safe to call more than once. */
-  release() {
-    if (!this.#releasing) {
-      this.#releasing = this.#releaseFn().then(
-        () => { this.#released = true; },
-        (e) => { this.#releasing = null; throw e; });
-    }
-    return this.#releasing;
   }
 
   toString() {
@@ -536,12 +527,6 @@ class PortLease {
     const { port, ports, host, owner, stateDir, source } = this;
     return { port, ports, host, owner, stateDir, source };
   }
-}
-for (const key of new Set([ASYNC_DISPOSE, Symbol.for('nodejs.asyncDispose')])) {
-  Object.defineProperty(PortLease.prototype, key, {
-    value: function asyncDispose() { return this.release(); },
-    writable: true, configurable: true,
-  });
 }
 
 /** The host a port is leased for: an address (canonical text); default 127.0.0.1. */
