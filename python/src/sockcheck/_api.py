@@ -79,8 +79,14 @@ def _bin(sub: str) -> Optional[str]:
 
 class _Releasable:
     source: str
+    _bin: Optional[str]
     _released: bool
     _lock: threading.Lock
+
+    def __init__(self, bin_path: Optional[str]) -> None:
+        self._bin = bin_path
+        self._released = False
+        self._lock = threading.Lock()
 
     def _release(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -122,9 +128,7 @@ class Lease(_Releasable):
         self.owner = owner
         self.state_dir = state_dir
         self.source = source
-        self._bin = bin_path
-        self._released = False
-        self._lock = threading.Lock()
+        super().__init__(bin_path)
 
     def __enter__(self) -> Lease:
         return self
@@ -164,9 +168,7 @@ class PortLease(_Releasable):
         self.owner = owner
         self.state_dir = state_dir
         self.source = source
-        self._bin = bin_path
-        self._released = False
-        self._lock = threading.Lock()
+        super().__init__(bin_path)
 
     @property
     def port(self) -> int:
