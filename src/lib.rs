@@ -9,8 +9,10 @@
 pub mod bpf;
 pub mod canary;
 pub mod cli;
+pub mod context;
 pub mod diag;
 pub mod doctor;
+pub mod document;
 pub mod error;
 pub mod exit;
 pub mod gate;

@@ -7,8 +7,9 @@ use std::io::Write;
 
 use serde::Serialize;
 
+use crate::document::Document;
 use crate::error::Error;
-use crate::report::{Report, human};
+use crate::report::Report;
 
 /// Output settings, resolved from the command line and the environment.
 #[derive(Debug, Clone, Copy)]
@@ -31,6 +32,20 @@ impl Output {
             return Ok(());
         }
         write_stdout(text)
+    }
+
+    /// Writes a document on stdout: JSON with `--json`, else its form for
+    /// people; nothing when quiet.
+    pub fn document<D: Document>(&self, document: &D) -> Result<(), Error> {
+        if self.quiet {
+            return Ok(());
+        }
+        let text = if self.json {
+            json(document)
+        } else {
+            document.human(self)
+        };
+        write_stdout(&text)
     }
 
     /// A note for people on stderr (`text` ends with a newline), unless
@@ -74,21 +89,7 @@ pub fn use_color(choice: ColorChoice) -> bool {
 
 /// Writes the report as JSON or for people.
 pub fn emit(report: &Report, output: Output) -> Result<(), Error> {
-    if output.quiet {
-        return Ok(());
-    }
-    let text = if output.json {
-        json(report)
-    } else {
-        human::render(
-            report,
-            human::Style {
-                color: output.color,
-            },
-            output.verbose,
-        )
-    };
-    write_stdout(&text)
+    output.document(report)
 }
 
 /// A document as sockcheck prints JSON: pretty, with a final newline.

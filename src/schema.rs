@@ -9,94 +9,28 @@ use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema};
 use serde_json::Value;
 
+use crate::document::Document;
 use crate::{doctor, gate, report, watch};
 
 /// Every document, as `(name, schema)`: the schema of `schema/NAME.json`.
 pub fn schemas() -> Vec<(&'static str, Value)> {
     vec![
-        (
-            "check",
-            document::<report::Report>(
-                "check",
-                "`sockcheck --json [check] ADDR...`, `scan --json POOL` and `wait --json ADDR`: \
-                 the verdict for every address and the evidence for it.",
-                report::SCHEMA,
-            ),
-        ),
-        (
-            "acquire",
-            document::<gate::acquire::Acquired>(
-                "acquire",
-                "`sockcheck acquire --json POOL` when it leased an address (exit status 0).",
-                1,
-            ),
-        ),
-        (
-            "acquire-refusal",
-            document::<gate::acquire::NotAcquired>(
-                "acquire-refusal",
-                "`sockcheck acquire --json POOL` (and `run --json`) when no address could be \
-                 leased (exit status 1): why each address of the pool was passed over.",
-                1,
-            ),
-        ),
-        (
-            "acquire-port",
-            document::<gate::ports::PortsAcquired>(
-                "acquire-port",
-                "`sockcheck acquire-port --json [RANGE]`: the ports leased (exit status 0), or \
-                 null and why each port of the range was passed over (exit status 1).",
-                1,
-            ),
-        ),
-        (
-            "reap",
-            document::<gate::reap::ReapReport>(
-                "reap",
-                "`sockcheck reap --json ADDR`: what was done to each holder, and the verdict \
-                 before and after.",
-                1,
-            ),
-        ),
-        (
-            "release",
-            document::<gate::ledger::Released>("release", "`sockcheck release --json ADDR`.", 1),
-        ),
-        (
-            "leases",
-            document::<gate::ledger::Leases>(
-                "leases",
-                "`sockcheck leases --json [POOL]`: the leases and the quarantined addresses.",
-                1,
-            ),
-        ),
-        (
-            "run-report",
-            document::<gate::forensic::Forensic>(
-                "run-report",
-                "The forensic report `sockcheck run --report FILE.json` writes when its command \
-                 left something holding the address.",
-                gate::forensic::SCHEMA,
-            ),
-        ),
-        (
-            "watch-event",
-            document::<watch::WatchLine>(
-                "watch-event",
-                "One line of `sockcheck watch --json`: a TCP socket entering or leaving LISTEN, \
-                 or events lost because the kernel's ring buffer was full.",
-                watch::SCHEMA,
-            ),
-        ),
-        (
-            "doctor",
-            document::<doctor::Doctor>(
-                "doctor",
-                "`sockcheck doctor --json`: what this user, on this kernel, lets sockcheck see.",
-                doctor::SCHEMA,
-            ),
-        ),
+        entry::<report::Report>(),
+        entry::<gate::acquire::Acquired>(),
+        entry::<gate::acquire::NotAcquired>(),
+        entry::<gate::ports::PortsAcquired>(),
+        entry::<gate::reap::ReapReport>(),
+        entry::<gate::ledger::Released>(),
+        entry::<gate::ledger::Leases>(),
+        entry::<gate::forensic::Forensic>(),
+        entry::<watch::WatchLine>(),
+        entry::<doctor::Doctor>(),
     ]
+}
+
+/// A document's name and schema, from its [`Document`] impl.
+fn entry<T: Document>() -> (&'static str, Value) {
+    (T::NAME, document::<T>(T::NAME, T::DESCRIPTION, T::SCHEMA))
 }
 
 /// The schema of `T` as it is serialized (fields skipped when empty are

@@ -10,7 +10,9 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::ledger::LeaseOwner;
-use super::{Gate, POLL, summary};
+use super::{Context, LeaseContext};
+use super::{POLL, summary};
+use crate::document::Document;
 use crate::error::Error;
 use crate::exit::ExitStatus;
 use crate::inspect::{self, KernelView};
@@ -20,11 +22,11 @@ use crate::report::{AddressReport, Verdict};
 /// What `acquire --json` prints when it leased an address.
 #[derive(Debug, Serialize, JsonSchema)]
 pub(crate) struct Acquired {
-    schema: u32,
-    address: IpAddr,
-    ports: Vec<u16>,
-    owner: LeaseOwner,
-    state_dir: PathBuf,
+    pub(crate) schema: u32,
+    pub(crate) address: IpAddr,
+    pub(crate) ports: Vec<u16>,
+    pub(crate) owner: LeaseOwner,
+    pub(crate) state_dir: PathBuf,
 }
 
 /// Why `acquire` passed over an address.
@@ -108,14 +110,14 @@ pub(crate) struct NotAcquired<'a> {
 /// (the loser would see the winner's canary), and dropped again when the
 /// look finds the address not free. One sock_diag dump serves the pool.
 pub fn try_acquire(
-    gate: &Gate,
+    ctx: &Context,
     dir: &Dir,
     pool: &[IpAddr],
     owner: &OwnerHandle,
     allow_foreign: bool,
 ) -> Result<Result<IpAddr, Refusal>, Error> {
-    let quarantined = gate.quarantined(dir)?;
-    let view = inspect::kernel_view(&gate.ports)?;
+    let quarantined = super::quarantined(&ctx.output, dir)?;
+    let view = inspect::kernel_view(&ctx.ports)?;
     // What covers each pool address is a lookup in the view indexed once.
     let covers = crate::inspect::plan::ViewIndex::of(&view);
     // A large pool reads the leased addresses in one dump instead of one
@@ -129,7 +131,7 @@ pub fn try_acquire(
     };
     let mut skipped = Vec::new();
     for &address in pool {
-        if let Some((verdict, sockets)) = covers.covering(&view, address, &gate.ports) {
+        if let Some((verdict, sockets)) = covers.covering(&view, address, &ctx.ports) {
             skipped.push(Skipped::held(address, verdict, sockets, &quarantined));
             continue;
         }
@@ -141,17 +143,17 @@ pub fn try_acquire(
             skipped.push(Skipped::leased(address, quarantined.contains(&address)));
             continue;
         };
-        if let Some(skip) = pass_over(gate, &view, &quarantined, address) {
+        if let Some(skip) = pass_over(ctx, &view, &quarantined, address) {
             drop(token);
             skipped.push(skip);
             continue;
         }
-        lease::grant(dir, token, owner, &gate.ports, address)?;
+        lease::grant(dir, token, owner, &ctx.ports, address)?;
         if quarantined.contains(&address) {
-            gate.unquarantine(dir, &[address])?;
+            super::unquarantine(&ctx.output, dir, &[address])?;
         }
-        if gate.output.verbose && !skipped.is_empty() {
-            explain_skips(gate, skipped);
+        if ctx.output.verbose && !skipped.is_empty() {
+            explain_skips(ctx, skipped);
         }
         return Ok(Ok(address));
     }
@@ -210,12 +212,12 @@ impl Skipped {
 /// against the kernel view, where a quarantined address stays quarantined
 /// and any other verdict becomes the reason.
 fn pass_over(
-    gate: &Gate,
+    ctx: &Context,
     view: &KernelView,
     quarantined: &HashSet<IpAddr>,
     address: IpAddr,
 ) -> Option<Skipped> {
-    let quick = gate.one(view, address, false);
+    let quick = ctx.one(view, address, false);
     let verdict = quick.verdict;
     if verdict == Verdict::Free {
         return None;
@@ -244,14 +246,14 @@ fn pass_over(
 /// `--verbose` after a lease: names the holders of the addresses passed
 /// over (outside the state lock, see [`explain`]) and prints one line per
 /// skipped address with its reason.
-fn explain_skips(gate: &Gate, skipped: Vec<Skipped>) {
+fn explain_skips(ctx: &Context, skipped: Vec<Skipped>) {
     let mut passed = Refusal {
         skipped,
         hopeless: false,
     };
-    explain(gate, &mut passed);
+    explain(ctx, &mut passed);
     for skip in &passed.skipped {
-        gate.output.note(&format!(
+        ctx.output.note(&format!(
             "sockcheck: skip {}: {} ({})\n",
             skip.address,
             skip.reason.as_str(),
@@ -277,7 +279,7 @@ fn hopeless(skipped: &[Skipped], allow_foreign: bool) -> bool {
 /// one address per distinct set of sockets, whose answer holds for every
 /// address the same sockets make not free. A /16 under one wildcard
 /// listener is one inspected address, not 65,536.
-pub fn explain(gate: &Gate, refusal: &mut Refusal) {
+pub fn explain(ctx: &Context, refusal: &mut Refusal) {
     name_leaseholders(refusal);
     let mut representative: HashMap<Held, IpAddr> = HashMap::new();
     for skip in refusal.skipped.iter().filter(|s| s.verdict.is_some()) {
@@ -287,7 +289,7 @@ pub fn explain(gate: &Gate, refusal: &mut Refusal) {
         return;
     }
     let inspected: Vec<IpAddr> = representative.values().copied().collect();
-    let Ok(report) = inspect::inspect(&gate.query(inspected, true)) else {
+    let Ok(report) = inspect::inspect(&ctx.query(inspected, true)) else {
         return; // the verdicts stand; only the names are missing
     };
     let explained: HashMap<IpAddr, &AddressReport> =
@@ -411,7 +413,7 @@ fn holder_pids(address: &AddressReport) -> (Vec<u32>, bool) {
 /// ends, which wakes this at once. Addresses held by sockets are looked at
 /// again every [`POLL`].
 pub fn lease(
-    gate: &Gate,
+    ctx: &Context,
     dir: &Dir,
     pool: &[IpAddr],
     owner: &OwnerHandle,
@@ -421,7 +423,7 @@ pub fn lease(
     let deadline = wait.map(|w| Instant::now() + w);
     let mut settled = false;
     loop {
-        let mut refusal = match try_acquire(gate, dir, pool, owner, allow_foreign)? {
+        let mut refusal = match try_acquire(ctx, dir, pool, owner, allow_foreign)? {
             Ok(address) => return Ok(Ok(address)),
             Err(refusal) => refusal,
         };
@@ -448,7 +450,7 @@ pub fn lease(
                 lease::token::wait_any(&waiters, nap);
             }
             _ => {
-                explain(gate, &mut refusal);
+                explain(ctx, &mut refusal);
                 return Ok(Err(refusal));
             }
         }
@@ -574,52 +576,59 @@ const SKIPPED_SHOWN: usize = 32;
 /// Tells why no address could be had: one line and one line per address
 /// on stderr, and with `--json` the document on stdout.
 pub(crate) fn report_refusal(
-    gate: &Gate,
+    ctx: &LeaseContext,
     pool_len: usize,
     refusal: &Refusal,
     waited: bool,
 ) -> Result<(), Error> {
-    let line = refusal_line(pool_len, refusal, waited);
-    if gate.output.json {
-        let doc = NotAcquired {
-            schema: 1,
-            address: None,
-            ports: &gate.ports,
-            state_dir: &gate.state_dir,
-            error: line.clone(),
-            refusal,
-        };
-        gate.output.print(&crate::output::json(&doc))?;
+    let doc = NotAcquired {
+        schema: NotAcquired::SCHEMA,
+        address: None,
+        ports: &ctx.ports,
+        state_dir: &ctx.state_dir,
+        error: refusal_line(pool_len, refusal, waited),
+        refusal,
+    };
+    if ctx.output.json {
+        ctx.output.print(&crate::output::json(&doc))?;
     }
-    let width = refusal
-        .skipped
-        .iter()
-        .take(SKIPPED_SHOWN)
-        .map(|s| s.address.to_string().len())
-        .max()
-        .unwrap_or(0);
-    let mut text = format!("sockcheck: {line}:\n");
-    for skip in refusal.skipped.iter().take(SKIPPED_SHOWN) {
-        text.push_str(&format!(
-            "  {:<width$}  {:<11}  {}\n",
-            skip.address.to_string(),
-            skip.reason.as_str(),
-            skip.message
-        ));
-    }
-    if refusal.skipped.len() > SKIPPED_SHOWN {
-        text.push_str(&format!(
-            "  … and {} more (--json lists every one)\n",
-            refusal.skipped.len() - SKIPPED_SHOWN
-        ));
-    }
-    gate.output.note(&text);
+    ctx.output.note(&doc.human(&ctx.output));
     Ok(())
+}
+
+impl NotAcquired<'_> {
+    /// The refusal's line, then one line per address passed over (the
+    /// first [`SKIPPED_SHOWN`]).
+    pub(crate) fn render(&self) -> String {
+        let skipped = &self.refusal.skipped;
+        let width = skipped
+            .iter()
+            .take(SKIPPED_SHOWN)
+            .map(|s| s.address.to_string().len())
+            .max()
+            .unwrap_or(0);
+        let mut text = format!("sockcheck: {}:\n", self.error);
+        for skip in skipped.iter().take(SKIPPED_SHOWN) {
+            text.push_str(&format!(
+                "  {:<width$}  {:<11}  {}\n",
+                skip.address.to_string(),
+                skip.reason.as_str(),
+                skip.message
+            ));
+        }
+        if skipped.len() > SKIPPED_SHOWN {
+            text.push_str(&format!(
+                "  … and {} more (--json lists every one)\n",
+                skipped.len() - SKIPPED_SHOWN
+            ));
+        }
+        text
+    }
 }
 
 /// `sockcheck acquire POOL`.
 pub fn acquire(
-    gate: &Gate,
+    ctx: &LeaseContext,
     pool: &[IpAddr],
     owner_pid: Option<u32>,
     wait: Option<Duration>,
@@ -627,31 +636,22 @@ pub fn acquire(
 ) -> Result<ExitStatus, Error> {
     let owner = match owner_pid {
         Some(pid) => OwnerHandle::open(pid, "--owner")?,
-        None => OwnerHandle::open(
-            default_owner(gate),
-            "the lease's owner (sockcheck's parent)",
-        )?,
+        None => OwnerHandle::open(default_owner(ctx), "the lease's owner (sockcheck's parent)")?,
     };
-    let dir = Dir::open(&gate.state_dir)?;
-    match lease(gate, &dir, pool, &owner, wait, allow_foreign)? {
+    let dir = Dir::open(&ctx.state_dir)?;
+    match lease(ctx, &dir, pool, &owner, wait, allow_foreign)? {
         Ok(address) => {
-            let text = if gate.output.json {
-                let acquired = Acquired {
-                    schema: 1,
-                    address,
-                    ports: gate.ports.clone(),
-                    owner: LeaseOwner::of(owner.owner, &[]),
-                    state_dir: gate.state_dir.clone(),
-                };
-                crate::output::json(&acquired)
-            } else {
-                format!("{address}\n")
-            };
-            gate.output.print(&text)?;
+            ctx.output.document(&Acquired {
+                schema: Acquired::SCHEMA,
+                address,
+                ports: ctx.ports.clone(),
+                owner: LeaseOwner::of(owner.owner, &[]),
+                state_dir: ctx.state_dir.clone(),
+            })?;
             Ok(ExitStatus::Free)
         }
         Err(refusal) => {
-            report_refusal(gate, pool.len(), &refusal, wait.is_some())?;
+            report_refusal(ctx, pool.len(), &refusal, wait.is_some())?;
             Ok(ExitStatus::NotFree)
         }
     }
@@ -662,14 +662,14 @@ pub fn acquire(
 /// `addr=$(sockcheck acquire P | cat)`), which exits as soon as the command
 /// substitution ends and would take the lease with it. Then the owner is
 /// the shell it was forked from, and a note says so.
-pub(crate) fn default_owner(gate: &Gate) -> u32 {
+pub(crate) fn default_owner(ctx: &Context) -> u32 {
     let parent = rustix::process::getppid().map_or(1, |p| p.as_raw_nonzero().get() as u32);
     let mut owner = parent;
     while let Some(above) = forked_from(owner) {
         owner = above;
     }
     if owner != parent {
-        gate.output.note(&format!(
+        ctx.output.note(&format!(
             "sockcheck: the lease goes to pid {owner}, the shell that pid {parent} (a subshell, \
              which exits when its command substitution ends) was forked from; --owner PID \
              chooses another owner\n"

@@ -4,7 +4,8 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use super::{Gate, POLL, plural, show_duration, summary};
+use super::Context;
+use super::{POLL, plural, show_duration, summary};
 use crate::error::Error;
 use crate::exit::ExitStatus;
 use crate::inspect::{self, KernelView};
@@ -17,27 +18,27 @@ use crate::report::{Report, Verdict};
 /// are made a slice of the pool at a time and printed as they come, so no
 /// whole report of a /16 on 64 ports is ever kept. `-q` prints nothing and
 /// so names no owners: it never reads /proc. `--json` is one document.
-pub fn scan(gate: &Gate, pool: Vec<IpAddr>) -> Result<ExitStatus, Error> {
-    if gate.output.json {
-        let report = inspect::inspect(&gate.query(pool, true))?;
-        emit(&report, gate.output)?;
+pub fn scan(ctx: &Context, pool: Vec<IpAddr>) -> Result<ExitStatus, Error> {
+    if ctx.output.json {
+        let report = inspect::inspect(&ctx.query(pool, true))?;
+        emit(&report, ctx.output)?;
         return Ok(if report.all_free() {
             ExitStatus::Free
         } else {
             ExitStatus::NotFree
         });
     }
-    let view = inspect::kernel_view(&gate.ports)?;
+    let view = inspect::kernel_view(&ctx.ports)?;
     let width = pool.iter().map(|a| a.to_string().len()).max().unwrap_or(0);
     // About 65,536 address-and-port entries a slice, whatever the ports.
-    let slice = (SLICE_ENTRIES / gate.ports.len().max(1)).max(1);
+    let slice = (SLICE_ENTRIES / ctx.ports.len().max(1)).max(1);
     let mut all_free = true;
     for (n, addresses) in pool.chunks(slice).enumerate() {
         let report =
-            inspect::inspect_view(&gate.query(addresses.to_vec(), !gate.output.quiet), &view);
+            inspect::inspect_view(&ctx.query(addresses.to_vec(), !ctx.output.quiet), &view);
         all_free &= report.all_free();
-        if !gate.output.quiet {
-            gate.output.print(&lines(&report, false, width, n == 0))?;
+        if !ctx.output.quiet {
+            ctx.output.print(&lines(&report, false, width, n == 0))?;
         }
     }
     Ok(if all_free {
@@ -89,16 +90,16 @@ fn lines(report: &Report, counts: bool, width: usize, header: bool) -> String {
 /// listeners too, as 0.0.0.0 and ::), each with its verdict and holders,
 /// sorted by address; the `check` document with `--json`. Exits 0: it
 /// lists, it does not judge.
-pub fn list(gate: &Gate) -> Result<ExitStatus, Error> {
-    let view = inspect::kernel_view(&gate.ports)?;
-    let report = inspect::inspect_view(&gate.query(local_addresses(&view), true), &view);
-    if gate.output.json {
-        emit(&report, gate.output)?;
+pub fn list(ctx: &Context) -> Result<ExitStatus, Error> {
+    let view = inspect::kernel_view(&ctx.ports)?;
+    let report = inspect::inspect_view(&ctx.query(local_addresses(&view), true), &view);
+    if ctx.output.json {
+        emit(&report, ctx.output)?;
     } else if report.addresses.is_empty() {
-        let ports: Vec<String> = gate.ports.iter().map(u16::to_string).collect();
-        gate.output.print(&format!(
+        let ports: Vec<String> = ctx.ports.iter().map(u16::to_string).collect();
+        ctx.output.print(&format!(
             "no socket on port{} {}: nothing listens there, on any address\n",
-            plural(gate.ports.len()),
+            plural(ctx.ports.len()),
             ports.join(",")
         ))?;
     } else {
@@ -108,7 +109,7 @@ pub fn list(gate: &Gate) -> Result<ExitStatus, Error> {
             .map(|a| a.address.to_string().len())
             .max()
             .unwrap_or(0);
-        gate.output.print(&lines(&report, true, width, true))?;
+        ctx.output.print(&lines(&report, true, width, true))?;
     }
     Ok(ExitStatus::Free)
 }
@@ -132,15 +133,15 @@ fn local_addresses(view: &KernelView) -> Vec<IpAddr> {
 
 /// `sockcheck wait ADDR`.
 pub fn wait(
-    gate: &Gate,
+    ctx: &Context,
     address: IpAddr,
     timeout: Duration,
     allow_foreign: bool,
 ) -> Result<ExitStatus, Error> {
     let deadline = Instant::now() + timeout;
     loop {
-        let view = inspect::kernel_view(&gate.ports)?;
-        let quick = gate.one(&view, address, false);
+        let view = inspect::kernel_view(&ctx.ports)?;
+        let quick = ctx.one(&view, address, false);
         // Waiting cannot fix a wildcard listener (unless asked to wait
         // anyway) nor an address that is not local.
         let hopeless = match quick.verdict {
@@ -149,16 +150,16 @@ pub fn wait(
             _ => false,
         };
         if quick.verdict == Verdict::Free {
-            if gate.output.json {
-                emit(&single(gate, &view, address), gate.output)?;
+            if ctx.output.json {
+                emit(&single(ctx, &view, address), ctx.output)?;
             }
             return Ok(ExitStatus::Free);
         }
         if hopeless || Instant::now() >= deadline {
             // Who still holds it, with every detail `check` gives.
-            let report = single(gate, &view, address);
-            emit(&report, gate.output)?;
-            gate.output.note(&format!(
+            let report = single(ctx, &view, address);
+            emit(&report, ctx.output)?;
+            ctx.output.note(&format!(
                 "sockcheck: {address} is {}{}\n",
                 quick.verdict.as_str(),
                 if quick.verdict == Verdict::Foreign && hopeless {
@@ -175,6 +176,6 @@ pub fn wait(
     }
 }
 
-fn single(gate: &Gate, view: &KernelView, address: IpAddr) -> Report {
-    inspect::inspect_view(&gate.query(vec![address], true), view)
+fn single(ctx: &Context, view: &KernelView, address: IpAddr) -> Report {
+    inspect::inspect_view(&ctx.query(vec![address], true), view)
 }

@@ -8,8 +8,9 @@ use std::os::unix::ffi::OsStrExt;
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use super::Gate;
+use super::LeaseContext;
 use super::state::{self, Quarantine};
+use crate::document::Document;
 use crate::error::Error;
 use crate::exit::ExitStatus;
 use crate::lease::token::{self, Backend, Holder, Owner, Released as Outcome, Subject};
@@ -18,39 +19,45 @@ use crate::report::Verdict;
 /// `sockcheck release ADDR`: asks the holder of the token to end the
 /// lease. A lease of another uid, or of the npm fallback, is not released
 /// (exit 1, saying whose it is).
-pub fn release(gate: &Gate, address: IpAddr) -> Result<ExitStatus, Error> {
+pub fn release(ctx: &LeaseContext, address: IpAddr) -> Result<ExitStatus, Error> {
     // Our own agent's lease ends through its socket; any other is asked on
     // its token, which says whose it is.
-    let dir = crate::lease::Dir::open(&gate.state_dir)?;
+    let dir = crate::lease::Dir::open(&ctx.state_dir)?;
     let outcome = if crate::lease::agent::release(&dir, address)? {
         Outcome::Released
     } else {
         token::release(address)?
     };
-    let released = outcome == Outcome::Released;
-    if gate.output.json {
-        gate.output.print(&crate::output::json(&Released {
-            schema: 1,
-            address,
-            released,
-            error: match &outcome {
-                Outcome::Released => None,
-                Outcome::NotLeased => Some("not leased".into()),
-                Outcome::Refused(why) => Some(why.clone()),
-            },
-        }))?;
+    let doc = Released {
+        schema: Released::SCHEMA,
+        address,
+        released: outcome == Outcome::Released,
+        error: match outcome {
+            Outcome::Released => None,
+            Outcome::NotLeased => Some("not leased".into()),
+            Outcome::Refused(why) => Some(why),
+        },
+    };
+    if ctx.output.json {
+        ctx.output.print(&crate::output::json(&doc))?;
     }
-    match outcome {
-        Outcome::Released => Ok(ExitStatus::Free),
-        Outcome::NotLeased => {
-            gate.output
-                .note(&format!("sockcheck: {address} is not leased\n"));
-            Ok(ExitStatus::NotFree)
-        }
-        Outcome::Refused(why) => {
-            gate.output
-                .note(&format!("sockcheck: {address} was not released: {why}\n"));
-            Ok(ExitStatus::NotFree)
+    ctx.output.note(&doc.human(&ctx.output));
+    Ok(if doc.released {
+        ExitStatus::Free
+    } else {
+        ExitStatus::NotFree
+    })
+}
+
+impl Released {
+    /// Nothing when released; else why not, as a note.
+    pub(crate) fn render(&self) -> String {
+        match &self.error {
+            None => String::new(),
+            Some(why) if why == "not leased" => {
+                format!("sockcheck: {} is not leased\n", self.address)
+            }
+            Some(why) => format!("sockcheck: {} was not released: {why}\n", self.address),
         }
     }
 }
@@ -134,12 +141,25 @@ pub(crate) struct Leases<'a> {
     /// This user's quarantined addresses that are not leased (a leased
     /// one's quarantine is its row's `quarantined`).
     quarantine: Vec<&'a Quarantine>,
+    /// When it was read (for the ages people are shown).
+    #[serde(skip)]
+    now: u64,
+}
+
+impl Leases<'_> {
+    pub(crate) fn render(&self) -> String {
+        if self.leases.is_empty() && self.quarantine.is_empty() {
+            "no leases, nothing quarantined\n".to_string()
+        } else {
+            human(self.leases, &self.quarantine, self.now)
+        }
+    }
 }
 
 /// `sockcheck leases [POOL]`.
-pub fn leases(gate: &Gate, pool: Option<Vec<IpAddr>>) -> Result<ExitStatus, Error> {
+pub fn leases(ctx: &LeaseContext, pool: Option<Vec<IpAddr>>) -> Result<ExitStatus, Error> {
     let wanted = |a: &IpAddr| pool.as_ref().is_none_or(|p| p.contains(a));
-    let quarantine = current_quarantine(gate)?;
+    let quarantine = current_quarantine(ctx)?;
     let now = state::now();
     // With a pool, its addresses; without, every lease, ports too.
     let rows: Vec<LeaseRow> = crate::lease::unix_diag::subjects()?
@@ -159,18 +179,12 @@ pub fn leases(gate: &Gate, pool: Option<Vec<IpAddr>>) -> Result<ExitStatus, Erro
                     .any(|r| r.kind == LeaseKind::Address && r.address == Some(q.address))
         })
         .collect();
-    let text = if gate.output.json {
-        crate::output::json(&Leases {
-            schema: 1,
-            leases: &rows,
-            quarantine: quarantined,
-        })
-    } else if rows.is_empty() && quarantined.is_empty() {
-        "no leases, nothing quarantined\n".to_string()
-    } else {
-        human(&rows, &quarantined, now)
-    };
-    gate.output.print(&text)?;
+    ctx.output.document(&Leases {
+        schema: Leases::SCHEMA,
+        leases: &rows,
+        quarantine: quarantined,
+        now,
+    })?;
     Ok(ExitStatus::Free)
 }
 
@@ -291,16 +305,16 @@ fn quarantine_line(q: &Quarantine, now: u64) -> String {
 
 /// This user's quarantine, less the addresses a quick look now finds free
 /// (their holders exited): those are lifted here, not at the next acquire.
-fn current_quarantine(gate: &Gate) -> Result<Vec<Quarantine>, Error> {
-    let (store, mut state) = gate.open(&crate::lease::Dir::open(&gate.state_dir)?)?;
+fn current_quarantine(ctx: &LeaseContext) -> Result<Vec<Quarantine>, Error> {
+    let (store, mut state) = super::open(&ctx.output, &crate::lease::Dir::open(&ctx.state_dir)?)?;
     if state.quarantine.is_empty() {
         return Ok(Vec::new());
     }
-    let view = crate::inspect::kernel_view(&gate.ports)?;
+    let view = crate::inspect::kernel_view(&ctx.ports)?;
     let before = state.quarantine.len();
     state
         .quarantine
-        .retain(|q| gate.one(&view, q.address, false).verdict != Verdict::Free);
+        .retain(|q| ctx.one(&view, q.address, false).verdict != Verdict::Free);
     if state.quarantine.len() != before {
         store.save(&state)?;
     }

@@ -30,11 +30,10 @@ pub use run::{RunOptions, run};
 
 use std::collections::HashSet;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::context::{Context, LeaseContext};
 use crate::error::Error;
-use crate::inspect::{self, KernelView, Query, Sources};
 use crate::output::Output;
 use crate::report::{AddressReport, ListenerReport, ReasonCode};
 use crate::verdict::{describe_owners, group_owners};
@@ -43,62 +42,33 @@ use state::Store;
 /// At most this many inspections a second while waiting.
 pub(crate) const POLL: Duration = Duration::from_millis(100);
 
-/// What every gate command needs.
-#[derive(Debug, Clone)]
-pub struct Gate {
-    pub ports: Vec<u16>,
-    pub state_dir: PathBuf,
-    pub output: Output,
-    pub sources: Sources,
-    /// The network namespace the command runs in (`--netns`).
-    pub netns: Option<crate::report::NetnsInfo>,
+/// Locks the state directory and reads the state; a repaired file is
+/// reported once, as a note.
+/// (`dir`: the state directory, opened once by the command.)
+fn open(output: &Output, dir: &state::StateDir) -> Result<(Store, state::State), Error> {
+    let mut store = Store::lock(dir)?;
+    let state = store.load()?;
+    if let Some(repaired) = &store.repaired {
+        output.note(&format!("sockcheck: {repaired}\n"));
+    }
+    Ok((store, state))
 }
 
-impl Gate {
-    fn query(&self, addresses: Vec<IpAddr>, owners: bool) -> Query {
-        Query {
-            owners,
-            sources: self.sources,
-            netns: self.netns.clone(),
-            ..Query::new(addresses, self.ports.clone())
-        }
-    }
+/// The addresses this user's `run`s left quarantined.
+fn quarantined(output: &Output, dir: &state::StateDir) -> Result<HashSet<IpAddr>, Error> {
+    let (_store, state) = open(output, dir)?;
+    Ok(state.quarantine.iter().map(|q| q.address).collect())
+}
 
-    /// Inspects one address against an existing kernel view.
-    fn one(&self, view: &KernelView, address: IpAddr, owners: bool) -> AddressReport {
-        inspect::inspect_view(&self.query(vec![address], owners), view)
-            .addresses
-            .remove(0)
+/// Lifts the quarantine of `addresses` (they were found free).
+fn unquarantine(output: &Output, dir: &state::StateDir, addresses: &[IpAddr]) -> Result<(), Error> {
+    let (store, mut state) = open(output, dir)?;
+    let before = state.quarantine.len();
+    state.quarantine.retain(|q| !addresses.contains(&q.address));
+    if state.quarantine.len() != before {
+        store.save(&state)?;
     }
-
-    /// Locks the state directory and reads the state; a repaired file is
-    /// reported once.
-    /// (`dir`: the state directory, opened once by the command.)
-    fn open(&self, dir: &state::StateDir) -> Result<(Store, state::State), Error> {
-        let mut store = Store::lock(dir)?;
-        let state = store.load()?;
-        if let Some(repaired) = &store.repaired {
-            self.output.note(&format!("sockcheck: {repaired}\n"));
-        }
-        Ok((store, state))
-    }
-
-    /// The addresses this user's `run`s left quarantined.
-    fn quarantined(&self, dir: &state::StateDir) -> Result<HashSet<IpAddr>, Error> {
-        let (_store, state) = self.open(dir)?;
-        Ok(state.quarantine.iter().map(|q| q.address).collect())
-    }
-
-    /// Lifts the quarantine of `address` (it was found free).
-    fn unquarantine(&self, dir: &state::StateDir, addresses: &[IpAddr]) -> Result<(), Error> {
-        let (store, mut state) = self.open(dir)?;
-        let before = state.quarantine.len();
-        state.quarantine.retain(|q| !addresses.contains(&q.address));
-        if state.quarantine.len() != before {
-            store.save(&state)?;
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 /// One phrase on why an address is not free: `pid 4242 (node) holds

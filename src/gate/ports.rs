@@ -18,9 +18,11 @@ use std::time::{Duration, Instant};
 use schemars::JsonSchema;
 use serde::Serialize;
 
+use super::POLL;
 use super::ledger::LeaseOwner;
-use super::{Gate, POLL};
+use super::{Context, LeaseContext};
 use crate::diag::DiagSocket;
+use crate::document::Document;
 use crate::error::Error;
 use crate::exit::ExitStatus;
 use crate::lease::{self, Dir, OwnerHandle, Subject, Token};
@@ -153,6 +155,33 @@ pub(crate) struct PortsAcquired {
     skipped: Vec<SkippedPort>,
 }
 
+impl PortsAcquired {
+    /// The ports leased, one a line; or why not (a note), with one line per
+    /// port passed over (the first 32; `--json` lists every one).
+    pub(crate) fn render(&self) -> String {
+        if let Some(ports) = &self.ports {
+            return ports.iter().map(|p| format!("{p}\n")).collect();
+        }
+        let mut text = format!(
+            "sockcheck: {}:\n",
+            self.error.as_deref().unwrap_or_default()
+        );
+        for skip in self.skipped.iter().take(32) {
+            text.push_str(&format!(
+                "  {:<5}  {:<8}  {}\n",
+                skip.port, skip.reason, skip.message
+            ));
+        }
+        if self.skipped.len() > 32 {
+            text.push_str(&format!(
+                "  … and {} more (--json lists every one)\n",
+                self.skipped.len() - 32
+            ));
+        }
+        text
+    }
+}
+
 /// The canary: a plain server's bind (SO_REUSEADDR on) of HOST:PORT,
 /// closed at once.
 fn canary(host: IpAddr, port: u16) -> Result<(), std::io::Error> {
@@ -187,93 +216,146 @@ fn take(
                 return Ok((taken, skipped));
             }
             let state = states.get(&port);
-            let time_wait = state.is_some_and(|s| s.time_wait > 0);
             if let Some(state) = state.filter(|s| !s.blocking.is_empty()) {
                 if !remnants_allowed {
-                    let first = &state.blocking[0];
-                    skipped.push(SkippedPort {
-                        port,
-                        reason: "busy".into(),
-                        pids: Vec::new(),
-                        message: format!(
-                            "{} {} (uid {}, inode {})",
-                            if first.state.0 == crate::diag::TCP_LISTEN {
-                                "a listener on"
-                            } else {
-                                "a socket on"
-                            },
-                            first.local,
-                            first.uid,
-                            first.inode
-                        ),
-                    });
+                    skipped.push(SkippedPort::busy(port, &state.blocking[0]));
                 }
                 continue;
             }
-            if time_wait != remnants_allowed {
+            if state.is_some_and(|s| s.time_wait > 0) != remnants_allowed {
                 continue;
             }
-            let Some(token) = Token::claim(Subject::Port(port))? else {
-                skipped.push(SkippedPort {
-                    port,
-                    reason: "leased".into(),
-                    pids: Vec::new(),
-                    message: "leased".into(),
-                });
-                continue;
-            };
-            match canary(host, port) {
-                Ok(()) => taken.push(token),
-                Err(e) => skipped.push(SkippedPort {
-                    port,
-                    reason: "conflict".into(),
-                    pids: Vec::new(),
-                    message: format!(
-                        "the canary bind on {} fails with {}",
-                        SocketAddr::new(host, port),
-                        crate::error::errno_label(&e)
-                    ),
-                }),
+            match try_port(host, port)? {
+                Ok(token) => taken.push(token),
+                Err(skip) => skipped.push(skip),
             }
         }
     }
     Ok((taken, skipped))
 }
 
+/// Takes the token of a port with no blocking socket, and runs the canary
+/// on it; or says why not (leased, or the canary failed).
+fn try_port(host: IpAddr, port: u16) -> Result<Result<Token, SkippedPort>, Error> {
+    let Some(token) = Token::claim(Subject::Port(port))? else {
+        return Ok(Err(SkippedPort {
+            port,
+            reason: "leased".into(),
+            pids: Vec::new(),
+            message: "leased".into(),
+        }));
+    };
+    Ok(match canary(host, port) {
+        Ok(()) => Ok(token),
+        Err(e) => Err(SkippedPort {
+            port,
+            reason: "conflict".into(),
+            pids: Vec::new(),
+            message: format!(
+                "the canary bind on {} fails with {}",
+                SocketAddr::new(host, port),
+                crate::error::errno_label(&e)
+            ),
+        }),
+    })
+}
+
+impl SkippedPort {
+    /// A port a socket blocks (`first`, the first of them).
+    fn busy(port: u16, first: &DiagSocket) -> SkippedPort {
+        SkippedPort {
+            port,
+            reason: "busy".into(),
+            pids: Vec::new(),
+            message: format!(
+                "{} {} (uid {}, inode {})",
+                if first.state.0 == crate::diag::TCP_LISTEN {
+                    "a listener on"
+                } else {
+                    "a socket on"
+                },
+                first.local,
+                first.uid,
+                first.inode
+            ),
+        }
+    }
+}
+
+/// What `acquire-port` was asked for.
+#[derive(Debug, Clone)]
+pub struct PortRequest {
+    /// The ports to choose from, in order.
+    pub range: Vec<u16>,
+    /// The host they must be free on.
+    pub host: IpAddr,
+    pub count: usize,
+    /// `--owner` [default: sockcheck's parent].
+    pub owner: Option<u32>,
+    pub wait: Option<Duration>,
+}
+
 /// `sockcheck acquire-port [RANGE] [--host ADDR] [--count N] [--owner PID]
 /// [--wait D]`.
-pub fn acquire_port(
-    gate: &Gate,
-    range: Vec<u16>,
-    host: IpAddr,
-    count: usize,
-    owner_pid: Option<u32>,
-    wait: Option<Duration>,
-) -> Result<ExitStatus, Error> {
-    let dir = Dir::open(&gate.state_dir)?;
-    let owner = match owner_pid {
+pub fn acquire_port(ctx: &LeaseContext, request: &PortRequest) -> Result<ExitStatus, Error> {
+    let dir = Dir::open(&ctx.state_dir)?;
+    let owner = match request.owner {
         Some(pid) => OwnerHandle::open(pid, "--owner")?,
         None => OwnerHandle::open(
-            super::acquire::default_owner(gate),
+            super::acquire::default_owner(ctx),
             "the lease's owner (sockcheck's parent)",
         )?,
     };
+    note_ephemeral(ctx, &request.range);
+    let (tokens, skipped) = take_waiting(request)?;
+    if tokens.len() < request.count {
+        drop(tokens);
+        return refuse(ctx, &dir, request, skipped);
+    }
+    let mut ports = Vec::with_capacity(request.count);
+    for token in tokens {
+        let Subject::Port(port) = token.subject else {
+            continue;
+        };
+        lease::grant(&dir, token, &owner, &[], request.host)?;
+        ports.push(port);
+    }
+    ctx.output.document(&PortsAcquired {
+        schema: PortsAcquired::SCHEMA,
+        host: request.host,
+        ports: Some(ports),
+        owner: Some(LeaseOwner::of(owner.owner, &[])),
+        state_dir: dir.path().to_path_buf(),
+        error: None,
+        skipped: Vec::new(),
+    })?;
+    Ok(ExitStatus::Free)
+}
+
+/// A note when the range reaches into the kernel's ephemeral ports.
+fn note_ephemeral(ctx: &Context, range: &[u16]) {
     if let Some((lo, hi)) = ephemeral()
         && let Some(inside) = range.iter().find(|p| (lo..=hi).contains(*p))
     {
-        gate.output.note(&format!(
+        ctx.output.note(&format!(
             "sockcheck: note: port {inside} (and maybe others of the range) lies in \
              net.ipv4.ip_local_port_range ({lo}-{hi}): the kernel may give it to any outgoing \
              connection at any moment, so a server may still find it taken; the default \
              range stays clear of it\n"
         ));
     }
-    let deadline = wait.map(|w| Instant::now() + w);
-    let (tokens, skipped) = loop {
-        let (tokens, skipped) = take(&range, host, count)?;
+}
+
+/// [`take`]s the ports, again until `--wait` runs out while there are not
+/// enough; a wait wakes at once when a leased port it listens to is
+/// released.
+fn take_waiting(request: &PortRequest) -> Result<(Vec<Token>, Vec<SkippedPort>), Error> {
+    let deadline = request.wait.map(|w| Instant::now() + w);
+    loop {
+        let (tokens, skipped) = take(&request.range, request.host, request.count)?;
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         match left {
-            _ if tokens.len() == count => break (tokens, skipped),
+            _ if tokens.len() == request.count => return Ok((tokens, skipped)),
             Some(left) if !left.is_zero() => {
                 drop(tokens);
                 let waiters: Vec<lease::token::Connection> = skipped
@@ -288,36 +370,9 @@ pub fn acquire_port(
                     .collect();
                 lease::token::wait_any(&waiters, left.min(POLL));
             }
-            _ => break (tokens, skipped),
+            _ => return Ok((tokens, skipped)),
         }
-    };
-    if tokens.len() < count {
-        drop(tokens);
-        return refuse(gate, &dir, host, count, range.len(), skipped);
     }
-    let mut ports = Vec::with_capacity(count);
-    for token in tokens {
-        let Subject::Port(port) = token.subject else {
-            continue;
-        };
-        lease::grant(&dir, token, &owner, &[], host)?;
-        ports.push(port);
-    }
-    let text = if gate.output.json {
-        crate::output::json(&PortsAcquired {
-            schema: 1,
-            host,
-            ports: Some(ports),
-            owner: Some(LeaseOwner::of(owner.owner, &[])),
-            state_dir: dir.path().to_path_buf(),
-            error: None,
-            skipped: Vec::new(),
-        })
-    } else {
-        ports.iter().map(|p| format!("{p}\n")).collect()
-    };
-    gate.output.print(&text)?;
-    Ok(ExitStatus::Free)
 }
 
 /// `run --lease-ports N`: N ports of the default range, free on
@@ -349,13 +404,12 @@ pub fn lease_for(
 /// Not enough free ports: say why for each port passed over (the first
 /// 32 for people; every one with `--json`), naming leaseholders.
 fn refuse(
-    gate: &Gate,
+    ctx: &Context,
     dir: &Dir,
-    host: IpAddr,
-    count: usize,
-    range_len: usize,
+    request: &PortRequest,
     mut skipped: Vec<SkippedPort>,
 ) -> Result<ExitStatus, Error> {
+    let (host, count, range_len) = (request.host, request.count, request.range.len());
     for skip in skipped.iter_mut().filter(|s| s.reason == "leased").take(32) {
         let holder = lease::token::holder(Subject::Port(skip.port));
         skip.pids = holder.pids();
@@ -366,38 +420,26 @@ fn refuse(
         if count == 1 { "" } else { "s" },
         if range_len == 1 { "" } else { "s" }
     );
-    if gate.output.json {
-        gate.output.print(&crate::output::json(&PortsAcquired {
-            schema: 1,
-            host,
-            ports: None,
-            owner: None,
-            state_dir: dir.path().to_path_buf(),
-            error: Some(error.clone()),
-            skipped: skipped.clone(),
-        }))?;
+    let doc = PortsAcquired {
+        schema: PortsAcquired::SCHEMA,
+        host,
+        ports: None,
+        owner: None,
+        state_dir: dir.path().to_path_buf(),
+        error: Some(error),
+        skipped,
+    };
+    if ctx.output.json {
+        ctx.output.print(&crate::output::json(&doc))?;
     }
-    let mut text = format!("sockcheck: {error}:\n");
-    for skip in skipped.iter().take(32) {
-        text.push_str(&format!(
-            "  {:<5}  {:<8}  {}\n",
-            skip.port, skip.reason, skip.message
-        ));
-    }
-    if skipped.len() > 32 {
-        text.push_str(&format!(
-            "  … and {} more (--json lists every one)\n",
-            skipped.len() - 32
-        ));
-    }
-    gate.output.note(&text);
+    ctx.output.note(&doc.human(&ctx.output));
     Ok(ExitStatus::NotFree)
 }
 
 /// `sockcheck release-port PORT...`: ends each lease that is ours; exits
 /// 1 when any port was not leased or not ours to release.
-pub fn release_port(gate: &Gate, ports: &[u16]) -> Result<ExitStatus, Error> {
-    let dir = Dir::open(&gate.state_dir)?;
+pub fn release_port(ctx: &LeaseContext, ports: &[u16]) -> Result<ExitStatus, Error> {
+    let dir = Dir::open(&ctx.state_dir)?;
     let mut all = true;
     for &port in ports {
         let subject = Subject::Port(port);
@@ -410,7 +452,7 @@ pub fn release_port(gate: &Gate, ports: &[u16]) -> Result<ExitStatus, Error> {
             lease::token::Released::Refused(why) => why,
         };
         all = false;
-        gate.output
+        ctx.output
             .note(&format!("sockcheck: port {port} was not released: {why}\n"));
     }
     Ok(if all {

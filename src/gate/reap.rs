@@ -23,8 +23,9 @@ use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use super::Gate;
+use super::Context;
 use super::state::{Liveness, ProcessId};
+use crate::document::Document;
 use crate::error::Error;
 use crate::exit::ExitStatus;
 use crate::inspect;
@@ -385,13 +386,13 @@ fn pidfd_send_signal_checked(
 /// are signalled. Exits 0 once ADDR is free, 1 while something still holds
 /// it.
 pub fn reap_address(
-    gate: &Gate,
+    ctx: &Context,
     address: IpAddr,
     grace: Duration,
     dry_run: bool,
 ) -> Result<ExitStatus, Error> {
-    let view = inspect::kernel_view(&gate.ports)?;
-    let before = inspect::inspect_view(&gate.query(vec![address], true), &view)
+    let view = inspect::kernel_view(&ctx.ports)?;
+    let before = inspect::inspect_view(&ctx.query(vec![address], true), &view)
         .addresses
         .remove(0);
     let (found, hidden) = holders(&before);
@@ -407,24 +408,21 @@ pub fn reap_address(
     let after = if dry_run {
         before.verdict
     } else {
-        let view = inspect::kernel_view(&gate.ports)?;
-        gate.one(&view, address, false).verdict
+        let view = inspect::kernel_view(&ctx.ports)?;
+        ctx.one(&view, address, false).verdict
     };
     let report = ReapReport {
-        schema: 1,
+        schema: ReapReport::SCHEMA,
         address,
-        ports: gate.ports.clone(),
+        ports: ctx.ports.clone(),
         dry_run,
         before: before.verdict,
         after,
         reaped,
         hidden,
+        comms,
     };
-    if gate.output.json {
-        gate.output.print(&crate::output::json(&report))?;
-    } else {
-        gate.output.print(&render(&report, &comms))?;
-    }
+    ctx.output.document(&report)?;
     Ok(if after == Verdict::Free {
         ExitStatus::Free
     } else {
@@ -446,6 +444,9 @@ pub struct ReapReport {
     /// The uids of holders that could not be read (another user's
     /// processes): not permitted, so not signalled.
     pub hidden: Vec<u32>,
+    /// The holders' names, for people.
+    #[serde(skip)]
+    pub comms: BTreeMap<u32, String>,
 }
 
 /// The processes holding listeners that cover the address (itself,
@@ -476,10 +477,11 @@ pub fn holders(address: &AddressReport) -> (Vec<Found>, Vec<u32>) {
 }
 
 /// The human lines of a reap: one per process, then the outcome.
-pub fn render(report: &ReapReport, comms: &BTreeMap<u32, String>) -> String {
+pub fn render(report: &ReapReport) -> String {
     let mut text = String::new();
     for r in &report.reaped {
-        let comm = comms
+        let comm = report
+            .comms
             .get(&r.pid)
             .map(|c| format!(" ({c})"))
             .unwrap_or_default();

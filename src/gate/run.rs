@@ -10,7 +10,8 @@ use super::acquire::{lease, report_refusal};
 use super::forensic::{self, Forensic};
 use super::openers::Attribution;
 use super::state::{self, Quarantine};
-use super::{Gate, POLL, child, reap};
+use super::{Context, LeaseContext};
+use super::{POLL, child, reap};
 use crate::error::Error;
 use crate::exit::ExitStatus;
 use crate::inspect;
@@ -32,7 +33,7 @@ pub struct RunOptions {
 }
 
 /// `sockcheck run POOL -- CMD`.
-pub fn run(gate: &Gate, pool: &[IpAddr], options: &RunOptions) -> Result<ExitStatus, Error> {
+pub fn run(ctx: &LeaseContext, pool: &[IpAddr], options: &RunOptions) -> Result<ExitStatus, Error> {
     if options.command.is_empty() {
         return Err(Error::Usage("run: no command given after --".into()));
     }
@@ -40,14 +41,14 @@ pub fn run(gate: &Gate, pool: &[IpAddr], options: &RunOptions) -> Result<ExitSta
         super::report_file::check(path)?;
     }
     let me = OwnerHandle::open(std::process::id(), "run")?;
-    let dir = Dir::open(&gate.state_dir)?;
+    let dir = Dir::open(&ctx.state_dir)?;
     // Room for the duties after the command, decided before anything is
     // leased or run.
     let reserve = Reserve::new(RESERVED_FDS)?;
-    let address = match lease(gate, &dir, pool, &me, options.wait, false)? {
+    let address = match lease(ctx, &dir, pool, &me, options.wait, false)? {
         Ok(address) => address,
         Err(refusal) => {
-            report_refusal(gate, pool.len(), &refusal, options.wait.is_some())?;
+            report_refusal(ctx, pool.len(), &refusal, options.wait.is_some())?;
             return Ok(ExitStatus::NoAddress);
         }
     };
@@ -62,22 +63,17 @@ pub fn run(gate: &Gate, pool: &[IpAddr], options: &RunOptions) -> Result<ExitSta
     };
     let Some(leased_ports) = leased_ports else {
         let _ = lease::agent::release(&dir, address);
-        gate.output.note(&format!(
+        ctx.output.note(&format!(
             "sockcheck: not {} free ports in the default range for --lease-ports\n",
             options.lease_ports
         ));
         return Ok(ExitStatus::NoAddress);
     };
     let companions: Vec<Subject> = leased_ports.iter().map(|&p| Subject::Port(p)).collect();
-    let mut checked = gate.clone();
-    for &port in &leased_ports {
-        if !checked.ports.contains(&port) {
-            checked.ports.push(port);
-        }
-    }
-    let gate = &checked;
+    let checked = ctx.with_ports(&leased_ports);
+    let ctx = &checked;
     let ports = if leased_ports.is_empty() {
-        &gate.ports
+        &ctx.ports
     } else {
         &leased_ports
     }
@@ -90,18 +86,18 @@ pub fn run(gate: &Gate, pool: &[IpAddr], options: &RunOptions) -> Result<ExitSta
         env.push(("SOCKCHECK_PORT", first.to_string()));
     }
     env.push(("SOCKCHECK_PORTS", ports));
-    if gate.output.verbose {
-        gate.output
+    if ctx.output.verbose {
+        ctx.output
             .note(&format!("sockcheck: leased {address} for the command\n"));
     }
     // Attached before the command starts, so every listen() it makes is seen.
-    let attribution = Attribution::start(gate.sources.bpf, address, &gate.ports);
-    if gate.output.verbose {
-        gate.output
+    let attribution = Attribution::start(ctx.sources.bpf, address, &ctx.ports);
+    if ctx.output.verbose {
+        ctx.output
             .note(&format!("sockcheck: {}\n", attribution.describe()));
     }
     let finished = child::run(&options.command, &env, |pid| {
-        live_on_in(gate, &dir, address, &companions, pid)
+        live_on_in(ctx, &dir, address, &companions, pid)
     });
     let exited = state::now();
     drop(reserve);
@@ -114,7 +110,7 @@ pub fn run(gate: &Gate, pool: &[IpAddr], options: &RunOptions) -> Result<ExitSta
         }
     };
     after(
-        gate,
+        ctx,
         &dir,
         address,
         &companions,
@@ -163,11 +159,11 @@ impl Reserve {
 /// if `run` itself is killed, the address stays leased for as long as the
 /// command runs. (Should that fail, the lease stays `run`'s alone, and a
 /// note says so.)
-fn live_on_in(gate: &Gate, dir: &Dir, address: IpAddr, companions: &[Subject], pid: u32) {
+fn live_on_in(ctx: &Context, dir: &Dir, address: IpAddr, companions: &[Subject], pid: u32) {
     let command = match OwnerHandle::open(pid, "run's command") {
         Ok(command) => command,
         Err(e) => {
-            gate.output.note(&format!(
+            ctx.output.note(&format!(
                 "sockcheck: the lease of {address} could not be tied to the command: {e}\n"
             ));
             return;
@@ -175,7 +171,7 @@ fn live_on_in(gate: &Gate, dir: &Dir, address: IpAddr, companions: &[Subject], p
     };
     for subject in std::iter::once(Subject::Address(address)).chain(companions.iter().copied()) {
         if let Err(e) = lease::agent::attach(dir, subject, command.owner, &command.pidfd) {
-            gate.output.note(&format!(
+            ctx.output.note(&format!(
                 "sockcheck: the lease of {subject} could not be tied to the command: {e}\n"
             ));
         }
@@ -197,7 +193,7 @@ fn release_all(dir: &Dir, subjects: &[Subject]) {
 /// status stands; one that comes during the wait makes `run` exit 128+N.
 #[allow(clippy::too_many_arguments)]
 fn after(
-    gate: &Gate,
+    ctx: &Context,
     dir: &Dir,
     address: IpAddr,
     companions: &[Subject],
@@ -217,8 +213,8 @@ fn after(
         None => ExitStatus::Command(status),
     };
     let report = loop {
-        let view = inspect::kernel_view(&gate.ports)?;
-        let quick = gate.one(&view, address, false);
+        let view = inspect::kernel_view(&ctx.ports)?;
+        let quick = ctx.one(&view, address, false);
         if quick.verdict == Verdict::Free {
             // Released before run exits, so whoever runs next finds it free
             // (the agent would end it when run exits, a moment later).
@@ -226,7 +222,7 @@ fn after(
             return Ok(match lease::agent::release(dir, address) {
                 Ok(_) => done(true),
                 Err(e) => {
-                    gate.output
+                    ctx.output
                         .warn(&format!("sockcheck: releasing {address}: {e}\n"));
                     match done(true) {
                         ExitStatus::Free => ExitStatus::Failed,
@@ -236,7 +232,7 @@ fn after(
             });
         }
         if Instant::now() >= deadline || interrupted().is_some() {
-            break gate.one(&view, address, true);
+            break ctx.one(&view, address, true);
         }
         std::thread::sleep(POLL.min(deadline.saturating_duration_since(Instant::now())));
     };
@@ -248,7 +244,7 @@ fn after(
         schema: forensic::SCHEMA,
         interrupted_by: interrupted().map(signal_name),
         address,
-        ports: gate.ports.clone(),
+        ports: ctx.ports.clone(),
         command: options
             .command
             .iter()
@@ -269,27 +265,27 @@ fn after(
         // Only these processes, while they still hold these sockets.
         let found: Vec<reap::Found> = forensic.holders.iter().map(reap::Found::from).collect();
         forensic.reaped = reap::reap(&found, options.grace, false);
-        let view = inspect::kernel_view(&gate.ports)?;
-        if gate.one(&view, address, false).verdict == Verdict::Free {
+        let view = inspect::kernel_view(&ctx.ports)?;
+        if ctx.one(&view, address, false).verdict == Verdict::Free {
             forensic.quarantined = false;
         }
     }
     // The report first: nothing that happens to the state can lose it.
-    gate.output.note(&forensic::markdown(&forensic));
+    ctx.output.note(&forensic::markdown(&forensic));
     let mut failed = false;
     if let Some(path) = &options.report
         && let Err(e) = forensic::write(&forensic, path)
     {
-        gate.output.warn(&format!("sockcheck: {e}\n"));
+        ctx.output.warn(&format!("sockcheck: {e}\n"));
         failed = true;
     }
     if forensic.quarantined {
-        failed |= !quarantine(gate, dir, &forensic, companions, options);
+        failed |= !quarantine(ctx, dir, &forensic, companions, options);
     } else if let Err(e) = {
         release_all(dir, companions);
         lease::agent::release(dir, address)
     } {
-        gate.output
+        ctx.output
             .warn(&format!("sockcheck: releasing {address}: {e}\n"));
         failed = true;
     }
@@ -306,7 +302,7 @@ fn after(
 /// quarantine records why, with the report's path. Says what failed, and
 /// returns whether everything held.
 fn quarantine(
-    gate: &Gate,
+    ctx: &Context,
     dir: &Dir,
     forensic: &Forensic,
     companions: &[Subject],
@@ -321,13 +317,13 @@ fn quarantine(
                 .try_for_each(|subject| lease::agent::attach(dir, subject, h.owner, &h.pidfd))
         });
         if let Err(e) = tied {
-            gate.output.warn(&format!(
+            ctx.output.warn(&format!(
                 "sockcheck: the lease of {address} could not be kept for pid {}: {e}\n",
                 holder.pid
             ));
         }
     }
-    let recorded = gate.open(dir).and_then(|(store, mut state)| {
+    let recorded = super::open(&ctx.output, dir).and_then(|(store, mut state)| {
         state.quarantine.retain(|q| q.address != address);
         state.quarantine.push(Quarantine {
             address,
@@ -338,7 +334,7 @@ fn quarantine(
         store.save(&state)
     });
     if let Err(e) = recorded {
-        gate.output
+        ctx.output
             .warn(&format!("sockcheck: quarantining {address}: {e}\n"));
         held = false;
     }
