@@ -3,8 +3,10 @@
 //! address at once, whoever asks.
 //!
 //! - [`inspecting`]: `scan`, `list` and `wait`, which lease nothing;
-//! - [`reap`]: `reap`, and the reaping `run --reap` does;
+//! - [`reap`]: `reap`, and the reaping `run --reap` does ([`pin`]: pinning
+//!   and signalling what it found);
 //! - [`acquire`]: `acquire`, and the leasing `run` uses;
+//! - [`refusal`]: why no address could be leased, as people and `--json` see it;
 //! - [`ledger`]: `release` and `leases`;
 //! - [`ports`]: `acquire-port` and `release-port`;
 //! - [`run`]: `run`, with its linger check and forensic report;
@@ -16,16 +18,19 @@ pub mod forensic;
 pub mod inspecting;
 pub mod ledger;
 pub mod openers;
+pub mod pin;
 pub mod ports;
 pub mod reap;
+pub mod refusal;
 pub mod report_file;
 pub mod run;
 pub mod state;
 
-pub use acquire::{Refusal, SkipReason, Skipped, acquire, explain, lease, try_acquire};
+pub use acquire::{acquire, lease, try_acquire};
 pub use inspecting::{list, scan, wait};
 pub use ledger::{leases, release};
 pub use reap::reap_address;
+pub use refusal::{Refusal, SkipReason, Skipped, explain};
 pub use run::{RunOptions, run};
 
 use std::collections::HashSet;

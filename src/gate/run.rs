@@ -6,12 +6,14 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::acquire::{lease, report_refusal};
+use super::acquire::lease;
 use super::forensic::{self, Forensic};
 use super::openers::Attribution;
+use super::refusal::report_refusal;
 use super::state::{self, Quarantine};
 use super::{Context, LeaseContext};
 use super::{POLL, child, reap};
+use crate::document::Document;
 use crate::error::Error;
 use crate::exit::ExitStatus;
 use crate::inspect;
@@ -52,73 +54,101 @@ pub fn run(ctx: &LeaseContext, pool: &[IpAddr], options: &RunOptions) -> Result<
             return Ok(ExitStatus::NoAddress);
         }
     };
-    // --lease-ports: leased beside the address, for the command's own
-    // servers, and checked after it like the address's ports.
-    let leased_ports = match super::ports::lease_for(&dir, &me, address, options.lease_ports) {
-        Ok(ports) => ports,
-        Err(e) => {
-            let _ = lease::agent::release(&dir, address);
-            return Err(e);
-        }
-    };
-    let Some(leased_ports) = leased_ports else {
-        let _ = lease::agent::release(&dir, address);
-        ctx.output.note(&format!(
-            "sockcheck: not {} free ports in the default range for --lease-ports\n",
-            options.lease_ports
-        ));
+    let Some(leased_ports) = lease_ports(ctx, &dir, &me, address, options.lease_ports)? else {
         return Ok(ExitStatus::NoAddress);
     };
-    let companions: Vec<Subject> = leased_ports.iter().map(|&p| Subject::Port(p)).collect();
+    let leased = Leased {
+        dir: &dir,
+        address,
+        companions: leased_ports.iter().map(|&p| Subject::Port(p)).collect(),
+    };
+    // The leased ports are checked after the command like the address's.
     let checked = ctx.with_ports(&leased_ports);
     let ctx = &checked;
+    let env = command_env(ctx, address, &leased_ports);
+    // Attached before the command starts, so every listen() it makes is seen.
+    let attribution = Attribution::start(ctx.sources.bpf, address, &ctx.ports);
+    if ctx.output.verbose {
+        ctx.output.note(&format!(
+            "sockcheck: leased {address} for the command\nsockcheck: {}\n",
+            attribution.describe()
+        ));
+    }
+    let finished = child::run(&options.command, &env, |pid| live_on_in(ctx, &leased, pid));
+    let exited = state::now();
+    drop(reserve);
+    let finished = finished.inspect_err(|_| leased.release_all())?;
+    after(ctx, &leased, &finished, exited, options, attribution)
+}
+
+/// What `run` leased: the address, and the ports of `--lease-ports` (its
+/// companions), in the state directory `dir`.
+struct Leased<'a> {
+    dir: &'a Dir,
+    address: IpAddr,
+    companions: Vec<Subject>,
+}
+
+impl Leased<'_> {
+    /// The address and its companions.
+    fn subjects(&self) -> impl Iterator<Item = Subject> + '_ {
+        std::iter::once(Subject::Address(self.address)).chain(self.companions.iter().copied())
+    }
+
+    /// Ends every lease, as far as it can.
+    fn release_all(&self) {
+        release_all(self.dir, &self.companions);
+        let _ = lease::agent::release(self.dir, self.address);
+    }
+
+    /// Ends every lease; an error is the address's.
+    fn release(&self) -> Result<bool, Error> {
+        release_all(self.dir, &self.companions);
+        lease::agent::release(self.dir, self.address)
+    }
+}
+
+/// `--lease-ports N`: N ports leased beside the address, for the command's
+/// own servers; `None` (and the address released, with a note) when there
+/// are not N free.
+fn lease_ports(
+    ctx: &Context,
+    dir: &Dir,
+    me: &OwnerHandle,
+    address: IpAddr,
+    count: usize,
+) -> Result<Option<Vec<u16>>, Error> {
+    let leased = super::ports::lease_for(dir, me, address, count);
+    if !matches!(leased, Ok(Some(_))) {
+        let _ = lease::agent::release(dir, address);
+    }
+    if let Ok(None) = leased {
+        ctx.output.note(&format!(
+            "sockcheck: not {count} free ports in the default range for --lease-ports\n"
+        ));
+    }
+    leased
+}
+
+/// The command's environment: SOCKCHECK_ADDR; SOCKCHECK_PORT, the first
+/// leased port; SOCKCHECK_PORTS, the leased ports (else the checked ones).
+fn command_env(
+    ctx: &Context,
+    address: IpAddr,
+    leased_ports: &[u16],
+) -> Vec<(&'static str, String)> {
     let ports = if leased_ports.is_empty() {
         &ctx.ports
     } else {
-        &leased_ports
-    }
-    .iter()
-    .map(u16::to_string)
-    .collect::<Vec<_>>()
-    .join(",");
+        leased_ports
+    };
+    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
     let mut env = vec![("SOCKCHECK_ADDR", address.to_string())];
     if let Some(first) = leased_ports.first() {
         env.push(("SOCKCHECK_PORT", first.to_string()));
     }
-    env.push(("SOCKCHECK_PORTS", ports));
-    if ctx.output.verbose {
-        ctx.output
-            .note(&format!("sockcheck: leased {address} for the command\n"));
-    }
-    // Attached before the command starts, so every listen() it makes is seen.
-    let attribution = Attribution::start(ctx.sources.bpf, address, &ctx.ports);
-    if ctx.output.verbose {
-        ctx.output
-            .note(&format!("sockcheck: {}\n", attribution.describe()));
-    }
-    let finished = child::run(&options.command, &env, |pid| {
-        live_on_in(ctx, &dir, address, &companions, pid)
-    });
-    let exited = state::now();
-    drop(reserve);
-    let finished = match finished {
-        Ok(finished) => finished,
-        Err(e) => {
-            let _ = lease::agent::release(&dir, address);
-            release_all(&dir, &companions);
-            return Err(e);
-        }
-    };
-    after(
-        ctx,
-        &dir,
-        address,
-        &companions,
-        &finished,
-        exited,
-        options,
-        attribution,
-    )
+    env.push(("SOCKCHECK_PORTS", ports.join(",")));
+    env
 }
 
 /// File descriptors the linger check, the report and the quarantine need
@@ -159,18 +189,19 @@ impl Reserve {
 /// if `run` itself is killed, the address stays leased for as long as the
 /// command runs. (Should that fail, the lease stays `run`'s alone, and a
 /// note says so.)
-fn live_on_in(ctx: &Context, dir: &Dir, address: IpAddr, companions: &[Subject], pid: u32) {
+fn live_on_in(ctx: &Context, leased: &Leased, pid: u32) {
     let command = match OwnerHandle::open(pid, "run's command") {
         Ok(command) => command,
         Err(e) => {
             ctx.output.note(&format!(
-                "sockcheck: the lease of {address} could not be tied to the command: {e}\n"
+                "sockcheck: the lease of {} could not be tied to the command: {e}\n",
+                leased.address
             ));
             return;
         }
     };
-    for subject in std::iter::once(Subject::Address(address)).chain(companions.iter().copied()) {
-        if let Err(e) = lease::agent::attach(dir, subject, command.owner, &command.pidfd) {
+    for subject in leased.subjects() {
+        if let Err(e) = lease::agent::attach(leased.dir, subject, command.owner, &command.pidfd) {
             ctx.output.note(&format!(
                 "sockcheck: the lease of {subject} could not be tied to the command: {e}\n"
             ));
@@ -191,109 +222,149 @@ fn release_all(dir: &Dir, subjects: &[Subject]) {
 /// inspected once, reported and quarantined as at the deadline. A signal
 /// that came while the command ran was the command's to answer, and its
 /// status stands; one that comes during the wait makes `run` exit 128+N.
-#[allow(clippy::too_many_arguments)]
 fn after(
     ctx: &Context,
-    dir: &Dir,
-    address: IpAddr,
-    companions: &[Subject],
+    leased: &Leased,
     finished: &child::Finished,
     exited: u64,
     options: &RunOptions,
     attribution: Attribution,
 ) -> Result<ExitStatus, Error> {
-    let status = finished.status;
     let started = Instant::now();
-    let deadline = started + options.linger;
-    let interrupted = || finished.signals.received().or(finished.signalled);
-    let done = |free: bool| match finished.signals.received() {
-        Some(signal) => ExitStatus::Command(128u8.saturating_add(signal as u8)),
-        None if free => command_status(status),
-        None if status == 0 => ExitStatus::Lingering,
-        None => ExitStatus::Command(status),
-    };
-    let report = loop {
-        let view = inspect::kernel_view(&ctx.ports)?;
-        let quick = ctx.one(&view, address, false);
-        if quick.verdict == Verdict::Free {
-            // Released before run exits, so whoever runs next finds it free
-            // (the agent would end it when run exits, a moment later).
-            release_all(dir, companions);
-            return Ok(match lease::agent::release(dir, address) {
-                Ok(_) => done(true),
-                Err(e) => {
-                    ctx.output
-                        .warn(&format!("sockcheck: releasing {address}: {e}\n"));
-                    match done(true) {
-                        ExitStatus::Free => ExitStatus::Failed,
-                        status => status,
-                    }
-                }
-            });
-        }
-        if Instant::now() >= deadline || interrupted().is_some() {
-            break ctx.one(&view, address, true);
-        }
-        std::thread::sleep(POLL.min(deadline.saturating_duration_since(Instant::now())));
+    let report = match linger(ctx, leased, finished, started + options.linger)? {
+        Lingered::Free(status) => return Ok(status),
+        Lingered::Held(report) => report,
     };
     // The linger check is over: stop the watch and name the openers.
     let stopped = attribution.stop();
     let (holders, hidden) = forensic::holders(&report, &stopped.openers);
-    let attribution = stopped.status(&holders);
     let mut forensic = Forensic {
         schema: forensic::SCHEMA,
-        interrupted_by: interrupted().map(signal_name),
-        address,
+        interrupted_by: interrupted(finished).map(signal_name),
+        address: leased.address,
         ports: ctx.ports.clone(),
         command: options
             .command
             .iter()
             .map(|w| crate::text::Bytes(w.as_encoded_bytes().to_vec()))
             .collect(),
-        command_status: status,
+        command_status: finished.status,
         command_exited: exited,
         linger_seconds: started.elapsed().as_secs_f64(),
         verdict: report.verdict,
+        attribution: stopped.status(&holders),
         holders,
         hidden,
         quarantined: true,
         reaped: Vec::new(),
-        attribution,
         inspection: report,
     };
     if options.reap {
-        // Only these processes, while they still hold these sockets.
-        let found: Vec<reap::Found> = forensic.holders.iter().map(reap::Found::from).collect();
-        forensic.reaped = reap::reap(&found, options.grace, false);
-        let view = inspect::kernel_view(&ctx.ports)?;
-        if ctx.one(&view, address, false).verdict == Verdict::Free {
-            forensic.quarantined = false;
-        }
+        reap_holders(ctx, &mut forensic, options.grace)?;
     }
-    // The report first: nothing that happens to the state can lose it.
-    ctx.output.note(&forensic::markdown(&forensic));
-    let mut failed = false;
-    if let Some(path) = &options.report
-        && let Err(e) = forensic::write(&forensic, path)
-    {
-        ctx.output.warn(&format!("sockcheck: {e}\n"));
-        failed = true;
-    }
-    if forensic.quarantined {
-        failed |= !quarantine(ctx, dir, &forensic, companions, options);
-    } else if let Err(e) = {
-        release_all(dir, companions);
-        lease::agent::release(dir, address)
-    } {
-        ctx.output
-            .warn(&format!("sockcheck: releasing {address}: {e}\n"));
-        failed = true;
-    }
-    Ok(match done(false) {
+    let failed = !report_and_keep(ctx, leased, &forensic, options);
+    Ok(match outcome(finished, false) {
         // A state failure is exit 3, unless the lingering (4) says more.
         ExitStatus::Free | ExitStatus::Command(0) if failed => ExitStatus::Failed,
         status => status,
     })
+}
+
+/// How the linger check ended.
+enum Lingered {
+    /// The address came free: released, and `run`'s exit status.
+    Free(ExitStatus),
+    /// Still held at the deadline (or when a signal cut the wait short):
+    /// the inspection with owners.
+    Held(crate::report::AddressReport),
+}
+
+/// Looks at the address every [`POLL`] until it is free or `deadline`
+/// passes (or a signal comes).
+fn linger(
+    ctx: &Context,
+    leased: &Leased,
+    finished: &child::Finished,
+    deadline: Instant,
+) -> Result<Lingered, Error> {
+    loop {
+        let view = inspect::kernel_view(&ctx.ports)?;
+        if ctx.one(&view, leased.address, false).verdict == Verdict::Free {
+            // Released before run exits, so whoever runs next finds it free
+            // (the agent would end it when run exits, a moment later).
+            return Ok(Lingered::Free(match leased.release() {
+                Ok(_) => outcome(finished, true),
+                Err(e) => {
+                    ctx.output
+                        .warn(&format!("sockcheck: releasing {}: {e}\n", leased.address));
+                    match outcome(finished, true) {
+                        ExitStatus::Free => ExitStatus::Failed,
+                        status => status,
+                    }
+                }
+            }));
+        }
+        if Instant::now() >= deadline || interrupted(finished).is_some() {
+            return Ok(Lingered::Held(ctx.one(&view, leased.address, true)));
+        }
+        std::thread::sleep(POLL.min(deadline.saturating_duration_since(Instant::now())));
+    }
+}
+
+/// The signal that cut the command or the wait short, if one did.
+fn interrupted(finished: &child::Finished) -> Option<i32> {
+    finished.signals.received().or(finished.signalled)
+}
+
+/// `run`'s exit status: 128+N for a signal during the wait; else the
+/// command's, or [`ExitStatus::Lingering`] when it succeeded but left the
+/// address held (`free`: it did not).
+fn outcome(finished: &child::Finished, free: bool) -> ExitStatus {
+    match finished.signals.received() {
+        Some(signal) => ExitStatus::Command(128u8.saturating_add(signal as u8)),
+        None if free => command_status(finished.status),
+        None if finished.status == 0 => ExitStatus::Lingering,
+        None => ExitStatus::Command(finished.status),
+    }
+}
+
+/// `--reap`: only the holders the report names, while they still hold
+/// those sockets; the address is not quarantined when that freed it.
+fn reap_holders(ctx: &Context, forensic: &mut Forensic, grace: Duration) -> Result<(), Error> {
+    let found: Vec<reap::Found> = forensic.holders.iter().map(reap::Found::from).collect();
+    forensic.reaped = reap::reap(&found, grace, false);
+    let view = inspect::kernel_view(&ctx.ports)?;
+    if ctx.one(&view, forensic.address, false).verdict == Verdict::Free {
+        forensic.quarantined = false;
+    }
+    Ok(())
+}
+
+/// The report (first: nothing that happens to the state can lose it), then
+/// the quarantine, or the release when reaping freed the address. Says
+/// what failed, and returns whether everything held.
+fn report_and_keep(
+    ctx: &Context,
+    leased: &Leased,
+    forensic: &Forensic,
+    options: &RunOptions,
+) -> bool {
+    ctx.output.note(&forensic.human(&ctx.output));
+    let mut held = true;
+    if let Some(path) = &options.report
+        && let Err(e) = forensic::write(forensic, path)
+    {
+        ctx.output.warn(&format!("sockcheck: {e}\n"));
+        held = false;
+    }
+    if forensic.quarantined {
+        held &= quarantine(ctx, leased, forensic, options);
+    } else if let Err(e) = leased.release() {
+        ctx.output
+            .warn(&format!("sockcheck: releasing {}: {e}\n", leased.address));
+        held = false;
+    }
+    held
 }
 
 /// Keeps a lingering address from being handed out: its lease lives on in
@@ -301,20 +372,13 @@ fn after(
 /// they are all gone), which every user and backend sees; and this user's
 /// quarantine records why, with the report's path. Says what failed, and
 /// returns whether everything held.
-fn quarantine(
-    ctx: &Context,
-    dir: &Dir,
-    forensic: &Forensic,
-    companions: &[Subject],
-    options: &RunOptions,
-) -> bool {
+fn quarantine(ctx: &Context, leased: &Leased, forensic: &Forensic, options: &RunOptions) -> bool {
     let address = forensic.address;
-    let mut held = true;
     for holder in &forensic.holders {
         let tied = OwnerHandle::open(holder.pid, "a lingering holder").and_then(|h| {
-            std::iter::once(Subject::Address(address))
-                .chain(companions.iter().copied())
-                .try_for_each(|subject| lease::agent::attach(dir, subject, h.owner, &h.pidfd))
+            leased.subjects().try_for_each(|subject| {
+                lease::agent::attach(leased.dir, subject, h.owner, &h.pidfd)
+            })
         });
         if let Err(e) = tied {
             ctx.output.warn(&format!(
@@ -323,7 +387,7 @@ fn quarantine(
             ));
         }
     }
-    let recorded = super::open(&ctx.output, dir).and_then(|(store, mut state)| {
+    let recorded = super::open(&ctx.output, leased.dir).and_then(|(store, mut state)| {
         state.quarantine.retain(|q| q.address != address);
         state.quarantine.push(Quarantine {
             address,
@@ -336,9 +400,9 @@ fn quarantine(
     if let Err(e) = recorded {
         ctx.output
             .warn(&format!("sockcheck: quarantining {address}: {e}\n"));
-        held = false;
+        return false;
     }
-    held
+    true
 }
 
 /// `SIGTERM` for 15.
