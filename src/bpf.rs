@@ -310,17 +310,17 @@ fn tracing() -> bool {
 /// `SOCKCHECK_BPF_TRACE=1` prints the time of each loading step to stderr.
 fn trace(step: &str, since: Instant) {
     if tracing() {
-        eprintln!(
+        crate::output::trace(&format!(
             "sockcheck bpf: {step}: {:.2} ms",
             since.elapsed().as_secs_f64() * 1e3
-        );
+        ));
     }
 }
 
 /// A `SOCKCHECK_BPF_TRACE` line without a time.
 fn trace_note(note: &str) {
     if tracing() {
-        eprintln!("sockcheck bpf: {note}");
+        crate::output::trace(&format!("sockcheck bpf: {note}"));
     }
 }
 

@@ -10,10 +10,7 @@ fn main() -> ExitCode {
     match sockcheck::cli::run(std::env::args_os()) {
         Ok(status) => ExitCode::from(status.code()),
         Err(error) => {
-            eprintln!("sockcheck: {error}");
-            if let Some(tip) = error.tip() {
-                eprintln!("  tip: {tip}");
-            }
+            sockcheck::output::error(&error);
             let status = if error.is_usage() {
                 ExitStatus::Usage
             } else {

@@ -60,8 +60,31 @@ impl Output {
     /// written, a state directory that failed after the command ran): on
     /// stderr even when quiet, as an error would be.
     pub fn warn(&self, text: &str) {
-        write_stderr(text);
+        failure(text);
     }
+}
+
+/// A failure on stderr, quiet or not (`text` ends with a newline): what
+/// [`Output::warn`] writes, for code that has no [`Output`] (a command
+/// that could not be started).
+pub fn failure(text: &str) {
+    write_stderr(text);
+}
+
+/// The error that ended a command, as `main` reports it: one line, and its
+/// tip on a second when it has one. On stderr, quiet or not.
+pub fn error(error: &Error) {
+    let mut text = format!("sockcheck: {error}\n");
+    if let Some(tip) = error.tip() {
+        text.push_str(&format!("  tip: {tip}\n"));
+    }
+    write_stderr(&text);
+}
+
+/// A line of a trace the environment asked for (`SOCKCHECK_BPF_TRACE=1`),
+/// on stderr, quiet or not.
+pub fn trace(line: &str) {
+    write_stderr(&format!("{line}\n"));
 }
 
 /// When to colour.

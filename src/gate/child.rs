@@ -142,10 +142,10 @@ fn spawn(mut command: Command, restore: &libc::sigset_t) -> Result<Child, Finish
         unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, restore, std::ptr::null_mut()) };
         // The program's name is the user's bytes: escaped, so none can
         // act on the terminal.
-        eprintln!(
-            "sockcheck: cannot run '{}': {e}",
+        crate::output::failure(&format!(
+            "sockcheck: cannot run '{}': {e}\n",
             crate::text::escape(command.get_program().as_encoded_bytes())
-        );
+        ));
         // What a shell answers: 127 not found, 126 found but not runnable.
         let status = if e.kind() == std::io::ErrorKind::NotFound {
             127
