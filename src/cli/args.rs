@@ -201,16 +201,16 @@ pub(super) struct Shared {
     /// SO_REUSEPORT when nothing cheaper can tell); always; or never.
     #[arg(long, global = true, value_name = "WHEN")]
     pub bpf: Option<BpfChoice>,
-    /// Inspect another network namespace: NAME (under /run/netns, as `ip
-    /// netns` names them), a PATH to one, or pid:PID (that process's).
-    /// Needs CAP_SYS_ADMIN.
-    #[arg(long, global = true, value_name = "NAME|PATH|pid:PID")]
-    pub netns: Option<String>,
     /// Where leases live [default: $SOCKCHECK_STATE_DIR, else
     /// $XDG_RUNTIME_DIR/sockcheck, else /run/sockcheck for root, else
     /// $TMPDIR/sockcheck-UID]
     #[arg(long, global = true, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Inspect another network namespace: NAME (under /run/netns, as `ip
+    /// netns` names them), a PATH to one, or pid:PID (that process's).
+    /// Needs CAP_SYS_ADMIN.
+    #[arg(long, global = true, value_name = "NAME|PATH|pid:PID")]
+    pub netns: Option<String>,
 }
 
 /// What every command may be asked about its output.

@@ -8,7 +8,7 @@ use crate::output;
 /// `sockcheck completions SHELL`.
 pub(super) fn completions(shell: clap_complete::Shell) -> Result<ExitStatus, Error> {
     let mut script = Vec::new();
-    clap_complete::generate(shell, &mut super::command(), "sockcheck", &mut script);
+    clap_complete::generate(shell, &mut super::generated(), "sockcheck", &mut script);
     output::write_stdout(&String::from_utf8_lossy(&script))?;
     Ok(ExitStatus::Free)
 }
@@ -24,7 +24,7 @@ pub(super) fn man() -> Result<ExitStatus, Error> {
 }
 
 fn man_page() -> std::io::Result<String> {
-    let cmd = super::command(); // built: each command has its bin name, `sockcheck watch`
+    let cmd = super::generated(); // built: each command has its bin name, `sockcheck watch`
     let top = clap_mangen::Man::new(cmd.clone());
     let mut page = Vec::new();
     top.render_title(&mut page)?;

@@ -103,6 +103,14 @@ pub fn command() -> clap::Command {
     options::hide_unused(Cli::command())
 }
 
+/// The same, for the completions and the man page: the shared options are
+/// each command's own, on the commands that use them.
+fn generated() -> clap::Command {
+    let mut cli = options::explicit(Cli::command());
+    cli.build(); // gives each command its bin name, `sockcheck watch`
+    cli
+}
+
 /// The most characters of clap's line an error shows: clap quotes the bad
 /// value raw, so the line is escaped and cut like any echoed value.
 const CLAP_LINE_MAX: usize = 160;

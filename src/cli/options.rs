@@ -65,6 +65,34 @@ fn uses_of(command: &str) -> Uses {
         .map_or(NOTHING, |(_, uses)| *uses)
 }
 
+/// The command line's definition for the generators (completions, the man
+/// page): each command has the shared options it uses as its own, and no
+/// other (the completion scripts offer hidden options too).
+pub(super) fn explicit(cli: clap::Command) -> clap::Command {
+    let shared: Vec<clap::Arg> = cli
+        .get_arguments()
+        .filter(|a| OPTIONS.iter().any(|o| a.get_id() == o.id))
+        .map(|a| a.clone().global(false))
+        .collect();
+    cli.mut_args(|arg| match OPTIONS.iter().any(|o| arg.get_id() == o.id) {
+        true => hide_if_unused(arg.global(false), uses_of("check")),
+        false => arg,
+    })
+    .mut_subcommands(|mut sub| {
+        let uses = uses_of(sub.get_name());
+        for arg in &shared {
+            let own = sub.get_arguments().any(|a| a.get_id() == arg.get_id());
+            let used = OPTIONS
+                .iter()
+                .any(|o| arg.get_id() == o.id && (o.used)(uses));
+            if used && !own {
+                sub = sub.arg(arg.clone());
+            }
+        }
+        sub
+    })
+}
+
 /// A shared option: its flag, its clap id, and whether a command uses it.
 struct SharedOption {
     flag: &'static str,
