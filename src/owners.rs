@@ -9,6 +9,8 @@
 //!   the machine's processes.
 
 mod fd_scan;
+#[cfg(test)]
+pub(crate) mod fixture;
 mod process;
 
 pub use fd_scan::{holds, scan};
@@ -186,6 +188,12 @@ impl ProcRoot {
         stat.lines()
             .find_map(|line| line.strip_prefix("btime "))
             .and_then(|secs| secs.trim().parse().ok())
+    }
+
+    /// Whether every process's fd table is readable to the scan (it has
+    /// CAP_SYS_PTRACE).
+    pub fn reads_every_process(&self) -> bool {
+        self.unprivileged_uid().is_none()
     }
 
     /// Now, in seconds since the Unix epoch.

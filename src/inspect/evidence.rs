@@ -234,7 +234,7 @@ fn find_owners(
     let inodes: HashSet<u64> = inodes.iter().copied().collect();
     match owners::scan(root, &inodes) {
         Ok(scan) => {
-            let status = proc_status(&scan);
+            let status = proc_status(root, &scan);
             (scan, status)
         }
         Err(e) => (
@@ -245,7 +245,7 @@ fn find_owners(
 }
 
 /// What the /proc scan could read, and why not all of it.
-fn proc_status(scan: &FdScan) -> SourceStatus {
+fn proc_status(root: &ProcRoot, scan: &FdScan) -> SourceStatus {
     if let Some(mode) = &scan.invisible {
         return SourceStatus::new(
             Status::Partial,
@@ -274,7 +274,8 @@ fn proc_status(scan: &FdScan) -> SourceStatus {
     if scan.unreadable.len() > pids.len() {
         pids.push(format!("and {} more", scan.unreadable.len() - pids.len()));
     }
-    let why = if rustix::process::geteuid().is_root() {
+    // Read with CAP_SYS_PTRACE, every table should have been readable.
+    let why = if root.reads_every_process() {
         "their fd links are not readable even as root; --bpf always sees them"
     } else {
         "other users' processes need root or CAP_SYS_PTRACE"

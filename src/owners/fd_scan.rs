@@ -417,6 +417,8 @@ fn list_numeric(dir: &OwnedFd) -> Result<Vec<u32>, Errno> {
             out.push(n);
         }
     }
+    // In order, as /proc lists them (a fixture tree's file system may not).
+    out.sort_unstable();
     Ok(out)
 }
 

@@ -177,7 +177,11 @@ fn live_tids(process: &procfs::process::Process) -> Vec<u32> {
                         _ => Some(tid),
                     }
                 })
-                .collect()
+                .collect::<Vec<u32>>()
+        })
+        .map(|mut tids| {
+            tids.sort_unstable(); // as /proc lists them
+            tids
         })
         .unwrap_or_default()
 }
