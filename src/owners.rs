@@ -182,7 +182,7 @@ impl ProcRoot {
     /// /proc/stat).
     fn boot_time(&self) -> Option<u64> {
         if self.fixture.is_none() {
-            return procfs::boot_time_secs().ok(); // read once, kept by procfs
+            return procfs::boot_time_secs().ok(); // cached by procfs (per thread)
         }
         let stat = std::fs::read_to_string(self.join("stat")).ok()?;
         stat.lines()
