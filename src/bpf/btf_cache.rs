@@ -27,7 +27,7 @@
 //! that fails any of them: a cache is never a reason for an error. The
 //! checksum catches torn and damaged files, not forgeries; what keeps
 //! others from writing an entry is the directory's owner and mode. An
-//! entry steers what the programs read, so `bpf.rs` uses no cache at all
+//! entry steers what the programs read, so the loader uses no cache at all
 //! in a process that has privileges its user does not (`AT_SECURE`: file
 //! capabilities, set-user-ID), where that user could write one.
 
