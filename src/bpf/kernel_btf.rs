@@ -310,11 +310,11 @@ pub fn prepare() -> Result<(), BpfError> {
 mod tests {
     use aya_obj::btf::BtfKind;
 
-    use super::super::btf_view::{
+    use super::*;
+    use crate::bpf::btf_view::{
         AttachPoint,
         tests::{SMALL_ROOTS, small_kernel},
     };
-    use super::*;
 
     fn point(id: u32, kind: u32, name: &str) -> AttachPoint {
         AttachPoint {

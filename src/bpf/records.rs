@@ -32,7 +32,7 @@ pub(super) struct Field {
 ///
 /// Only for `#[repr(C)]` structs whose fields are integers or arrays of
 /// integers, so that any bytes of its size are a valid value ([`decode`]
-/// copies them in). The [`record!`] macro is the one implementor.
+/// copies them in). The `record!` macro is the one implementor.
 pub(super) unsafe trait Record: Copy {
     /// The C struct's name.
     #[cfg(test)]

@@ -19,8 +19,8 @@ use rustix::{
     io::Errno,
 };
 
-use super::super::btf_view::Views;
 use super::{Key, MAX_ENTRY, decode, encode};
+use crate::bpf::btf_view::Views;
 
 /// Where the cache directory goes, from the environment `var`:
 /// `$XDG_CACHE_HOME`, else `$HOME/.cache` (each only if absolute, as the

@@ -1,10 +1,10 @@
 use aya_obj::Object;
 
-use super::super::btf_view::raw::RawBtf;
-use super::super::loader::{
+use super::*;
+use crate::bpf::btf_view::raw::RawBtf;
+use crate::bpf::loader::{
     iter_task_fds_object, iter_task_file_object, iter_tcp_object, watch_object,
 };
-use super::*;
 
 /// `R` against the struct of its name in `object`'s BTF: the same fields,
 /// in the same order, at the same offsets, of the same sizes, and the same
