@@ -70,30 +70,47 @@ mod tests {
             .map(|status| status.success())
     }
 
-    #[test]
-    fn root_default_dir_is_not_creatable_by_others() {
-        let base = temp("default");
+    /// The environment of a test: `TMPDIR` is `tmp`, and `vars` are set.
+    fn env(
+        tmp: &Path,
+        vars: &'static [(&'static str, &'static str)],
+    ) -> impl Fn(&str) -> Option<std::ffi::OsString> {
+        let tmp = tmp.to_path_buf();
+        move |name: &str| {
+            if name == "TMPDIR" {
+                return Some(tmp.clone().into());
+            }
+            vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.into())
+        }
+    }
+
+    /// `base` with a root-owned-like `run` (0755) and a `tmp` (1777) in it.
+    fn tree(name: &str) -> (PathBuf, PathBuf, PathBuf) {
+        let base = temp(name);
         let (run, tmp) = (base.join("run"), base.join("tmp"));
         for (dir, mode) in [(&base, 0o755), (&run, 0o755), (&tmp, 0o1777)] {
             std::fs::create_dir(dir).unwrap();
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).unwrap();
         }
-        let env = |vars: &'static [(&'static str, &'static str)]| {
-            let tmp = tmp.clone();
-            move |name: &str| -> Option<std::ffi::OsString> {
-                if name == "TMPDIR" {
-                    return Some(tmp.clone().into());
-                }
-                vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.into())
-            }
-        };
+        (base, run, tmp)
+    }
+
+    #[test]
+    fn the_variables_come_first_then_run_for_root_then_tmpdir() {
+        let (base, run, tmp) = tree("default-vars");
         // The variables come first, for root too; empty ones are unset.
-        let given = env(&[("SOCKCHECK_STATE_DIR", "/s"), ("XDG_RUNTIME_DIR", "/x")]);
+        let given = env(
+            &tmp,
+            &[("SOCKCHECK_STATE_DIR", "/s"), ("XDG_RUNTIME_DIR", "/x")],
+        );
         assert_eq!(default_dir_from(&given, 0, &run), Path::new("/s"));
-        let given = env(&[("SOCKCHECK_STATE_DIR", ""), ("XDG_RUNTIME_DIR", "/x")]);
+        let given = env(
+            &tmp,
+            &[("SOCKCHECK_STATE_DIR", ""), ("XDG_RUNTIME_DIR", "/x")],
+        );
         assert_eq!(default_dir_from(&given, 0, &run), Path::new("/x/sockcheck"));
         assert_eq!(
-            default_dir_from(&env(&[]), 1000, &run),
+            default_dir_from(&env(&tmp, &[]), 1000, &run),
             tmp.join("sockcheck-1000")
         );
         assert_eq!(
@@ -104,49 +121,62 @@ mod tests {
             "this machine's root default: {}",
             default_dir_from(&|_| None, 0, Path::new("/run")).display()
         );
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    /// Nobody cannot create root's default in `run`, but can in `tmp`; were
+    /// `run` open to others, root would fall back to `tmp`, and refuse the
+    /// directory nobody made there, with a way out.
+    fn nobody_cannot_squat(run: &Path, tmp: &Path) {
+        let Some(created) = as_nobody(&["mkdir".as_ref(), run.join("sockcheck").as_os_str()])
+        else {
+            println!("skipped acting as nobody: no setpriv");
+            return;
+        };
+        assert!(
+            !created,
+            "nobody created {}",
+            run.join("sockcheck").display()
+        );
+        let squatted = tmp.join("sockcheck-0");
+        assert_eq!(
+            as_nobody(&["mkdir".as_ref(), squatted.as_os_str()]),
+            Some(true)
+        );
+        std::fs::set_permissions(run, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert_eq!(default_dir_from(&env(tmp, &[]), 0, run), squatted);
+        let e = Store::open(&squatted).err().unwrap();
+        assert!(is_state_error(&e), "{e}");
+        let e = e.to_string();
+        assert!(
+            e.contains("owned by uid 65534")
+                && e.contains("remove it")
+                && e.contains("--state-dir DIR")
+                && e.contains("SOCKCHECK_STATE_DIR"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn root_default_dir_is_not_creatable_by_others() {
         if !rustix::process::geteuid().is_root() {
-            println!("skipped the rest: needs root, to own a directory as root and act as nobody");
-            std::fs::remove_dir_all(&base).unwrap();
+            println!("skipped: needs root, to own a directory as root and act as nobody");
             return;
         }
+        let (base, run, tmp) = tree("default");
         // Root's default is in the root-owned run directory...
-        assert_eq!(default_dir_from(&env(&[]), 0, &run), run.join("sockcheck"));
-        match as_nobody(&["mkdir".as_ref(), run.join("sockcheck").as_os_str()]) {
-            None => println!("skipped acting as nobody: no setpriv"),
-            Some(created) => {
-                // ...where nobody cannot create it first, as it could in /tmp.
-                assert!(
-                    !created,
-                    "nobody created {}",
-                    run.join("sockcheck").display()
-                );
-                let squatted = tmp.join("sockcheck-0");
-                assert_eq!(
-                    as_nobody(&["mkdir".as_ref(), squatted.as_os_str()]),
-                    Some(true)
-                );
-                // Were run open to others, root would fall back to TMPDIR,
-                // and a squatted directory is refused with a way out.
-                std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o1777)).unwrap();
-                assert_eq!(default_dir_from(&env(&[]), 0, &run), squatted);
-                let e = Store::open(&squatted).err().unwrap();
-                assert!(is_state_error(&e), "{e}");
-                let e = e.to_string();
-                assert!(
-                    e.contains("owned by uid 65534")
-                        && e.contains("remove it")
-                        && e.contains("--state-dir DIR")
-                        && e.contains("SOCKCHECK_STATE_DIR"),
-                    "{e}"
-                );
-            }
-        }
+        assert_eq!(
+            default_dir_from(&env(&tmp, &[]), 0, &run),
+            run.join("sockcheck")
+        );
+        // ...where nobody cannot create it first, as it could in /tmp.
+        nobody_cannot_squat(&run, &tmp);
         // A symlink to a root-owned directory does not qualify.
         let link = base.join("link");
         std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::os::unix::fs::symlink(&run, &link).unwrap();
         assert_eq!(
-            default_dir_from(&env(&[]), 0, &link),
+            default_dir_from(&env(&tmp, &[]), 0, &link),
             tmp.join("sockcheck-0")
         );
         std::fs::remove_dir_all(&base).unwrap();

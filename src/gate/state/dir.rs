@@ -34,64 +34,8 @@ impl StateDir {
             return Err(unusable(&path, "it is the root directory".into()));
         };
         let parent_fd = open_parent(&path, parent)?;
-        let made = rustix::fs::mkdirat(&parent_fd, name, Mode::from_raw_mode(0o700));
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = match rustix::fs::openat(&parent_fd, name, flags, Mode::empty()) {
-            Ok(fd) => fd,
-            Err(Errno::LOOP | Errno::NOTDIR) => {
-                let why = if is_symlink(&parent_fd, name) {
-                    "it is a symlink"
-                } else {
-                    "it is not a directory"
-                };
-                return Err(unusable(&path, why.into()));
-            }
-            Err(Errno::NOENT) => {
-                let why = match made {
-                    Err(e) => format!("cannot create it: {}", errno_text(e)),
-                    Ok(()) => "it vanished as it was created".into(),
-                };
-                return Err(unusable(&path, why));
-            }
-            Err(e) => {
-                return Err(unusable(
-                    &path,
-                    format!("cannot open it: {}", errno_text(e)),
-                ));
-            }
-        };
-        let stat = rustix::fs::fstat(&fd)
-            .map_err(|e| unusable(&path, format!("cannot stat it: {}", errno_text(e))))?;
-        let euid = rustix::process::geteuid().as_raw();
-        if stat.st_uid != euid {
-            return Err(unusable(
-                &path,
-                format!(
-                    "it is owned by uid {}, not by us (uid {euid}), so it may not be trusted; \
-                     remove it if nothing of yours is in it, or pass --state-dir DIR or set \
-                     SOCKCHECK_STATE_DIR to a directory of your own",
-                    stat.st_uid
-                ),
-            ));
-        }
-        let mode = stat.st_mode & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(unusable(
-                &path,
-                format!(
-                    "its mode is {:o}; it must be 0700 (chmod 700 it)",
-                    mode & 0o777
-                ),
-            ));
-        }
-        let writable =
-            rustix::fs::accessat(&fd, ".", rustix::fs::Access::WRITE_OK, AtFlags::EACCESS);
-        if let Err(e) = writable {
-            return Err(unusable(
-                &path,
-                format!("it is not writable ({})", errno_text(e)),
-            ));
-        }
+        let fd = create_and_open(&path, &parent_fd, name)?;
+        check_own(&path, &fd)?;
         Ok(StateDir { fd, path })
     }
 
@@ -134,6 +78,68 @@ impl StateDir {
     pub(super) fn show(&self, name: &str) -> String {
         self.path.join(name).display().to_string()
     }
+}
+
+/// Creates the state directory `name` in `parent` (0700; it may be there
+/// already) and opens it, refusing a symlink or anything but a directory.
+fn create_and_open(path: &Path, parent: &OwnedFd, name: &OsStr) -> Result<OwnedFd, Error> {
+    let made = rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700));
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    match rustix::fs::openat(parent, name, flags, Mode::empty()) {
+        Ok(fd) => Ok(fd),
+        Err(Errno::LOOP | Errno::NOTDIR) => {
+            let why = if is_symlink(parent, name) {
+                "it is a symlink"
+            } else {
+                "it is not a directory"
+            };
+            Err(unusable(path, why.into()))
+        }
+        Err(Errno::NOENT) => {
+            let why = match made {
+                Err(e) => format!("cannot create it: {}", errno_text(e)),
+                Ok(()) => "it vanished as it was created".into(),
+            };
+            Err(unusable(path, why))
+        }
+        Err(e) => Err(unusable(path, format!("cannot open it: {}", errno_text(e)))),
+    }
+}
+
+/// The state directory itself, open: ours, private, and writable.
+fn check_own(path: &Path, fd: &OwnedFd) -> Result<(), Error> {
+    let stat = rustix::fs::fstat(fd)
+        .map_err(|e| unusable(path, format!("cannot stat it: {}", errno_text(e))))?;
+    let euid = rustix::process::geteuid().as_raw();
+    if stat.st_uid != euid {
+        return Err(unusable(
+            path,
+            format!(
+                "it is owned by uid {}, not by us (uid {euid}), so it may not be trusted; \
+                 remove it if nothing of yours is in it, or pass --state-dir DIR or set \
+                 SOCKCHECK_STATE_DIR to a directory of your own",
+                stat.st_uid
+            ),
+        ));
+    }
+    let mode = stat.st_mode & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(unusable(
+            path,
+            format!(
+                "its mode is {:o}; it must be 0700 (chmod 700 it)",
+                mode & 0o777
+            ),
+        ));
+    }
+    let writable = rustix::fs::accessat(fd, ".", rustix::fs::Access::WRITE_OK, AtFlags::EACCESS);
+    if let Err(e) = writable {
+        return Err(unusable(
+            path,
+            format!("it is not writable ({})", errno_text(e)),
+        ));
+    }
+    Ok(())
 }
 
 /// `dir` made absolute (from the current directory) and without `.` or
