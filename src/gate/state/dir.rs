@@ -304,8 +304,6 @@ fn is_symlink(parent: &OwnedFd, name: &OsStr) -> bool {
         .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink)
 }
 
-/// `EACCES (Permission denied)`: the name people search for, and what it
-
 #[cfg(test)]
 mod tests {
     use super::super::tests::{is_state_error, temp};

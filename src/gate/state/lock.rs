@@ -2,7 +2,6 @@
 //! they are regular files.
 
 use std::fs::File;
-use std::path::Path;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
@@ -20,8 +19,10 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating if needed) and locks the state directory. Blocks
-    /// while another sockcheck holds the lock.
-    pub fn open(dir: &Path) -> Result<Store, Error> {
+    /// while another sockcheck holds the lock. (Commands open the directory
+    /// once and [`Store::lock`] it; this is the tests' shorthand.)
+    #[cfg(test)]
+    pub fn open(dir: &std::path::Path) -> Result<Store, Error> {
         Store::lock(&StateDir::open(dir)?)
     }
 
@@ -199,6 +200,7 @@ fn not_regular(dir: &StateDir, name: &str, kind: FileType) -> Error {
 mod tests {
     use super::super::tests::{is_state_error, temp};
     use super::*;
+    use std::path::Path;
 
     fn mkfifo(path: &Path) {
         rustix::fs::mknodat(
