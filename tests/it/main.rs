@@ -3,8 +3,8 @@
 //! in its result line and in the summary count:
 //!
 //! ```text
-//! test shapes::a_holder_of_another_uid_is_named ... ignored (needs root for starting a holder of another uid)
-//! test result: ok. 88 passed; 0 failed; 71 ignored; 0 measured; 0 filtered out
+//! test shapes::unprivileged_run_still_sees_a_reuseport_group ... ignored (needs root for starting a holder of another uid)
+//! test result: ok. 104 passed; 0 failed; 63 ignored; 0 measured; 0 filtered out
 //! ```
 //!
 //! Names are `MODULE::FUNCTION` (`cargo test --release --test it gate::`

@@ -392,9 +392,10 @@ thread_local! {
 pub fn skip(reason: impl Into<String>) {
     let reason = reason.into();
     SKIPPED.with_borrow_mut(|skipped| match skipped {
-        Some(first) => {
-            first.push_str("; ");
-            first.push_str(&reason);
+        Some(said) if said.split("; ").any(|r| r == reason) => {}
+        Some(said) => {
+            said.push_str("; ");
+            said.push_str(&reason);
         }
         None => *skipped = Some(reason),
     });
@@ -506,7 +507,13 @@ pub fn rerun_self(wrapper: &[&str], test: &str) -> (bool, String) {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("running {wrapper:?}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Without the child harness's own "running 1 test" and summary lines,
+    // which would read as this run's when the test prints what it got.
+    let stdout: String = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| *l != "running 1 test" && !l.starts_with("test result: "))
+        .map(|l| format!("{l}\n"))
+        .collect();
     if !out.status.success() {
         eprintln!(
             "child {test} failed: {}\nstdout:\n{stdout}\nstderr:\n{}",
