@@ -1,6 +1,6 @@
 //! iter/task_file against real processes (run as root). Addresses
 //! 127.77.2.0/24, ports 40200..40299.
-mod support;
+use crate::support;
 
 use std::os::fd::AsRawFd;
 
@@ -11,7 +11,6 @@ fn sa(s: &str) -> std::net::SocketAddr {
     s.parse().unwrap()
 }
 
-#[test]
 fn finds_own_listener_and_ignores_other_inodes() {
     if !support::in_child() && !support::require_bpf("iter/task_file") {
         return;
@@ -62,7 +61,6 @@ fn own_listeners(main_thread: &'static str, other_thread: &'static str) {
     );
 }
 
-#[test]
 fn finds_socket_of_process_whose_main_thread_exited() {
     if !support::require_bpf("iter/task_file") {
         return;
@@ -126,7 +124,6 @@ fn zombie_leader(addr: &str, port: u16) {
 
 /// Inside a new pid namespace (as in a container) pids and tids must be the
 /// namespace's own, as getpid() and its /proc show them.
-#[test]
 fn ids_are_those_of_the_callers_pid_namespace() {
     if !support::in_child() && !support::require_bpf("iter/task_file") {
         return;
@@ -147,7 +144,6 @@ fn ids_are_those_of_the_callers_pid_namespace() {
 /// Two pid namespaces deep (a container in a container): the iterators
 /// take the reader's namespace level off the reader, so level 2 must give
 /// the innermost ids too.
-#[test]
 fn ids_in_a_nested_pid_namespace() {
     if !support::in_child() && !support::require_bpf("iter/task_file") {
         return;
@@ -165,3 +161,10 @@ fn ids_in_a_nested_pid_namespace() {
     );
     assert!(ok && out.contains("NESTED-OK pid=1"), "{out}");
 }
+
+crate::tests![
+    finds_own_listener_and_ignores_other_inodes,
+    finds_socket_of_process_whose_main_thread_exited,
+    ids_are_those_of_the_callers_pid_namespace,
+    ids_in_a_nested_pid_namespace,
+];

@@ -1,6 +1,6 @@
 //! `sockcheck doctor` as root and as nobody. Uses no address or port.
 
-mod support;
+use crate::support;
 
 use serde_json::Value;
 
@@ -13,7 +13,6 @@ fn source<'a>(json: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no source {name} in {json}"))
 }
 
-#[test]
 fn root_has_every_source() {
     if !support::require_root("these tests (they run sockcheck and holders as other users)") {
         return;
@@ -32,7 +31,7 @@ fn root_has_every_source() {
     assert_eq!(source(&json, "pidfd_getfd")["available"], true, "{json}");
     assert_eq!(source(&json, "bind_probe")["available"], true);
     if json["btf"] == false {
-        eprintln!("skipped the BPF rows: the kernel has no BTF");
+        support::skip("partly: the BPF rows, the kernel has no BTF");
         let why = source(&json, "bpf_watch")["why"].as_str().unwrap();
         assert!(why.contains("no kernel BTF"), "{why}");
         return;
@@ -51,7 +50,6 @@ fn root_has_every_source() {
     );
 }
 
-#[test]
 fn nobody_is_told_what_is_missing() {
     if !support::require_root("running as nobody") {
         return;
@@ -84,3 +82,8 @@ fn nobody_is_told_what_is_missing() {
         text.stdout
     );
 }
+
+crate::tests![
+    root_has_every_source,
+    nobody_is_told_what_is_missing,
+];

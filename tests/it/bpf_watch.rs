@@ -1,6 +1,6 @@
 //! Watcher against listeners opened by a spawned thread of this process
 //! (run as root). Addresses 127.77.3.0/24, ports 40300..40399.
-mod support;
+use crate::support;
 
 use std::{
     collections::BTreeSet,
@@ -93,7 +93,6 @@ fn check(mut watcher: Watcher, addr: &str, port: u16, reuseport: bool) {
     assert_eq!(watcher.poll(Duration::from_millis(50)).unwrap(), vec![]);
 }
 
-#[test]
 fn watch_auto_ipv4() {
     if !support::in_child() && !support::require_bpf("the BPF watch") {
         return;
@@ -107,7 +106,6 @@ fn watch_auto_ipv4() {
     );
 }
 
-#[test]
 fn watch_tp_btf_ipv6() {
     if !support::in_child() && !support::require_bpf("the BPF watch") {
         return;
@@ -121,7 +119,6 @@ fn watch_tp_btf_ipv6() {
 /// The classic tracepoint needs tracefs. If it is not mounted, rerun this
 /// test in a private mount namespace with tracefs mounted (the host's mounts
 /// are left alone).
-#[test]
 fn watch_tracepoint() {
     if !support::in_child() && !support::require_bpf("the BPF watch") {
         return;
@@ -144,7 +141,6 @@ fn watch_tracepoint() {
     println!("TRACEPOINT-OK");
 }
 
-#[test]
 fn nothing_stays_loaded() {
     if !support::in_child() && !support::require_bpf("the BPF watch") {
         return;
@@ -201,7 +197,6 @@ fn programs_held() -> BTreeSet<u32> {
 
 /// In a new pid namespace (as in a container) the event's pid and tid are
 /// the namespace's own.
-#[test]
 fn watch_in_pid_namespace() {
     if !support::in_child() && !support::require_bpf("the BPF watch") {
         return;
@@ -218,3 +213,11 @@ fn watch_in_pid_namespace() {
     check(Watcher::new(&[40305]).unwrap(), "127.77.3.5", 40305, false);
     println!("PIDNS-OK pid={}", std::process::id());
 }
+
+crate::tests![
+    watch_auto_ipv4,
+    watch_tp_btf_ipv6,
+    watch_tracepoint,
+    nothing_stays_loaded,
+    watch_in_pid_namespace,
+];

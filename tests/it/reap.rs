@@ -6,7 +6,7 @@
 //! creates the file and waits until the test removes it). Addresses
 //! 127.83.0.0/16, ports 46450-46459.
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -105,7 +105,6 @@ fn recycle(holder: Holder) -> (Child, KillOnDrop) {
     (sleep, guard)
 }
 
-#[test]
 fn reap_signals_nothing_once_the_holders_pid_is_another_process() {
     if !support::in_child() {
         if !support::require_root("a pid namespace and /proc/sys/kernel/ns_last_pid") {
@@ -167,7 +166,6 @@ fn reap_signals_nothing_once_the_holders_pid_is_another_process() {
     );
 }
 
-#[test]
 fn reap_signals_nothing_to_a_holder_that_closed_the_socket() {
     let files = TempDir::created("reap-closed");
     let holder = Holder::start("closing", "127.83.0.3", 46452, &[]);
@@ -197,7 +195,6 @@ fn reap_signals_nothing_to_a_holder_that_closed_the_socket() {
     assert_eq!(state, "S", "the holder was signalled");
 }
 
-#[test]
 fn reap_sends_no_sigkill_to_a_holder_that_let_go_of_the_socket() {
     // SIGTERM: the holder closes its listener and lives on, draining.
     let holder = Holder::start("draining", "127.83.0.4", 46453, &[]);
@@ -221,3 +218,9 @@ fn reap_sends_no_sigkill_to_a_holder_that_let_go_of_the_socket() {
     let (state, _) = state_and_comm(holder.pid).unwrap();
     assert_eq!(state, "S", "the holder was sent SIGKILL");
 }
+
+crate::tests![
+    reap_signals_nothing_once_the_holders_pid_is_another_process,
+    reap_signals_nothing_to_a_holder_that_closed_the_socket,
+    reap_sends_no_sigkill_to_a_holder_that_let_go_of_the_socket,
+];

@@ -1,6 +1,6 @@
 //! iter/tcp against real listeners (run as root). Each test owns one
 //! loopback address in 127.77.1.0/24 and ports in 40100..40179.
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 
@@ -22,7 +22,6 @@ fn reported(port: u16, addr: &str) -> Vec<KernelListener> {
     found
 }
 
-#[test]
 fn reuseport_group_of_two() {
     if !support::in_child() && !support::require_bpf("iter/tcp") {
         return;
@@ -51,7 +50,6 @@ fn reuseport_group_of_two() {
     }
 }
 
-#[test]
 fn single_reuseport_listener() {
     if !support::in_child() && !support::require_bpf("iter/tcp") {
         return;
@@ -70,7 +68,6 @@ fn single_reuseport_listener() {
     assert_eq!(found[0].inode, inode(&fd));
 }
 
-#[test]
 fn plain_and_reuseaddr_listeners() {
     if !support::in_child() && !support::require_bpf("iter/tcp") {
         return;
@@ -107,7 +104,6 @@ fn plain_and_reuseaddr_listeners() {
     );
 }
 
-#[test]
 fn ipv6_loopback() {
     if !support::in_child() && !support::require_bpf("iter/tcp") {
         return;
@@ -149,7 +145,6 @@ fn ipv6_loopback() {
     );
 }
 
-#[test]
 fn dual_stack_wildcard() {
     if !support::in_child() && !support::require_bpf("iter/tcp") {
         return;
@@ -173,7 +168,6 @@ fn dual_stack_wildcard() {
     );
 }
 
-#[test]
 fn port_set_filters_and_empty_set_means_all() {
     if !support::in_child() && !support::require_bpf("iter/tcp") {
         return;
@@ -190,7 +184,6 @@ fn port_set_filters_and_empty_set_means_all() {
     assert!(err.to_string().contains("at most 64 ports"), "{err}");
 }
 
-#[test]
 fn connections_are_not_listeners() {
     if !support::in_child() && !support::require_bpf("iter/tcp") {
         return;
@@ -204,3 +197,13 @@ fn connections_are_not_listeners() {
     assert_eq!(found[0].inode, inode(&fd));
     drop(client);
 }
+
+crate::tests![
+    reuseport_group_of_two,
+    single_reuseport_listener,
+    plain_and_reuseaddr_listeners,
+    ipv6_loopback,
+    dual_stack_wildcard,
+    port_set_filters_and_empty_set_means_all,
+    connections_are_not_listeners,
+];

@@ -9,7 +9,7 @@
 //! and only inspects: on port 46199 (127.61.0.0/16 and ports 46100-46199
 //! are this file's and the npm tests'), without the bind probe or eBPF.
 
-mod support;
+use crate::support;
 
 use serde_json::Value;
 
@@ -100,7 +100,6 @@ fn mismatch(case: &Case) -> Option<String> {
     }
 }
 
-#[test]
 fn the_binary_parses_and_refuses_the_shared_pool_cases() {
     let cases = cases();
     assert!(
@@ -120,3 +119,7 @@ fn the_binary_parses_and_refuses_the_shared_pool_cases() {
         failures.join("\n")
     );
 }
+
+crate::tests![
+    the_binary_parses_and_refuses_the_shared_pool_cases,
+];

@@ -1,7 +1,7 @@
 //! Port leases (issue 18): `acquire-port` is get-port without the race.
 //! Ports 31900-31999 on 127.0.0.1 and 127.79.0.0/16 belong to this file.
 
-mod support;
+use crate::support;
 
 use support::{stderr, stdout};
 
@@ -23,7 +23,6 @@ fn me() -> String {
     std::process::id().to_string()
 }
 
-#[test]
 fn acquire_port_skips_busy_wildcard_and_leased_ports_and_names_why() {
     let state = TempDir::new("ports-skip");
     // 31900: a listener on the host; 31901: a wildcard; 31902: leased.
@@ -72,7 +71,6 @@ fn acquire_port_skips_busy_wildcard_and_leased_ports_and_names_why() {
     drop((busy, wildcard));
 }
 
-#[test]
 fn a_port_with_only_time_wait_remnants_comes_after_a_clean_one() {
     let state = TempDir::new("ports-tw");
     // A TIME_WAIT remnant on 31910: the side that closes first keeps it.
@@ -93,7 +91,6 @@ fn a_port_with_only_time_wait_remnants_comes_after_a_clean_one() {
     }
 }
 
-#[test]
 fn leases_lists_port_leases_beside_addresses_and_bad_ranges_are_one_line() {
     let state = TempDir::new("ports-leases");
     let output = sockcheck(
@@ -132,7 +129,6 @@ fn leases_lists_port_leases_beside_addresses_and_bad_ranges_are_one_line() {
     }
 }
 
-#[test]
 fn run_lease_ports_exports_them_and_checks_them_after_the_command() {
     let state = TempDir::new("ports-run");
     let output = sockcheck(
@@ -172,7 +168,6 @@ fn run_lease_ports_exports_them_and_checks_them_after_the_command() {
 /// their own server and release, until 2,000 leases: 0 EADDRINUSE and 0
 /// cross-talk (every answer comes from the server of the process that
 /// leased the port).
-#[test]
 fn a_port_storm_of_32_processes_on_16_ports_never_collides() {
     let script = r#"
 import os, socket, subprocess, sys
@@ -206,7 +201,7 @@ for _ in range(cycles):
 print(inuse, crosstalk)
 "#;
     if Command::new("python3").arg("--version").output().is_err() {
-        eprintln!("skipped: the port storm's workers are python3");
+        support::skip("the port storm's workers are python3, not installed");
         return;
     }
     let state = TempDir::new("ports-storm");
@@ -243,3 +238,11 @@ print(inuse, crosstalk)
     );
     assert_eq!((inuse, crosstalk), (0, 0));
 }
+
+crate::tests![
+    acquire_port_skips_busy_wildcard_and_leased_ports_and_names_why,
+    a_port_with_only_time_wait_remnants_comes_after_a_clean_one,
+    leases_lists_port_leases_beside_addresses_and_bad_ranges_are_one_line,
+    run_lease_ports_exports_them_and_checks_them_after_the_command,
+    a_port_storm_of_32_processes_on_16_ports_never_collides,
+];

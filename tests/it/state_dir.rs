@@ -3,7 +3,7 @@
 //! leases, a directory squatted by another user. Addresses 127.88.0.0/16 and
 //! ports 45600-45649 belong to this file.
 
-mod support;
+use crate::support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -84,7 +84,6 @@ fn lease(address: &str, pid: u32, acquired: u64) -> String {
     )
 }
 
-#[test]
 fn a_fifo_as_the_state_file_is_refused_not_waited_on() {
     for name in ["leases.json", "lock"] {
         let state = TempDir::new(&format!("fifo-{name}"));
@@ -109,7 +108,6 @@ fn a_fifo_as_the_state_file_is_refused_not_waited_on() {
     }
 }
 
-#[test]
 fn temp_files_are_swept() {
     let state = TempDir::new("sweep");
     assert_eq!(gate(&state.0, &["leases"]).status.code(), Some(0));
@@ -141,7 +139,6 @@ fn temp_files_are_swept() {
     let _ = gate(&state.0, &["release", "127.88.0.5"]);
 }
 
-#[test]
 fn a_newer_version_is_refused_never_rewritten() {
     let state = TempDir::new("newer");
     assert_eq!(gate(&state.0, &["leases"]).status.code(), Some(0));
@@ -173,7 +170,6 @@ fn a_newer_version_is_refused_never_rewritten() {
     }
 }
 
-#[test]
 fn a_state_dir_squatted_by_another_user_is_refused_with_a_way_out() {
     if !support::require_root("acting as nobody") {
         return;
@@ -196,7 +192,7 @@ fn a_state_dir_squatted_by_another_user_is_refused_with_a_way_out() {
         .status();
     match made {
         Err(e) => {
-            println!("skipped: no setpriv ({e})");
+            support::skip(format!("no setpriv ({e})"));
             return;
         }
         Ok(status) => assert!(status.success()),
@@ -229,7 +225,6 @@ fn leases_with_runtime_dir(runtime: &Path) -> Output {
 /// out an address a second time. Now root refuses a state directory whose
 /// parent (or any directory above) another user may change, before
 /// creating anything.
-#[test]
 fn root_refuses_a_state_dir_inside_another_users_directory() {
     if !support::require_root("owning a directory as another user") {
         return;
@@ -271,7 +266,6 @@ fn root_refuses_a_state_dir_inside_another_users_directory() {
 
 /// What another user can change is refused for nobody too; a sticky
 /// root-owned directory (like /tmp) is fine.
-#[test]
 fn a_state_dir_whose_parent_another_user_may_change_is_refused() {
     if !support::require_setpriv("running sockcheck as another user") {
         return;
@@ -320,7 +314,6 @@ fn a_state_dir_whose_parent_another_user_may_change_is_refused() {
 }
 
 /// Issue 16: `--state-dir /nonexistent/sd` as root created /nonexistent.
-#[test]
 fn only_the_last_component_of_the_state_dir_is_created() {
     let base = TempDir::created("last-component");
     std::fs::set_permissions(&base.0, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -346,7 +339,6 @@ fn only_the_last_component_of_the_state_dir_is_created() {
 
 /// Issue 16: corrupt copies were named `leases.json.corrupt-UNIXTIME`, and a
 /// second corruption in the same second replaced the first copy.
-#[test]
 fn two_corruptions_in_one_second_keep_both_copies() {
     let state = TempDir::new("corrupt-twice");
     assert_eq!(gate(&state.0, &["leases"]).status.code(), Some(0));
@@ -389,3 +381,14 @@ fn two_corruptions_in_one_second_keep_both_copies() {
     expected.sort();
     assert_eq!(kept, expected);
 }
+
+crate::tests![
+    a_fifo_as_the_state_file_is_refused_not_waited_on,
+    temp_files_are_swept,
+    a_newer_version_is_refused_never_rewritten,
+    a_state_dir_squatted_by_another_user_is_refused_with_a_way_out,
+    root_refuses_a_state_dir_inside_another_users_directory,
+    a_state_dir_whose_parent_another_user_may_change_is_refused,
+    only_the_last_component_of_the_state_dir_is_created,
+    two_corruptions_in_one_second_keep_both_copies,
+];

@@ -3,7 +3,7 @@
 //! panic (exit 101) or an abort (SIGABRT). Address 127.82.0.1 and ports
 //! 46500-46509 belong to this file.
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -63,6 +63,8 @@ fn commands(state: &TempDir, run_address: &str) -> Vec<Vec<String>> {
             "--ports",
             &port,
         ]);
+    } else {
+        support::skip("partly: the --netns case needs root");
     }
     all.into_iter()
         .map(|c| c.into_iter().map(String::from).collect())
@@ -91,7 +93,6 @@ fn assert_said(what: &str, output: &Output) {
     }
 }
 
-#[test]
 fn out_of_memory_is_exit_3_with_one_line_never_an_abort() {
     let _listener = listener();
     let state = TempDir::new("resources-as");
@@ -154,7 +155,6 @@ impl Drop for PidsCgroup {
     }
 }
 
-#[test]
 fn no_thread_to_start_is_exit_3_with_one_line_never_a_panic() {
     if !support::require_root("a pids cgroup") {
         return;
@@ -163,7 +163,7 @@ fn no_thread_to_start_is_exit_3_with_one_line_never_a_panic() {
     let state = TempDir::new("resources-pids");
     for max in [2u32, 3, 4] {
         let Some(cgroup) = PidsCgroup::new(max) else {
-            eprintln!("skipped: no pids cgroup controller to limit threads with");
+            support::skip("no pids cgroup controller to limit threads with");
             return;
         };
         for args in commands(&state, "127.82.0.4") {
@@ -186,7 +186,6 @@ fn no_thread_to_start_is_exit_3_with_one_line_never_a_panic() {
     }
 }
 
-#[test]
 fn run_without_room_for_its_duties_fails_before_its_command() {
     let state = TempDir::new("resources-nofile");
     let files = TempDir::created("resources-nofile-files");
@@ -220,3 +219,9 @@ fn run_without_room_for_its_duties_fails_before_its_command() {
     );
     assert!(!ran.exists(), "the command ran");
 }
+
+crate::tests![
+    out_of_memory_is_exit_3_with_one_line_never_an_abort,
+    no_thread_to_start_is_exit_3_with_one_line_never_a_panic,
+    run_without_room_for_its_duties_fails_before_its_command,
+];

@@ -3,7 +3,7 @@
 //! owner whose liveness cannot be read keeps its lease. Addresses
 //! 127.86.0.0/16 and ports 45700-45749 belong to this file.
 
-mod support;
+use crate::support;
 
 use support::{stderr, stdout};
 
@@ -95,7 +95,6 @@ fn assert_no_lease_left(state: &TempDir, pool: &str) {
     }
 }
 
-#[test]
 fn users_see_each_others_leases_and_cannot_release_them() {
     if !support::require_setpriv("a lease of another user") {
         return;
@@ -171,7 +170,6 @@ fn users_see_each_others_leases_and_cannot_release_them() {
     assert_no_lease_left(&root_state, "127.86.0.0/24");
 }
 
-#[test]
 fn moving_the_state_directory_away_never_hands_an_address_out_twice() {
     let state = TempDir::new("space-moved");
     let owner = Owner::new();
@@ -214,7 +212,6 @@ fn with_nofile(limit: u64) -> impl FnOnce(&mut Command) -> &mut Command {
     }
 }
 
-#[test]
 fn an_owner_whose_liveness_cannot_be_read_keeps_its_lease() {
     let state = TempDir::new("space-emfile");
     let owner = Owner::new();
@@ -268,12 +265,11 @@ fn an_owner_whose_liveness_cannot_be_read_keeps_its_lease() {
     assert_no_lease_left(&state, "127.86.2.0/24");
 }
 
-#[test]
 fn a_udp_wildcard_on_the_old_token_port_blocks_no_lease() {
     // The npm fallback's old token was a UDP socket on ADDRESS:9924, which
     // one 0.0.0.0:9924 socket blocked for everyone.
     let Ok(udp) = std::net::UdpSocket::bind("0.0.0.0:9924") else {
-        eprintln!("skipped: 0.0.0.0:9924/udp is taken on this machine");
+        support::skip("0.0.0.0:9924/udp is taken on this machine");
         return;
     };
     let state = TempDir::new("space-udp");
@@ -289,7 +285,6 @@ fn a_udp_wildcard_on_the_old_token_port_blocks_no_lease() {
     assert_no_lease_left(&state, "127.86.3.1");
 }
 
-#[test]
 fn a_killed_run_is_not_shown_alive_and_its_lease_lives_on_in_the_command() {
     let state = TempDir::new("space-killed-run");
     let mut run = support::command()
@@ -335,7 +330,6 @@ fn a_killed_run_is_not_shown_alive_and_its_lease_lives_on_in_the_command() {
     assert_no_lease_left(&state, "127.86.4.1");
 }
 
-#[test]
 fn a_waiting_acquire_gets_an_address_released_meanwhile() {
     let state = TempDir::new("space-wait");
     let owner = Owner::new();
@@ -362,7 +356,6 @@ fn a_waiting_acquire_gets_an_address_released_meanwhile() {
     assert_no_lease_left(&state, "127.86.5.1");
 }
 
-#[test]
 fn acquire_and_run_have_a_default_pool() {
     let state = TempDir::new("space-default");
     let output = gate(
@@ -394,7 +387,6 @@ fn acquire_and_run_have_a_default_pool() {
 /// The state filesystem fills while the command runs: the report still
 /// reaches stderr and --report, the address stays leased in the lingering
 /// holder, and the exit status is 4 (lingering), never 2.
-#[test]
 fn a_full_state_filesystem_during_run_never_loses_the_report() {
     if !support::require_root("mounting a small tmpfs") {
         return;
@@ -470,7 +462,6 @@ fn connect_token(address: &str) -> Option<std::os::fd::OwnedFd> {
     Some(socket)
 }
 
-#[test]
 fn a_flood_of_connections_to_a_token_blocks_neither_its_release_nor_the_agent() {
     let state = TempDir::new("space-flood");
     let me = std::process::id().to_string();
@@ -491,3 +482,15 @@ fn a_flood_of_connections_to_a_token_blocks_neither_its_release_nor_the_agent() 
     drop(flood);
     assert_no_lease_left(&state, "127.86.7.0/24");
 }
+
+crate::tests![
+    users_see_each_others_leases_and_cannot_release_them,
+    moving_the_state_directory_away_never_hands_an_address_out_twice,
+    an_owner_whose_liveness_cannot_be_read_keeps_its_lease,
+    a_udp_wildcard_on_the_old_token_port_blocks_no_lease,
+    a_killed_run_is_not_shown_alive_and_its_lease_lives_on_in_the_command,
+    a_waiting_acquire_gets_an_address_released_meanwhile,
+    acquire_and_run_have_a_default_pool,
+    a_full_state_filesystem_during_run_never_loses_the_report,
+    a_flood_of_connections_to_a_token_blocks_neither_its_release_nor_the_agent,
+];

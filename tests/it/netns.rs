@@ -4,9 +4,9 @@
 //! 45660-45669 (inside them any address is private; `watch` also sees the
 //! host, where the port is still this file's). The tests of `--netns`
 //! validation and of `--netns X reap` use 127.83.1.0/24 and ports
-//! 46460-46469 (CONTRIBUTING's row for tests/reap.rs).
+//! 46460-46469 (CONTRIBUTING's row for tests/it/reap.rs).
 
-mod support;
+use crate::support;
 
 use std::process::{Command, Stdio};
 
@@ -66,7 +66,6 @@ impl Drop for Namespace {
     }
 }
 
-#[test]
 fn the_namespace_view_differs_from_the_hosts() {
     if !support::require_root("ip netns add") {
         return;
@@ -102,7 +101,6 @@ fn the_namespace_view_differs_from_the_hosts() {
     );
 }
 
-#[test]
 fn list_scan_and_wait_look_into_the_namespace() {
     if !support::require_root("ip netns add") {
         return;
@@ -147,7 +145,6 @@ fn list_scan_and_wait_look_into_the_namespace() {
     assert_eq!(run.status, 1, "{}", run.stderr);
 }
 
-#[test]
 fn without_cap_sys_admin_the_error_says_so_in_one_line() {
     if !support::require_setpriv("--netns as nobody") {
         return;
@@ -180,7 +177,6 @@ fn watch_events(child: std::process::Child) -> (i32, Vec<serde_json::Value>) {
     (out.status.code().unwrap_or(-1), events)
 }
 
-#[test]
 fn watch_filters_events_by_the_sockets_namespace() {
     use std::os::unix::fs::MetadataExt;
     if !support::require_bpf("watch --netns") {
@@ -266,7 +262,6 @@ fn sockcheck_quick(args: &[&str]) -> (i32, String) {
     (status.code().unwrap_or(-1), stderr)
 }
 
-#[test]
 fn a_netns_that_is_no_network_namespace_is_refused_at_once() {
     let files = support::TempDir::created("netns-fifo");
     let fifo = files.join("fifo");
@@ -299,7 +294,6 @@ fn a_netns_that_is_no_network_namespace_is_refused_at_once() {
     }
 }
 
-#[test]
 fn pid_of_a_zombie_leader_is_its_live_threads_namespace() {
     if !support::require_root("ip netns add") {
         return;
@@ -337,7 +331,6 @@ fn runs(pid: u32) -> bool {
         .is_ok_and(|stat| !stat.rsplit_once(')').unwrap().1.starts_with(" Z"))
 }
 
-#[test]
 fn reap_in_a_namespace_signals_only_holders_of_its_sockets() {
     if !support::require_root("ip netns add") {
         return;
@@ -382,3 +375,13 @@ fn reap_in_a_namespace_signals_only_holders_of_its_sockets() {
     );
     assert!(runs(host.pid), "the host's holder was signalled");
 }
+
+crate::tests![
+    the_namespace_view_differs_from_the_hosts,
+    list_scan_and_wait_look_into_the_namespace,
+    without_cap_sys_admin_the_error_says_so_in_one_line,
+    watch_filters_events_by_the_sockets_namespace,
+    a_netns_that_is_no_network_namespace_is_refused_at_once,
+    pid_of_a_zombie_leader_is_its_live_threads_namespace,
+    reap_in_a_namespace_signals_only_holders_of_its_sockets,
+];

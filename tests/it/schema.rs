@@ -1,10 +1,10 @@
 //! The JSON Schemas under `schema/` are the ones the Rust types give
 //! (`sockcheck::schema::schemas`), and real documents fit them.
-//! `SOCKCHECK_BLESS=1 cargo test --release --test schema` rewrites the
+//! `SOCKCHECK_BLESS=1 cargo test --release --test it schema::` rewrites the
 //! files from the types. Addresses 127.89.0.0/24 and ports 45650-45659
 //! belong to this file.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 
@@ -40,7 +40,6 @@ fn committed(name: &str) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-#[test]
 fn committed_schemas_are_the_types() {
     let dir = schema_dir();
     let schemas = sockcheck::schema::schemas();
@@ -69,12 +68,11 @@ fn committed_schemas_are_the_types() {
         stale.is_empty(),
         "the committed JSON Schemas differ from the Rust types: {}\n\
          if the change to the JSON is meant, regenerate them with \
-         `SOCKCHECK_BLESS=1 cargo test --release --test schema` and commit them",
+         `SOCKCHECK_BLESS=1 cargo test --release --test it schema::` and commit them",
         stale.join(", ")
     );
 }
 
-#[test]
 fn every_schema_names_its_version_and_requires_it() {
     for (name, schema) in sockcheck::schema::schemas() {
         assert_eq!(
@@ -91,7 +89,6 @@ fn every_schema_names_its_version_and_requires_it() {
 /// A `check` document with listeners, owners and other sockets in it fits
 /// `schema/check.json`: every key is a property of its schema, every
 /// required one is there, and every value has its type.
-#[test]
 fn a_check_document_fits_its_schema() {
     let _group = Holder::start("group", "127.89.0.2", 45650, &["2"]);
     let _client = Holder::start("client", "127.89.0.2", 45651, &[]);
@@ -130,7 +127,6 @@ fn a_check_document_fits_its_schema() {
 
 /// `acquire`, its refusal, `leases` and `release`, on a state directory of
 /// their own, each fit their schema.
-#[test]
 fn gate_documents_fit_their_schemas() {
     let state = TempDir::new("schema");
     let me = std::process::id().to_string();
@@ -169,7 +165,6 @@ fn gate_documents_fit_their_schemas() {
 /// `watch --json` lines of every kind fit `schema/watch-event.json`: a
 /// listen and a close, and a `lost` line (made by 300 listen/close cycles
 /// while the watch is stopped, with a one-page ring buffer).
-#[test]
 fn watch_lines_of_every_kind_fit_their_schema() {
     if !support::require_bpf("watch --json") {
         return;
@@ -224,7 +219,6 @@ fn watch_lines_of_every_kind_fit_their_schema() {
     }
 }
 
-#[test]
 fn a_doctor_document_fits_its_schema() {
     let run = sockcheck(&["doctor", "--json"]);
     assert_eq!(run.status, 0, "{}", run.stderr);
@@ -406,3 +400,12 @@ fn has_type(value: &Value, name: &str) -> bool {
         other => panic!("unknown type {other} in a schema"),
     }
 }
+
+crate::tests![
+    committed_schemas_are_the_types,
+    every_schema_names_its_version_and_requires_it,
+    a_check_document_fits_its_schema,
+    gate_documents_fit_their_schemas,
+    watch_lines_of_every_kind_fit_their_schema,
+    a_doctor_document_fits_its_schema,
+];

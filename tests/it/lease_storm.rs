@@ -7,7 +7,7 @@
 //! same failed bind) and 0 left behind. Addresses 127.86.100.0/24 and port
 //! 45750 belong to this file.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -56,7 +56,7 @@ fn spawn(
         Command::new("node")
     };
     command
-        .arg(repo().join("tests/support/storm-worker.cjs"))
+        .arg(repo().join("tests/it/support/storm-worker.cjs"))
         .args([backend, POOL, PORT, CYCLES])
         .arg(&*support::SOCKCHECK)
         .arg(state)
@@ -82,10 +82,9 @@ fn spawn(
     (child, reader)
 }
 
-#[test]
 fn a_mixed_storm_of_backends_and_users_loses_nothing_and_hands_nothing_out_twice() {
     if Command::new("node").arg("--version").output().is_err() {
-        eprintln!("skipped: the mixed storm needs node (the npm fallback's workers)");
+        support::skip("the mixed storm needs node (the npm fallback's workers)");
         return;
     }
     let root_state = TempDir::new("storm");
@@ -93,7 +92,7 @@ fn a_mixed_storm_of_backends_and_users_loses_nothing_and_hands_nothing_out_twice
     let nobody_state = TempDir::new("storm-nobody");
     let with_nobody = support::is_root();
     if !with_nobody {
-        eprintln!("skipped part: workers as nobody need root (setpriv); this run is one user's");
+        support::skip("partly: workers as nobody need root (setpriv); this run's are one user's");
     }
     let log = Arc::new(Mutex::new(Log::default()));
     let mut plan: Vec<(&str, bool)> = vec![
@@ -186,3 +185,7 @@ fn a_mixed_storm_of_backends_and_users_loses_nothing_and_hands_nothing_out_twice
         log.got, kills
     );
 }
+
+crate::tests![
+    a_mixed_storm_of_backends_and_users_loses_nothing_and_hands_nothing_out_twice,
+];

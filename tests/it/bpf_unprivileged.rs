@@ -1,12 +1,11 @@
 //! The unprivileged path: availability() and every entry point must say
 //! plainly why eBPF cannot be used (not the loader's misleading relocation
 //! error). Runs this test binary again as nobody via setpriv (needs root).
-mod support;
+use crate::support;
 
 use sockcheck::bpf::{BpfError, Watcher, availability, task_files, tcp_listeners};
 use support::{in_child, rerun_self};
 
-#[test]
 fn root_is_available() {
     if !support::in_child() && !support::require_bpf("eBPF") {
         return;
@@ -16,7 +15,6 @@ fn root_is_available() {
     }
 }
 
-#[test]
 fn nobody_gets_a_plain_reason() {
     if !support::in_child() && !support::require_bpf("eBPF") {
         return;
@@ -73,3 +71,8 @@ fn nobody_gets_a_plain_reason() {
         assert_eq!(call, format!("eBPF unavailable: {reason}"));
     }
 }
+
+crate::tests![
+    root_is_available,
+    nobody_gets_a_plain_reason,
+];

@@ -3,7 +3,7 @@
 //! after its command. Addresses 127.82.1.0/24 and ports 46510-46519 belong
 //! to this file.
 
-mod support;
+use crate::support;
 
 use support::stderr;
 
@@ -25,7 +25,6 @@ fn run(state: &TempDir, port: &str, address: &str, report: &Path, command: &str)
         .unwrap()
 }
 
-#[test]
 fn a_symlinked_report_path_is_refused_before_the_command_runs() {
     let state = TempDir::new("report-link");
     let files = TempDir::created("report-link-files");
@@ -47,7 +46,6 @@ fn a_symlinked_report_path_is_refused_before_the_command_runs() {
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
 }
 
-#[test]
 fn a_fifo_report_path_is_refused_at_once() {
     let state = TempDir::new("report-fifo");
     let files = TempDir::created("report-fifo-files");
@@ -71,7 +69,6 @@ fn a_fifo_report_path_is_refused_at_once() {
 /// the command leaves a lingering holder: the report still reaches stderr,
 /// with a line saying why the file was not written; nothing behind the
 /// link is written, nothing blocks, and the exit status is 4 (lingering).
-#[test]
 fn a_link_or_fifo_planted_while_the_command_runs_is_never_followed_nor_opened() {
     let state = TempDir::new("report-planted");
     let files = TempDir::created("report-planted-files");
@@ -105,7 +102,6 @@ fn a_link_or_fifo_planted_while_the_command_runs_is_never_followed_nor_opened() 
     }
 }
 
-#[test]
 fn a_report_file_of_another_user_is_refused_not_written_for_them() {
     if !support::require_root("a file of another user") {
         return;
@@ -132,7 +128,6 @@ fn a_report_file_of_another_user_is_refused_not_written_for_them() {
     assert_eq!(std::fs::metadata(&report).unwrap().uid(), 65534);
 }
 
-#[test]
 fn a_report_is_written_whole_as_a_new_file_of_ours() {
     let state = TempDir::new("report-ok");
     let files = TempDir::created("report-ok-files");
@@ -164,3 +159,11 @@ fn a_report_is_written_whole_as_a_new_file_of_ours() {
         "mode"
     );
 }
+
+crate::tests![
+    a_symlinked_report_path_is_refused_before_the_command_runs,
+    a_fifo_report_path_is_refused_at_once,
+    a_link_or_fifo_planted_while_the_command_runs_is_never_followed_nor_opened,
+    a_report_file_of_another_user_is_refused_not_written_for_them,
+    a_report_is_written_whole_as_a_new_file_of_ours,
+];

@@ -1,9 +1,9 @@
 //! `sockcheck watch` against real holders, and thread attribution in `run`.
 //! Addresses 127.95.1.0/24 and 127.95.3.0/24, ports 45400-45449 belong to
-//! this file (127.95.0.0/16 and 45400-45499 are shared with tests/doctor.rs).
+//! this file (127.95.0.0/16 and 45400-45499 are shared with tests/it/doctor.rs).
 //! Needs root; a test skips, saying why, only on a kernel without BTF.
 
-mod support;
+use crate::support;
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
@@ -13,20 +13,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::{Holder, KillOnDrop, SOCKCHECK, TempDir, holder_from, lingering_command};
 
-/// Whether eBPF can be used; prints why not when it cannot. Only a kernel
-/// without BTF (or a non-root run, which these tests do not support) skips.
+/// Whether eBPF can be used ([`support::require_bpf`]'s rule).
 fn bpf_or_skip() -> bool {
-    if !support::require_root("these tests (they run sockcheck and holders as other users)") {
-        return false;
-    }
-    match sockcheck::bpf::availability() {
-        Ok(()) => true,
-        Err(reason @ sockcheck::bpf::Unavailable::NoBtf { .. }) => {
-            eprintln!("skipped: {reason}");
-            false
-        }
-        Err(reason) => panic!("root cannot use eBPF: {reason}"),
-    }
+    support::require_bpf("these tests (they run sockcheck and holders as other users)")
 }
 
 /// A running `sockcheck watch`, attached (its stderr said so).
@@ -91,7 +80,6 @@ fn listener_inode(address: &str, port: u16) -> u64 {
         .unwrap()
 }
 
-#[test]
 fn json_listen_then_close_of_a_single_threaded_holder() {
     if !bpf_or_skip() {
         return;
@@ -140,7 +128,6 @@ fn json_listen_then_close_of_a_single_threaded_holder() {
     assert!(close["ktime_ns"].as_u64() >= listen["ktime_ns"].as_u64());
 }
 
-#[test]
 fn json_names_the_worker_thread_that_listened() {
     if !bpf_or_skip() {
         return;
@@ -172,7 +159,6 @@ fn json_names_the_worker_thread_that_listened() {
     assert_eq!(events[1]["inode"], events[0]["inode"]);
 }
 
-#[test]
 fn human_lines() {
     if !bpf_or_skip() {
         return;
@@ -206,7 +192,6 @@ fn human_lines() {
     );
 }
 
-#[test]
 fn sigint_ends_it_with_130_and_sigterm_with_143() {
     if !bpf_or_skip() {
         return;
@@ -223,7 +208,6 @@ fn sigint_ends_it_with_130_and_sigterm_with_143() {
     }
 }
 
-#[test]
 fn timeout_ends_it() {
     if !bpf_or_skip() {
         return;
@@ -237,7 +221,6 @@ fn timeout_ends_it() {
     assert_eq!((status, out.as_str()), (Some(0), ""), "no --count");
 }
 
-#[test]
 fn nobody_gets_exit_3_and_one_line_naming_cap_bpf() {
     if !support::require_root("running as nobody") {
         return;
@@ -253,7 +236,6 @@ fn nobody_gets_exit_3_and_one_line_naming_cap_bpf() {
     );
 }
 
-#[test]
 fn bad_input_is_exit_2() {
     for args in [
         &["watch", "--count", "0"][..],
@@ -319,7 +301,6 @@ fn run_lingering(
     (output, json, pid, tids)
 }
 
-#[test]
 fn run_names_the_worker_thread_that_opened_each_lingering_listener() {
     if !bpf_or_skip() {
         return;
@@ -355,7 +336,6 @@ fn run_names_the_worker_thread_that_opened_each_lingering_listener() {
     assert!(stderr.contains("Thread attribution: used ("), "{stderr}");
 }
 
-#[test]
 fn run_without_ebpf_says_attribution_is_unavailable_and_why() {
     if !support::require_root("running as nobody") {
         return;
@@ -396,7 +376,6 @@ fn run_without_ebpf_says_attribution_is_unavailable_and_why() {
     }
 }
 
-#[test]
 fn run_with_bpf_never_skips_attribution() {
     if !support::require_root("these tests (they run sockcheck and holders as other users)") {
         return;
@@ -409,3 +388,16 @@ fn run_with_bpf_never_skips_attribution() {
     assert_eq!(json["attribution"]["status"], "skipped", "{json}");
     assert_eq!(json["attribution"]["detail"], "disabled by --bpf never");
 }
+
+crate::tests![
+    json_listen_then_close_of_a_single_threaded_holder,
+    json_names_the_worker_thread_that_listened,
+    human_lines,
+    sigint_ends_it_with_130_and_sigterm_with_143,
+    timeout_ends_it,
+    nobody_gets_exit_3_and_one_line_naming_cap_bpf,
+    bad_input_is_exit_2,
+    run_names_the_worker_thread_that_opened_each_lingering_listener,
+    run_without_ebpf_says_attribution_is_unavailable_and_why,
+    run_with_bpf_never_skips_attribution,
+];

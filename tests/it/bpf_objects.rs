@@ -2,14 +2,13 @@
 //! `cargo build` (which embeds them and never runs clang) ships what the C
 //! says. `.ci/run` installs clang, so this never skips there.
 
-#[test]
 fn committed_bpf_objects_match_their_sources() {
     let have_clang = std::process::Command::new("clang")
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
     if !have_clang {
-        eprintln!("skipped: clang is not installed (scripts/build-bpf.sh installs it)");
+        crate::support::skip("clang is not installed (scripts/build-bpf.sh installs it)");
         return;
     }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/build-bpf.sh");
@@ -23,3 +22,7 @@ fn committed_bpf_objects_match_their_sources() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+crate::tests![
+    committed_bpf_objects_match_their_sources,
+];

@@ -1,7 +1,7 @@
 //! The command line's contract: bad input gets one clear line naming the bad
 //! value and exit status 2; help documents the exit statuses.
 
-mod support;
+use crate::support;
 
 use support::sockcheck;
 
@@ -27,7 +27,6 @@ fn usage_error(args: &[&str], needle: &str) {
     );
 }
 
-#[test]
 fn bad_input_is_one_line_and_exit_2() {
     usage_error(&["127.0.0.256"], "'127.0.0.256'");
     usage_error(&["localhost:80"], "'localhost:80'");
@@ -40,7 +39,6 @@ fn bad_input_is_one_line_and_exit_2() {
     usage_error(&["check"], "no address");
 }
 
-#[test]
 fn bad_ports_from_the_environment_name_the_variable() {
     let output = support::command()
         .arg("127.91.1.1")
@@ -55,7 +53,6 @@ fn bad_ports_from_the_environment_name_the_variable() {
     );
 }
 
-#[test]
 fn ports_come_from_the_environment() {
     let output = support::command()
         .args(["--json", "127.91.1.2"])
@@ -66,7 +63,6 @@ fn ports_come_from_the_environment() {
     assert_eq!(json["ports"], serde_json::json!([45190, 45191]));
 }
 
-#[test]
 fn check_subcommand_is_the_default_command() {
     let a = sockcheck(&["--json", "--ports", "45192", "127.91.1.3"]);
     let b = sockcheck(&["check", "--json", "--ports", "45192", "127.91.1.3"]);
@@ -74,7 +70,6 @@ fn check_subcommand_is_the_default_command() {
     assert_eq!(a.json()["addresses"], b.json()["addresses"]);
 }
 
-#[test]
 fn help_documents_exit_statuses() {
     let run = sockcheck(&["--help"]);
     assert_eq!(run.status, 0);
@@ -100,7 +95,6 @@ fn help_documents_exit_statuses() {
     }
 }
 
-#[test]
 fn colour_only_when_asked_or_on_a_terminal() {
     let plain = sockcheck(&["--ports", "45193", "127.91.1.4"]);
     assert!(!plain.stdout.contains('\x1b'));
@@ -125,7 +119,6 @@ fn colour_only_when_asked_or_on_a_terminal() {
     assert!(!with_env(&[("TERM", "dumb")]).contains('\x1b'));
 }
 
-#[test]
 fn an_address_given_twice_is_inspected_once() {
     let run = support::sockcheck(&[
         "--json",
@@ -141,7 +134,6 @@ fn an_address_given_twice_is_inspected_once() {
     assert_eq!(addresses[0]["address"], "127.91.0.199");
 }
 
-#[test]
 fn a_signed_port_is_refused() {
     for ports in ["+5", "9925,+9926", "-1"] {
         let run = support::sockcheck(&["--ports", ports, "127.91.0.198"]);
@@ -154,7 +146,6 @@ fn a_signed_port_is_refused() {
     }
 }
 
-#[test]
 fn error_messages_escape_and_cut_echoed_values() {
     let long_address = format!("127.0.0.{}", "1".repeat(120 * 1024));
     let long_ports = "9".repeat(120 * 1024);
@@ -229,7 +220,6 @@ fn error_messages_escape_and_cut_echoed_values() {
     );
 }
 
-#[test]
 fn a_misspelt_flag_keeps_clap_s_tip_on_a_second_line() {
     let run = sockcheck(&["--port", "9925", "127.91.1.6"]);
     assert_eq!(run.status, 2, "{}", run.stderr);
@@ -243,13 +233,11 @@ fn a_misspelt_flag_keeps_clap_s_tip_on_a_second_line() {
     assert!(lines[1].starts_with("  tip: ") && lines[1].contains("'--ports'"));
 }
 
-#[test]
 fn a_misspelt_subcommand_is_suggested() {
     usage_error(&["chek", "127.0.0.2"], "did you mean `check`?");
     usage_error(&["sacn"], "did you mean `scan`?");
 }
 
-#[test]
 fn durations_read_as_people_write_them() {
     usage_error(
         &["wait", "127.91.1.7", "--timeout", "soon"],
@@ -266,7 +254,6 @@ fn durations_read_as_people_write_them() {
     assert_eq!(run.status, 0, "{}", run.stderr);
 }
 
-#[test]
 fn quiet_prints_nothing_and_keeps_the_exit_status() {
     let run = sockcheck(&["-q", "--ports", "45195", "127.91.1.8"]);
     assert_eq!(
@@ -279,7 +266,6 @@ fn quiet_prints_nothing_and_keeps_the_exit_status() {
     usage_error(&["-q", "127.0.0.256"], "'127.0.0.256'");
 }
 
-#[test]
 fn completions_and_the_man_page_generate() {
     for shell in ["bash", "zsh", "fish"] {
         let run = sockcheck(&["completions", shell]);
@@ -321,7 +307,6 @@ fn completions_and_the_man_page_generate() {
     }
 }
 
-#[test]
 fn each_command_s_help_has_its_own_exit_statuses_and_flags() {
     for (command, has, lacks) in [
         (
@@ -366,7 +351,6 @@ fn each_command_s_help_has_its_own_exit_statuses_and_flags() {
     assert!(short.len() < long.len() && !short.contains("Exit status"));
 }
 
-#[test]
 fn port_ranges_are_taken_and_bad_ones_refused() {
     let run = support::sockcheck(&["--json", "--ports", "45195-45197,45195", "127.91.0.195"]);
     assert_eq!(run.status, 0, "{}", run.stderr);
@@ -383,7 +367,26 @@ fn port_ranges_are_taken_and_bad_ones_refused() {
     }
 }
 
-#[test]
 fn no_address_points_to_list() {
     usage_error(&["--ports", "45195"], "sockcheck list");
 }
+
+crate::tests![
+    bad_input_is_one_line_and_exit_2,
+    bad_ports_from_the_environment_name_the_variable,
+    ports_come_from_the_environment,
+    check_subcommand_is_the_default_command,
+    help_documents_exit_statuses,
+    colour_only_when_asked_or_on_a_terminal,
+    an_address_given_twice_is_inspected_once,
+    a_signed_port_is_refused,
+    error_messages_escape_and_cut_echoed_values,
+    a_misspelt_flag_keeps_clap_s_tip_on_a_second_line,
+    a_misspelt_subcommand_is_suggested,
+    durations_read_as_people_write_them,
+    quiet_prints_nothing_and_keeps_the_exit_status,
+    completions_and_the_man_page_generate,
+    each_command_s_help_has_its_own_exit_statuses_and_flags,
+    port_ranges_are_taken_and_bad_ones_refused,
+    no_address_points_to_list,
+];

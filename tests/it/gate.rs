@@ -3,7 +3,7 @@
 //! ports 45200-45299 belong to this file (45218 and 45219 carry wildcard
 //! listeners, which cover every address on them).
 
-mod support;
+use crate::support;
 
 use support::{stderr, stdout};
 
@@ -45,7 +45,6 @@ fn gate(state: &TempDir, ports: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
-#[test]
 fn thirty_two_concurrent_acquires_get_thirty_two_addresses() {
     let state = TempDir::new("concurrent");
     let pool = "127.93.1.0/27";
@@ -86,7 +85,6 @@ fn thirty_two_concurrent_acquires_get_thirty_two_addresses() {
     );
 }
 
-#[test]
 fn no_address_is_ever_leased_twice_at_once() {
     let state = Arc::new(TempDir::new("churn"));
     let held = Arc::new(Mutex::new(HashSet::new()));
@@ -125,7 +123,6 @@ fn no_address_is_ever_leased_twice_at_once() {
     assert!(rounds > 20, "only {rounds} rounds");
 }
 
-#[test]
 fn a_killed_owner_loses_its_lease() {
     let state = TempDir::new("killed");
     let mut owner = Command::new("sleep").arg("100").spawn().unwrap();
@@ -143,7 +140,6 @@ fn a_killed_owner_loses_its_lease() {
     assert_eq!(stdout(&output).trim(), "127.93.3.1");
 }
 
-#[test]
 fn an_address_held_outside_the_lease_system_is_skipped() {
     let state = TempDir::new("outside");
     let holder = Holder::start("plain", "127.93.4.1", 45205, &[]);
@@ -156,7 +152,6 @@ fn an_address_held_outside_the_lease_system_is_skipped() {
     );
 }
 
-#[test]
 fn scan_gives_one_line_per_address() {
     let state = TempDir::new("scan");
     let holder = Holder::start("plain", "127.93.5.2", 45206, &[]);
@@ -183,7 +178,6 @@ fn scan_gives_one_line_per_address() {
     assert_eq!(json["addresses"].as_array().unwrap().len(), 3);
 }
 
-#[test]
 fn wait_returns_once_the_holder_is_gone() {
     let state = TempDir::new("wait");
     let holder = Holder::start("plain", "127.93.6.1", 45207, &[]);
@@ -198,7 +192,6 @@ fn wait_returns_once_the_holder_is_gone() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
-#[test]
 fn wait_times_out_naming_the_holder() {
     let state = TempDir::new("waittimeout");
     let holder = Holder::start("plain", "127.93.6.2", 45208, &[]);
@@ -220,7 +213,6 @@ fn wait_times_out_naming_the_holder() {
     );
 }
 
-#[test]
 fn wait_fails_at_once_on_a_foreign_address() {
     let state = TempDir::new("waitforeign");
     let _holder = Holder::start("wildcard", "-", 45209, &[]);
@@ -235,7 +227,6 @@ fn wait_fails_at_once_on_a_foreign_address() {
     );
 }
 
-#[test]
 fn run_reports_and_quarantines_a_lingering_worker() {
     let state = TempDir::new("run");
     let files = TempDir::created("run-files-1");
@@ -296,7 +287,6 @@ fn run_reports_and_quarantines_a_lingering_worker() {
     assert_eq!(stdout(&output).trim(), "127.93.7.1", "{}", stderr(&output));
 }
 
-#[test]
 fn run_reap_frees_the_address() {
     let state = TempDir::new("reap");
     let files = TempDir::created("run-files-2");
@@ -343,7 +333,6 @@ fn run_reap_frees_the_address() {
     assert_eq!(leases["quarantine"].as_array().unwrap().len(), 0);
 }
 
-#[test]
 fn run_passes_the_address_and_the_exit_status() {
     let state = TempDir::new("status");
     let output = gate(
@@ -367,7 +356,6 @@ fn run_passes_the_address_and_the_exit_status() {
     assert_eq!(leases["leases"].as_array().unwrap().len(), 0);
 }
 
-#[test]
 fn run_passes_signals_to_the_command() {
     let state = TempDir::new("signal");
     let mut child = support::command()
@@ -401,7 +389,6 @@ fn run_passes_signals_to_the_command() {
     assert_eq!(status.code(), Some(42));
 }
 
-#[test]
 fn bad_input_is_one_line_exit_2_and_changes_nothing() {
     let state = TempDir::new("bad");
     let output = gate(&state, "45215", &["acquire", "127.93.9.1"]);
@@ -470,7 +457,6 @@ fn bad_input_is_one_line_exit_2_and_changes_nothing() {
     assert_eq!(leases(), before);
 }
 
-#[test]
 fn run_answers_like_a_shell_when_the_command_cannot_run() {
     let state = TempDir::new("norun");
     let output = gate(
@@ -489,7 +475,6 @@ fn run_answers_like_a_shell_when_the_command_cannot_run() {
     assert_eq!(leases["leases"].as_array().unwrap().len(), 0);
 }
 
-#[test]
 fn wait_fails_at_once_on_an_address_that_is_not_local() {
     let state = TempDir::new("waitnotlocal");
     let started = Instant::now();
@@ -510,7 +495,6 @@ fn refusal(output: &Output) -> Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(output)))
 }
 
-#[test]
 fn acquire_fails_at_once_when_every_candidate_is_foreign() {
     let state = TempDir::new("allforeign");
     let holder = Holder::start("wildcard", "-", 45218, &[]);
@@ -562,7 +546,6 @@ fn acquire_fails_at_once_when_every_candidate_is_foreign() {
     }
 }
 
-#[test]
 fn acquire_allow_foreign_waits_out_the_deadline() {
     let state = TempDir::new("allowforeign");
     let _holder = Holder::start("wildcard", "-", 45219, &[]);
@@ -586,7 +569,6 @@ fn acquire_allow_foreign_waits_out_the_deadline() {
     assert!(stderr(&output).contains("before the --wait deadline"));
 }
 
-#[test]
 fn a_failed_acquire_names_each_address_its_verdict_and_holder() {
     let state = TempDir::new("failednames");
     let holder = Holder::start("plain", "127.93.13.1", 45220, &[]);
@@ -640,7 +622,6 @@ fn a_failed_acquire_names_each_address_its_verdict_and_holder() {
     owner.wait().unwrap();
 }
 
-#[test]
 fn run_wait_waits_for_a_free_address() {
     let state = TempDir::new("runwait");
     let mut owner = Command::new("sleep").arg("1").spawn().unwrap();
@@ -675,7 +656,6 @@ fn run_wait_waits_for_a_free_address() {
     owner.wait().unwrap();
 }
 
-#[test]
 fn pools_holding_a_wildcard_or_broadcast_address_are_refused() {
     let state = TempDir::new("badpools");
     for (pool, names) in [
@@ -704,7 +684,6 @@ fn lease_doc(state: &TempDir, pool: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
-#[test]
 fn run_killed_while_its_command_runs_keeps_the_lease_for_the_command() {
     let state = TempDir::new("runkilled");
     let pool = "127.93.15.1-127.93.15.2";
@@ -739,7 +718,6 @@ fn run_killed_while_its_command_runs_keeps_the_lease_for_the_command() {
     assert_eq!(stdout(&output).trim(), "127.93.15.1", "{}", stderr(&output));
 }
 
-#[test]
 fn a_cancelled_run_still_reports_and_quarantines() {
     for (signal, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
         let state = TempDir::new(&format!("cancel{signal}"));
@@ -795,7 +773,6 @@ fn a_cancelled_run_still_reports_and_quarantines() {
     }
 }
 
-#[test]
 fn a_lease_taken_in_a_subshell_goes_to_the_shell_it_was_forked_from() {
     let state = TempDir::new("subshell");
     let script = format!(
@@ -858,7 +835,6 @@ fn cell_separators(line: &str) -> usize {
     count
 }
 
-#[test]
 fn hostile_process_text_is_escaped_in_run_report_and_scan() {
     let state = TempDir::new("hostile");
     // The ready line and the report, removed with their directory.
@@ -955,7 +931,6 @@ fn hostile_process_text_is_escaped_in_run_report_and_scan() {
 }
 
 /// Every command that takes --json prints a document; release did not.
-#[test]
 fn release_and_leases_say_what_they_did() {
     let state = TempDir::new("release-json");
     let empty = gate(&state, "45290", &["leases", "127.93.90.0/24"]);
@@ -985,7 +960,6 @@ fn release_and_leases_say_what_they_did() {
 
 // ------------------------------------------- reap (127.93.70.0/24, 45281-45285)
 
-#[test]
 fn reap_ends_the_holders_of_an_address_and_exits_0_once_it_is_free() {
     let state = TempDir::new("reap-cmd");
     let holder = Holder::start("group", "127.93.70.1", 45281, &["2"]);
@@ -1003,7 +977,6 @@ fn reap_ends_the_holders_of_an_address_and_exits_0_once_it_is_free() {
     wait_gone(holder.pid);
 }
 
-#[test]
 fn reap_dry_run_signals_nothing() {
     let state = TempDir::new("reap-dry");
     let holder = Holder::start("plain", "127.93.70.2", 45282, &[]);
@@ -1028,7 +1001,6 @@ fn reap_dry_run_signals_nothing() {
     );
 }
 
-#[test]
 fn reap_sends_sigkill_to_a_holder_that_ignores_sigterm() {
     let state = TempDir::new("reap-kill");
     let files = TempDir::created("run-files-3");
@@ -1069,7 +1041,6 @@ fn reap_sends_sigkill_to_a_holder_that_ignores_sigterm() {
     assert_eq!(doc["after"], "free");
 }
 
-#[test]
 fn reap_as_another_user_is_not_permitted_and_keeps_the_holder() {
     if !support::require_setpriv("reaping as nobody") {
         return;
@@ -1091,3 +1062,35 @@ fn reap_as_another_user_is_not_permitted_and_keeps_the_holder() {
         run.stdout
     );
 }
+
+crate::tests![
+    thirty_two_concurrent_acquires_get_thirty_two_addresses,
+    no_address_is_ever_leased_twice_at_once,
+    a_killed_owner_loses_its_lease,
+    an_address_held_outside_the_lease_system_is_skipped,
+    scan_gives_one_line_per_address,
+    wait_returns_once_the_holder_is_gone,
+    wait_times_out_naming_the_holder,
+    wait_fails_at_once_on_a_foreign_address,
+    run_reports_and_quarantines_a_lingering_worker,
+    run_reap_frees_the_address,
+    run_passes_the_address_and_the_exit_status,
+    run_passes_signals_to_the_command,
+    bad_input_is_one_line_exit_2_and_changes_nothing,
+    run_answers_like_a_shell_when_the_command_cannot_run,
+    wait_fails_at_once_on_an_address_that_is_not_local,
+    acquire_fails_at_once_when_every_candidate_is_foreign,
+    acquire_allow_foreign_waits_out_the_deadline,
+    a_failed_acquire_names_each_address_its_verdict_and_holder,
+    run_wait_waits_for_a_free_address,
+    pools_holding_a_wildcard_or_broadcast_address_are_refused,
+    run_killed_while_its_command_runs_keeps_the_lease_for_the_command,
+    a_cancelled_run_still_reports_and_quarantines,
+    a_lease_taken_in_a_subshell_goes_to_the_shell_it_was_forked_from,
+    hostile_process_text_is_escaped_in_run_report_and_scan,
+    release_and_leases_say_what_they_did,
+    reap_ends_the_holders_of_an_address_and_exits_0_once_it_is_free,
+    reap_dry_run_signals_nothing,
+    reap_sends_sigkill_to_a_holder_that_ignores_sigterm,
+    reap_as_another_user_is_not_permitted_and_keeps_the_holder,
+];

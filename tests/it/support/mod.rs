@@ -7,16 +7,18 @@
 //! never meet each other or other software on the machine, and every process
 //! a test starts is killed by pid when its guard drops.
 //!
-//! Skips: a test that needs what this machine lacks prints `skipped: ` and
-//! the missing feature or privilege, and passes. Missing privileges skip only
-//! when the tests run as an ordinary user; as root (CI) privileges are
-//! expected, and a test that lacks one fails (see [`require_root`]).
-
-// Each test binary compiles this module and uses its own part of it.
-#![allow(dead_code)]
+//! Skips, one rule: a test that needs what this run lacks calls [`skip`]
+//! (or [`require_root`], [`require_bpf`], [`require_setpriv`]) and returns;
+//! the harness (main.rs) reports it as ignored, with the reason, in its
+//! result line and in the summary count. Missing privileges skip only when
+//! the tests run as an ordinary user; as root (CI) they are expected, and a
+//! test that lacks one (a capability dropped, say) fails. Only what root
+//! cannot have here skips as root: a kernel feature (BTF) or a tool that is
+//! not installed.
 
 pub mod sockets;
 
+use std::cell::RefCell;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -379,32 +381,60 @@ pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
+thread_local! {
+    /// Why the test running on this thread skipped, if it did.
+    static SKIPPED: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Marks the running test as skipped for `reason` (what this run lacks): it
+/// is reported as ignored, with the reason, however it returns. The test
+/// returns right after, unless it goes on with what it can still check.
+pub fn skip(reason: impl Into<String>) {
+    let reason = reason.into();
+    SKIPPED.with_borrow_mut(|skipped| match skipped {
+        Some(said) if said.split("; ").any(|r| r == reason) => {}
+        Some(said) => {
+            said.push_str("; ");
+            said.push_str(&reason);
+        }
+        None => *skipped = Some(reason),
+    });
+}
+
+/// Why the test that ran on this thread skipped, if it did; clears it.
+pub fn take_skip() -> Option<String> {
+    SKIPPED.take()
+}
+
 /// Whether the tests may use root's privileges: true as root; as an
-/// ordinary user, prints `skipped: needs root for WHAT` and returns false.
+/// ordinary user, skips (`needs root for WHAT`) and returns false.
 pub fn require_root(what: &str) -> bool {
     if is_root() {
         return true;
     }
-    eprintln!("skipped: needs root for {what}");
+    skip(format!("needs root for {what}"));
     false
 }
 
-/// Whether eBPF can be used here: as an ordinary user, prints why not and
-/// returns false (a skip); as root, a kernel without BTF is a skip that
-/// names it, while missing capabilities are a failure.
+/// Whether eBPF can be used here. As an ordinary user it skips; as root a
+/// kernel without BTF skips, naming it, and anything else that stops eBPF
+/// (capabilities dropped) fails the test.
 pub fn require_bpf(what: &str) -> bool {
     if !require_root(what) {
         return false;
     }
-    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-        eprintln!("skipped: {what} needs kernel BTF (/sys/kernel/btf/vmlinux)");
-        return false;
+    match sockcheck::bpf::availability() {
+        Ok(()) => true,
+        Err(reason @ sockcheck::bpf::Unavailable::NoBtf { .. }) => {
+            skip(format!("{what}: {reason}"));
+            false
+        }
+        Err(reason) => panic!("root cannot use eBPF for {what}: {reason}"),
     }
-    true
 }
 
 /// Whether `setpriv` can drop to `nobody` here (it cannot without
-/// CAP_SETUID/CAP_SETGID, as an ordinary user): else prints the skip.
+/// CAP_SETUID/CAP_SETGID, as an ordinary user): else skips.
 pub fn require_setpriv(what: &str) -> bool {
     require_root(&format!("{what} (setpriv to nobody)"))
 }
@@ -457,10 +487,17 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Runs the named test of this same test binary again in a child process,
-/// with `SOCKCHECK_TEST_CHILD=1`, behind `wrapper` (e.g. setpriv or unshare),
-/// and returns its stdout. The child's output is also shown on failure.
+/// Runs the running test (`test` names its function) again in a child
+/// process of this same test binary, with `SOCKCHECK_TEST_CHILD=1`, behind
+/// `wrapper` (e.g. setpriv or unshare), and returns its stdout. The child's
+/// output is also shown on failure.
 pub fn rerun_self(wrapper: &[&str], test: &str) -> (bool, String) {
+    let current = crate::current_test();
+    assert!(
+        current.rsplit("::").next() == Some(test),
+        "rerun_self({test:?}) from the test {current}"
+    );
+    let test = current.as_str();
     let exe = std::env::current_exe().unwrap();
     let mut cmd = Command::new(wrapper[0]);
     cmd.args(&wrapper[1..])
@@ -470,7 +507,13 @@ pub fn rerun_self(wrapper: &[&str], test: &str) -> (bool, String) {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("running {wrapper:?}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Without the child harness's own "running 1 test" and summary lines,
+    // which would read as this run's when the test prints what it got.
+    let stdout: String = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| *l != "running 1 test" && !l.starts_with("test result: "))
+        .map(|l| format!("{l}\n"))
+        .collect();
     if !out.status.success() {
         eprintln!(
             "child {test} failed: {}\nstdout:\n{stdout}\nstderr:\n{}",

@@ -4,7 +4,7 @@
 //! rewritten, and an unsafe directory or `SOCKCHECK_BTF_CACHE=0` gets no
 //! file. Every run has an `XDG_CACHE_HOME` (or `HOME`) of its own, never
 //! the real `~/.cache`. Addresses 127.77.4.0/24, ports 40180..40189.
-mod support;
+use crate::support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -88,7 +88,6 @@ fn only_entry(home: &Path) -> PathBuf {
     entry
 }
 
-#[test]
 fn a_warm_run_reads_what_a_cold_run_wrote_and_reports_the_same() {
     if !support::require_bpf("the BTF cache") {
         return;
@@ -152,7 +151,6 @@ fn a_warm_run_reads_what_a_cold_run_wrote_and_reports_the_same() {
     assert_eq!(std::fs::read_dir(&off_home.0).unwrap().count(), 0);
 }
 
-#[test]
 fn a_damaged_entry_is_ignored_and_rewritten() {
     if !support::require_bpf("the BTF cache") {
         return;
@@ -191,7 +189,6 @@ fn a_damaged_entry_is_ignored_and_rewritten() {
     }
 }
 
-#[test]
 fn an_unsafe_cache_dir_is_not_used() {
     if !support::require_bpf("the BTF cache") {
         return;
@@ -225,7 +222,6 @@ fn an_unsafe_cache_dir_is_not_used() {
     assert_eq!(files(&elsewhere), Vec::<PathBuf>::new());
 }
 
-#[test]
 fn without_xdg_cache_home_the_cache_is_in_home() {
     if !support::require_bpf("the BTF cache") {
         return;
@@ -241,7 +237,6 @@ fn without_xdg_cache_home_the_cache_is_in_home() {
 /// A user given eBPF through file capabilities on the binary must not be
 /// able to feed it relocations of their own: such a run leaves their cache
 /// alone (and still works).
-#[test]
 fn with_file_capabilities_the_users_cache_is_not_used() {
     if !support::require_bpf("the BTF cache")
         || !support::require_setpriv("the BTF cache under file capabilities")
@@ -258,7 +253,7 @@ fn with_file_capabilities_the_users_cache_is_not_used() {
         .arg(&binary)
         .status();
     if !setcap.is_ok_and(|s| s.success()) {
-        eprintln!("skipped: setcap failed here (no setcap, or no xattrs in the temp dir)");
+        support::skip("setcap failed here (no setcap, or no xattrs in the temp dir)");
         return;
     }
     let home = dir.join("home");
@@ -290,3 +285,11 @@ fn with_file_capabilities_the_users_cache_is_not_used() {
     );
     assert_eq!(files(&home), Vec::<PathBuf>::new());
 }
+
+crate::tests![
+    a_warm_run_reads_what_a_cold_run_wrote_and_reports_the_same,
+    a_damaged_entry_is_ignored_and_rewritten,
+    an_unsafe_cache_dir_is_not_used,
+    without_xdg_cache_home_the_cache_is_in_home,
+    with_file_capabilities_the_users_cache_is_not_used,
+];

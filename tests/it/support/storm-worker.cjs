@@ -1,5 +1,5 @@
 'use strict';
-// One worker of the mixed lease storm (tests/lease_storm.rs): CYCLES times,
+// One worker of the mixed lease storm (tests/it/lease_storm.rs): CYCLES times,
 // lease an address of POOL through BACKEND (the sockcheck binary, or the npm
 // package's plain-JS fallback), bind a real server on it, hold it a moment,
 // close it and release the lease. Prints one line per event on stdout:

@@ -4,7 +4,7 @@
 //! or counted lost, and a watch that lost events says so and exits 1.
 //! Addresses 127.84.0.0/16 and ports 46400-46449 belong to this file.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -122,7 +122,6 @@ fn one_page() -> String {
     unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.to_string()
 }
 
-#[test]
 fn storm_events_are_all_shown_or_counted_lost() {
     if !support::require_bpf("watch (eBPF)") {
         return;
@@ -171,7 +170,6 @@ fn storm_events_are_all_shown_or_counted_lost() {
     );
 }
 
-#[test]
 fn stopped_reader_reports_lost_events_and_exits_1() {
     if !support::require_bpf("watch (eBPF)") {
         return;
@@ -214,7 +212,6 @@ fn stopped_reader_reports_lost_events_and_exits_1() {
     );
 }
 
-#[test]
 fn a_watch_that_lost_nothing_still_exits_0() {
     if !support::require_bpf("watch (eBPF)") {
         return;
@@ -236,7 +233,6 @@ fn a_watch_that_lost_nothing_still_exits_0() {
     assert!(!err.contains("lost"), "{err}");
 }
 
-#[test]
 fn ring_size_the_kernel_would_refuse_is_a_usage_error() {
     for bad in ["3000", "96K", "0", "4X", "8G"] {
         let run = support::sockcheck(&["watch", "--ring-size", bad, "--ports", "46403"]);
@@ -250,3 +246,10 @@ fn ring_size_the_kernel_would_refuse_is_a_usage_error() {
         );
     }
 }
+
+crate::tests![
+    storm_events_are_all_shown_or_counted_lost,
+    stopped_reader_reports_lost_events_and_exits_1,
+    a_watch_that_lost_nothing_still_exits_0,
+    ring_size_the_kernel_would_refuse_is_a_usage_error,
+];

@@ -2,7 +2,7 @@
 //! verdict and name the right pids (and tids for the lingering shape).
 //! Addresses 127.91.0.x and ports 45101-45199 belong to this file.
 
-mod support;
+use crate::support;
 
 use support::{Holder, check, check_with, owner_pids, port, sockcheck, sockcheck_as_nobody};
 
@@ -10,7 +10,6 @@ use support::{Holder, check, check_with, owner_pids, port, sockcheck, sockcheck_
 /// machine with many open files `--bpf auto` (as root) asks the kernel first.
 const NO_BPF: &[&str] = &["--bpf", "never"];
 
-#[test]
 fn free_address_needs_no_proc_scan() {
     let (address, status) = check("127.91.0.1", "45101,45102");
     assert_eq!(status, 0);
@@ -23,7 +22,6 @@ fn free_address_needs_no_proc_scan() {
     assert_eq!(run.json()["sources"]["proc"]["status"], "skipped");
 }
 
-#[test]
 fn plain_listener_is_busy_and_named() {
     let holder = Holder::start("plain", "127.91.0.2", 45103, &[]);
     let (address, status) = check_with("127.91.0.2", "45103,45104", NO_BPF);
@@ -46,7 +44,6 @@ fn plain_listener_is_busy_and_named() {
     assert_eq!(port(&address, 45104)["canary"]["result"], "ok");
 }
 
-#[test]
 fn reuseport_group_in_one_process() {
     let holder = Holder::start("group", "127.91.0.3", 45105, &["3"]);
     let (address, _) = check_with("127.91.0.3", "45105", NO_BPF);
@@ -66,7 +63,6 @@ fn reuseport_group_in_one_process() {
     assert!(message.contains("reuseport group of 3"), "{message}");
 }
 
-#[test]
 fn single_reuseport_listener_is_known_from_its_fd() {
     let _holder = Holder::start("reuseport", "127.91.0.4", 45106, &[]);
     let (address, _) = check_with("127.91.0.4", "45106", NO_BPF);
@@ -75,7 +71,6 @@ fn single_reuseport_listener_is_known_from_its_fd() {
     assert_eq!(listener["reuseport_evidence"]["source"], "pidfd_getfd");
 }
 
-#[test]
 fn lingering_workers_after_the_main_thread_exited() {
     let holder = Holder::start("lingering", "127.91.0.5", 45107, &["3"]);
     let (address, status) = check("127.91.0.5", "45107");
@@ -108,7 +103,6 @@ fn lingering_workers_after_the_main_thread_exited() {
     assert!(message.contains(&holder.pid.to_string()), "{message}");
 }
 
-#[test]
 fn lingering_single_worker_reuseport_through_a_thread_pidfd() {
     let holder = Holder::start("lingering", "127.91.0.6", 45108, &["1"]);
     let (address, _) = check_with("127.91.0.6", "45108", NO_BPF);
@@ -126,7 +120,6 @@ fn lingering_single_worker_reuseport_through_a_thread_pidfd() {
     );
 }
 
-#[test]
 fn listener_inherited_by_a_forked_child_whose_parent_exited() {
     let mut holder = Holder::start("forked", "127.91.0.7", 45109, &[]);
     holder.wait_exit();
@@ -138,7 +131,6 @@ fn listener_inherited_by_a_forked_child_whose_parent_exited() {
     assert_ne!(p["listeners"][0]["owners"][0]["ppid"], holder.pid);
 }
 
-#[test]
 fn stopped_owner() {
     let holder = Holder::start("stopped", "127.91.0.8", 45110, &[]);
     // Wait until the kernel shows it stopped.
@@ -161,7 +153,6 @@ fn stopped_owner() {
     );
 }
 
-#[test]
 fn ipv4_wildcard_is_foreign() {
     let holder = Holder::start("wildcard", "-", 45111, &[]);
     let (address, status) = check("127.91.0.9", "45111");
@@ -174,7 +165,6 @@ fn ipv4_wildcard_is_foreign() {
     assert_eq!(owner_pids(p), vec![u64::from(holder.pid)]);
 }
 
-#[test]
 fn dual_stack_wildcard_is_foreign_for_ipv4_and_ipv6() {
     let holder = Holder::start("dualstack", "-", 45112, &[]);
     for target in ["127.91.0.10", "::1"] {
@@ -190,7 +180,6 @@ fn dual_stack_wildcard_is_foreign_for_ipv4_and_ipv6() {
     }
 }
 
-#[test]
 fn v6only_wildcard_does_not_cover_ipv4() {
     let _holder = Holder::start("v6only", "-", 45113, &[]);
     let (address, status) = check("127.91.0.11", "45113");
@@ -202,7 +191,6 @@ fn v6only_wildcard_does_not_cover_ipv4() {
     assert_eq!(six["verdict"], "foreign");
 }
 
-#[test]
 fn ipv4_mapped_listener_is_busy() {
     let holder = Holder::start("mapped", "127.91.0.12", 45114, &[]);
     let (address, _) = check("127.91.0.12", "45114");
@@ -218,7 +206,6 @@ fn ipv4_mapped_listener_is_busy() {
     assert_eq!(again["verdict"], "busy");
 }
 
-#[test]
 fn ipv6_loopback_listener_is_busy() {
     let holder = Holder::start("plain", "::1", 45115, &[]);
     let (address, _) = check("::1", "45115");
@@ -232,7 +219,6 @@ fn ipv6_loopback_listener_is_busy() {
     assert_eq!(v4["verdict"], "free");
 }
 
-#[test]
 fn bound_client_socket_is_a_conflict_with_its_owner() {
     let holder = Holder::start("client", "127.91.0.14", 45116, &[]);
     let (address, status) = check("127.91.0.14", "45116");
@@ -251,7 +237,6 @@ fn bound_client_socket_is_a_conflict_with_its_owner() {
     );
 }
 
-#[test]
 fn bound_inactive_socket_is_a_conflict_with_its_owner() {
     let holder = Holder::start("bound", "127.91.0.15", 45117, &[]);
     let (address, _) = check("127.91.0.15", "45117");
@@ -264,7 +249,6 @@ fn bound_inactive_socket_is_a_conflict_with_its_owner() {
     );
 }
 
-#[test]
 fn time_wait_alone_does_not_block() {
     let mut holder = Holder::start("timewait", "127.91.0.16", 45118, &[]);
     holder.wait_exit();
@@ -288,7 +272,6 @@ fn time_wait_alone_does_not_block() {
     assert!(address["notes"][0].as_str().unwrap().contains("TIME_WAIT"));
 }
 
-#[test]
 fn non_local_address_is_unavailable() {
     let (address, status) = check("192.0.2.1", "45119");
     assert_eq!(status, 1);
@@ -297,7 +280,6 @@ fn non_local_address_is_unavailable() {
     assert_eq!(port(&address, 45119)["canary"]["result"], "EADDRNOTAVAIL");
 }
 
-#[test]
 fn several_addresses_get_one_verdict_each() {
     let _holder = Holder::start("plain", "127.91.0.17", 45120, &[]);
     let run = sockcheck(&[
@@ -320,7 +302,6 @@ fn several_addresses_get_one_verdict_each() {
     assert_eq!(json["schema"], 1);
 }
 
-#[test]
 fn human_output_names_the_lingering_pid_and_threads() {
     let holder = Holder::start("lingering", "127.91.0.19", 45121, &["2"]);
     let run = sockcheck(&["--ports", "45121", "127.91.0.19"]);
@@ -333,7 +314,6 @@ fn human_output_names_the_lingering_pid_and_threads() {
     assert!(!out.contains('\x1b'), "NO_COLOR must disable colour: {out}");
 }
 
-#[test]
 fn unprivileged_run_marks_hidden_owners_and_unknown_reuseport() {
     if !support::require_root("starting a holder of another uid") {
         return;
@@ -364,7 +344,6 @@ fn unprivileged_run_marks_hidden_owners_and_unknown_reuseport() {
     assert!(message.contains("hidden by permissions"), "{message}");
 }
 
-#[test]
 fn unprivileged_run_still_sees_a_reuseport_group() {
     if !support::require_root("starting a holder of another uid") {
         return;
@@ -379,7 +358,6 @@ fn unprivileged_run_still_sees_a_reuseport_group() {
     assert_eq!(listener["owners"][0]["hidden"], true);
 }
 
-#[test]
 fn unprivileged_free_address_is_free() {
     if !support::require_setpriv("running sockcheck as nobody") {
         return;
@@ -406,7 +384,6 @@ fn probed_listener(target: &str, port_number: u16) -> serde_json::Value {
     port(&json["addresses"][0], port_number)["listeners"][0].clone()
 }
 
-#[test]
 fn bind_probe_tells_a_plain_listener_without_pidfd() {
     let _holder = Holder::start("plain", "127.91.0.23", 45125, &[]);
     let listener = probed_listener("127.91.0.23", 45125);
@@ -414,7 +391,6 @@ fn bind_probe_tells_a_plain_listener_without_pidfd() {
     assert_eq!(listener["reuseport_evidence"]["source"], "bind_probe");
 }
 
-#[test]
 fn bind_probe_joins_a_reuseport_listener_and_leaves_it_alone() {
     let _holder = Holder::start("reuseport", "127.91.0.24", 45126, &[]);
     let listener = probed_listener("127.91.0.24", 45126);
@@ -432,10 +408,8 @@ fn bind_probe_joins_a_reuseport_listener_and_leaves_it_alone() {
 }
 
 /// `--bpf always`: the kernel's own bit, for every kind of listener.
-#[test]
 fn kernel_reuseport_bit_matches_what_each_listener_set() {
-    if sockcheck::bpf::availability().is_err() {
-        eprintln!("skipped: {}", sockcheck::bpf::availability().unwrap_err());
+    if !support::require_bpf("--bpf always") {
         return;
     }
     // (shape, where it binds, port, its extra argument, address asked, bit)
@@ -483,10 +457,8 @@ fn kernel_reuseport_bit_matches_what_each_listener_set() {
 /// The BPF owners (the fd-table walk, bpf::task_files) and the /proc scan
 /// name the same owners, fds and threads for every shape, the lingering
 /// worker included.
-#[test]
 fn task_file_owners_equal_proc_owners_for_every_shape() {
-    if sockcheck::bpf::availability().is_err() {
-        eprintln!("skipped: {}", sockcheck::bpf::availability().unwrap_err());
+    if !support::require_bpf("--bpf always") {
         return;
     }
     type Case<'a> = (&'a str, &'a str, u16, &'a [&'a str], &'a str);
@@ -551,7 +523,6 @@ fn task_file_owners_equal_proc_owners_for_every_shape() {
 /// be listed: the owner is hidden, never "no owner", and the proc source says
 /// why. Runs in a private pid and mount namespace, so the host's /proc is
 /// untouched and every process dies with the namespace.
-#[test]
 fn hidepid_invisible_is_reported_not_mistaken_for_no_owner() {
     if !support::require_root("unshare and mount") {
         return;
@@ -595,7 +566,6 @@ fn hidepid_invisible_is_reported_not_mistaken_for_no_owner() {
 /// Unprivileged, on one's own lingering worker: the zombie leader's fd
 /// directory belongs to root (the leader has no mm), but its live threads'
 /// tables are the user's own, so the owner and its threads are named.
-#[test]
 fn unprivileged_user_sees_its_own_lingering_worker() {
     if !support::require_root("starting a holder as nobody") {
         return;
@@ -656,7 +626,6 @@ impl Drop for Named {
     }
 }
 
-#[test]
 fn hostile_comm_and_cmdline_are_escaped_in_the_human_report() {
     let holder = Named::start(HOSTILE_COMM, "127.91.70.1", 45170, HOSTILE_ARG);
     let pid = holder.0.id();
@@ -699,7 +668,6 @@ fn hostile_comm_and_cmdline_are_escaped_in_the_human_report() {
 
 // ------------------------------------------------- list (ports 45190-45193)
 
-#[test]
 fn list_on_ports_nothing_uses_says_so_and_exits_0() {
     let run = sockcheck(&["list", "--ports", "45190"]);
     assert_eq!(run.status, 0, "{}", run.stderr);
@@ -714,7 +682,6 @@ fn list_on_ports_nothing_uses_says_so_and_exits_0() {
     assert_eq!(json["addresses"], serde_json::json!([]));
 }
 
-#[test]
 fn list_names_every_address_its_verdict_and_holders_sorted() {
     let group = Holder::start("group", "127.91.0.191", 45191, &["2"]);
     let plain = Holder::start("plain", "127.91.0.190", 45191, &[]);
@@ -779,7 +746,6 @@ fn list_names_every_address_its_verdict_and_holders_sorted() {
 
 /// Issue 12: an owner in another pid namespace (as in a container) is
 /// named by sockcheck's pid and by its own, with its cgroup.
-#[test]
 fn an_owner_in_another_pid_namespace_is_named_with_its_own_pid() {
     if !support::require_root("unshare --pid") {
         return;
@@ -819,3 +785,38 @@ fn an_owner_in_another_pid_namespace_is_named_with_its_own_pid() {
     drop(_holder);
     let _ = unshare.wait();
 }
+
+crate::tests![
+    free_address_needs_no_proc_scan,
+    plain_listener_is_busy_and_named,
+    reuseport_group_in_one_process,
+    single_reuseport_listener_is_known_from_its_fd,
+    lingering_workers_after_the_main_thread_exited,
+    lingering_single_worker_reuseport_through_a_thread_pidfd,
+    listener_inherited_by_a_forked_child_whose_parent_exited,
+    stopped_owner,
+    ipv4_wildcard_is_foreign,
+    dual_stack_wildcard_is_foreign_for_ipv4_and_ipv6,
+    v6only_wildcard_does_not_cover_ipv4,
+    ipv4_mapped_listener_is_busy,
+    ipv6_loopback_listener_is_busy,
+    bound_client_socket_is_a_conflict_with_its_owner,
+    bound_inactive_socket_is_a_conflict_with_its_owner,
+    time_wait_alone_does_not_block,
+    non_local_address_is_unavailable,
+    several_addresses_get_one_verdict_each,
+    human_output_names_the_lingering_pid_and_threads,
+    unprivileged_run_marks_hidden_owners_and_unknown_reuseport,
+    unprivileged_run_still_sees_a_reuseport_group,
+    unprivileged_free_address_is_free,
+    bind_probe_tells_a_plain_listener_without_pidfd,
+    bind_probe_joins_a_reuseport_listener_and_leaves_it_alone,
+    kernel_reuseport_bit_matches_what_each_listener_set,
+    task_file_owners_equal_proc_owners_for_every_shape,
+    hidepid_invisible_is_reported_not_mistaken_for_no_owner,
+    unprivileged_user_sees_its_own_lingering_worker,
+    hostile_comm_and_cmdline_are_escaped_in_the_human_report,
+    list_on_ports_nothing_uses_says_so_and_exits_0,
+    list_names_every_address_its_verdict_and_holders_sorted,
+    an_owner_in_another_pid_namespace_is_named_with_its_own_pid,
+];
