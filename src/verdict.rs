@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use crate::diag::TcpState;
 use crate::owners::ProcessState;
 use crate::report::{Coverage, ListenerReport, Owner, PortReport, Reason, ReasonCode, Verdict};
 
@@ -237,7 +238,7 @@ fn canary_failure(address: IpAddr, port: &PortReport) -> String {
     let blocking: Vec<String> = others
         .sockets
         .iter()
-        .filter(|s| s.state != "TIME_WAIT")
+        .filter(|s| s.state != TcpState::TimeWait)
         .map(|s| {
             let who = if s.inode == 0 {
                 "no process".to_string()
@@ -412,9 +413,9 @@ mod tests {
         let mut p = port(9926, Canary::failed(libc::EADDRINUSE), vec![]);
         p.other_sockets = OtherSockets {
             total: 1,
-            by_state: [("ESTABLISHED", 1)].into_iter().collect(),
+            by_state: [(TcpState::Established, 1)].into_iter().collect(),
             sockets: vec![OtherSocket {
-                state: "ESTABLISHED",
+                state: TcpState::Established,
                 local: "127.0.0.2:9926".parse().unwrap(),
                 remote: "127.0.0.1:5000".parse().unwrap(),
                 inode: 7,
@@ -468,7 +469,7 @@ mod tests {
     fn time_wait_is_a_note_not_a_reason() {
         let mut p = port(9926, Canary::ok(), vec![]);
         p.other_sockets.total = 2;
-        p.other_sockets.by_state.insert("TIME_WAIT", 2);
+        p.other_sockets.by_state.insert(TcpState::TimeWait, 2);
         let d = decide(ip("127.0.0.2"), &[p]);
         assert_eq!(d.verdict, Verdict::Free);
         assert_eq!(d.notes.len(), 1);
