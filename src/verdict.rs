@@ -19,12 +19,12 @@ pub struct Decision {
 /// Decides what `address` is, from what was observed on each port.
 pub fn decide(address: IpAddr, ports: &[PortReport]) -> Decision {
     let mut reasons = Vec::new();
-    let mut notes = Vec::new();
     let not_local = ports
         .iter()
         .filter(|p| p.canary.is(libc::EADDRNOTAVAIL))
         .count();
-    if !ports.is_empty() && not_local == ports.len() {
+    let all_not_local = !ports.is_empty() && not_local == ports.len();
+    if all_not_local {
         reasons.push(Reason {
             code: ReasonCode::NotLocal,
             port: None,
@@ -34,55 +34,10 @@ pub fn decide(address: IpAddr, ports: &[PortReport]) -> Decision {
             ),
         });
     }
+    let mut notes = Vec::new();
     for port in ports {
-        for group in groups(port) {
-            reasons.push(listener_reason(address, port.port, &group));
-        }
-        let canary = &port.canary;
-        if !port.listeners.is_empty() && canary.is_ok() {
-            reasons.push(Reason {
-                code: ReasonCode::Disagreement,
-                port: Some(port.port),
-                verdict: Verdict::Conflict,
-                message: format!(
-                    "the kernel shows a listener covering {} but the canary bind succeeded; \
-                     the listener may have closed in between, or it is bound in a way the \
-                     canary cannot see",
-                    join(address, port.port)
-                ),
-            });
-        }
-        if port.listeners.is_empty() && !canary.is_ok() && !canary.is(libc::EADDRNOTAVAIL) {
-            reasons.push(Reason {
-                code: ReasonCode::CanaryFailed,
-                port: Some(port.port),
-                verdict: Verdict::Conflict,
-                message: canary_failure(address, port),
-            });
-        }
-        if port.listeners.is_empty() && canary.is(libc::EADDRNOTAVAIL) && not_local < ports.len() {
-            reasons.push(Reason {
-                code: ReasonCode::NotLocal,
-                port: Some(port.port),
-                verdict: Verdict::Unavailable,
-                message: format!(
-                    "the canary bind of {} fails with EADDRNOTAVAIL",
-                    join(address, port.port)
-                ),
-            });
-        }
-        if canary.is_ok() && port.other_sockets.total > 0 {
-            notes.push(format!(
-                "{} on {} {} not block a server that sets SO_REUSEADDR",
-                state_counts(port),
-                join(address, port.port),
-                if port.other_sockets.total == 1 {
-                    "does"
-                } else {
-                    "do"
-                },
-            ));
-        }
+        port_reasons(address, port, all_not_local, &mut reasons);
+        notes.extend(reuseaddr_note(address, port));
     }
     reasons.sort_by_key(|r| std::cmp::Reverse(r.verdict));
     let verdict = reasons.first().map(|r| r.verdict).unwrap_or(Verdict::Free);
@@ -91,6 +46,62 @@ pub fn decide(address: IpAddr, ports: &[PortReport]) -> Decision {
         reasons,
         notes,
     }
+}
+
+/// The reasons one port gives: its listeners, and what the canary says
+/// (its EADDRNOTAVAIL only when not every port said so: then the address
+/// has one reason of its own).
+fn port_reasons(address: IpAddr, port: &PortReport, all_not_local: bool, out: &mut Vec<Reason>) {
+    for group in groups(port) {
+        out.push(listener_reason(address, port.port, &group));
+    }
+    let canary = &port.canary;
+    let here = join(address, port.port);
+    let reason = |code, verdict, message| Reason {
+        code,
+        port: Some(port.port),
+        verdict,
+        message,
+    };
+    if !port.listeners.is_empty() && canary.is_ok() {
+        out.push(reason(
+            ReasonCode::Disagreement,
+            Verdict::Conflict,
+            format!(
+                "the kernel shows a listener covering {here} but the canary bind succeeded; \
+                 the listener may have closed in between, or it is bound in a way the \
+                 canary cannot see"
+            ),
+        ));
+    }
+    if port.listeners.is_empty() && !canary.is_ok() && !canary.is(libc::EADDRNOTAVAIL) {
+        out.push(reason(
+            ReasonCode::CanaryFailed,
+            Verdict::Conflict,
+            canary_failure(address, port),
+        ));
+    }
+    if port.listeners.is_empty() && canary.is(libc::EADDRNOTAVAIL) && !all_not_local {
+        out.push(reason(
+            ReasonCode::NotLocal,
+            Verdict::Unavailable,
+            format!("the canary bind of {here} fails with EADDRNOTAVAIL"),
+        ));
+    }
+}
+
+/// The note for sockets on a port whose canary bind succeeded: they do not
+/// block a server.
+fn reuseaddr_note(address: IpAddr, port: &PortReport) -> Option<String> {
+    let total = port.other_sockets.total;
+    (port.canary.is_ok() && total > 0).then(|| {
+        format!(
+            "{} on {} {} not block a server that sets SO_REUSEADDR",
+            state_counts(port),
+            join(address, port.port),
+            if total == 1 { "does" } else { "do" },
+        )
+    })
 }
 
 /// The listeners of `port` by local address: one reason per address, since

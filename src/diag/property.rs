@@ -52,63 +52,95 @@ fn socket_message(rng: &mut SplitMix64, case: &mut Case) {
     let mut bytes = Vec::new();
     let kind = if rng.one_in(3) { TCPDIAG_GETSOCK } else { 20 };
     header(&mut bytes, 0, kind, SEQUENCE);
-    let v6 = rng.one_in(2);
-    let state = 1 + rng.below(13) as u8;
-    let (sport, dport) = (rng.next() as u16, rng.next() as u16);
-    let src: [u8; 16] = rng.bytes(16).try_into().unwrap();
-    let dst: [u8; 16] = rng.bytes(16).try_into().unwrap();
-    let cookie = rng.next();
-    let (rqueue, wqueue, uid, inode) = (
-        rng.next() as u32,
-        rng.next() as u32,
-        rng.next() as u32,
-        rng.next() as u32,
-    );
-    bytes.extend_from_slice(&[
-        if v6 { AF_INET6 } else { AF_INET },
-        state,
-        rng.next() as u8, // idiag_timer
-        rng.next() as u8, // idiag_retrans
-    ]);
-    bytes.extend_from_slice(&sport.to_be_bytes());
-    bytes.extend_from_slice(&dport.to_be_bytes());
-    bytes.extend_from_slice(&src);
-    bytes.extend_from_slice(&dst);
-    bytes.extend_from_slice(&(rng.next() as u32).to_ne_bytes()); // idiag_if
-    bytes.extend_from_slice(&cookie.to_ne_bytes());
-    bytes.extend_from_slice(&(rng.next() as u32).to_ne_bytes()); // idiag_expires
-    bytes.extend_from_slice(&rqueue.to_ne_bytes());
-    bytes.extend_from_slice(&wqueue.to_ne_bytes());
-    bytes.extend_from_slice(&uid.to_ne_bytes());
-    bytes.extend_from_slice(&inode.to_ne_bytes());
+    let message = Message::random(rng);
+    message.emit(rng, &mut bytes);
     let (v6only, cgroup_id) = attributes(rng, case, start, &mut bytes);
     let length = bytes.len() as u32;
     bytes[..4].copy_from_slice(&length.to_ne_bytes());
     case.bytes.extend_from_slice(&bytes);
-    let address = |raw: [u8; 16]| {
-        if v6 {
-            IpAddr::V6(Ipv6Addr::from(raw))
-        } else {
-            IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+    case.sockets.push(message.socket(v6only, cgroup_id));
+}
+
+/// The fields of a random `struct inet_diag_msg` that parsing keeps.
+struct Message {
+    v6: bool,
+    state: u8,
+    sport: u16,
+    dport: u16,
+    src: [u8; 16],
+    dst: [u8; 16],
+    cookie: u64,
+    rqueue: u32,
+    wqueue: u32,
+    uid: u32,
+    inode: u32,
+}
+
+impl Message {
+    fn random(rng: &mut SplitMix64) -> Message {
+        Message {
+            v6: rng.one_in(2),
+            state: 1 + rng.below(13) as u8,
+            sport: rng.next() as u16,
+            dport: rng.next() as u16,
+            src: rng.bytes(16).try_into().unwrap(),
+            dst: rng.bytes(16).try_into().unwrap(),
+            cookie: rng.next(),
+            rqueue: rng.next() as u32,
+            wqueue: rng.next() as u32,
+            uid: rng.next() as u32,
+            inode: rng.next() as u32,
         }
-    };
-    case.sockets.push(DiagSocket {
-        family: if v6 { Family::Inet6 } else { Family::Inet },
-        state: TcpState::from_raw(if state == TCP_CLOSE {
-            TCP_BOUND_INACTIVE
-        } else {
-            state
-        }),
-        local: SocketAddr::new(address(src), sport),
-        remote: SocketAddr::new(address(dst), dport),
-        uid,
-        inode: u64::from(inode),
-        cookie,
-        recv_queue: rqueue,
-        send_queue: wqueue,
-        v6only,
-        cgroup_id,
-    });
+    }
+
+    /// Appends the message, with random values in the fields parsing
+    /// ignores.
+    fn emit(&self, rng: &mut SplitMix64, bytes: &mut Vec<u8>) {
+        bytes.extend_from_slice(&[
+            if self.v6 { AF_INET6 } else { AF_INET },
+            self.state,
+            rng.next() as u8, // idiag_timer
+            rng.next() as u8, // idiag_retrans
+        ]);
+        bytes.extend_from_slice(&self.sport.to_be_bytes());
+        bytes.extend_from_slice(&self.dport.to_be_bytes());
+        bytes.extend_from_slice(&self.src);
+        bytes.extend_from_slice(&self.dst);
+        bytes.extend_from_slice(&(rng.next() as u32).to_ne_bytes()); // idiag_if
+        bytes.extend_from_slice(&self.cookie.to_ne_bytes());
+        bytes.extend_from_slice(&(rng.next() as u32).to_ne_bytes()); // idiag_expires
+        for value in [self.rqueue, self.wqueue, self.uid, self.inode] {
+            bytes.extend_from_slice(&value.to_ne_bytes());
+        }
+    }
+
+    /// The socket parsing the message must give.
+    fn socket(&self, v6only: Option<bool>, cgroup_id: Option<u64>) -> DiagSocket {
+        let address = |raw: [u8; 16]| {
+            if self.v6 {
+                IpAddr::V6(Ipv6Addr::from(raw))
+            } else {
+                IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+            }
+        };
+        DiagSocket {
+            family: if self.v6 { Family::Inet6 } else { Family::Inet },
+            state: TcpState::from_raw(if self.state == TCP_CLOSE {
+                TCP_BOUND_INACTIVE
+            } else {
+                self.state
+            }),
+            local: SocketAddr::new(address(self.src), self.sport),
+            remote: SocketAddr::new(address(self.dst), self.dport),
+            uid: self.uid,
+            inode: u64::from(self.inode),
+            cookie: self.cookie,
+            recv_queue: self.rqueue,
+            send_queue: self.wqueue,
+            v6only,
+            cgroup_id,
+        }
+    }
 }
 
 /// Zero to four rtattrs after an inet_diag_msg (`bytes`, the message so
