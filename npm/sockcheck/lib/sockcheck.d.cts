@@ -3,7 +3,7 @@
 
 /// <reference types="node" />
 
-/** A duration: a number is milliseconds; a string is a sockcheck duration (`500ms`, `30s`, `2m`, `1h`). */
+/** A duration: a number is milliseconds; a string is a sockcheck duration, as the binary parses it (`500ms`, `30s`, `2m`, `1m30s`, `1h`, `2 minutes`; a bare number is seconds). */
 export type Duration = number | string;
 
 /** Ports: an array, one port, or a `P,..` string. */
