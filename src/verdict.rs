@@ -223,15 +223,13 @@ pub fn describe_owners(owners: &[Owner], complete: bool) -> String {
                 }
             }
             if owner.hidden && !owner.candidates.is_empty() {
-                text.push_str(&format!(
-                    ", one of {} unreadable {}",
-                    owner.candidates.len(),
-                    if owner.candidates.len() == 1 {
-                        "process"
-                    } else {
-                        "processes"
+                match owner.candidates.as_slice() {
+                    [pid] => {
+                        text.pop();
+                        text.push_str(&format!(", whose only unreadable process is pid {pid})"));
                     }
-                ));
+                    all => text.push_str(&format!(", one of {} unreadable processes", all.len())),
+                }
             }
             text
         })
@@ -439,9 +437,9 @@ mod tests {
         assert_eq!(d.reasons[0].code, ReasonCode::CanaryFailed);
         assert!(d.reasons[0].message.contains("ESTABLISHED"));
         assert!(
-            d.reasons[0]
-                .message
-                .contains("hidden by permissions (uid 1000)")
+            d.reasons[0].message.contains(
+                "hidden by permissions (uid 1000, whose only unreadable process is pid 42)"
+            )
         );
     }
 

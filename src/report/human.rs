@@ -268,6 +268,10 @@ fn render_owner(out: &mut String, owner: &Owner, indent: &str, style: Style, ver
 fn render_hidden_owner(out: &mut String, owner: &Owner, indent: &str, style: Style, verbose: bool) {
     let who = match owner.candidates.len() {
         0 => String::new(),
+        1 => format!(
+            "; pid {} is that uid's only unreadable process",
+            owner.candidates[0]
+        ),
         n if n <= 8 || verbose => format!(
             "; it is one of pid {}",
             owner
