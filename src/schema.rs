@@ -1,9 +1,9 @@
 //! JSON Schemas (draft 2020-12) of every document `--json` prints, made
 //! from the very types that are serialized, so they cannot drift apart.
 //!
-//! They are committed under `schema/` in the repository; `tests/schema.rs`
+//! They are committed under `schema/` in the repository; `tests/it/schema.rs`
 //! fails when these and the committed files differ, and
-//! `SOCKCHECK_BLESS=1 cargo test --release --test schema` rewrites the files.
+//! `SOCKCHECK_BLESS=1 cargo test --release --test it schema::` rewrites the files.
 
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema};

@@ -363,3 +363,6 @@ impl NotAcquired<'_> {
         text
     }
 }
+
+#[cfg(test)]
+mod snapshots;
