@@ -6,7 +6,8 @@
 #include "sockcheck.h"
 #include "ports.h"
 
-/* Must match `LISTENER_RECORD` in src/bpf.rs (40 bytes). */
+/* Mirrored by `ListenerRec` in src/bpf/records.rs, whose test checks it
+ * against this object's BTF (field names, offsets, sizes). */
 struct listener_rec {
 	__u8 addr[16];     /* v4: first 4 bytes, network order */
 	__u64 inode;       /* sock_i_ino(); 0 when no struct socket */
@@ -18,7 +19,10 @@ struct listener_rec {
 	__u8 v6only;       /* skc_ipv6only */
 	__u8 _pad[5];
 };
-_Static_assert(sizeof(struct listener_rec) == 40, "record layout is shared with src/bpf.rs");
+_Static_assert(sizeof(struct listener_rec) == 40, "record layout is shared with src/bpf/records.rs");
+
+/* Never read: keeps the record type in the object's BTF for that test. */
+const volatile struct listener_rec listener_rec_btf = {};
 
 SEC("iter/tcp")
 int sockcheck_iter_tcp(struct bpf_iter__tcp *ctx)

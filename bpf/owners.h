@@ -14,7 +14,8 @@ struct {
 	__type(value, __u8);
 } inodes SEC(".maps");
 
-/* Must match `TASK_FILE_RECORD` in src/bpf.rs (24 bytes). */
+/* Mirrored by `TaskFileRec` in src/bpf/records.rs, whose test checks it
+ * against both objects' BTF (field names, offsets, sizes). */
 struct task_file_rec {
 	__u64 inode;
 	__u32 tgid;
@@ -22,6 +23,9 @@ struct task_file_rec {
 	__u32 fd;
 	__u32 _pad;
 };
-_Static_assert(sizeof(struct task_file_rec) == 24, "record layout is shared with src/bpf.rs");
+_Static_assert(sizeof(struct task_file_rec) == 24, "record layout is shared with src/bpf/records.rs");
+
+/* Never read: keeps the record type in each object's BTF for that test. */
+const volatile struct task_file_rec task_file_rec_btf = {};
 
 #endif

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build bpf/*.bpf.c into bpf/*.bpf.o (committed; embedded by src/bpf.rs).
+# Build bpf/*.bpf.c into bpf/*.bpf.o (committed; embedded by src/bpf/loader.rs).
 #
 #   scripts/build-bpf.sh           rebuild the objects in place
 #   scripts/build-bpf.sh --check   rebuild into a temp dir; exit 1 if any

@@ -18,7 +18,7 @@
 # The binary is static (musl, crt-static) and not position-independent, so
 # `file` reports "statically linked" (a default musl build is "static-pie
 # linked"); the script fails if it does not. The BPF objects are inside it
-# (include_bytes in src/bpf.rs). Symbols are stripped.
+# (include_bytes in src/bpf/loader.rs). Symbols are stripped.
 #
 # Installs what it needs, as CI runs on a fresh machine: the pinned toolchain
 # and the targets (rustup), a C toolchain for the host build scripts and

@@ -579,42 +579,49 @@ pub(crate) fn report_refusal(
     refusal: &Refusal,
     waited: bool,
 ) -> Result<(), Error> {
-    let line = refusal_line(pool_len, refusal, waited);
+    let doc = NotAcquired {
+        schema: 1,
+        address: None,
+        ports: &gate.ports,
+        state_dir: &gate.state_dir,
+        error: refusal_line(pool_len, refusal, waited),
+        refusal,
+    };
     if gate.output.json {
-        let doc = NotAcquired {
-            schema: 1,
-            address: None,
-            ports: &gate.ports,
-            state_dir: &gate.state_dir,
-            error: line.clone(),
-            refusal,
-        };
         gate.output.print(&crate::output::json(&doc))?;
     }
-    let width = refusal
-        .skipped
-        .iter()
-        .take(SKIPPED_SHOWN)
-        .map(|s| s.address.to_string().len())
-        .max()
-        .unwrap_or(0);
-    let mut text = format!("sockcheck: {line}:\n");
-    for skip in refusal.skipped.iter().take(SKIPPED_SHOWN) {
-        text.push_str(&format!(
-            "  {:<width$}  {:<11}  {}\n",
-            skip.address.to_string(),
-            skip.reason.as_str(),
-            skip.message
-        ));
-    }
-    if refusal.skipped.len() > SKIPPED_SHOWN {
-        text.push_str(&format!(
-            "  … and {} more (--json lists every one)\n",
-            refusal.skipped.len() - SKIPPED_SHOWN
-        ));
-    }
-    gate.output.note(&text);
+    gate.output.note(&doc.render());
     Ok(())
+}
+
+impl NotAcquired<'_> {
+    /// The refusal's line, then one line per address passed over (the
+    /// first [`SKIPPED_SHOWN`]).
+    pub(crate) fn render(&self) -> String {
+        let skipped = &self.refusal.skipped;
+        let width = skipped
+            .iter()
+            .take(SKIPPED_SHOWN)
+            .map(|s| s.address.to_string().len())
+            .max()
+            .unwrap_or(0);
+        let mut text = format!("sockcheck: {}:\n", self.error);
+        for skip in skipped.iter().take(SKIPPED_SHOWN) {
+            text.push_str(&format!(
+                "  {:<width$}  {:<11}  {}\n",
+                skip.address.to_string(),
+                skip.reason.as_str(),
+                skip.message
+            ));
+        }
+        if skipped.len() > SKIPPED_SHOWN {
+            text.push_str(&format!(
+                "  … and {} more (--json lists every one)\n",
+                skipped.len() - SKIPPED_SHOWN
+            ));
+        }
+        text
+    }
 }
 
 /// `sockcheck acquire POOL`.
@@ -691,3 +698,6 @@ fn forked_from(pid: u32) -> Option<u32> {
         && process.cmdline().ok()? == parent.cmdline().ok()?;
     same.then_some(ppid as u32)
 }
+
+#[cfg(test)]
+mod snapshots;

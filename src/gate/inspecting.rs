@@ -178,3 +178,25 @@ pub fn wait(
 fn single(gate: &Gate, view: &KernelView, address: IpAddr) -> Report {
     inspect::inspect_view(&gate.query(vec![address], true), view)
 }
+
+#[cfg(test)]
+mod snapshots {
+    use super::*;
+    use crate::report::shapes;
+
+    /// `sockcheck list --ports 9926-9928` on the fixture machine of
+    /// [`shapes::machine`], as an ordinary user.
+    #[test]
+    fn list() {
+        let ports = vec![9926, 9927, 9928];
+        let query = inspect::Query::new(local_addresses(&shapes::kernel_view()), ports);
+        let report = shapes::inspect(&query, &shapes::unprivileged());
+        let width = report
+            .addresses
+            .iter()
+            .map(|a| a.address.to_string().len())
+            .max()
+            .unwrap_or(0);
+        insta::assert_snapshot!(lines(&report, true, width, true));
+    }
+}

@@ -175,8 +175,12 @@ pub fn leases(gate: &Gate, pool: Option<Vec<IpAddr>>) -> Result<ExitStatus, Erro
 }
 
 fn row(subject: Subject, quarantine: &[Quarantine], now: u64) -> LeaseRow {
-    let holder = token::holder(subject);
-    let (owner, peer, backend, age) = match &holder {
+    row_of(subject, &token::holder(subject), quarantine, now)
+}
+
+/// The row of the lease of `subject`, whose token `holder` holds.
+fn row_of(subject: Subject, holder: &Holder, quarantine: &[Quarantine], now: u64) -> LeaseRow {
+    let (owner, peer, backend, age) = match holder {
         Holder::Answered { peer, info } => (
             Some(LeaseOwner::of(info.owner, &info.exited)),
             Some(*peer),
@@ -187,7 +191,7 @@ fn row(subject: Subject, quarantine: &[Quarantine], now: u64) -> LeaseRow {
         Holder::Free => (None, None, None, None),
     };
     // The processes it still lives on in.
-    let holders = match &holder {
+    let holders = match holder {
         Holder::Answered { info, .. } => info
             .holders
             .iter()
@@ -200,7 +204,7 @@ fn row(subject: Subject, quarantine: &[Quarantine], now: u64) -> LeaseRow {
         Subject::Address(address) => (LeaseKind::Address, Some(address), None),
         Subject::Port(port) => (
             LeaseKind::Port,
-            match &holder {
+            match holder {
                 Holder::Answered { info, .. } => Some(info.address),
                 _ => None,
             },
@@ -305,4 +309,94 @@ fn current_quarantine(gate: &Gate) -> Result<Vec<Quarantine>, Error> {
         store.save(&state)?;
     }
     Ok(state.quarantine)
+}
+
+#[cfg(test)]
+mod snapshots {
+    use super::*;
+    use crate::lease::token::{Info, Peer};
+    use crate::owners::fixture::{FIXTURE_UID, NOW};
+
+    /// What the holder of a lease of `address` (or of `port`) says.
+    fn answered(address: &str, port: Option<u16>, owner: u32, agent: u32, age: u64) -> Holder {
+        Holder::Answered {
+            peer: Peer {
+                pid: agent,
+                uid: FIXTURE_UID,
+            },
+            info: Info {
+                sockcheck_lease: 1,
+                address: address.parse().unwrap(),
+                kind: if port.is_some() { "port" } else { "address" }.into(),
+                backend: if owner == agent {
+                    Backend::Fallback
+                } else {
+                    Backend::Binary
+                },
+                owner: Owner {
+                    pid: owner,
+                    start_ticks: Some(8_000_000),
+                },
+                holders: Vec::new(),
+                exited: Vec::new(),
+                uid: FIXTURE_UID,
+                acquired: NOW - age,
+                ports: port.into_iter().collect(),
+            },
+        }
+    }
+
+    /// `sockcheck leases`: a lease, a `run` whose command exited but whose
+    /// worker lingers (quarantined, with its report), another suite's port
+    /// lease from the npm fallback, a token that does not answer, and a
+    /// quarantined address that is no longer leased.
+    #[test]
+    fn leases() {
+        let ip = |a: &str| -> IpAddr { a.parse().unwrap() };
+        let quarantine = vec![
+            Quarantine {
+                address: ip("127.0.0.2"),
+                since: NOW - 725,
+                reason: "pid 4242 (node) holds 127.0.0.2:9926 after the command exited".into(),
+                report: Some("/tmp/sockcheck-run-4100.json".into()),
+            },
+            Quarantine {
+                address: ip("127.0.0.9"),
+                since: NOW - 3_600,
+                reason: "pid 3100 (nginx) holds 127.0.0.9:9926 after the command exited".into(),
+                report: None,
+            },
+        ];
+        let mut lingering = answered("127.0.0.2", None, 4100, 4101, 760);
+        if let Holder::Answered { info, .. } = &mut lingering {
+            info.holders = vec![Owner {
+                pid: 4242,
+                start_ticks: Some(8_210_000),
+            }];
+            info.exited = vec![info.owner];
+        }
+        let rows = [
+            (Subject::Address(ip("127.0.0.2")), lingering),
+            (
+                Subject::Address(ip("127.0.0.6")),
+                answered("127.0.0.6", None, 5100, 5150, 95),
+            ),
+            (
+                Subject::Port(31950),
+                answered("127.0.0.1", Some(31950), 6200, 6200, 8),
+            ),
+            (
+                Subject::Address(ip("127.0.0.7")),
+                Holder::Silent {
+                    peer: Some(Peer {
+                        pid: 5300,
+                        uid: 1000,
+                    }),
+                },
+            ),
+        ]
+        .map(|(subject, holder)| row_of(subject, &holder, &quarantine, NOW));
+        let unleased: Vec<&Quarantine> = quarantine[1..].iter().collect();
+        insta::assert_snapshot!(human(&rows, &unleased, NOW));
+    }
 }

@@ -10,7 +10,7 @@ use super::plan::{ListenerId, OwnerLookup, Plan};
 use super::{BpfMode, KernelView, Query};
 use crate::bpf;
 use crate::canary::{self, Canary};
-use crate::owners::{self, FdScan, ProcessInfo};
+use crate::owners::{self, FdScan, ProcRoot, ProcessInfo};
 use crate::report::{Owner, SourceStatus, Status};
 use crate::reuseport::{self, Holder, Reuseport, Subject};
 
@@ -59,6 +59,7 @@ impl Finding {
 
 /// Gathers the evidence `plan` asks for.
 pub fn gather(query: &Query, view: &KernelView, plan: &Plan<'_>) -> Evidence {
+    let root = ProcRoot::system();
     let mut bpf = BpfUse::new(query.sources.bpf);
     let bpf_owners = bpf_for_owners(query.sources.bpf, &plan.owners, &mut bpf);
     // When owners come from the kernel, its SO_REUSEPORT bits are read
@@ -72,7 +73,7 @@ pub fn gather(query: &Query, view: &KernelView, plan: &Plan<'_>) -> Evidence {
                 .spawn_scoped(scope, || bpf::tcp_listeners(&query.ports))
                 .ok()
         });
-        let (scan, proc) = find_owners(bpf_owners, &plan.owners, &mut bpf);
+        let (scan, proc) = find_owners(&root, bpf_owners, &plan.owners, &mut bpf);
         let bits = bits.map(|thread| match thread {
             Some(thread) => thread
                 .join()
@@ -81,7 +82,7 @@ pub fn gather(query: &Query, view: &KernelView, plan: &Plan<'_>) -> Evidence {
         });
         (scan, proc, bits)
     });
-    let owners = Owners::describe(scan, &plan.owners, query.owners);
+    let owners = Owners::describe(&root, scan, &plan.owners, query.owners);
     let reuseport = reuseport_findings(query, view, plan, &owners, &mut bpf, bits);
     Evidence {
         owners,
@@ -112,8 +113,17 @@ pub struct SocketOwners {
 }
 
 impl Owners {
+    /// The owners of the sockets `lookup` names, from the /proc at `root`
+    /// alone (never BPF), and how far it could be read: how tests find
+    /// owners in a fixture tree.
+    pub fn from_proc(root: &ProcRoot, lookup: &OwnerLookup, asked: bool) -> (Owners, SourceStatus) {
+        let mut no_bpf = BpfUse::new(BpfMode::Never);
+        let (scan, status) = find_owners(root, false, lookup, &mut no_bpf);
+        (Owners::describe(root, scan, lookup, asked), status)
+    }
+
     /// Describes every process that holds one of the looked-up sockets.
-    fn describe(scan: FdScan, lookup: &OwnerLookup, asked: bool) -> Owners {
+    fn describe(root: &ProcRoot, scan: FdScan, lookup: &OwnerLookup, asked: bool) -> Owners {
         let mut processes = HashMap::new();
         if let OwnerLookup::Find(inodes) = lookup {
             for pid in inodes
@@ -123,7 +133,7 @@ impl Owners {
             {
                 processes
                     .entry(*pid)
-                    .or_insert_with(|| owners::describe(*pid));
+                    .or_insert_with(|| owners::describe(root, *pid));
             }
         }
         Owners {
@@ -184,8 +194,14 @@ fn bpf_for_owners(mode: BpfMode, lookup: &OwnerLookup, bpf: &mut BpfUse) -> bool
 }
 
 /// Finds the owners of the sockets `lookup` names, through the kernel's fd
-/// tables ([`bpf::task_files`]) when `try_bpf` (and it works), else /proc.
-fn find_owners(try_bpf: bool, lookup: &OwnerLookup, bpf: &mut BpfUse) -> (FdScan, SourceStatus) {
+/// tables ([`bpf::task_files`]) when `try_bpf` (and it works), else the
+/// /proc at `root`.
+fn find_owners(
+    root: &ProcRoot,
+    try_bpf: bool,
+    lookup: &OwnerLookup,
+    bpf: &mut BpfUse,
+) -> (FdScan, SourceStatus) {
     let inodes = match lookup {
         OwnerLookup::NoneNeeded => {
             let status = SourceStatus::new(Status::Skipped, "no socket needed an owner");
@@ -216,9 +232,9 @@ fn find_owners(try_bpf: bool, lookup: &OwnerLookup, bpf: &mut BpfUse) -> (FdScan
         }
     }
     let inodes: HashSet<u64> = inodes.iter().copied().collect();
-    match owners::scan(&inodes) {
+    match owners::scan(root, &inodes) {
         Ok(scan) => {
-            let status = proc_status(&scan);
+            let status = proc_status(root, &scan);
             (scan, status)
         }
         Err(e) => (
@@ -229,7 +245,7 @@ fn find_owners(try_bpf: bool, lookup: &OwnerLookup, bpf: &mut BpfUse) -> (FdScan
 }
 
 /// What the /proc scan could read, and why not all of it.
-fn proc_status(scan: &FdScan) -> SourceStatus {
+fn proc_status(root: &ProcRoot, scan: &FdScan) -> SourceStatus {
     if let Some(mode) = &scan.invisible {
         return SourceStatus::new(
             Status::Partial,
@@ -258,7 +274,8 @@ fn proc_status(scan: &FdScan) -> SourceStatus {
     if scan.unreadable.len() > pids.len() {
         pids.push(format!("and {} more", scan.unreadable.len() - pids.len()));
     }
-    let why = if rustix::process::geteuid().is_root() {
+    // Read with CAP_SYS_PTRACE, every table should have been readable.
+    let why = if root.reads_every_process() {
         "their fd links are not readable even as root; --bpf always sees them"
     } else {
         "other users' processes need root or CAP_SYS_PTRACE"

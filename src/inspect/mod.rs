@@ -10,6 +10,8 @@
 
 pub mod assemble;
 pub mod evidence;
+#[cfg(test)]
+pub(crate) mod fixture;
 pub mod kernel;
 pub mod parse;
 pub mod plan;

@@ -230,52 +230,20 @@ fn render_listener(out: &mut String, listener: &ListenerReport, style: Style, ve
 
 fn render_owner(out: &mut String, owner: &Owner, indent: &str, style: Style, verbose: bool) {
     if owner.hidden {
-        let who = match owner.candidates.len() {
-            0 => String::new(),
-            n if n <= 8 || verbose => format!(
-                "; it is one of pid {}",
-                owner
-                    .candidates
-                    .iter()
-                    .map(u32::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            n => format!("; it is one of {n} unreadable processes of that uid"),
-        };
-        let _ = writeln!(
-            out,
-            "{indent}owner: {} (uid {}){who}",
-            style.paint(WARN, "hidden by permissions"),
-            owner.uid.unwrap_or(0)
-        );
+        render_hidden_owner(out, owner, indent, style, verbose);
         return;
     }
     let Some(process) = &owner.process else {
         return;
     };
-    let fds = fd_list(owner);
     let mut line = format!(
-        "{indent}owner: pid {}{} {}  {}",
+        "{indent}owner: pid {}{} {}  {}{}",
         owner.pid.unwrap_or(0),
         whereabouts(process),
         style.bold(&process.comm.escaped()),
-        process.state
+        process.state,
+        threads(process)
     );
-    if process.state == ProcessState::ZombieLeader {
-        let _ = write!(
-            line,
-            " (live threads {})",
-            process
-                .tids
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        );
-    } else if process.tids.len() > 1 {
-        let _ = write!(line, " ({} threads)", process.tids.len());
-    }
     if let Some(uid) = process.uid {
         let _ = write!(line, "  uid {uid}");
     }
@@ -285,8 +253,7 @@ fn render_owner(out: &mut String, owner: &Owner, indent: &str, style: Style, ver
     if let Some(age) = process.age_seconds {
         let _ = write!(line, "  age {}", human_age(age));
     }
-    let _ = write!(line, "  {fds}");
-    let _ = writeln!(out, "{line}");
+    let _ = writeln!(out, "{line}  {}", fd_list(owner));
     if !process.cmdline.is_empty() {
         let words: Vec<String> = process.cmdline.iter().map(|w| shell_word(&w.0)).collect();
         let mut cmd = words.join(" ");
@@ -294,6 +261,42 @@ fn render_owner(out: &mut String, owner: &Owner, indent: &str, style: Style, ver
             cmd = cmd.chars().take(157).collect::<String>() + "...";
         }
         let _ = writeln!(out, "{indent}  {}", style.dim(&cmd));
+    }
+}
+
+/// `owner: hidden by permissions (uid 1001); it is one of pid 4300, 4301`.
+fn render_hidden_owner(out: &mut String, owner: &Owner, indent: &str, style: Style, verbose: bool) {
+    let who = match owner.candidates.len() {
+        0 => String::new(),
+        n if n <= 8 || verbose => format!(
+            "; it is one of pid {}",
+            owner
+                .candidates
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        n => format!("; it is one of {n} unreadable processes of that uid"),
+    };
+    let _ = writeln!(
+        out,
+        "{indent}owner: {} (uid {}){who}",
+        style.paint(WARN, "hidden by permissions"),
+        owner.uid.unwrap_or(0)
+    );
+}
+
+/// ` (live threads 6641,6642)` for a zombie leader, ` (4 threads)` for a
+/// process with several, else nothing.
+fn threads(process: &crate::owners::ProcessInfo) -> String {
+    if process.state == ProcessState::ZombieLeader {
+        let tids: Vec<String> = process.tids.iter().map(u32::to_string).collect();
+        format!(" (live threads {})", tids.join(","))
+    } else if process.tids.len() > 1 {
+        format!(" ({} threads)", process.tids.len())
+    } else {
+        String::new()
     }
 }
 

@@ -5,6 +5,8 @@
 //! when a field is removed or changes meaning (fields may be added).
 
 pub mod human;
+#[cfg(test)]
+pub(crate) mod shapes;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
