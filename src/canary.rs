@@ -10,29 +10,47 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::error::errno_label;
+use crate::error::Errno;
 
 /// The result of one canary bind.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct Canary {
     /// `ok`, or the errno name (`EADDRINUSE`, `EADDRNOTAVAIL`, `EACCES`, …).
-    pub result: String,
+    pub result: BindResult,
     /// The raw errno, when the bind failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errno: Option<i32>,
 }
 
+/// What a bind gave: `ok`, or the errno it failed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+pub enum BindResult {
+    #[serde(rename = "ok")]
+    Ok,
+    #[serde(untagged)]
+    Failed(Errno),
+}
+
+impl std::fmt::Display for BindResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BindResult::Ok => f.write_str("ok"),
+            BindResult::Failed(errno) => errno.fmt(f),
+        }
+    }
+}
+
 impl Canary {
     pub fn ok() -> Canary {
         Canary {
-            result: "ok".into(),
+            result: BindResult::Ok,
             errno: None,
         }
     }
 
     pub fn failed(errno: i32) -> Canary {
         Canary {
-            result: errno_label(&std::io::Error::from_raw_os_error(errno)),
+            result: BindResult::Failed(Errno::from_raw(errno)),
             errno: Some(errno),
         }
     }
@@ -72,7 +90,11 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.81.0.1:0").unwrap();
         let local = listener.local_addr().unwrap();
         let canary = bind(local);
-        assert_eq!(canary.result, "EADDRINUSE");
+        assert_eq!(canary.result, BindResult::Failed(Errno::Eaddrinuse));
+        assert_eq!(
+            serde_json::to_value(&canary).unwrap()["result"],
+            "EADDRINUSE"
+        );
         drop(listener);
         assert!(bind(local).is_ok());
         // The canary itself never holds the port afterwards.
@@ -82,6 +104,9 @@ mod tests {
     #[test]
     fn canary_reports_a_non_local_address() {
         let canary = bind("192.0.2.1:40001".parse().unwrap());
-        assert_eq!(canary.result, "EADDRNOTAVAIL");
+        assert_eq!(canary.result, BindResult::Failed(Errno::Eaddrnotavail));
+        assert_eq!(Canary::ok().result.to_string(), "ok");
+        assert_eq!(serde_json::to_value(Canary::ok()).unwrap()["result"], "ok");
+        assert_eq!(Canary::failed(200).result.to_string(), "errno 200");
     }
 }

@@ -3,6 +3,9 @@
 
 use std::io;
 
+use schemars::JsonSchema;
+use serde::Serialize;
+
 /// Something went wrong that stops the inspection (exit status 3), or the
 /// input was bad (exit status 2).
 #[derive(Debug, thiserror::Error)]
@@ -118,34 +121,112 @@ fn bpf_detail(error: &crate::bpf::BpfError) -> String {
     }
 }
 
-/// The symbolic name of an errno value.
-pub fn errno_name(code: i32) -> &'static str {
-    match code {
-        libc::EPERM => "EPERM",
-        libc::ENOENT => "ENOENT",
-        libc::ESRCH => "ESRCH",
-        libc::EINTR => "EINTR",
-        libc::EBADF => "EBADF",
-        libc::EAGAIN => "EAGAIN",
-        libc::ENOMEM => "ENOMEM",
-        libc::EACCES => "EACCES",
-        libc::EBUSY => "EBUSY",
-        libc::EINVAL => "EINVAL",
-        libc::EMFILE => "EMFILE",
-        libc::ENFILE => "ENFILE",
-        libc::ENOSYS => "ENOSYS",
-        libc::ENOTSOCK => "ENOTSOCK",
-        libc::EPROTONOSUPPORT => "EPROTONOSUPPORT",
-        libc::EOPNOTSUPP => "EOPNOTSUPP",
-        libc::EAFNOSUPPORT => "EAFNOSUPPORT",
-        libc::EADDRINUSE => "EADDRINUSE",
-        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
-        libc::ENETUNREACH => "ENETUNREACH",
-        libc::ENOBUFS => "ENOBUFS",
-        libc::EISCONN => "EISCONN",
-        libc::ECONNREFUSED => "ECONNREFUSED",
-        _ => "errno",
+/// Defines [`Errno`]: each variant with the libc constant it stands for.
+/// Its serialized name is the constant's (`rename_all = "UPPERCASE"`).
+macro_rules! errnos {
+    ($($variant:ident = $code:ident),* $(,)?) => {
+        /// An errno value, by the name ss(8) and strace print for it
+        /// (`EADDRINUSE`), or `errno N` for one this list has no name for.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, JsonSchema)]
+        #[serde(rename_all = "UPPERCASE")]
+        pub enum Errno {
+            $($variant,)*
+            /// An errno with no name here.
+            #[serde(untagged)]
+            Other(UnnamedErrno),
+        }
+
+        impl Errno {
+            /// The errno `code` stands for.
+            pub fn from_raw(code: i32) -> Errno {
+                match code {
+                    $(libc::$code => Errno::$variant,)*
+                    _ => Errno::Other(UnnamedErrno(code)),
+                }
+            }
+
+            /// The symbolic name (`EPERM`), if this list has one.
+            pub fn name(self) -> Option<&'static str> {
+                match self {
+                    $(Errno::$variant => Some(stringify!($code)),)*
+                    Errno::Other(_) => None,
+                }
+            }
+
+            /// The raw value.
+            pub fn code(self) -> i32 {
+                match self {
+                    $(Errno::$variant => libc::$code,)*
+                    Errno::Other(UnnamedErrno(code)) => code,
+                }
+            }
+        }
+    };
+}
+
+errnos! {
+    Eperm = EPERM,
+    Enoent = ENOENT,
+    Esrch = ESRCH,
+    Eintr = EINTR,
+    Ebadf = EBADF,
+    Eagain = EAGAIN,
+    Enomem = ENOMEM,
+    Eacces = EACCES,
+    Ebusy = EBUSY,
+    Einval = EINVAL,
+    Emfile = EMFILE,
+    Enfile = ENFILE,
+    Enosys = ENOSYS,
+    Enotsock = ENOTSOCK,
+    Eprotonosupport = EPROTONOSUPPORT,
+    Eopnotsupp = EOPNOTSUPP,
+    Eafnosupport = EAFNOSUPPORT,
+    Eaddrinuse = EADDRINUSE,
+    Eaddrnotavail = EADDRNOTAVAIL,
+    Enetunreach = ENETUNREACH,
+    Enobufs = ENOBUFS,
+    Eisconn = EISCONN,
+    Econnrefused = ECONNREFUSED,
+}
+
+/// An errno [`Errno`] has no name for, serialized as `errno N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UnnamedErrno(pub i32);
+
+impl Serialize for UnnamedErrno {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&Errno::Other(*self))
     }
+}
+
+impl JsonSchema for UnnamedErrno {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "UnnamedErrno".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "An errno with no symbolic name in sockcheck: `errno N`.",
+            "type": "string",
+            "pattern": "^errno -?[0-9]+$",
+        })
+    }
+}
+
+/// `EADDRINUSE`, or `errno 200` for an errno with no name here.
+impl std::fmt::Display for Errno {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.name() {
+            Some(name) => f.write_str(name),
+            None => write!(f, "errno {}", self.code()),
+        }
+    }
+}
+
+/// The symbolic name of an errno value, if sockcheck knows one.
+pub fn errno_name(code: i32) -> Option<&'static str> {
+    Errno::from_raw(code).name()
 }
 
 /// `EADDRINUSE` rather than "Address already in use (os error 98)": the
@@ -153,8 +234,36 @@ pub fn errno_name(code: i32) -> &'static str {
 /// the name is unknown.
 pub fn errno_label(error: &io::Error) -> String {
     match error.raw_os_error() {
-        Some(code) if errno_name(code) != "errno" => errno_name(code).to_string(),
-        Some(code) => format!("errno {code}"),
+        Some(code) => Errno::from_raw(code).to_string(),
         None => error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errnos_serialize_as_their_names() {
+        for code in 1..200 {
+            let errno = Errno::from_raw(code);
+            assert_eq!(errno.code(), code);
+            let json = serde_json::to_value(errno).unwrap();
+            assert_eq!(json, errno.to_string(), "{errno:?}");
+            if let Some(name) = errno.name() {
+                assert_eq!(json, name);
+                assert_eq!(errno_name(code), Some(name));
+            } else {
+                assert_eq!(json, format!("errno {code}"));
+            }
+        }
+        assert_eq!(Errno::from_raw(libc::EADDRINUSE), Errno::Eaddrinuse);
+        assert_eq!(errno_name(libc::EPERM), Some("EPERM"));
+        assert_eq!(errno_name(200), None);
+        assert_eq!(
+            errno_label(&io::Error::from_raw_os_error(libc::EACCES)),
+            "EACCES"
+        );
+        assert_eq!(errno_label(&io::Error::from_raw_os_error(200)), "errno 200");
     }
 }

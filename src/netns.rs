@@ -38,29 +38,7 @@ impl NetNs {
     /// blocking (a FIFO is refused at once) and must be a network
     /// namespace (NS_GET_NSTYPE). Bad input is a usage error naming it.
     pub fn open(spec: &str) -> Result<NetNs, Error> {
-        let pid = match spec.strip_prefix("pid:") {
-            Some(pid) => Some(
-                pid.parse::<u32>()
-                    .ok()
-                    .filter(|p| *p > 0 && pid.bytes().all(|b| b.is_ascii_digit()))
-                    .ok_or_else(|| {
-                        Error::Usage(format!("--netns: {} is not pid:PID", echo(spec)))
-                    })?,
-            ),
-            None => None,
-        };
-        let path = if let Some(pid) = pid {
-            PathBuf::from(format!("/proc/{pid}/ns/net"))
-        } else if spec.contains('/') {
-            PathBuf::from(spec)
-        } else if !spec.is_empty() && spec != "." && spec != ".." {
-            PathBuf::from(NAMED).join(spec)
-        } else {
-            return Err(Error::Usage(format!(
-                "--netns: {} is not a namespace name, path or pid:PID",
-                echo(spec)
-            )));
-        };
+        let (path, pid) = spec_path(spec)?;
         let (path, file) = match (open_nonblocking(&path), pid) {
             (Ok(file), _) => Ok((path.clone(), file)),
             // A zombie thread-group leader has no namespaces of its own any
@@ -76,34 +54,7 @@ impl NetNs {
             ))
         })?;
         let meta = file.metadata().map_err(|e| Error::syscall("fstat", e))?;
-        let not = |what: &str| {
-            Error::Usage(format!(
-                "--netns {}: {} is not {what}",
-                echo(spec),
-                echo(&path.to_string_lossy())
-            ))
-        };
-        // nsfs: what /proc/PID/ns/net and `ip netns add` bind mounts are.
-        let statfs =
-            rustix::fs::fstatfs(file.as_fd()).map_err(|e| Error::syscall("fstatfs", e.into()))?;
-        const NSFS_MAGIC: i64 = 0x6e73_6673;
-        if statfs.f_type as i64 != NSFS_MAGIC {
-            return Err(not("a namespace (not on nsfs)"));
-        }
-        match namespace_type(&file) {
-            Ok(libc::CLONE_NEWNET) => {}
-            Ok(other) => {
-                return Err(not(&format!(
-                    "a network namespace (it is a {} namespace)",
-                    kind(other)
-                )));
-            }
-            Err(e) => {
-                return Err(not(&format!(
-                    "known to be a network namespace (NS_GET_NSTYPE failed: {e})"
-                )));
-            }
-        }
+        check_network_namespace(spec, &path, &file)?;
         Ok(NetNs {
             spec: spec.to_string(),
             path,
@@ -173,6 +124,61 @@ impl NetNs {
 
 /// Opens `path` for reading without waiting (a FIFO opens at once, and is
 /// then refused as no namespace) and without taking a terminal.
+/// The file `--netns SPEC` names, and the pid of `pid:PID`.
+fn spec_path(spec: &str) -> Result<(PathBuf, Option<u32>), Error> {
+    let pid = match spec.strip_prefix("pid:") {
+        Some(pid) => Some(
+            pid.parse::<u32>()
+                .ok()
+                .filter(|p| *p > 0 && pid.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or_else(|| Error::Usage(format!("--netns: {} is not pid:PID", echo(spec))))?,
+        ),
+        None => None,
+    };
+    let path = if let Some(pid) = pid {
+        PathBuf::from(format!("/proc/{pid}/ns/net"))
+    } else if spec.contains('/') {
+        PathBuf::from(spec)
+    } else if !spec.is_empty() && spec != "." && spec != ".." {
+        PathBuf::from(NAMED).join(spec)
+    } else {
+        return Err(Error::Usage(format!(
+            "--netns: {} is not a namespace name, path or pid:PID",
+            echo(spec)
+        )));
+    };
+    Ok((path, pid))
+}
+
+/// Whether `file` (opened from `path` for `--netns SPEC`) is a network
+/// namespace: on nsfs, and NS_GET_NSTYPE says CLONE_NEWNET.
+fn check_network_namespace(spec: &str, path: &Path, file: &File) -> Result<(), Error> {
+    let not = |what: &str| {
+        Error::Usage(format!(
+            "--netns {}: {} is not {what}",
+            echo(spec),
+            echo(&path.to_string_lossy())
+        ))
+    };
+    // nsfs: what /proc/PID/ns/net and `ip netns add` bind mounts are.
+    let statfs =
+        rustix::fs::fstatfs(file.as_fd()).map_err(|e| Error::syscall("fstatfs", e.into()))?;
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    if statfs.f_type as i64 != NSFS_MAGIC {
+        return Err(not("a namespace (not on nsfs)"));
+    }
+    match namespace_type(file) {
+        Ok(libc::CLONE_NEWNET) => Ok(()),
+        Ok(other) => Err(not(&format!(
+            "a network namespace (it is a {} namespace)",
+            kind(other)
+        ))),
+        Err(e) => Err(not(&format!(
+            "known to be a network namespace (NS_GET_NSTYPE failed: {e})"
+        ))),
+    }
+}
+
 fn open_nonblocking(path: &Path) -> std::io::Result<File> {
     rustix::fs::open(
         path,

@@ -1,9 +1,9 @@
 //! JSON Schemas (draft 2020-12) of every document `--json` prints, made
 //! from the very types that are serialized, so they cannot drift apart.
 //!
-//! They are committed under `schema/` in the repository; `tests/schema.rs`
+//! They are committed under `schema/` in the repository; `tests/it/schema.rs`
 //! fails when these and the committed files differ, and
-//! `SOCKCHECK_BLESS=1 cargo test --release --test schema` rewrites the files.
+//! `SOCKCHECK_BLESS=1 cargo test --release --test it schema::` rewrites the files.
 
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema};
@@ -11,92 +11,86 @@ use serde_json::Value;
 
 use crate::{doctor, gate, report, watch};
 
+/// Makes a document's schema from its name, description and version.
+type Maker = fn(&str, &str, u32) -> Value;
+
+/// Every document: its name (the file `schema/NAME.json`), what prints it,
+/// its `schema` number, and the type that is serialized.
+const DOCUMENTS: [(&str, &str, u32, Maker); 10] = [
+    (
+        "check",
+        "`sockcheck --json [check] ADDR...`, `scan --json POOL` and `wait --json ADDR`: \
+         the verdict for every address and the evidence for it.",
+        report::SCHEMA,
+        document::<report::Report>,
+    ),
+    (
+        "acquire",
+        "`sockcheck acquire --json POOL` when it leased an address (exit status 0).",
+        1,
+        document::<gate::acquire::Acquired>,
+    ),
+    (
+        "acquire-refusal",
+        "`sockcheck acquire --json POOL` (and `run --json`) when no address could be \
+         leased (exit status 1): why each address of the pool was passed over.",
+        1,
+        document::<gate::acquire::NotAcquired>,
+    ),
+    (
+        "acquire-port",
+        "`sockcheck acquire-port --json [RANGE]`: the ports leased (exit status 0), or \
+         null and why each port of the range was passed over (exit status 1).",
+        1,
+        document::<gate::ports::PortsAcquired>,
+    ),
+    (
+        "reap",
+        "`sockcheck reap --json ADDR`: what was done to each holder, and the verdict \
+         before and after.",
+        1,
+        document::<gate::reap::ReapReport>,
+    ),
+    (
+        "release",
+        "`sockcheck release --json ADDR`.",
+        1,
+        document::<gate::ledger::Released>,
+    ),
+    (
+        "leases",
+        "`sockcheck leases --json [POOL]`: the leases and the quarantined addresses.",
+        1,
+        document::<gate::ledger::Leases>,
+    ),
+    (
+        "run-report",
+        "The forensic report `sockcheck run --report FILE.json` writes when its command \
+         left something holding the address.",
+        gate::forensic::SCHEMA,
+        document::<gate::forensic::Forensic>,
+    ),
+    (
+        "watch-event",
+        "One line of `sockcheck watch --json`: a TCP socket entering or leaving LISTEN, \
+         or events lost because the kernel's ring buffer was full.",
+        watch::SCHEMA,
+        document::<watch::WatchLine>,
+    ),
+    (
+        "doctor",
+        "`sockcheck doctor --json`: what this user, on this kernel, lets sockcheck see.",
+        doctor::SCHEMA,
+        document::<doctor::Doctor>,
+    ),
+];
+
 /// Every document, as `(name, schema)`: the schema of `schema/NAME.json`.
 pub fn schemas() -> Vec<(&'static str, Value)> {
-    vec![
-        (
-            "check",
-            document::<report::Report>(
-                "check",
-                "`sockcheck --json [check] ADDR...`, `scan --json POOL` and `wait --json ADDR`: \
-                 the verdict for every address and the evidence for it.",
-                report::SCHEMA,
-            ),
-        ),
-        (
-            "acquire",
-            document::<gate::acquire::Acquired>(
-                "acquire",
-                "`sockcheck acquire --json POOL` when it leased an address (exit status 0).",
-                1,
-            ),
-        ),
-        (
-            "acquire-refusal",
-            document::<gate::acquire::NotAcquired>(
-                "acquire-refusal",
-                "`sockcheck acquire --json POOL` (and `run --json`) when no address could be \
-                 leased (exit status 1): why each address of the pool was passed over.",
-                1,
-            ),
-        ),
-        (
-            "acquire-port",
-            document::<gate::ports::PortsAcquired>(
-                "acquire-port",
-                "`sockcheck acquire-port --json [RANGE]`: the ports leased (exit status 0), or \
-                 null and why each port of the range was passed over (exit status 1).",
-                1,
-            ),
-        ),
-        (
-            "reap",
-            document::<gate::reap::ReapReport>(
-                "reap",
-                "`sockcheck reap --json ADDR`: what was done to each holder, and the verdict \
-                 before and after.",
-                1,
-            ),
-        ),
-        (
-            "release",
-            document::<gate::ledger::Released>("release", "`sockcheck release --json ADDR`.", 1),
-        ),
-        (
-            "leases",
-            document::<gate::ledger::Leases>(
-                "leases",
-                "`sockcheck leases --json [POOL]`: the leases and the quarantined addresses.",
-                1,
-            ),
-        ),
-        (
-            "run-report",
-            document::<gate::forensic::Forensic>(
-                "run-report",
-                "The forensic report `sockcheck run --report FILE.json` writes when its command \
-                 left something holding the address.",
-                gate::forensic::SCHEMA,
-            ),
-        ),
-        (
-            "watch-event",
-            document::<watch::WatchLine>(
-                "watch-event",
-                "One line of `sockcheck watch --json`: a TCP socket entering or leaving LISTEN, \
-                 or events lost because the kernel's ring buffer was full.",
-                watch::SCHEMA,
-            ),
-        ),
-        (
-            "doctor",
-            document::<doctor::Doctor>(
-                "doctor",
-                "`sockcheck doctor --json`: what this user, on this kernel, lets sockcheck see.",
-                doctor::SCHEMA,
-            ),
-        ),
-    ]
+    DOCUMENTS
+        .iter()
+        .map(|&(name, description, version, make)| (name, make(name, description, version)))
+        .collect()
 }
 
 /// The schema of `T` as it is serialized (fields skipped when empty are

@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use crate::diag::TcpState;
 use crate::owners::ProcessState;
 use crate::report::{Coverage, ListenerReport, Owner, PortReport, Reason, ReasonCode, Verdict};
 
@@ -18,12 +19,12 @@ pub struct Decision {
 /// Decides what `address` is, from what was observed on each port.
 pub fn decide(address: IpAddr, ports: &[PortReport]) -> Decision {
     let mut reasons = Vec::new();
-    let mut notes = Vec::new();
     let not_local = ports
         .iter()
         .filter(|p| p.canary.is(libc::EADDRNOTAVAIL))
         .count();
-    if !ports.is_empty() && not_local == ports.len() {
+    let all_not_local = !ports.is_empty() && not_local == ports.len();
+    if all_not_local {
         reasons.push(Reason {
             code: ReasonCode::NotLocal,
             port: None,
@@ -33,55 +34,10 @@ pub fn decide(address: IpAddr, ports: &[PortReport]) -> Decision {
             ),
         });
     }
+    let mut notes = Vec::new();
     for port in ports {
-        for group in groups(port) {
-            reasons.push(listener_reason(address, port.port, &group));
-        }
-        let canary = &port.canary;
-        if !port.listeners.is_empty() && canary.is_ok() {
-            reasons.push(Reason {
-                code: ReasonCode::Disagreement,
-                port: Some(port.port),
-                verdict: Verdict::Conflict,
-                message: format!(
-                    "the kernel shows a listener covering {} but the canary bind succeeded; \
-                     the listener may have closed in between, or it is bound in a way the \
-                     canary cannot see",
-                    join(address, port.port)
-                ),
-            });
-        }
-        if port.listeners.is_empty() && !canary.is_ok() && !canary.is(libc::EADDRNOTAVAIL) {
-            reasons.push(Reason {
-                code: ReasonCode::CanaryFailed,
-                port: Some(port.port),
-                verdict: Verdict::Conflict,
-                message: canary_failure(address, port),
-            });
-        }
-        if port.listeners.is_empty() && canary.is(libc::EADDRNOTAVAIL) && not_local < ports.len() {
-            reasons.push(Reason {
-                code: ReasonCode::NotLocal,
-                port: Some(port.port),
-                verdict: Verdict::Unavailable,
-                message: format!(
-                    "the canary bind of {} fails with EADDRNOTAVAIL",
-                    join(address, port.port)
-                ),
-            });
-        }
-        if canary.is_ok() && port.other_sockets.total > 0 {
-            notes.push(format!(
-                "{} on {} {} not block a server that sets SO_REUSEADDR",
-                state_counts(port),
-                join(address, port.port),
-                if port.other_sockets.total == 1 {
-                    "does"
-                } else {
-                    "do"
-                },
-            ));
-        }
+        port_reasons(address, port, all_not_local, &mut reasons);
+        notes.extend(reuseaddr_note(address, port));
     }
     reasons.sort_by_key(|r| std::cmp::Reverse(r.verdict));
     let verdict = reasons.first().map(|r| r.verdict).unwrap_or(Verdict::Free);
@@ -90,6 +46,62 @@ pub fn decide(address: IpAddr, ports: &[PortReport]) -> Decision {
         reasons,
         notes,
     }
+}
+
+/// The reasons one port gives: its listeners, and what the canary says
+/// (its EADDRNOTAVAIL only when not every port said so: then the address
+/// has one reason of its own).
+fn port_reasons(address: IpAddr, port: &PortReport, all_not_local: bool, out: &mut Vec<Reason>) {
+    for group in groups(port) {
+        out.push(listener_reason(address, port.port, &group));
+    }
+    let canary = &port.canary;
+    let here = join(address, port.port);
+    let reason = |code, verdict, message| Reason {
+        code,
+        port: Some(port.port),
+        verdict,
+        message,
+    };
+    if !port.listeners.is_empty() && canary.is_ok() {
+        out.push(reason(
+            ReasonCode::Disagreement,
+            Verdict::Conflict,
+            format!(
+                "the kernel shows a listener covering {here} but the canary bind succeeded; \
+                 the listener may have closed in between, or it is bound in a way the \
+                 canary cannot see"
+            ),
+        ));
+    }
+    if port.listeners.is_empty() && !canary.is_ok() && !canary.is(libc::EADDRNOTAVAIL) {
+        out.push(reason(
+            ReasonCode::CanaryFailed,
+            Verdict::Conflict,
+            canary_failure(address, port),
+        ));
+    }
+    if port.listeners.is_empty() && canary.is(libc::EADDRNOTAVAIL) && !all_not_local {
+        out.push(reason(
+            ReasonCode::NotLocal,
+            Verdict::Unavailable,
+            format!("the canary bind of {here} fails with EADDRNOTAVAIL"),
+        ));
+    }
+}
+
+/// The note for sockets on a port whose canary bind succeeded: they do not
+/// block a server.
+fn reuseaddr_note(address: IpAddr, port: &PortReport) -> Option<String> {
+    let total = port.other_sockets.total;
+    (port.canary.is_ok() && total > 0).then(|| {
+        format!(
+            "{} on {} {} not block a server that sets SO_REUSEADDR",
+            state_counts(port),
+            join(address, port.port),
+            if total == 1 { "does" } else { "do" },
+        )
+    })
 }
 
 /// The listeners of `port` by local address: one reason per address, since
@@ -237,7 +249,7 @@ fn canary_failure(address: IpAddr, port: &PortReport) -> String {
     let blocking: Vec<String> = others
         .sockets
         .iter()
-        .filter(|s| s.state != "TIME_WAIT")
+        .filter(|s| s.state != TcpState::TimeWait)
         .map(|s| {
             let who = if s.inode == 0 {
                 "no process".to_string()
@@ -412,9 +424,9 @@ mod tests {
         let mut p = port(9926, Canary::failed(libc::EADDRINUSE), vec![]);
         p.other_sockets = OtherSockets {
             total: 1,
-            by_state: [("ESTABLISHED", 1)].into_iter().collect(),
+            by_state: [(TcpState::Established, 1)].into_iter().collect(),
             sockets: vec![OtherSocket {
-                state: "ESTABLISHED",
+                state: TcpState::Established,
                 local: "127.0.0.2:9926".parse().unwrap(),
                 remote: "127.0.0.1:5000".parse().unwrap(),
                 inode: 7,
@@ -468,7 +480,7 @@ mod tests {
     fn time_wait_is_a_note_not_a_reason() {
         let mut p = port(9926, Canary::ok(), vec![]);
         p.other_sockets.total = 2;
-        p.other_sockets.by_state.insert("TIME_WAIT", 2);
+        p.other_sockets.by_state.insert(TcpState::TimeWait, 2);
         let d = decide(ip("127.0.0.2"), &[p]);
         assert_eq!(d.verdict, Verdict::Free);
         assert_eq!(d.notes.len(), 1);

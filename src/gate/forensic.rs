@@ -80,7 +80,7 @@ pub struct Opener {
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct HeldSocket {
-    pub state: &'static str,
+    pub state: crate::diag::TcpState,
     #[serde(serialize_with = "display")]
     #[schemars(with = "String")]
     pub local: SocketAddr,

@@ -117,7 +117,7 @@ fn states(
             continue;
         }
         let state = states.entry(port).or_default();
-        if socket.state.name() == "TIME_WAIT" {
+        if socket.state == crate::diag::TcpState::TimeWait {
             state.time_wait += 1;
         } else {
             state.blocking.push(socket.clone());
@@ -197,7 +197,7 @@ fn take(
                         pids: Vec::new(),
                         message: format!(
                             "{} {} (uid {}, inode {})",
-                            if first.state.0 == crate::diag::TCP_LISTEN {
+                            if first.state == crate::diag::TcpState::Listen {
                                 "a listener on"
                             } else {
                                 "a socket on"

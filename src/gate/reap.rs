@@ -336,7 +336,7 @@ pub fn reap(found: &[Found], grace: Duration, dry_run: bool) -> Vec<Reaped> {
     signal(pin(found), grace, dry_run)
 }
 
-/// For the tests only (tests/reap.rs), never set otherwise: when the
+/// For the tests only (tests/it/reap.rs), never set otherwise: when the
 /// environment variable `var` names a path, creates that file and waits
 /// until it is removed, so that a test can recycle a pid or close a socket
 /// between two steps of a reap.

@@ -299,31 +299,31 @@ mod tests {
         );
     }
 
+    /// The cases the npm package's parser is held to as well
+    /// (`npm/sockcheck/tests/durations.test.mjs`): one grammar for both.
     #[test]
-    fn durations_as_people_write_them() {
-        for (text, ms) in [
-            ("30s", 30_000),
-            ("500ms", 500),
-            ("2m", 120_000),
-            ("1m30s", 90_000),
-            ("1h", 3_600_000),
-            ("1.5s", 1_500),
-            ("2 minutes", 120_000),
-            ("30", 30_000),
-            ("1.5", 1_500),
-            (" 0 ", 0),
-        ] {
-            assert_eq!(
-                parse_duration(text, "--timeout").unwrap(),
-                Duration::from_millis(ms),
-                "{text}"
-            );
-        }
-        for bad in [
-            "", "s", "10x", "-1s", "1e9h", "1s ago", "NaN", "inf", "9999999h",
-        ] {
-            let e = parse_duration(bad, "--timeout").unwrap_err().to_string();
-            assert!(e.starts_with("--timeout: "), "{bad}: {e}");
+    fn durations_are_the_shared_cases() {
+        let text = include_str!("../../tests/data/durations.json");
+        let cases: Vec<serde_json::Value> = serde_json::from_str(text).unwrap();
+        assert!(cases.len() > 100, "{} cases", cases.len());
+        for case in cases {
+            let text = case["text"].as_str().unwrap();
+            let got = parse_duration(text, "--timeout");
+            match case["ms"].as_f64() {
+                Some(ms) => {
+                    let ns = got.unwrap_or_else(|e| panic!("{text:?}: {e}")).as_nanos() as f64;
+                    // Exact but for f64's rounding of big values with a fraction.
+                    assert!(
+                        (ns - ms * 1e6).abs() <= 1.0 + ns * 1e-15,
+                        "{text:?}: {ns} ns, not {ms} ms"
+                    );
+                }
+                None => {
+                    assert_eq!(case["ok"], false, "{text:?}: a case has ms or ok: false");
+                    let e = got.expect_err(text).to_string();
+                    assert!(e.starts_with("--timeout: "), "{text:?}: {e}");
+                }
+            }
         }
     }
 

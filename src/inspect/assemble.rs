@@ -94,7 +94,7 @@ fn other_sockets(sockets: &[&DiagSocket], evidence: &Evidence) -> OtherSockets {
     let mut other = OtherSockets::default();
     for socket in sockets {
         other.total += 1;
-        *other.by_state.entry(socket.state.name()).or_default() += 1;
+        *other.by_state.entry(socket.state).or_default() += 1;
         // A socket without a file (TIME_WAIT) is the kernel's.
         let owners = if socket.inode == 0 {
             Vec::new()
@@ -102,7 +102,7 @@ fn other_sockets(sockets: &[&DiagSocket], evidence: &Evidence) -> OtherSockets {
             evidence.owners.of(socket.inode, socket.uid).owners
         };
         other.sockets.push(OtherSocket {
-            state: socket.state.name(),
+            state: socket.state,
             local: socket.local,
             remote: socket.remote,
             inode: socket.inode,

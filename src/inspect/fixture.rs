@@ -11,7 +11,7 @@ use super::evidence::{Evidence, Finding, Owners};
 use super::plan::{self, Plan};
 use super::{KernelView, Query, assemble};
 use crate::canary::Canary;
-use crate::diag::{DiagSocket, Family, TCP_LISTEN, TcpState};
+use crate::diag::{DiagSocket, Family, TcpState};
 use crate::owners::ProcRoot;
 use crate::report::{Report, SourceStatus, Status};
 use crate::reuseport::{self, Subject};
@@ -100,9 +100,15 @@ fn canaries(plan: &Plan<'_>) -> HashMap<SocketAddr, Canary> {
     canaries
 }
 
-/// A socket as sock_diag would show it: `local` in `state` (a TCP state
-/// number), with `inode`, of `uid`.
-pub(crate) fn socket(state: u8, local: &str, remote: &str, inode: u64, uid: u32) -> DiagSocket {
+/// A socket as sock_diag would show it: `local` in `state`, with `inode`,
+/// of `uid`.
+pub(crate) fn socket(
+    state: TcpState,
+    local: &str,
+    remote: &str,
+    inode: u64,
+    uid: u32,
+) -> DiagSocket {
     let local: SocketAddr = local.parse().expect("a socket address");
     DiagSocket {
         family: if local.is_ipv4() {
@@ -110,14 +116,14 @@ pub(crate) fn socket(state: u8, local: &str, remote: &str, inode: u64, uid: u32)
         } else {
             Family::Inet6
         },
-        state: TcpState(state),
+        state,
         local,
         remote: remote.parse().expect("a socket address"),
         uid,
         inode,
         cookie: inode * 0x1000,
         recv_queue: 0,
-        send_queue: if state == TCP_LISTEN { 511 } else { 0 },
+        send_queue: if state == TcpState::Listen { 511 } else { 0 },
         v6only: (!local.is_ipv4()).then_some(false),
         cgroup_id: None,
     }
@@ -130,5 +136,5 @@ pub(crate) fn listener(local: &str, inode: u64, uid: u32) -> DiagSocket {
     } else {
         "0.0.0.0:0"
     };
-    socket(TCP_LISTEN, local, remote, inode, uid)
+    socket(TcpState::Listen, local, remote, inode, uid)
 }

@@ -1,7 +1,7 @@
 //! The kernel's view: one sock_diag dump of every socket on the queried
 //! ports, both families, split into listeners and the rest.
 
-use crate::diag::{DiagSocket, Family, SockDiag, TCP_LISTEN};
+use crate::diag::{DiagSocket, Family, SockDiag, TcpState};
 use crate::error::Error;
 
 /// Every socket on the queried ports, per family, as the kernel showed it.
@@ -38,7 +38,7 @@ pub fn kernel_view(ports: &[u16]) -> Result<KernelView, Error> {
         Err(e) => return Err(e),
     };
     for socket in sockets {
-        if socket.state.0 == TCP_LISTEN {
+        if socket.state == TcpState::Listen {
             view.listeners.push(socket);
         } else {
             view.others.push(socket);

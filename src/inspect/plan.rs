@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
 use super::{KernelView, Query};
-use crate::diag::DiagSocket;
+use crate::diag::{DiagSocket, TcpState};
 use crate::report::Coverage;
 
 /// What the evidence stage has to find, and for which address and port.
@@ -171,7 +171,7 @@ impl ViewIndex {
             } else {
                 index.others.entry((ip, port)).or_default().push(i);
             }
-            if s.state.name() != "TIME_WAIT" {
+            if s.state != TcpState::TimeWait {
                 index.crowded.insert(port);
             }
         }
@@ -293,12 +293,13 @@ fn reuseport_needs(index: &ViewIndex, addresses: &[AddressPlan<'_>]) -> Vec<Reus
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diag::{Family, TCP_LISTEN, TcpState};
+    use crate::diag::Family;
 
-    const TIME_WAIT: u8 = 6;
-    const ESTABLISHED: u8 = 1;
+    const TIME_WAIT: TcpState = TcpState::TimeWait;
+    const ESTABLISHED: TcpState = TcpState::Established;
+    const LISTEN: TcpState = TcpState::Listen;
 
-    fn socket(state: u8, local: &str, inode: u64) -> DiagSocket {
+    fn socket(state: TcpState, local: &str, inode: u64) -> DiagSocket {
         let local: std::net::SocketAddr = local.parse().unwrap();
         DiagSocket {
             family: if local.is_ipv4() {
@@ -306,7 +307,7 @@ mod tests {
             } else {
                 Family::Inet6
             },
-            state: TcpState(state),
+            state,
             local,
             remote: "0.0.0.0:0".parse().unwrap(),
             uid: 1000,
@@ -321,7 +322,7 @@ mod tests {
 
     fn view(sockets: Vec<DiagSocket>) -> KernelView {
         let (listeners, others): (Vec<_>, Vec<_>) =
-            sockets.into_iter().partition(|s| s.state.0 == TCP_LISTEN);
+            sockets.into_iter().partition(|s| s.state == LISTEN);
         KernelView {
             listeners,
             others,
@@ -340,7 +341,7 @@ mod tests {
 
     #[test]
     fn a_free_address_needs_no_owner_and_no_evidence() {
-        let view = view(vec![socket(TCP_LISTEN, "127.81.0.9:9926", 7)]);
+        let view = view(vec![socket(LISTEN, "127.81.0.9:9926", 7)]);
         let planned = plan(&query(&["127.81.0.2"], &[9925, 9926]), &view);
         assert_eq!(planned.owners, OwnerLookup::NoneNeeded);
         assert!(planned.reuseport.is_empty());
@@ -359,9 +360,9 @@ mod tests {
     #[test]
     fn only_covering_sockets_on_the_queried_ports_are_planned() {
         let view = view(vec![
-            socket(TCP_LISTEN, "127.81.0.2:9926", 11),
-            socket(TCP_LISTEN, "127.81.0.3:9926", 12),
-            socket(TCP_LISTEN, "127.81.0.2:9927", 13),
+            socket(LISTEN, "127.81.0.2:9926", 11),
+            socket(LISTEN, "127.81.0.3:9926", 12),
+            socket(LISTEN, "127.81.0.2:9927", 13),
             socket(ESTABLISHED, "127.81.0.2:9925", 14),
         ]);
         let planned = plan(&query(&["127.81.0.2"], &[9925, 9926]), &view);
@@ -392,7 +393,7 @@ mod tests {
 
     #[test]
     fn a_wildcard_covering_two_addresses_needs_evidence_once() {
-        let view = view(vec![socket(TCP_LISTEN, "0.0.0.0:9926", 21)]);
+        let view = view(vec![socket(LISTEN, "0.0.0.0:9926", 21)]);
         let planned = plan(&query(&["127.81.0.2", "127.81.0.3"], &[9926]), &view);
         for address in &planned.addresses {
             assert_eq!(address.ports[0].listeners[0].coverage, Coverage::Wildcard);
@@ -404,8 +405,8 @@ mod tests {
     #[test]
     fn a_group_is_sized_and_crowds_the_bind_probe() {
         let view = view(vec![
-            socket(TCP_LISTEN, "127.81.0.2:9926", 31),
-            socket(TCP_LISTEN, "127.81.0.2:9926", 32),
+            socket(LISTEN, "127.81.0.2:9926", 31),
+            socket(LISTEN, "127.81.0.2:9926", 32),
         ]);
         let planned = plan(&query(&["127.81.0.2"], &[9926]), &view);
         let sizes: Vec<usize> = planned.addresses[0].ports[0]
@@ -421,7 +422,7 @@ mod tests {
     #[test]
     fn time_wait_needs_no_owner_and_does_not_crowd_the_probe() {
         let view = view(vec![
-            socket(TCP_LISTEN, "127.81.0.2:9926", 41),
+            socket(LISTEN, "127.81.0.2:9926", 41),
             socket(TIME_WAIT, "127.81.0.2:9926", 0),
         ]);
         let planned = plan(&query(&["127.81.0.2"], &[9926]), &view);
@@ -440,7 +441,7 @@ mod tests {
 
     #[test]
     fn owners_not_asked_means_no_lookup_and_no_evidence() {
-        let view = view(vec![socket(TCP_LISTEN, "127.81.0.2:9926", 51)]);
+        let view = view(vec![socket(LISTEN, "127.81.0.2:9926", 51)]);
         let mut query = query(&["127.81.0.2"], &[9926]);
         query.owners = false;
         let planned = plan(&query, &view);
@@ -451,12 +452,9 @@ mod tests {
 
     #[test]
     fn a_v6only_wildcard_does_not_cover_ipv4() {
-        let mut v6only = socket(TCP_LISTEN, "[::]:9926", 61);
+        let mut v6only = socket(LISTEN, "[::]:9926", 61);
         v6only.v6only = Some(true);
-        let view = view(vec![
-            v6only,
-            socket(TCP_LISTEN, "[::ffff:127.81.0.2]:9926", 62),
-        ]);
+        let view = view(vec![v6only, socket(LISTEN, "[::ffff:127.81.0.2]:9926", 62)]);
         let planned = plan(&query(&["127.81.0.2"], &[9926]), &view);
         let listeners = &planned.addresses[0].ports[0].listeners;
         assert_eq!(listeners.len(), 1);

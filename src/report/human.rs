@@ -131,7 +131,7 @@ fn render_port(out: &mut String, port: &PortReport, style: Style, verbose: bool)
     let canary = if port.canary.is_ok() {
         "ok".to_string()
     } else {
-        port.canary.result.clone()
+        port.canary.result.to_string()
     };
     let _ = writeln!(
         out,

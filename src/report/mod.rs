@@ -15,7 +15,7 @@ use schemars::JsonSchema;
 use serde::{Serialize, Serializer};
 
 use crate::canary::Canary;
-use crate::diag::Family;
+use crate::diag::{Family, TcpState};
 use crate::owners::{FdRef, ProcessInfo};
 use crate::reuseport::Reuseport;
 
@@ -241,14 +241,14 @@ impl Owner {
 pub struct OtherSockets {
     pub total: usize,
     /// Count per TCP state name (`ESTABLISHED`, `TIME_WAIT`, `BOUND_INACTIVE`, …).
-    pub by_state: BTreeMap<&'static str, usize>,
+    pub by_state: BTreeMap<TcpState, usize>,
     pub sockets: Vec<OtherSocket>,
 }
 
 /// One non-listening socket on ADDR:PORT.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct OtherSocket {
-    pub state: &'static str,
+    pub state: TcpState,
     #[serde(serialize_with = "display")]
     #[schemars(with = "String")]
     pub local: SocketAddr,

@@ -15,14 +15,14 @@
 
 use std::net::IpAddr;
 
+use crate::diag::TcpState;
 use crate::inspect::fixture::{self, KernelBits};
 use crate::inspect::{KernelView, Query};
 use crate::owners::fixture::{FIXTURE_UID, ProcTree, Process};
 use crate::report::Report;
 use crate::report::human::{self, Style};
 
-/// TCP_TIME_WAIT.
-const TIME_WAIT: u8 = 6;
+const TIME_WAIT: TcpState = TcpState::TimeWait;
 
 /// Why the fixture's kernel bit is not there: as an ordinary user.
 pub(crate) const NO_BPF: &str = "needs CAP_BPF and CAP_PERFMON (or root)";

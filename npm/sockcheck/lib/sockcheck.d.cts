@@ -3,7 +3,7 @@
 
 /// <reference types="node" />
 
-/** A duration: a number is milliseconds; a string is a sockcheck duration (`500ms`, `30s`, `2m`, `1h`). */
+/** A duration: a number is milliseconds; a string is a sockcheck duration, as the binary parses it (`500ms`, `30s`, `2m`, `1m30s`, `1h`, `2 minutes`; a bare number is seconds). */
 export type Duration = number | string;
 
 /** Ports: an array, one port, or a `P,..` string. */
@@ -187,18 +187,29 @@ export interface ReuseportEvidence {
 /** A string, or `{bytes: base64}` when the process chose bytes that are not UTF-8. */
 export type ProcessText = string | { bytes: string };
 
+/** A holder's state, from /proc/PID/stat (`zombie-leader`: the leader exited, other threads live on). */
+export type ProcessState =
+  | 'running' | 'sleeping' | 'disk-sleep' | 'stopped' | 'tracing-stop' | 'dead' | 'idle'
+  | 'parked' | 'waking' | 'wakekill' | 'unknown' | 'zombie' | 'zombie-leader' | 'gone';
+
 export interface Owner {
   pid: number | null;
   hidden: boolean;
   fds?: { fd: number; via_tids: number[] }[];
   comm?: ProcessText;
   cmdline?: ProcessText[];
-  state?: string;
+  state?: ProcessState;
   tids?: number[];
   uid?: number;
   ppid?: number;
+  /** Its pid in its own pid namespace (a container's), when that is not sockcheck's. */
+  ns_pid?: number;
   start_time?: number;
   age_seconds?: number;
+  /** Its cgroup (v2) path, when it is in another pid namespace or the path names a container. */
+  cgroup?: string;
+  /** The container the cgroup path names. */
+  container?: { runtime: string; id: string };
   candidates?: number[];
   [key: string]: unknown;
 }
@@ -208,12 +219,12 @@ export interface Listener {
   family: 'inet' | 'inet6';
   coverage: 'exact' | 'mapped' | 'wildcard';
   inode: number;
-  cookie?: number;
+  cookie: number;
   uid: number;
   cgroup_id?: number;
   accept_queue: number;
   backlog: number;
-  group_size?: number;
+  group_size: number;
   v6only?: boolean;
   reuseport: boolean | null;
   reuseport_evidence: ReuseportEvidence;
@@ -222,15 +233,55 @@ export interface Listener {
   [key: string]: unknown;
 }
 
+/** An errno by name, as the binary names it; `errno N` for one it has no name for. */
+export type Errno =
+  | 'EPERM' | 'ENOENT' | 'ESRCH' | 'EINTR' | 'EBADF' | 'EAGAIN' | 'ENOMEM' | 'EACCES' | 'EBUSY'
+  | 'EINVAL' | 'EMFILE' | 'ENFILE' | 'ENOSYS' | 'ENOTSOCK' | 'EPROTONOSUPPORT' | 'EOPNOTSUPP'
+  | 'EAFNOSUPPORT' | 'EADDRINUSE' | 'EADDRNOTAVAIL' | 'ENETUNREACH' | 'ENOBUFS' | 'EISCONN'
+  | 'ECONNREFUSED' | `errno ${number}`;
+
+/** The plain-bind canary. */
+export interface Canary {
+  /** `ok`, or the errno the bind failed with (the fallback: any errno name Node gives). */
+  result: 'ok' | Errno | (string & {});
+  /** The raw errno, when the bind failed. */
+  errno?: number;
+}
+
+/** A TCP state, as ss(8) names it. */
+export type TcpState =
+  | 'ESTABLISHED' | 'SYN_SENT' | 'SYN_RECV' | 'FIN_WAIT1' | 'FIN_WAIT2' | 'TIME_WAIT' | 'CLOSE'
+  | 'CLOSE_WAIT' | 'LAST_ACK' | 'LISTEN' | 'CLOSING' | 'NEW_SYN_RECV' | 'BOUND_INACTIVE' | 'UNKNOWN';
+
+/** One socket on ADDR:PORT that is not listening. */
+export interface OtherSocket {
+  state: TcpState;
+  local: string;
+  remote: string;
+  /** Zero for sockets without a file (TIME_WAIT): the kernel owns those. */
+  inode: number;
+  uid: number;
+  owners: Owner[];
+  [key: string]: unknown;
+}
+
+/** The sockets on ADDR:PORT that are not listening. */
+export interface OtherSockets {
+  total: number;
+  by_state: Partial<Record<TcpState, number>>;
+  sockets: OtherSocket[];
+}
+
 export interface PortReport {
   port: number;
   /** The plain-bind canary: `ok` or the errno name (`EADDRINUSE`, ...). */
-  canary: { result: string; errno?: number };
+  canary: Canary;
   /** Fallback only: the connect probe (`connected`, `refused`, `timeout`, or an error code). */
   connect?: { result: string };
   /** The listeners covering the address (always empty in the fallback, which cannot list them). */
   listeners: Listener[];
-  other_sockets?: { total: number; by_state: Record<string, number>; sockets: unknown[] };
+  /** Absent in the fallback, which cannot list sockets. */
+  other_sockets?: OtherSockets;
   [key: string]: unknown;
 }
 
@@ -243,6 +294,12 @@ export interface AddressReport {
   [key: string]: unknown;
 }
 
+/** Whether a source of evidence was used, and what to know about it. */
+export interface SourceStatus {
+  status: 'used' | 'partial' | 'skipped' | 'unavailable';
+  detail: string;
+}
+
 /** The `sockcheck --json check` document (schema 1), plus `source` and `free`. */
 export interface CheckReport {
   schema: 1;
@@ -253,7 +310,10 @@ export interface CheckReport {
   free: boolean;
   ports: number[];
   addresses: AddressReport[];
-  sources: Record<string, { status: string; detail: string }>;
+  /** The network namespace inspected, when `--netns` named one. */
+  netns?: { inode: number; name?: string };
+  /** Each source of evidence (the binary: sock_diag, proc, pidfd_getfd, bind_probe, bpf; the fallback: its own). */
+  sources: Record<string, SourceStatus>;
   [key: string]: unknown;
 }
 

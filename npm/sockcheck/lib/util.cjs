@@ -3,6 +3,7 @@
 // pools (as sockcheck parses them), and the SockcheckError class.
 
 const net = require('node:net');
+const { parseDuration } = require('./duration.cjs');
 
 /**
  * A failed sockcheck call. `code` says what went wrong (see the README's
@@ -25,21 +26,22 @@ class SockcheckError extends Error {
 
 const usage = (message) => new SockcheckError(message, { code: 'SOCKCHECK_USAGE' });
 
-const DURATION = /^(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h)?$/;
-const UNIT_MS = { ms: 1, s: 1000, m: 60000, h: 3600000 };
-
 /**
  * A duration in milliseconds: a number is milliseconds, a string is a
- * sockcheck duration (`500ms`, `30s`, `2m`, `1h`, a bare number = seconds).
+ * sockcheck duration, parsed by the binary's grammar (duration.cjs): `500ms`,
+ * `30s`, `2m`, `1m30s`, `1h`, `1.5s`, `2 minutes`, `PT1M`; a bare number is
+ * seconds. At most a year.
  */
 function durationMs(value, what) {
   if (typeof value === 'number') {
     if (!Number.isFinite(value) || value < 0) throw usage(`${what}: ${value} is not a duration in milliseconds`);
     return value;
   }
-  const m = DURATION.exec(String(value).trim());
-  if (!m) throw usage(`${what}: '${value}' is not a duration (examples: 500, '500ms', '30s', '2m')`);
-  return Number(m[1]) * UNIT_MS[m[2] || 's'];
+  const ms = parseDuration(String(value));
+  if (ms === null) {
+    throw usage(`${what}: ${echo(String(value))} is not a duration (examples: 500ms, 30s, 2m, 1m30s, 1h)`);
+  }
+  return ms;
 }
 
 /** The duration as sockcheck takes it on the command line. */

@@ -1,5 +1,5 @@
 // The fallback's pool grammar and refusals against the cases the binary is
-// held to (tests/data/pools.json at the repo root; tests/pool_cases.rs runs
+// held to (tests/data/pools.json at the repo root; tests/it/pool_cases.rs runs
 // the same list against the binary). Run: node --test npm/sockcheck/tests/
 // Resources: the pools of the cases (127.61.0.0/16 and addresses that are
 // not local) on TCP port 46199, inspected only (a canary bind, closed at once).

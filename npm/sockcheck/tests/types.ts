@@ -3,7 +3,7 @@
 // package too).
 import {
   acquire, check, scan, waitFree, run, release, resolveBackend, SockcheckError, DEFAULT_POOL,
-  type Lease, type CheckReport, type RunResult, type SkippedAddress, type Verdict,
+  type Lease, type CheckReport, type RunResult, type SkippedAddress, type Verdict, type TcpState,
   acquirePort, releasePort, defaultPortRange, type PortLease,
 } from 'sockcheck';
 import getPort, { portNumbers, release as releasePortOf, clearLockedPorts } from 'sockcheck/get-port';
@@ -21,8 +21,13 @@ async function harness(signal: AbortSignal): Promise<void> {
   const verdicts: Verdict[] = report.addresses.map((a) => a.verdict);
   const pids: (number | null)[] = report.addresses.flatMap((a) => a.ports.flatMap((p) => p.listeners.flatMap((l) => l.owners.map((o) => o.pid))));
   console.log(verdicts, pids, report.free, report.source);
+  // Enums from the schema: canary results, TCP states.
+  const inUse: boolean = report.addresses.some((a) => a.ports.some((p) => p.canary.result === 'EADDRINUSE'));
+  const waiting: number = report.addresses[0]?.ports[0]?.other_sockets?.by_state.TIME_WAIT ?? 0;
+  const states: TcpState[] = report.addresses.flatMap((a) => a.ports.flatMap((p) => (p.other_sockets?.sockets ?? []).map((s) => s.state)));
+  console.log(inUse, waiting, states, report.netns?.inode, '1m30s');
   await waitFree(address, { timeout: 5000, ports: 9925, signal });
-  await scan('127.0.0.2-127.0.0.5', { processTimeout: '10s' });
+  await scan('127.0.0.2-127.0.0.5', { processTimeout: '1m30s' });
 }
 
 async function explicitRelease(): Promise<Lease | null> {

@@ -77,8 +77,8 @@ fn errno_text(e: Errno) -> String {
     let e = std::io::Error::from(e);
     let text = e.to_string();
     let text = text.split(" (os error").next().unwrap_or(&text);
-    match e.raw_os_error().map(crate::error::errno_name) {
-        Some(name) if name != "errno" => format!("{name} ({text})"),
+    match e.raw_os_error().and_then(crate::error::errno_name) {
+        Some(name) => format!("{name} ({text})"),
         _ => text.to_string(),
     }
 }
