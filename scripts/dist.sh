@@ -8,6 +8,7 @@
 #
 # For each target it writes
 #   target/dist/sockcheck-VERSION-TARGET.tar.gz          sockcheck, README.md,
+#                                                        docs/ (the README links to it),
 #                                                        LICENSE-MIT, LICENSE-APACHE
 #   target/dist/sockcheck-VERSION-TARGET.tar.gz.sha256   check with
 #                         (cd target/dist && sha256sum -c sockcheck-*.sha256)
@@ -143,6 +144,11 @@ for target in "${targets[@]}"; do
             log "warning: $doc is missing; not packed"
         fi
     done
+    if [ -d docs ]; then
+        mkdir "$stage/docs" && cp docs/*.md "$stage/docs/"
+    else
+        log "warning: docs/ is missing; not packed"
+    fi
     tar --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$epoch" \
         -C "$dist" -cf - "$name" | gzip -9n >"$dist/$name.tar.gz"
     rm -rf "$stage"
