@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::gate::acquire::{Acquired, NotAcquired};
 use crate::gate::forensic::{self, Forensic};
 use crate::gate::ledger::{Leases, Released};
-use crate::gate::ports::PortsAcquired;
+use crate::gate::ports::{PortsAcquired, PortsReleased};
 use crate::gate::reap::ReapReport;
 use crate::output::Output;
 use crate::report::{Report, human};
@@ -90,6 +90,17 @@ impl Document for ReapReport {
 impl Document for Released {
     const NAME: &'static str = "release";
     const DESCRIPTION: &'static str = "`sockcheck release --json ADDR`.";
+    const SCHEMA: u32 = 1;
+
+    fn human(&self, _: &Output) -> String {
+        self.render()
+    }
+}
+
+impl Document for PortsReleased {
+    const NAME: &'static str = "release-port";
+    const DESCRIPTION: &'static str =
+        "`sockcheck release-port --json PORT...`: whether each port's lease ended.";
     const SCHEMA: u32 = 1;
 
     fn human(&self, _: &Output) -> String {

@@ -21,6 +21,7 @@ pub fn schemas() -> Vec<(&'static str, Value)> {
         entry::<gate::ports::PortsAcquired>(),
         entry::<gate::reap::ReapReport>(),
         entry::<gate::ledger::Released>(),
+        entry::<gate::ports::PortsReleased>(),
         entry::<gate::ledger::Leases>(),
         entry::<gate::forensic::Forensic>(),
         entry::<watch::WatchLine>(),

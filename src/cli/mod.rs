@@ -118,9 +118,12 @@ const CLAP_LINE_MAX: usize = 160;
 /// clap's message up to its first blank line (a value it quotes may hold a
 /// newline), without its `error: ` prefix, escaped and cut to one line.
 fn first_line(message: &str) -> String {
-    let first = message.split("\n\n").next().unwrap_or(message).trim_end();
+    // clap's first block may span lines ("...not provided:\n  <ADDRESS>"):
+    // one line of its trimmed lines.
+    let first = message.split("\n\n").next().unwrap_or(message);
+    let first = first.lines().map(str::trim).collect::<Vec<_>>().join(" ");
     text::echo_line(
-        first.strip_prefix("error: ").unwrap_or(first),
+        first.strip_prefix("error: ").unwrap_or(&first),
         CLAP_LINE_MAX,
     )
 }

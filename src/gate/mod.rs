@@ -94,8 +94,9 @@ pub fn summary(address: &AddressReport) -> String {
             // Terse: who was seen. The full report says what was not.
             let complete = complete || owners.iter().any(|o| !o.hidden);
             format!(
-                "{} holds {}",
+                "{} {} {}",
                 describe_owners(&owners, complete),
+                if owners.len() > 1 { "hold" } else { "holds" },
                 first.local
             )
         }

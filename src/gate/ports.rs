@@ -440,26 +440,78 @@ fn refuse(
 /// 1 when any port was not leased or not ours to release.
 pub fn release_port(ctx: &LeaseContext, ports: &[u16]) -> Result<ExitStatus, Error> {
     let dir = Dir::open(&ctx.state_dir)?;
-    let mut all = true;
+    let mut doc = PortsReleased {
+        schema: PortsReleased::SCHEMA,
+        ports: Vec::with_capacity(ports.len()),
+    };
     for &port in ports {
-        let subject = Subject::Port(port);
-        if lease::agent::release(&dir, subject)? {
-            continue;
-        }
-        let why = match lease::token::release(subject)? {
-            lease::token::Released::Released => continue,
-            lease::token::Released::NotLeased => "not leased".to_string(),
-            lease::token::Released::Refused(why) => why,
-        };
-        all = false;
-        ctx.output
-            .note(&format!("sockcheck: port {port} was not released: {why}\n"));
+        doc.ports.push(release_one(&dir, port)?);
     }
-    Ok(if all {
+    if ctx.output.json {
+        ctx.output.print(&crate::output::json(&doc))?;
+    }
+    ctx.output.note(&doc.human(&ctx.output));
+    Ok(if doc.ports.iter().all(|p| p.released) {
         ExitStatus::Free
     } else {
         ExitStatus::NotFree
     })
+}
+
+/// Ends one port lease: through this user's agent, else by asking its
+/// token's holder, which says whose it is.
+fn release_one(dir: &Dir, port: u16) -> Result<PortReleased, Error> {
+    let subject = Subject::Port(port);
+    let error = if lease::agent::release(dir, subject)? {
+        None
+    } else {
+        match lease::token::release(subject)? {
+            lease::token::Released::Released => None,
+            lease::token::Released::NotLeased => Some("not leased".to_string()),
+            lease::token::Released::Refused(why) => Some(why),
+        }
+    };
+    Ok(PortReleased {
+        port,
+        released: error.is_none(),
+        error,
+    })
+}
+
+/// What `release-port --json` prints.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct PortsReleased {
+    schema: u32,
+    /// Each port asked for, in order.
+    ports: Vec<PortReleased>,
+}
+
+/// One port of `release-port`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct PortReleased {
+    port: u16,
+    /// False when the port was not leased, or its lease is not ours to end
+    /// (exit status 1).
+    released: bool,
+    /// Why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+impl PortsReleased {
+    /// Nothing for a released port; else why not, a note each.
+    pub(crate) fn render(&self) -> String {
+        self.ports
+            .iter()
+            .filter_map(|p| {
+                let why = p.error.as_ref()?;
+                Some(format!(
+                    "sockcheck: port {} was not released: {why}\n",
+                    p.port
+                ))
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

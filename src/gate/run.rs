@@ -192,6 +192,9 @@ impl Reserve {
 fn live_on_in(ctx: &Context, leased: &Leased, pid: u32) {
     let command = match OwnerHandle::open(pid, "run's command") {
         Ok(command) => command,
+        // The command has exited already (`-- true`): there is nothing to
+        // outlive `run`, and the lease stays run's, as it should.
+        Err(Error::Usage(_)) => return,
         Err(e) => {
             ctx.output.note(&format!(
                 "sockcheck: the lease of {} could not be tied to the command: {e}\n",
@@ -350,6 +353,14 @@ fn report_and_keep(
     options: &RunOptions,
 ) -> bool {
     ctx.output.note(&forensic.human(&ctx.output));
+    // `--json`: the same report on stdout, after the command's own output.
+    if ctx.output.json
+        && let Err(e) = ctx.output.print(&crate::output::json(forensic))
+    {
+        ctx.output.warn(&format!(
+            "sockcheck: writing the run report to stdout: {e}\n"
+        ));
+    }
     let mut held = true;
     if let Some(path) = &options.report
         && let Err(e) = forensic::write(forensic, path)

@@ -297,6 +297,7 @@ fn run_reap_frees_the_address() {
         "45211",
         &[
             "run",
+            "--json",
             "127.93.7.2",
             "--linger",
             "200ms",
@@ -323,6 +324,11 @@ fn run_reap_frees_the_address() {
         markdown.contains(&format!("- pid {pid}: SIGTERM")),
         "{markdown}"
     );
+    // `--json`: the same report on stdout (the command printed nothing).
+    let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(doc["schema"], 1);
+    assert_eq!(doc["address"], "127.93.7.2");
+    assert_eq!(doc["reaped"][0]["pid"], pid);
     wait_gone(pid);
     let output = gate(&state, "45211", &["scan", "127.93.7.2"]);
     assert_eq!(stdout(&output).trim(), "127.93.7.2  free");

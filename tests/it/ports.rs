@@ -239,7 +239,29 @@ print(inuse, crosstalk)
     assert_eq!((inuse, crosstalk), (0, 0));
 }
 
+/// `release-port --json`: one document, a row per port in the order asked,
+/// saying which leases ended and why the others did not (exit 1).
+fn release_port_json_says_per_port_what_was_released() {
+    let state = TempDir::new("ports-release-json");
+    let output = sockcheck(&state, &["acquire-port", "31960", "--owner", &me()]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stdout(&output).trim(), "31960");
+    let output = sockcheck(&state, &["release-port", "--json", "31960", "31961"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(doc["schema"], 1);
+    assert_eq!(
+        doc["ports"],
+        serde_json::json!([
+            {"port": 31960, "released": true},
+            {"port": 31961, "released": false, "error": "not leased"},
+        ])
+    );
+    assert!(stderr(&output).contains("port 31961 was not released: not leased"));
+}
+
 crate::tests![
+    release_port_json_says_per_port_what_was_released,
     acquire_port_skips_busy_wildcard_and_leased_ports_and_names_why,
     a_port_with_only_time_wait_remnants_comes_after_a_clean_one,
     leases_lists_port_leases_beside_addresses_and_bad_ranges_are_one_line,
