@@ -63,11 +63,12 @@ mod iter_tcp;
 mod kernel_btf;
 mod loader;
 mod owners;
+pub mod paths;
 mod records;
 mod trace;
 mod watcher;
 
-use std::{fs, io, path::Path};
+use std::fs;
 
 pub use error::{BpfError, Unavailable};
 pub use iter_tcp::{KernelListener, tcp_listeners};
@@ -91,8 +92,8 @@ const CAP_BPF: u32 = 39;
 /// Cheap check that the programs can be loaded at all: privileges (CapEff of
 /// this process) and kernel BTF. Loads nothing.
 pub fn availability() -> Result<(), Unavailable> {
-    let cap_eff =
-        effective_capabilities().map_err(|error| Unavailable::UnknownCapabilities { error })?;
+    let cap_eff = crate::sys::effective_capabilities()
+        .map_err(|error| Unavailable::UnknownCapabilities { error })?;
     let has = |cap: u32| cap_eff & (1 << cap) != 0;
     let privileged = has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON));
     if !privileged {
@@ -108,23 +109,4 @@ pub fn availability() -> Result<(), Unavailable> {
     }
     fs::metadata(KERNEL_BTF).map_err(|error| Unavailable::NoBtf { error })?;
     Ok(())
-}
-
-fn effective_capabilities() -> io::Result<u64> {
-    let status = fs::read_to_string("/proc/self/status")?;
-    let hex = status
-        .lines()
-        .find_map(|line| line.strip_prefix("CapEff:"))
-        .ok_or_else(|| io::Error::other("no CapEff line"))?;
-    u64::from_str_radix(hex.trim(), 16).map_err(io::Error::other)
-}
-
-/// Whether tracefs is mounted where aya looks for tracepoint ids.
-fn tracefs_mounted() -> bool {
-    [
-        "/sys/kernel/tracing/events",
-        "/sys/kernel/debug/tracing/events",
-    ]
-    .iter()
-    .any(|dir| Path::new(dir).is_dir())
 }

@@ -1,6 +1,8 @@
 //! `sockcheck doctor`: what this user, on this kernel, lets sockcheck see,
-//! and why not. Fast: it opens a sock_diag socket and reads a few /proc
-//! files, but loads no BPF program.
+//! and why not. It opens a sock_diag socket, reads a few /proc files and,
+//! where eBPF is available, runs each eBPF program once
+//! ([`bpf::paths::probe`]) to say which path each feature takes here and
+//! why it fell back: a few ms with a warm BTF cache.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -9,7 +11,7 @@ use std::path::Path;
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use crate::bpf;
+use crate::bpf::{self, WatchHook, paths::OwnerPath};
 use crate::diag::SockDiag;
 use crate::error::Error;
 use crate::exit::ExitStatus;
@@ -48,6 +50,56 @@ pub struct Doctor {
     pub proc: ProcMount,
     /// One row per source of evidence, in a fixed order.
     pub sources: Vec<SourceRow>,
+    /// Which path each kernel feature with a fallback takes here, and why
+    /// it fell back: owners, listeners, the watch hook, PIDFD_THREAD.
+    pub paths: Vec<PathRow>,
+}
+
+/// A kernel feature that has more than one way to work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Feature {
+    /// Who holds a socket, through eBPF.
+    BpfOwners,
+    /// The kernel's own view of listeners (SO_REUSEPORT), through eBPF.
+    BpfListeners,
+    /// What `watch` and `run`'s attribution hook.
+    BpfWatch,
+    /// A pidfd of a thread, for a zombie leader's fd table.
+    PidfdThread,
+}
+
+/// The way a feature works on this kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PathName {
+    /// `iter/task` walking each fd table with `bpf_loop` (5.17+).
+    FdWalk,
+    /// `iter/task_file` (5.8+): the fallback of the fd walk.
+    IterTaskFile,
+    /// `iter/tcp` (5.9+).
+    IterTcp,
+    /// The tracepoint `sock/inet_sock_set_state` (needs tracefs).
+    Tracepoint,
+    /// `tp_btf/inet_sock_set_state`: the fallback without tracefs.
+    TpBtf,
+    /// `pidfd_open(PIDFD_THREAD)` (6.9+).
+    PidfdThread,
+}
+
+/// One feature: the path it takes, or null if none works, and why.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PathRow {
+    pub feature: Feature,
+    /// What it is, for people.
+    pub label: &'static str,
+    /// The path taken; null when the feature is unavailable.
+    pub path: Option<PathName>,
+    /// Whether `path` is a fallback from the preferred path.
+    pub fallback: bool,
+    /// What was tried and why it fell back, or why the feature is
+    /// unavailable.
+    pub why: String,
 }
 
 /// How /proc is mounted.
@@ -91,7 +143,7 @@ pub fn doctor(output: Output) -> Result<ExitStatus, Error> {
 pub fn examine() -> Doctor {
     let uid = rustix::process::getuid().as_raw();
     let euid = rustix::process::geteuid().as_raw();
-    let cap_eff = effective_capabilities();
+    let cap_eff = crate::sys::effective_capabilities().ok();
     let has = |cap: u32| cap_eff.is_some_and(|bits| bits & (1 << cap) != 0);
     let capabilities = CAPABILITIES
         .iter()
@@ -102,13 +154,15 @@ pub fn examine() -> Doctor {
         .release()
         .to_string_lossy()
         .into_owned();
+    let probe = bpf::paths::probe();
+    let paths = path_rows(&probe);
     let sources = vec![
         sock_diag_row(),
         proc_row(&proc, has(19), euid),
         pidfd_row(has(19), euid),
         probe_row(euid, has(7), has(10)),
-        bpf_rows(false),
-        bpf_rows(true),
+        bpf_iter_row(&paths),
+        bpf_watch_row(&paths),
     ];
     Doctor {
         schema: SCHEMA,
@@ -122,17 +176,8 @@ pub fn examine() -> Doctor {
         unprivileged_bpf_disabled: read_number("/proc/sys/kernel/unprivileged_bpf_disabled"),
         proc,
         sources,
+        paths,
     }
-}
-
-/// CapEff: capget(2), else the CapEff line of /proc/self/status.
-fn effective_capabilities() -> Option<u64> {
-    if let Ok(sets) = rustix::thread::capabilities(None) {
-        return Some(sets.effective.bits());
-    }
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
-    u64::from_str_radix(hex.trim(), 16).ok()
 }
 
 fn read_number(path: &str) -> Option<u32> {
@@ -323,49 +368,166 @@ fn probe_row(euid: u32, setuid: bool, bind_service: bool) -> SourceRow {
     }
 }
 
-fn bpf_rows(watch: bool) -> SourceRow {
-    let (available, why) = match bpf::availability() {
-        Ok(()) if watch => (
+/// The rows of [`Doctor::paths`], from one run of every eBPF program.
+fn path_rows(probe: &Result<bpf::paths::Probe, bpf::Unavailable>) -> Vec<PathRow> {
+    let row = |feature, label, taken: Result<(PathName, Option<String>), String>, ok: String| {
+        let (path, fallback, why) = match taken {
+            Ok((path, None)) => (Some(path), false, ok),
+            Ok((path, Some(why))) => (Some(path), true, why),
+            Err(why) => (None, false, why),
+        };
+        PathRow {
+            feature,
+            label,
+            path,
+            fallback,
+            why,
+        }
+    };
+    let mut rows = match probe {
+        Err(reason) => [
+            (Feature::BpfOwners, OWNERS),
+            (Feature::BpfListeners, LISTENERS),
+            (Feature::BpfWatch, WATCH),
+        ]
+        .into_iter()
+        .map(|(feature, label)| row(feature, label, Err(reason.to_string()), String::new()))
+        .collect(),
+        Ok(probe) => {
+            let owners = probe.owners().map(|taken| {
+                let path = match taken.path {
+                    OwnerPath::FdWalk => PathName::FdWalk,
+                    OwnerPath::TaskFile => PathName::IterTaskFile,
+                };
+                let why = taken
+                    .fell_back
+                    .map(|why| format!("iter/task_file, because {why}"));
+                (path, why)
+            });
+            let watch = probe.watch().map(|taken| {
+                let path = match taken.path {
+                    WatchHook::TracePoint => PathName::Tracepoint,
+                    WatchHook::BtfTracePoint => PathName::TpBtf,
+                };
+                (
+                    path,
+                    taken.fell_back.map(|why| format!("tp_btf, because {why}")),
+                )
+            });
+            let tp_btf = match &probe.tp_btf {
+                Ok(()) => "tp_btf also attaches".to_string(),
+                Err(e) => format!("tp_btf would fail: {}", bpf::paths::one_line(e)),
+            };
+            vec![
+                row(
+                    Feature::BpfOwners,
+                    OWNERS,
+                    owners,
+                    "the fd walk (iter/task with bpf_loop) loads and walks every fd table".into(),
+                ),
+                row(
+                    Feature::BpfListeners,
+                    LISTENERS,
+                    match &probe.iter_tcp {
+                        Ok(()) => Ok((PathName::IterTcp, None)),
+                        Err(e) => Err(bpf::paths::one_line(e)),
+                    },
+                    "iter/tcp loads and reads every listener's SO_REUSEPORT bit".into(),
+                ),
+                row(
+                    Feature::BpfWatch,
+                    WATCH,
+                    watch,
+                    format!("tracefs is mounted and the tracepoint attaches ({tp_btf})"),
+                ),
+            ]
+        }
+    };
+    rows.push(row(
+        Feature::PidfdThread,
+        "pidfd of a thread (PIDFD_THREAD)",
+        match crate::sys::pidfd_thread() {
+            Ok(()) => Ok((PathName::PidfdThread, None)),
+            Err(e) => Err(format!(
+                "pidfd_open with PIDFD_THREAD failed ({}; Linux 6.9+): the fd table of a process \
+                 whose leader has exited cannot be duplicated from, so its SO_REUSEPORT evidence \
+                 comes from iter/tcp or the bind probe",
+                crate::error::errno_label(&e)
+            )),
+        },
+        "pidfd_open takes PIDFD_THREAD: a zombie leader's sockets are read through a live thread"
+            .into(),
+    ));
+    rows
+}
+
+const OWNERS: &str = "BPF owners";
+const LISTENERS: &str = "BPF listeners";
+const WATCH: &str = "BPF watch hook";
+
+fn path_row(paths: &[PathRow], feature: Feature) -> &PathRow {
+    paths
+        .iter()
+        .find(|row| row.feature == feature)
+        .expect("path_rows has every feature")
+}
+
+fn bpf_iter_row(paths: &[PathRow]) -> SourceRow {
+    let owners = path_row(paths, Feature::BpfOwners);
+    let listeners = path_row(paths, Feature::BpfListeners);
+    let (available, why) = match (owners.path, listeners.path) {
+        (None, None) if owners.why == listeners.why => (false, owners.why.clone()),
+        (None, None) => (
+            false,
+            format!("owners: {}; listeners: {}", owners.why, listeners.why),
+        ),
+        (owner_path, listener_path) => (
             true,
             format!(
-                "privileged, kernel BTF present: sock/inet_sock_set_state as {}",
-                if tracefs_mounted() {
-                    "a tracepoint (tracefs is mounted)"
+                "privileged, kernel BTF present: iter/tcp {}; owners via {}",
+                if listener_path.is_some() {
+                    "works".to_string()
                 } else {
-                    "tp_btf (tracefs is not mounted)"
+                    format!("fails ({})", listeners.why)
+                },
+                match owner_path {
+                    Some(PathName::FdWalk) => "the fd walk (iter/task)".to_string(),
+                    Some(_) => "iter/task_file (see BPF owners)".to_string(),
+                    None => format!("neither ({})", owners.why),
                 }
             ),
         ),
-        Ok(()) => (
-            true,
-            "privileged, kernel BTF present: iter/tcp and iter/task load on demand".into(),
-        ),
-        Err(reason) => (false, reason.to_string()),
     };
-    if watch {
-        SourceRow {
-            name: "bpf_watch",
-            label: "BPF watch (listen/close)",
-            available,
-            why,
-        }
-    } else {
-        SourceRow {
-            name: "bpf_iter",
-            label: "BPF iterators",
-            available,
-            why,
-        }
+    SourceRow {
+        name: "bpf_iter",
+        label: "BPF iterators",
+        available,
+        why,
     }
 }
 
-fn tracefs_mounted() -> bool {
-    [
-        "/sys/kernel/tracing/events",
-        "/sys/kernel/debug/tracing/events",
-    ]
-    .iter()
-    .any(|dir| Path::new(dir).is_dir())
+fn bpf_watch_row(paths: &[PathRow]) -> SourceRow {
+    let watch = path_row(paths, Feature::BpfWatch);
+    let (available, why) = match watch.path {
+        Some(path) => (
+            true,
+            format!(
+                "privileged, kernel BTF present: sock/inet_sock_set_state as {}",
+                if path == PathName::Tracepoint {
+                    "a tracepoint (tracefs is mounted)"
+                } else {
+                    "tp_btf (see BPF watch hook)"
+                }
+            ),
+        ),
+        None => (false, watch.why.clone()),
+    };
+    SourceRow {
+        name: "bpf_watch",
+        label: "BPF watch (listen/close)",
+        available,
+        why,
+    }
 }
 
 /// The report for people.
@@ -417,7 +579,28 @@ pub fn render(d: &Doctor) -> String {
             s.why
         );
     }
+    out.push('\n');
+    let width = d.paths.iter().map(|p| p.label.len()).max().unwrap_or(0);
+    let names: Vec<&str> = d.paths.iter().map(|p| path_label(p.path)).collect();
+    let used = names.iter().map(|n| n.len()).max().unwrap_or(0);
+    let _ = writeln!(out, "{:<width$}  {:<used$}  why", "feature", "path");
+    for (p, name) in d.paths.iter().zip(names) {
+        let _ = writeln!(out, "{:<width$}  {name:<used$}  {}", p.label, p.why);
+    }
     out
+}
+
+/// A path's name for people.
+fn path_label(path: Option<PathName>) -> &'static str {
+    match path {
+        Some(PathName::FdWalk) => "fd walk (iter/task)",
+        Some(PathName::IterTaskFile) => "iter/task_file",
+        Some(PathName::IterTcp) => "iter/tcp",
+        Some(PathName::Tracepoint) => "tracepoint",
+        Some(PathName::TpBtf) => "tp_btf",
+        Some(PathName::PidfdThread) => "PIDFD_THREAD",
+        None => "none",
+    }
 }
 
 #[cfg(test)]

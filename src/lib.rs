@@ -25,6 +25,7 @@ pub mod owners;
 pub mod report;
 pub mod reuseport;
 pub mod schema;
+pub mod sys;
 pub mod text;
 pub mod verdict;
 pub mod watch;

@@ -153,6 +153,11 @@ pub fn watch(options: &WatchOptions) -> Result<ExitStatus, Error> {
         }
     ));
     if options.output.verbose {
+        if let Some(why) = bpf::paths::watch_taken().and_then(|taken| taken.fell_back) {
+            options
+                .output
+                .note(&format!("sockcheck: tp_btf, because {why}\n"));
+        }
         options.output.note(&format!(
             "sockcheck: watching after {:.1} ms (load and attach)
 ",

@@ -10,6 +10,7 @@ use aya::{Ebpf, maps::HashMap};
 use super::loader::{
     iter_task_fds_object, iter_task_file_object, load_object, pidns_inum, run_iter,
 };
+use super::paths::{self, OwnerPath, Taken};
 use super::records::{TaskFileRec, decode_all};
 use super::trace::trace;
 use super::{BpfError, availability};
@@ -55,25 +56,31 @@ pub fn task_files(inodes: &[u64]) -> Result<Vec<TaskFile>, BpfError> {
     }
     let start = Instant::now();
     let records = match walk_fd_tables(&wanted) {
-        Ok(records) => records,
+        Ok(records) => {
+            paths::note_owners(Taken::new(OwnerPath::FdWalk, None));
+            records
+        }
         Err(error) => {
             trace(
                 &format!("{WALK_PROGRAM}: failed, {TASK_FILE_PROGRAM} instead ({error})"),
                 start,
             );
-            iterate_task_files(&wanted)?
+            let records = iterate_task_files(&wanted)?;
+            let why = paths::walk_failed(&error);
+            paths::note_owners(Taken::new(OwnerPath::TaskFile, Some(why)));
+            records
         }
     };
     Ok(task_file_rows(&records))
 }
 
-const WALK_PROGRAM: &str = "iter/task";
-const TASK_FILE_PROGRAM: &str = "iter/task_file";
+pub(super) const WALK_PROGRAM: &str = "iter/task";
+pub(super) const TASK_FILE_PROGRAM: &str = "iter/task_file";
 
 /// The records of `bpf/iter_task_fds.bpf.c` for `wanted` (sorted, unique,
 /// not empty). A record of inode 0 is the program saying it could not
 /// walk some table: an error here, so that the caller falls back.
-fn walk_fd_tables(wanted: &[u64]) -> Result<Vec<TaskFileRec>, BpfError> {
+pub(super) fn walk_fd_tables(wanted: &[u64]) -> Result<Vec<TaskFileRec>, BpfError> {
     const PROGRAM: &str = WALK_PROGRAM;
     // The program learns socket_file_ops from the file of a socket of ours.
     let socket = std::os::unix::net::UnixDatagram::unbound().map_err(|error| BpfError::Io {
@@ -121,7 +128,7 @@ fn walk_fd_tables(wanted: &[u64]) -> Result<Vec<TaskFileRec>, BpfError> {
 
 /// The records of `bpf/iter_task_file.bpf.c` for `wanted` (sorted, unique,
 /// not empty).
-fn iterate_task_files(wanted: &[u64]) -> Result<Vec<TaskFileRec>, BpfError> {
+pub(super) fn iterate_task_files(wanted: &[u64]) -> Result<Vec<TaskFileRec>, BpfError> {
     const PROGRAM: &str = TASK_FILE_PROGRAM;
     let pidns = pidns_inum();
     let (mut ebpf, _) = load_object(PROGRAM, iter_task_file_object(), |loader| {

@@ -12,8 +12,9 @@ use aya::{
 
 use super::kernel_btf::KernelBtf;
 use super::loader::{PortSet, load_object, pidns_inum, watch_object};
+use super::paths::{self, Taken};
 use super::records::{AF_INET, AF_INET6, ListenEventRec, decode, ip_addr};
-use super::{BpfError, availability, tracefs_mounted};
+use super::{BpfError, availability};
 
 const PROGRAM: &str = "sock/inet_sock_set_state";
 
@@ -163,21 +164,30 @@ impl Watcher {
     /// [`Watcher::new`] with a ring buffer of `ring` bytes.
     pub fn with_ring_size(ports: &[u16], ring: RingSize) -> Result<Self, BpfError> {
         availability()?;
-        let tracepoint = if tracefs_mounted() {
+        let tracepoint = if crate::sys::tracefs_mounted() {
             match Self::attach(ports, WatchHook::TracePoint, ring) {
-                Ok(watcher) => return Ok(watcher),
+                Ok(watcher) => {
+                    paths::note_watch(Taken::new(WatchHook::TracePoint, None));
+                    return Ok(watcher);
+                }
                 Err(error) => Some(error),
             }
         } else {
             None
         };
-        Self::attach(ports, WatchHook::BtfTracePoint, ring).map_err(|tp_btf| match tracepoint {
-            Some(tracepoint) => BpfError::Watch {
-                tracepoint: Box::new(tracepoint),
-                tp_btf: Box::new(tp_btf),
-            },
-            None => tp_btf,
-        })
+        let why = paths::tracepoint_not_used(tracepoint.as_ref());
+        let watcher =
+            Self::attach(ports, WatchHook::BtfTracePoint, ring).map_err(
+                |tp_btf| match tracepoint {
+                    Some(tracepoint) => BpfError::Watch {
+                        tracepoint: Box::new(tracepoint),
+                        tp_btf: Box::new(tp_btf),
+                    },
+                    None => tp_btf,
+                },
+            )?;
+        paths::note_watch(Taken::new(WatchHook::BtfTracePoint, Some(why)));
+        Ok(watcher)
     }
 
     /// Watches `ports` (every port if empty) through the given hook only.

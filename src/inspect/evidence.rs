@@ -217,7 +217,7 @@ fn find_owners(
         let inodes: Vec<u64> = inodes.iter().copied().collect();
         match bpf::task_files(&inodes) {
             Ok(rows) => {
-                bpf.used.push("fd tables for owners");
+                bpf.used.push(owners_via());
                 return (
                     owners::from_task_files(rows),
                     SourceStatus::new(
@@ -241,6 +241,20 @@ fn find_owners(
             FdScan::default(),
             SourceStatus::new(Status::Unavailable, e.to_string()),
         ),
+    }
+}
+
+/// Which eBPF path found the owners, and why it fell back (for `-v`).
+fn owners_via() -> String {
+    match bpf::paths::owners_taken() {
+        Some(taken) => match taken.fell_back {
+            None => format!("fd tables for owners ({})", taken.path.describe()),
+            Some(why) => format!(
+                "fd tables for owners ({}, because {why})",
+                taken.path.describe()
+            ),
+        },
+        None => "fd tables for owners".into(),
     }
 }
 
@@ -398,7 +412,7 @@ impl<'a> KernelBits<'a> {
         };
         match listeners {
             Ok(listeners) => {
-                self.bpf.used.push("iter/tcp for SO_REUSEPORT");
+                self.bpf.used.push("iter/tcp for SO_REUSEPORT".into());
                 Ok(listeners
                     .into_iter()
                     .map(|l| (l.inode, l.reuseport))
@@ -417,7 +431,7 @@ impl<'a> KernelBits<'a> {
 struct BpfUse {
     allowed: bool,
     availability: Option<Result<(), String>>,
-    used: Vec<&'static str>,
+    used: Vec<String>,
     failures: Vec<String>,
 }
 
