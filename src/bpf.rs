@@ -100,11 +100,7 @@ pub fn availability() -> Result<(), Unavailable> {
         return Err(Unavailable::NotPrivileged {
             euid: unsafe { libc::geteuid() },
             cap_eff,
-            unprivileged_bpf_disabled: fs::read_to_string(
-                "/proc/sys/kernel/unprivileged_bpf_disabled",
-            )
-            .ok()
-            .and_then(|s| s.trim().parse().ok()),
+            unprivileged_bpf_disabled: crate::sys::unprivileged_bpf_disabled(),
         });
     }
     fs::metadata(KERNEL_BTF).map_err(|error| Unavailable::NoBtf { error })?;

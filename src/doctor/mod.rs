@@ -11,11 +11,16 @@ use std::path::Path;
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use crate::bpf::{self, WatchHook, paths::OwnerPath};
+use crate::bpf;
 use crate::diag::SockDiag;
 use crate::error::Error;
 use crate::exit::ExitStatus;
 use crate::output::{self, Output};
+
+mod paths;
+
+pub use paths::{Feature, PathName, PathRow};
+use paths::{bpf_iter_row, bpf_watch_row, path_label, path_rows};
 
 /// The JSON schema version of `doctor --json`.
 pub const SCHEMA: u32 = 1;
@@ -53,53 +58,6 @@ pub struct Doctor {
     /// Which path each kernel feature with a fallback takes here, and why
     /// it fell back: owners, listeners, the watch hook, PIDFD_THREAD.
     pub paths: Vec<PathRow>,
-}
-
-/// A kernel feature that has more than one way to work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Feature {
-    /// Who holds a socket, through eBPF.
-    BpfOwners,
-    /// The kernel's own view of listeners (SO_REUSEPORT), through eBPF.
-    BpfListeners,
-    /// What `watch` and `run`'s attribution hook.
-    BpfWatch,
-    /// A pidfd of a thread, for a zombie leader's fd table.
-    PidfdThread,
-}
-
-/// The way a feature works on this kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum PathName {
-    /// `iter/task` walking each fd table with `bpf_loop` (5.17+).
-    FdWalk,
-    /// `iter/task_file` (5.8+): the fallback of the fd walk.
-    IterTaskFile,
-    /// `iter/tcp` (5.9+).
-    IterTcp,
-    /// The tracepoint `sock/inet_sock_set_state` (needs tracefs).
-    Tracepoint,
-    /// `tp_btf/inet_sock_set_state`: the fallback without tracefs.
-    TpBtf,
-    /// `pidfd_open(PIDFD_THREAD)` (6.9+).
-    PidfdThread,
-}
-
-/// One feature: the path it takes, or null if none works, and why.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
-pub struct PathRow {
-    pub feature: Feature,
-    /// What it is, for people.
-    pub label: &'static str,
-    /// The path taken; null when the feature is unavailable.
-    pub path: Option<PathName>,
-    /// Whether `path` is a fallback from the preferred path.
-    pub fallback: bool,
-    /// What was tried and why it fell back, or why the feature is
-    /// unavailable.
-    pub why: String,
 }
 
 /// How /proc is mounted.
@@ -173,15 +131,11 @@ pub fn examine() -> Doctor {
         capabilities,
         kernel,
         btf: Path::new(bpf::KERNEL_BTF).exists(),
-        unprivileged_bpf_disabled: read_number("/proc/sys/kernel/unprivileged_bpf_disabled"),
+        unprivileged_bpf_disabled: crate::sys::unprivileged_bpf_disabled(),
         proc,
         sources,
         paths,
     }
-}
-
-fn read_number(path: &str) -> Option<u32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 /// The proc mount at /proc (the last one: the one on top) in a mountinfo
@@ -320,7 +274,7 @@ fn pidfd_row(ptrace: bool, euid: u32) -> SourceRow {
             "CAP_SYS_PTRACE: any owner's socket can be duplicated".into(),
         );
     }
-    match read_number("/proc/sys/kernel/yama/ptrace_scope") {
+    match crate::sys::sysctl_number("/proc/sys/kernel/yama/ptrace_scope") {
         Some(scope @ 2..) => row(
             false,
             format!("yama ptrace_scope={scope}: needs CAP_SYS_PTRACE"),
@@ -352,7 +306,7 @@ fn probe_row(euid: u32, setuid: bool, bind_service: bool) -> SourceRow {
             format!("not root: only listeners of our own uid {uid} can be probed"),
         ),
     };
-    let start = read_number("/proc/sys/net/ipv4/ip_unprivileged_port_start");
+    let start = crate::sys::sysctl_number("/proc/sys/net/ipv4/ip_unprivileged_port_start");
     if let (false, Some(start @ 1..)) = (bind_service, start) {
         let _ = write!(
             why,
@@ -369,167 +323,6 @@ fn probe_row(euid: u32, setuid: bool, bind_service: bool) -> SourceRow {
 }
 
 /// The rows of [`Doctor::paths`], from one run of every eBPF program.
-fn path_rows(probe: &Result<bpf::paths::Probe, bpf::Unavailable>) -> Vec<PathRow> {
-    let row = |feature, label, taken: Result<(PathName, Option<String>), String>, ok: String| {
-        let (path, fallback, why) = match taken {
-            Ok((path, None)) => (Some(path), false, ok),
-            Ok((path, Some(why))) => (Some(path), true, why),
-            Err(why) => (None, false, why),
-        };
-        PathRow {
-            feature,
-            label,
-            path,
-            fallback,
-            why,
-        }
-    };
-    let mut rows = match probe {
-        Err(reason) => [
-            (Feature::BpfOwners, OWNERS),
-            (Feature::BpfListeners, LISTENERS),
-            (Feature::BpfWatch, WATCH),
-        ]
-        .into_iter()
-        .map(|(feature, label)| row(feature, label, Err(reason.to_string()), String::new()))
-        .collect(),
-        Ok(probe) => {
-            let owners = probe.owners().map(|taken| {
-                let path = match taken.path {
-                    OwnerPath::FdWalk => PathName::FdWalk,
-                    OwnerPath::TaskFile => PathName::IterTaskFile,
-                };
-                let why = taken
-                    .fell_back
-                    .map(|why| format!("iter/task_file, because {why}"));
-                (path, why)
-            });
-            let watch = probe.watch().map(|taken| {
-                let path = match taken.path {
-                    WatchHook::TracePoint => PathName::Tracepoint,
-                    WatchHook::BtfTracePoint => PathName::TpBtf,
-                };
-                (
-                    path,
-                    taken.fell_back.map(|why| format!("tp_btf, because {why}")),
-                )
-            });
-            let tp_btf = match &probe.tp_btf {
-                Ok(()) => "tp_btf also attaches".to_string(),
-                Err(e) => format!("tp_btf would fail: {}", bpf::paths::one_line(e)),
-            };
-            vec![
-                row(
-                    Feature::BpfOwners,
-                    OWNERS,
-                    owners,
-                    "the fd walk (iter/task with bpf_loop) loads and walks every fd table".into(),
-                ),
-                row(
-                    Feature::BpfListeners,
-                    LISTENERS,
-                    match &probe.iter_tcp {
-                        Ok(()) => Ok((PathName::IterTcp, None)),
-                        Err(e) => Err(bpf::paths::one_line(e)),
-                    },
-                    "iter/tcp loads and reads every listener's SO_REUSEPORT bit".into(),
-                ),
-                row(
-                    Feature::BpfWatch,
-                    WATCH,
-                    watch,
-                    format!("tracefs is mounted and the tracepoint attaches ({tp_btf})"),
-                ),
-            ]
-        }
-    };
-    rows.push(row(
-        Feature::PidfdThread,
-        "pidfd of a thread (PIDFD_THREAD)",
-        match crate::sys::pidfd_thread() {
-            Ok(()) => Ok((PathName::PidfdThread, None)),
-            Err(e) => Err(format!(
-                "pidfd_open with PIDFD_THREAD failed ({}; Linux 6.9+): the fd table of a process \
-                 whose leader has exited cannot be duplicated from, so its SO_REUSEPORT evidence \
-                 comes from iter/tcp or the bind probe",
-                crate::error::errno_label(&e)
-            )),
-        },
-        "pidfd_open takes PIDFD_THREAD: a zombie leader's sockets are read through a live thread"
-            .into(),
-    ));
-    rows
-}
-
-const OWNERS: &str = "BPF owners";
-const LISTENERS: &str = "BPF listeners";
-const WATCH: &str = "BPF watch hook";
-
-fn path_row(paths: &[PathRow], feature: Feature) -> &PathRow {
-    paths
-        .iter()
-        .find(|row| row.feature == feature)
-        .expect("path_rows has every feature")
-}
-
-fn bpf_iter_row(paths: &[PathRow]) -> SourceRow {
-    let owners = path_row(paths, Feature::BpfOwners);
-    let listeners = path_row(paths, Feature::BpfListeners);
-    let (available, why) = match (owners.path, listeners.path) {
-        (None, None) if owners.why == listeners.why => (false, owners.why.clone()),
-        (None, None) => (
-            false,
-            format!("owners: {}; listeners: {}", owners.why, listeners.why),
-        ),
-        (owner_path, listener_path) => (
-            true,
-            format!(
-                "privileged, kernel BTF present: iter/tcp {}; owners via {}",
-                if listener_path.is_some() {
-                    "works".to_string()
-                } else {
-                    format!("fails ({})", listeners.why)
-                },
-                match owner_path {
-                    Some(PathName::FdWalk) => "the fd walk (iter/task)".to_string(),
-                    Some(_) => "iter/task_file (see BPF owners)".to_string(),
-                    None => format!("neither ({})", owners.why),
-                }
-            ),
-        ),
-    };
-    SourceRow {
-        name: "bpf_iter",
-        label: "BPF iterators",
-        available,
-        why,
-    }
-}
-
-fn bpf_watch_row(paths: &[PathRow]) -> SourceRow {
-    let watch = path_row(paths, Feature::BpfWatch);
-    let (available, why) = match watch.path {
-        Some(path) => (
-            true,
-            format!(
-                "privileged, kernel BTF present: sock/inet_sock_set_state as {}",
-                if path == PathName::Tracepoint {
-                    "a tracepoint (tracefs is mounted)"
-                } else {
-                    "tp_btf (see BPF watch hook)"
-                }
-            ),
-        ),
-        None => (false, watch.why.clone()),
-    };
-    SourceRow {
-        name: "bpf_watch",
-        label: "BPF watch (listen/close)",
-        available,
-        why,
-    }
-}
-
 /// The report for people.
 pub fn render(d: &Doctor) -> String {
     let yes = |b: bool| if b { "yes" } else { "no" };
@@ -588,19 +381,6 @@ pub fn render(d: &Doctor) -> String {
         let _ = writeln!(out, "{:<width$}  {name:<used$}  {}", p.label, p.why);
     }
     out
-}
-
-/// A path's name for people.
-fn path_label(path: Option<PathName>) -> &'static str {
-    match path {
-        Some(PathName::FdWalk) => "fd walk (iter/task)",
-        Some(PathName::IterTaskFile) => "iter/task_file",
-        Some(PathName::IterTcp) => "iter/tcp",
-        Some(PathName::Tracepoint) => "tracepoint",
-        Some(PathName::TpBtf) => "tp_btf",
-        Some(PathName::PidfdThread) => "PIDFD_THREAD",
-        None => "none",
-    }
 }
 
 #[cfg(test)]
