@@ -73,6 +73,17 @@ pub fn pidfd_thread() -> io::Result<()> {
     .map_err(io::Error::from)
 }
 
+/// A number from a /proc/sys file (`kernel.unprivileged_bpf_disabled`,
+/// `kernel.yama.ptrace_scope`, …); `None` if it is absent or unreadable.
+pub fn sysctl_number(path: &str) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// `kernel.unprivileged_bpf_disabled`, if readable.
+pub fn unprivileged_bpf_disabled() -> Option<u32> {
+    sysctl_number("/proc/sys/kernel/unprivileged_bpf_disabled")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,15 +111,4 @@ mod tests {
         assert_eq!(cap_eff(status), Some(0x1ff_ffff_ffff));
         assert_eq!(cap_eff("Name:\tx\n"), None);
     }
-}
-
-/// A number from a /proc/sys file (`kernel.unprivileged_bpf_disabled`,
-/// `kernel.yama.ptrace_scope`, …); `None` if it is absent or unreadable.
-pub fn sysctl_number(path: &str) -> Option<u32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
-/// `kernel.unprivileged_bpf_disabled`, if readable.
-pub fn unprivileged_bpf_disabled() -> Option<u32> {
-    sysctl_number("/proc/sys/kernel/unprivileged_bpf_disabled")
 }
