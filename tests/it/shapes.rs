@@ -782,8 +782,14 @@ fn an_owner_in_another_pid_namespace_is_named_with_its_own_pid() {
         "{}",
         run.stdout
     );
-    drop(_holder);
+    // unshare first: killed, it says nothing, and --kill-child takes the
+    // holder with it (the guard's SIGKILL of the holder would have unshare
+    // re-raise SIGKILL on itself: "sigprocmask unblock failed" on stderr).
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(unshare_pid as i32, libc::SIGKILL) };
     let _ = unshare.wait();
+    support::wait_gone(pid);
+    drop(_holder);
 }
 
 crate::tests![
