@@ -76,6 +76,22 @@ pub use kernel_btf::{prepare, use_btf_cache};
 pub use owners::{TaskFile, task_files};
 pub use watcher::{BadRingSize, ListenChange, ListenEvent, RingSize, WatchHook, Watcher};
 
+/// The checks of this module's insides that [`crate::selftest`] gives
+/// `tests/it`: they need CAP_BPF, root or the kernel's BTF.
+pub(crate) mod selftest {
+    pub use super::btf_cache::selftest::{
+        a_cache_dir_of_another_user_is_not_used, the_running_kernel_has_a_build_id,
+    };
+    pub use super::btf_view::selftest::the_running_kernel_has_every_root;
+    pub use super::kernel_btf::selftest::{
+        the_running_kernels_attach_points_are_where_aya_finds_them,
+        the_running_kernels_views_survive_the_cache,
+    };
+    pub use super::owners::selftest::{
+        fd_walk_and_task_file_agree_on_every_socket, fd_walk_and_task_file_agree_on_own_sockets,
+    };
+}
+
 /// Where the kernel publishes its own BTF, needed to relocate (CO-RE) and to
 /// attach iterators and `tp_btf` programs.
 pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";

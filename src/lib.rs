@@ -25,6 +25,8 @@ pub mod owners;
 pub mod report;
 pub mod reuseport;
 pub mod schema;
+#[doc(hidden)]
+pub mod selftest;
 pub mod sys;
 pub mod text;
 pub mod verdict;

@@ -157,3 +157,38 @@ pub fn write(text: &str) -> Result<Stdout, Error> {
         Err(e) => Err(Error::syscall("write to stdout", e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Nothing in `src/` but this file writes to stderr with `eprint!` or
+    /// `eprintln!`, tests included: the program's notes go through here
+    /// (and `-q`), and a unit test that printed "skipped" passed unseen.
+    #[test]
+    fn only_output_prints_to_stderr() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut found = Vec::new();
+        let mut dirs = vec![src.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs")
+                    && path != src.join("output.rs")
+                {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    let lines = text.lines().enumerate();
+                    found.extend(
+                        lines
+                            .filter(|(_, line)| {
+                                line.contains(concat!("eprint", "!"))
+                                    || line.contains(concat!("eprint", "ln!"))
+                            })
+                            .map(|(n, line)| format!("{}:{}: {line}", path.display(), n + 1)),
+                    );
+                }
+            }
+        }
+        assert!(found.is_empty(), "{}", found.join("\n"));
+    }
+}

@@ -32,6 +32,7 @@
 //! capabilities, set-user-ID), where that user could write one.
 
 mod dir;
+pub(super) mod selftest;
 #[cfg(test)]
 mod tests;
 

@@ -31,6 +31,7 @@
 //! `raw.rs` reads a BTF blob in place, `write.rs` writes the views.
 
 pub(crate) mod raw;
+pub(super) mod selftest;
 #[cfg(test)]
 pub(crate) mod tests;
 mod write;

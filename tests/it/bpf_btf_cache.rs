@@ -3,7 +3,10 @@
 //! entry, a warm run reads it and reports the same, a bad entry is
 //! rewritten, and an unsafe directory or `SOCKCHECK_BTF_CACHE=0` gets no
 //! file. Every run has an `XDG_CACHE_HOME` (or `HOME`) of its own, never
-//! the real `~/.cache`. Addresses 127.77.4.0/24, ports 40180..40189.
+//! the real `~/.cache`. And in this process, through `sockcheck::selftest`:
+//! the reduction and the cache on this kernel's own BTF, the build id that
+//! keys it, and another user's cache directory refused. Addresses
+//! 127.77.4.0/24, ports 40180..40189.
 use crate::support;
 
 use std::os::unix::fs::PermissionsExt;
@@ -286,10 +289,52 @@ fn with_file_capabilities_the_users_cache_is_not_used() {
     assert_eq!(files(&home), Vec::<PathBuf>::new());
 }
 
+/// In this process, without privilege: the reduction of this kernel's BTF
+/// keeps every root (skipped on a kernel without BTF, as the next two).
+fn the_running_kernel_has_every_root() {
+    if let Err(why) = sockcheck::selftest::the_running_kernel_has_every_root() {
+        support::skip(why);
+    }
+}
+
+/// It puts the attach points where aya, parsing all of it, finds them.
+fn the_running_kernels_attach_points_are_where_aya_finds_them() {
+    use sockcheck::selftest::the_running_kernels_attach_points_are_where_aya_finds_them as check;
+    if let Err(why) = check() {
+        support::skip(why);
+    }
+}
+
+/// A cache entry of its views gives back what a fresh reduction gives.
+fn the_running_kernels_views_survive_the_cache() {
+    if let Err(why) = sockcheck::selftest::the_running_kernels_views_survive_the_cache() {
+        support::skip(why);
+    }
+}
+
+/// The cache's key: the running kernel's GNU build id, from its notes.
+fn the_running_kernel_has_a_build_id() {
+    if let Err(why) = sockcheck::selftest::the_running_kernel_has_a_build_id() {
+        support::skip(why);
+    }
+}
+
+/// Root with another user's HOME (sudo -E) leaves that user's cache alone.
+fn a_cache_dir_of_another_user_is_not_used() {
+    if support::require_root("handing a directory to nobody") {
+        sockcheck::selftest::a_cache_dir_of_another_user_is_not_used();
+    }
+}
+
 crate::tests![
     a_warm_run_reads_what_a_cold_run_wrote_and_reports_the_same,
     a_damaged_entry_is_ignored_and_rewritten,
     an_unsafe_cache_dir_is_not_used,
     without_xdg_cache_home_the_cache_is_in_home,
     with_file_capabilities_the_users_cache_is_not_used,
+    the_running_kernel_has_every_root,
+    the_running_kernels_attach_points_are_where_aya_finds_them,
+    the_running_kernels_views_survive_the_cache,
+    the_running_kernel_has_a_build_id,
+    a_cache_dir_of_another_user_is_not_used,
 ];

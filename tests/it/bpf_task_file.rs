@@ -162,9 +162,26 @@ fn ids_in_a_nested_pid_namespace() {
     assert!(ok && out.contains("NESTED-OK pid=1"), "{out}");
 }
 
+/// The fd-table walk (`iter/task`) and `iter/task_file` give the same rows
+/// for sockets of this process, looked up from `.rodata` and from the map.
+fn fd_walk_and_task_file_agree_on_own_sockets() {
+    if support::require_bpf("the fd walk and iter/task_file") {
+        sockcheck::selftest::fd_walk_and_task_file_agree_on_own_sockets();
+    }
+}
+
+/// The same over every socket of the machine.
+fn fd_walk_and_task_file_agree_on_every_socket() {
+    if support::require_bpf("the fd walk and iter/task_file") {
+        sockcheck::selftest::fd_walk_and_task_file_agree_on_every_socket();
+    }
+}
+
 crate::tests![
     finds_own_listener_and_ignores_other_inodes,
     finds_socket_of_process_whose_main_thread_exited,
     ids_are_those_of_the_callers_pid_namespace,
     ids_in_a_nested_pid_namespace,
+    fd_walk_and_task_file_agree_on_own_sockets,
+    fd_walk_and_task_file_agree_on_every_socket,
 ];

@@ -382,6 +382,14 @@ fn two_corruptions_in_one_second_keep_both_copies() {
     assert_eq!(kept, expected);
 }
 
+/// Root's default state directory (`/run/sockcheck`, here a stand-in) is
+/// one that nobody can create first, as anyone can in /tmp.
+fn root_default_dir_is_not_creatable_by_others() {
+    if support::require_setpriv("owning a directory as root and acting as nobody") {
+        sockcheck::selftest::root_default_dir_is_not_creatable_by_others();
+    }
+}
+
 crate::tests![
     a_fifo_as_the_state_file_is_refused_not_waited_on,
     temp_files_are_swept,
@@ -391,4 +399,5 @@ crate::tests![
     a_state_dir_whose_parent_another_user_may_change_is_refused,
     only_the_last_component_of_the_state_dir_is_created,
     two_corruptions_in_one_second_keep_both_copies,
+    root_default_dir_is_not_creatable_by_others,
 ];

@@ -5,33 +5,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use super::selftest::Temp;
 use super::*;
 use crate::bpf::btf_view::{
     minimal,
     tests::{SMALL_ROOTS, small_kernel},
 };
-
-/// A directory of the test's own under the temp dir, removed on drop.
-struct Temp(PathBuf);
-
-impl Temp {
-    fn new(name: &str) -> Temp {
-        let dir = std::env::temp_dir().join(format!(
-            "sockcheck-btf-cache-test-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-        Temp(dir)
-    }
-}
-
-impl Drop for Temp {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn views() -> Views {
     minimal(&small_kernel(), &SMALL_ROOTS).unwrap()
@@ -82,16 +61,6 @@ fn finds_the_gnu_build_id_among_the_kernels_notes() {
     let mut huge = notes.clone();
     huge[0..4].copy_from_slice(&u32::MAX.to_ne_bytes());
     assert_eq!(build_id(&huge), None);
-}
-
-#[test]
-fn the_running_kernel_has_a_build_id() {
-    let Ok(notes) = std::fs::read("/sys/kernel/notes") else {
-        eprintln!("skipped: /sys/kernel/notes cannot be read");
-        return;
-    };
-    let id = build_id(&notes).expect("a GNU build id in /sys/kernel/notes");
-    assert!(id.len() >= 16, "{id:?}");
 }
 
 #[test]
@@ -296,7 +265,7 @@ fn a_bad_entry_is_ignored_and_rewritten() {
     ] {
         std::fs::write(&entry, bytes).unwrap();
         match dir.load(&key) {
-            Err(Miss::Invalid(why)) => eprintln!("{what}: {why}"),
+            Err(Miss::Invalid(why)) => assert!(!why.is_empty(), "{what}: no reason given"),
             other => panic!("{what}: {other:?}"),
         }
         dir.store(&key, &views).unwrap();
@@ -333,34 +302,4 @@ fn a_writable_or_symlinked_cache_dir_is_not_used() {
     assert!(CacheDir::open(&temp.0).is_err());
     // Nothing was written into the refused places.
     assert_eq!(names(&real), Vec::<String>::new());
-}
-
-/// Root, run with another user's HOME (sudo -E): that user's
-/// directories are left alone.
-#[test]
-fn a_cache_dir_of_another_user_is_not_used() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: needs root to chown a directory to nobody");
-        return;
-    }
-    let temp = Temp::new("other-user");
-    let nobody = Some(rustix::process::Uid::from_raw(65534));
-    // Their cache dir exists...
-    let theirs = temp.0.join("theirs");
-    std::fs::create_dir_all(theirs.join("sockcheck")).unwrap();
-    std::fs::set_permissions(
-        theirs.join("sockcheck"),
-        std::fs::Permissions::from_mode(0o700),
-    )
-    .unwrap();
-    rustix::fs::chown(theirs.join("sockcheck"), nobody, None).unwrap();
-    let why = CacheDir::open(&theirs).unwrap_err();
-    assert!(why.contains("owned by uid 65534"), "{why}");
-    // ... or only their ~/.cache does, or only their home.
-    rustix::fs::chown(&theirs, nobody, None).unwrap();
-    let why = CacheDir::open(&theirs).unwrap_err();
-    assert!(why.contains("owned by uid 65534"), "{why}");
-    let why = CacheDir::open(&theirs.join(".cache")).unwrap_err();
-    assert!(why.contains("owned by uid 65534"), "{why}");
-    assert!(!theirs.join(".cache").exists());
 }

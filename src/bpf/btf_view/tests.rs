@@ -1,4 +1,5 @@
 use super::raw::*;
+use super::selftest::listing;
 use super::write::{blob, put};
 use super::*;
 
@@ -90,18 +91,6 @@ pub(crate) const SMALL_ROOTS: Roots<'static> = Roots {
     funcs: &["bpf_iter_x", "bpf_iter_z"],
     typedefs: &["btf_trace_y"],
 };
-
-/// (name, kind, vlen) of every type of a BTF blob.
-fn listing(raw: &[u8]) -> Vec<(String, u32, usize)> {
-    let kernel = RawBtf::parse(raw).unwrap();
-    (1..=kernel.count() as u32)
-        .map(|id| {
-            let (_, name_off, info, _) = kernel.header(id).unwrap();
-            let name = String::from_utf8(kernel.name(name_off).to_vec()).unwrap();
-            (name, kind_of(info), vlen_of(info))
-        })
-        .collect()
-}
 
 #[test]
 fn keeps_roots_in_full_and_what_they_point_to_as_stubs() {
@@ -231,37 +220,5 @@ fn the_attach_blob_has_each_point_at_its_id() {
             ("bpf_iter_z", KIND_FUNC, 0),
         ]
         .map(|(n, k, v)| (n.to_string(), k, v))
-    );
-}
-
-/// The kernel's own BTF, where it can be read (no privilege needed).
-#[test]
-fn the_running_kernel_has_every_root() {
-    let Ok(raw) = std::fs::read(crate::bpf::KERNEL_BTF) else {
-        eprintln!("skipped: no kernel BTF at {}", crate::bpf::KERNEL_BTF);
-        return;
-    };
-    let views = minimal(&raw, &crate::bpf::kernel_btf::BTF_ROOTS).unwrap();
-    let names: Vec<&str> = views.attach.iter().map(|p| p.name.as_str()).collect();
-    for name in [
-        "bpf_iter_tcp",
-        "bpf_iter_task_file",
-        "btf_trace_inet_sock_set_state",
-    ] {
-        assert!(names.contains(&name), "{names:?}");
-    }
-    let kept = listing(&views.relocation);
-    for root in crate::bpf::kernel_btf::BTF_ROOTS.structs {
-        assert!(
-            kept.iter()
-                .any(|(n, k, v)| n == root && *k == KIND_STRUCT && *v > 0),
-            "{root} not kept in full"
-        );
-    }
-    assert_eq!(views.stats.kept_types, kept.len());
-    assert!(
-        views.relocation.len() < 64 * 1024,
-        "{}",
-        views.relocation.len()
     );
 }

@@ -52,26 +52,29 @@ fn only_root_creates_in(dir: &Path) -> bool {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::super::Store;
-    use super::super::tests::{is_state_error, temp};
-    use super::*;
+/// A check of [`default_dir_from`] for `tests/it` (through
+/// [`crate::selftest`]): it needs root and `setpriv`, which a unit test can
+/// neither count on nor report the lack of. It panics on a mismatch.
+pub(crate) mod selftest {
     use std::os::unix::fs::PermissionsExt;
 
-    /// Runs `args` as nobody; `None` when that is not possible here.
-    fn as_nobody(args: &[&std::ffi::OsStr]) -> Option<bool> {
+    use super::super::{StateDir, Store};
+    use super::*;
+    use crate::error::Error;
+
+    /// Runs `args` as nobody (through `setpriv`): whether it succeeded.
+    fn as_nobody(args: &[&std::ffi::OsStr]) -> bool {
         std::process::Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
             .args(args)
             .stderr(std::process::Stdio::null())
             .status()
-            .ok()
-            .map(|status| status.success())
+            .expect("setpriv runs")
+            .success()
     }
 
     /// The environment of a test: `TMPDIR` is `tmp`, and `vars` are set.
-    fn env(
+    pub(super) fn env(
         tmp: &Path,
         vars: &'static [(&'static str, &'static str)],
     ) -> impl Fn(&str) -> Option<std::ffi::OsString> {
@@ -84,9 +87,14 @@ mod tests {
         }
     }
 
-    /// `base` with a root-owned-like `run` (0755) and a `tmp` (1777) in it.
-    fn tree(name: &str) -> (PathBuf, PathBuf, PathBuf) {
-        let base = temp(name);
+    /// `base` (a fresh `sockcheck-state-test-default-NAME-PID` under the temporary
+    /// directory) with a root-owned-like `run` (0755) and a `tmp` (1777) in it.
+    pub(super) fn tree(name: &str) -> (PathBuf, PathBuf, PathBuf) {
+        let base = std::env::temp_dir().join(format!(
+            "sockcheck-state-test-default-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&base);
         let (run, tmp) = (base.join("run"), base.join("tmp"));
         for (dir, mode) in [(&base, 0o755), (&run, 0o755), (&tmp, 0o1777)] {
             std::fs::create_dir(dir).unwrap();
@@ -95,9 +103,65 @@ mod tests {
         (base, run, tmp)
     }
 
+    /// Nobody cannot create root's default in `run`, but can in `tmp`; were
+    /// `run` open to others, root would fall back to `tmp`, and refuse the
+    /// directory nobody made there, with a way out.
+    fn nobody_cannot_squat(run: &Path, tmp: &Path) {
+        let created = as_nobody(&["mkdir".as_ref(), run.join("sockcheck").as_os_str()]);
+        assert!(
+            !created,
+            "nobody created {}",
+            run.join("sockcheck").display()
+        );
+        let squatted = tmp.join("sockcheck-0");
+        assert!(as_nobody(&["mkdir".as_ref(), squatted.as_os_str()]));
+        std::fs::set_permissions(run, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert_eq!(default_dir_from(&env(tmp, &[]), 0, run), squatted);
+        let e = StateDir::open(&squatted).and_then(|dir| Store::lock(&dir));
+        let e = e.err().unwrap();
+        assert!(matches!(e, Error::State(_)), "{e}");
+        let e = e.to_string();
+        assert!(
+            e.contains("owned by uid 65534")
+                && e.contains("remove it")
+                && e.contains("--state-dir DIR")
+                && e.contains("SOCKCHECK_STATE_DIR"),
+            "{e}"
+        );
+    }
+
+    /// Root's default directory is one that nobody else can create first.
+    /// Needs root, to own a directory as root, and `setpriv`, to act as
+    /// nobody.
+    pub fn root_default_dir_is_not_creatable_by_others() {
+        let (base, run, tmp) = tree("root");
+        // Root's default is in the root-owned run directory...
+        assert_eq!(
+            default_dir_from(&env(&tmp, &[]), 0, &run),
+            run.join("sockcheck")
+        );
+        // ...where nobody cannot create it first, as it could in /tmp.
+        nobody_cannot_squat(&run, &tmp);
+        // A symlink to a root-owned directory does not qualify.
+        let link = base.join("link");
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink(&run, &link).unwrap();
+        assert_eq!(
+            default_dir_from(&env(&tmp, &[]), 0, &link),
+            tmp.join("sockcheck-0")
+        );
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::selftest::{env, tree};
+    use super::*;
+
     #[test]
     fn the_variables_come_first_then_run_for_root_then_tmpdir() {
-        let (base, run, tmp) = tree("default-vars");
+        let (base, run, tmp) = tree("vars");
         // The variables come first, for root too; empty ones are unset.
         let given = env(
             &tmp,
@@ -120,64 +184,6 @@ mod tests {
         println!(
             "this machine's root default: {}",
             default_dir_from(&|_| None, 0, Path::new("/run")).display()
-        );
-        std::fs::remove_dir_all(&base).unwrap();
-    }
-
-    /// Nobody cannot create root's default in `run`, but can in `tmp`; were
-    /// `run` open to others, root would fall back to `tmp`, and refuse the
-    /// directory nobody made there, with a way out.
-    fn nobody_cannot_squat(run: &Path, tmp: &Path) {
-        let Some(created) = as_nobody(&["mkdir".as_ref(), run.join("sockcheck").as_os_str()])
-        else {
-            println!("skipped acting as nobody: no setpriv");
-            return;
-        };
-        assert!(
-            !created,
-            "nobody created {}",
-            run.join("sockcheck").display()
-        );
-        let squatted = tmp.join("sockcheck-0");
-        assert_eq!(
-            as_nobody(&["mkdir".as_ref(), squatted.as_os_str()]),
-            Some(true)
-        );
-        std::fs::set_permissions(run, std::fs::Permissions::from_mode(0o1777)).unwrap();
-        assert_eq!(default_dir_from(&env(tmp, &[]), 0, run), squatted);
-        let e = Store::open(&squatted).err().unwrap();
-        assert!(is_state_error(&e), "{e}");
-        let e = e.to_string();
-        assert!(
-            e.contains("owned by uid 65534")
-                && e.contains("remove it")
-                && e.contains("--state-dir DIR")
-                && e.contains("SOCKCHECK_STATE_DIR"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn root_default_dir_is_not_creatable_by_others() {
-        if !rustix::process::geteuid().is_root() {
-            println!("skipped: needs root, to own a directory as root and act as nobody");
-            return;
-        }
-        let (base, run, tmp) = tree("default");
-        // Root's default is in the root-owned run directory...
-        assert_eq!(
-            default_dir_from(&env(&tmp, &[]), 0, &run),
-            run.join("sockcheck")
-        );
-        // ...where nobody cannot create it first, as it could in /tmp.
-        nobody_cannot_squat(&run, &tmp);
-        // A symlink to a root-owned directory does not qualify.
-        let link = base.join("link");
-        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::os::unix::fs::symlink(&run, &link).unwrap();
-        assert_eq!(
-            default_dir_from(&env(&tmp, &[]), 0, &link),
-            tmp.join("sockcheck-0")
         );
         std::fs::remove_dir_all(&base).unwrap();
     }

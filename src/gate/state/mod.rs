@@ -45,6 +45,7 @@ mod process;
 mod version;
 
 pub use default::default_dir;
+pub(crate) use default::selftest;
 pub use dir::StateDir;
 pub use file::{Quarantine, State};
 pub use lock::Store;
