@@ -165,7 +165,14 @@ impl WatchArgs {
     fn run(self, ctx: &Context) -> Result<ExitStatus, Error> {
         use crate::watch::NetnsFilter;
         let netns = match (self.all_netns, ctx.netns()) {
-            (true, _) => NetnsFilter::All,
+            // `--netns` given before the command escapes clap's conflict.
+            (true, Some(_)) => {
+                return Err(Error::Usage(
+                    "the argument '--netns <NAME|PATH|pid:PID>' cannot be used with '--all-netns'"
+                        .into(),
+                ));
+            }
+            (true, None) => NetnsFilter::All,
             (false, Some(info)) => NetnsFilter::Only(info.clone()),
             (false, None) => NetnsFilter::own(),
         };

@@ -168,6 +168,7 @@ impl Settings {
                 option.flag
             )));
         }
+        refuse_output_options(output, command)?;
         Ok(Settings {
             shared,
             output: resolve_output(output),
@@ -221,6 +222,31 @@ impl Settings {
                 BpfChoice::Never => BpfMode::Never,
             },
         }
+    }
+}
+
+/// `completions` and `man` print a script or a page, whole: an output
+/// option would be dropped there, so it is refused (exit 2, naming both).
+fn refuse_output_options(output: &OutputArgs, command: &str) -> Result<(), Error> {
+    if !matches!(command, "completions" | "man") {
+        return Ok(());
+    }
+    let given = [
+        (output.json, "--json"),
+        (output.quiet, "--quiet"),
+        (output.verbose, "--verbose"),
+        (!matches!(output.color, ColorArg::Auto), "--color"),
+    ];
+    match given.into_iter().find(|(given, _)| *given) {
+        Some((_, flag)) => Err(Error::Usage(format!(
+            "{flag} does not apply to 'sockcheck {command}' (it prints the {} whole)",
+            if command == "man" {
+                "man page"
+            } else {
+                "completion script"
+            }
+        ))),
+        None => Ok(()),
     }
 }
 

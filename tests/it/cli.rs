@@ -37,6 +37,24 @@ fn bad_input_is_one_line_and_exit_2() {
     usage_error(&["--bogus", "127.91.1.1"], "--bogus");
     usage_error(&["--color", "sometimes", "127.91.1.1"], "sometimes");
     usage_error(&["check"], "no address");
+    // clap's multi-line message stays one line.
+    usage_error(&["release"], "not provided: <ADDRESS>");
+}
+
+/// No option is dropped: one a command has no use for is refused, before
+/// or after the command, naming both.
+fn an_option_a_command_does_not_use_is_refused() {
+    usage_error(&["doctor", "--ports", "9925"], "--ports");
+    usage_error(&["--ports", "9925", "doctor"], "'sockcheck doctor'");
+    usage_error(&["--state-dir", "/tmp", "127.91.1.1"], "--state-dir");
+    usage_error(&["man", "-q"], "--quiet does not apply to 'sockcheck man'");
+    usage_error(&["completions", "bash", "--json"], "--json");
+    usage_error(&["--json", "man"], "--json");
+    usage_error(&["completions", "zsh", "-v"], "--verbose");
+    usage_error(&["man", "--color", "never"], "--color");
+    let me = format!("pid:{}", std::process::id());
+    usage_error(&["--netns", &me, "watch", "--all-netns"], "--all-netns");
+    usage_error(&["watch", "--netns", &me, "--all-netns"], "--all-netns");
 }
 
 fn bad_ports_from_the_environment_name_the_variable() {
@@ -372,6 +390,7 @@ fn no_address_points_to_list() {
 }
 
 crate::tests![
+    an_option_a_command_does_not_use_is_refused,
     bad_input_is_one_line_and_exit_2,
     bad_ports_from_the_environment_name_the_variable,
     ports_come_from_the_environment,
