@@ -167,14 +167,13 @@ impl ProcRoot {
         if let Some(fixture) = self.fixture {
             return Some(fixture.uid);
         }
-        let caps = rustix::thread::capabilities(None).ok()?;
-        if caps
-            .effective
-            .contains(rustix::thread::CapabilitySet::SYS_PTRACE)
-        {
-            None
-        } else {
-            Some(rustix::process::geteuid().as_raw())
+        // Capabilities that cannot be read count as none: the scan then
+        // says which processes it could not read rather than assume it
+        // read them all.
+        const CAP_SYS_PTRACE: u32 = 19;
+        match crate::sys::effective_capabilities() {
+            Ok(caps) if caps & (1 << CAP_SYS_PTRACE) != 0 => None,
+            _ => Some(rustix::process::geteuid().as_raw()),
         }
     }
 

@@ -17,14 +17,15 @@ pub enum Unavailable {
     /// Neither CAP_SYS_ADMIN nor CAP_BPF + CAP_PERFMON in the effective set.
     NotPrivileged {
         euid: u32,
-        /// CapEff from /proc/self/status.
+        /// The effective capability set (`sys::effective_capabilities`).
         cap_eff: u64,
         /// kernel.unprivileged_bpf_disabled, if readable.
         unprivileged_bpf_disabled: Option<u32>,
     },
     /// The kernel has no BTF (built without CONFIG_DEBUG_INFO_BTF).
     NoBtf { error: io::Error },
-    /// /proc/self/status could not be read or has no CapEff line.
+    /// The effective capability set could not be read (capget, then
+    /// /proc/thread-self/status).
     UnknownCapabilities { error: io::Error },
 }
 

@@ -114,6 +114,10 @@ impl TypedValueParser for Address {
         let text = value.to_string_lossy();
         inspect::parse_address(&text).map_err(|e| {
             let message = match misspelt_subcommand(cmd, &text) {
+                // `sockcheck 127.0.0.2 list`: a command after an address.
+                Some(name) if name == text => format!(
+                    "'{name}' is a command, and a command comes first: sockcheck {name} ..."
+                ),
                 Some(name) => format!(
                     "unrecognized subcommand {}; did you mean `{name}`?",
                     echo(&text)

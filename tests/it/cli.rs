@@ -39,6 +39,7 @@ fn bad_input_is_one_line_and_exit_2() {
     usage_error(&["check"], "no address");
     // clap's multi-line message stays one line.
     usage_error(&["release"], "not provided: <ADDRESS>");
+    usage_error(&["127.91.1.1", "list"], "'list' is a command, and a command comes first");
 }
 
 /// No option is dropped: one a command has no use for is refused, before
