@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! test shapes::unprivileged_run_still_sees_a_reuseport_group ... ignored (needs root for starting a holder of another uid)
-//! test result: ok. 104 passed; 0 failed; 63 ignored; 0 measured; 0 filtered out
+//! test result: ok. 110 passed; 0 failed; 70 ignored; 0 measured; 0 filtered out
 //! ```
 //!
 //! Names are `MODULE::FUNCTION` (`cargo test --release --test it gate::`
