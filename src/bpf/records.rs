@@ -26,13 +26,35 @@ pub(super) struct Field {
     pub size: usize,
 }
 
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A field type any bytes of its size are a valid value of, with no padding
+/// inside: the fixed-width integers and arrays of them. Sealed: the impls
+/// below are all there are, so a `bool`, `char`, enum, struct or
+/// reference field cannot be made one from outside this module.
+pub(super) trait Pod: sealed::Sealed + Copy {}
+
+macro_rules! pod_integers {
+    ($($t:ty),*) => {$(
+        impl sealed::Sealed for $t {}
+        impl Pod for $t {}
+    )*};
+}
+pod_integers!(u8, u16, u32, u64, i8, i16, i32, i64);
+
+impl<T: Pod, const N: usize> sealed::Sealed for [T; N] {}
+impl<T: Pod, const N: usize> Pod for [T; N] {}
+
 /// A record the programs write.
 ///
 /// # Safety
 ///
-/// Only for `#[repr(C)]` structs whose fields are integers or arrays of
-/// integers, so that any bytes of its size are a valid value ([`decode`]
-/// copies them in). The `record!` macro is the one implementor.
+/// Only for `#[repr(C)]` structs whose fields are all [`Pod`], so that any
+/// bytes of its size are a valid value ([`decode`] copies them in). The
+/// `record!` macro is the one implementor and checks the fields at compile
+/// time.
 pub(super) unsafe trait Record: Copy {
     /// The C struct's name.
     #[cfg(test)]
@@ -43,7 +65,8 @@ pub(super) unsafe trait Record: Copy {
 }
 
 /// Declares a `#[repr(C)]` mirror of a C record struct and implements
-/// [`Record`] for it: every field must be an integer or an array of them.
+/// [`Record`] for it: every field must be [`Pod`] (an integer or an array
+/// of them), else it does not compile.
 macro_rules! record {
     (
         $(#[$meta:meta])*
@@ -58,8 +81,17 @@ macro_rules! record {
             $($(#[$field_meta])* pub $field: $ty,)*
         }
 
-        // SAFETY: `#[repr(C)]`, and the callers give integers or arrays of
-        // integers only, for which every bit pattern is valid.
+        // Every field is `Pod`: a field of any other type fails to compile.
+        const _: fn() = || {
+            fn assert_pod<T: Pod>() {}
+            $(assert_pod::<$ty>();)*
+        };
+        // SAFETY: `#[repr(C)]`, and every field is `Pod` (asserted just
+        // above), so any bytes of a field's size are a valid value of it and
+        // any bytes of the struct's size a valid struct: implicit padding,
+        // if a mirror had any, would stay padding in the copy and never be
+        // read as a field (the production mirrors have none: explicit
+        // `_pad` fields, offsets and size checked against the BTF).
         unsafe impl Record for $name {
             #[cfg(test)]
             const C_NAME: &'static str = $c_name;

@@ -95,23 +95,30 @@ pub fn list(ctx: &Context) -> Result<ExitStatus, Error> {
     let report = inspect::inspect_view(&ctx.query(local_addresses(&view), true), &view);
     if ctx.output.json {
         emit(&report, ctx.output)?;
-    } else if report.addresses.is_empty() {
-        let ports: Vec<String> = ctx.ports.iter().map(u16::to_string).collect();
-        ctx.output.print(&format!(
-            "no socket on port{} {}: nothing listens there, on any address\n",
-            plural(ctx.ports.len()),
-            ports.join(",")
-        ))?;
     } else {
-        let width = report
-            .addresses
-            .iter()
-            .map(|a| a.address.to_string().len())
-            .max()
-            .unwrap_or(0);
-        ctx.output.print(&lines(&report, true, width, true))?;
+        ctx.output.print(&list_text(&report, &ctx.ports))?;
     }
     Ok(ExitStatus::Free)
+}
+
+/// The human text of `list`: one line per address (padded to the longest)
+/// with its socket counts, or one line saying no socket is on `ports`.
+fn list_text(report: &Report, ports: &[u16]) -> String {
+    if report.addresses.is_empty() {
+        let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+        return format!(
+            "no socket on port{} {}: nothing listens there, on any address\n",
+            plural(ports.len()),
+            ports.join(",")
+        );
+    }
+    let width = report
+        .addresses
+        .iter()
+        .map(|a| a.address.to_string().len())
+        .max()
+        .unwrap_or(0);
+    lines(report, true, width, true)
 }
 
 /// The local addresses of every socket in the view, each once, sorted; an
@@ -190,14 +197,8 @@ mod snapshots {
     #[test]
     fn list() {
         let ports = vec![9926, 9927, 9928];
-        let query = inspect::Query::new(local_addresses(&shapes::kernel_view()), ports);
+        let query = inspect::Query::new(local_addresses(&shapes::kernel_view()), ports.clone());
         let report = shapes::inspect(&query, &shapes::unprivileged());
-        let width = report
-            .addresses
-            .iter()
-            .map(|a| a.address.to_string().len())
-            .max()
-            .unwrap_or(0);
-        insta::assert_snapshot!(lines(&report, true, width, true));
+        insta::assert_snapshot!(list_text(&report, &ports));
     }
 }
