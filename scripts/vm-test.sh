@@ -429,7 +429,9 @@ arm64_ready() {
 # image: in new mount, network and pid namespaces (unshare), so the mounts
 # (tmpfs on /tmp and /run, tracefs), the addresses, the leases and the pids
 # are the checks' own and nothing of the host's is touched. busybox, the
-# static sockcheck and the holder are copied into the namespace's /tmp/bin.
+# static sockcheck and the holder are copied into the namespace's /tmp/bin,
+# from the row's directory entered before the tmpfs goes over /tmp: a
+# checkout under /tmp (a CI clone) is hidden by it.
 run_host() {
     local d="$work/host" hb="$work/host/bin" start=$SECONDS applet rc=0
     rm -rf "$hb"; mkdir -p "$hb"; tmp_dirs+=("$hb")
@@ -443,8 +445,9 @@ run_host() {
     log "host: running the checks natively on $(uname -r)"
     timeout "${VM_TIMEOUT:-600}" unshare --mount --net --pid --fork --mount-proc --propagation private \
         env -i NO_COLOR=1 HOME=/tmp PATH=/tmp/bin "$hb/busybox" sh -c "
+            cd '$d' &&
             mount -t tmpfs tmp /tmp && chmod 1777 /tmp && mkdir -p /run && mount -t tmpfs run /run &&
-            cp -a '$hb' /tmp/bin && ip link set lo up && . '$d/checks.sh'" \
+            cp -a bin /tmp/bin && ip link set lo up && . ./checks.sh" \
         </dev/null >"$d/console.log" 2>"$d/host.err" || rc=$?
     [ $rc = 0 ] || log "host: the checks exited with $rc (stderr in $d/host.err)"
     echo native >"$d/accel"
