@@ -137,7 +137,7 @@ pub(super) struct RunArgs {
     #[command(flatten)]
     pub pool: PoolArg,
     /// How long the address may stay held after CMD exits.
-    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = input::duration())]
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = input::duration(), allow_hyphen_values = true)]
     pub linger: Duration,
     /// Write the forensic report here (.json: JSON, otherwise Markdown).
     #[arg(long, value_name = "FILE")]
@@ -146,10 +146,10 @@ pub(super) struct RunArgs {
     #[arg(long)]
     pub reap: bool,
     /// How long --reap waits between SIGTERM and SIGKILL.
-    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = input::duration())]
+    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = input::duration(), allow_hyphen_values = true)]
     pub grace: Duration,
     /// Wait this long for a free address instead of failing at once.
-    #[arg(long, value_name = "DURATION", value_parser = input::duration())]
+    #[arg(long, value_name = "DURATION", value_parser = input::duration(), allow_hyphen_values = true)]
     pub wait: Option<Duration>,
     /// Also lease N free TCP ports for CMD (as acquire-port does), export
     /// them as SOCKCHECK_PORT (the first) and SOCKCHECK_PORTS, and check
@@ -260,7 +260,7 @@ pub(super) struct ReapArgs {
     #[arg(value_name = "ADDRESS", value_parser = input::Address)]
     pub address: std::net::IpAddr,
     /// How long to wait between SIGTERM and SIGKILL.
-    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = input::duration())]
+    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = input::duration(), allow_hyphen_values = true)]
     pub grace: Duration,
     /// Say what would be signalled, and signal nothing.
     #[arg(long)]
@@ -273,7 +273,7 @@ pub(super) struct WaitArgs {
     #[arg(value_name = "ADDRESS", value_parser = input::Address)]
     pub address: std::net::IpAddr,
     /// Give up after this long (500ms, 30s, 1m30s; a bare number is seconds).
-    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = input::duration())]
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = input::duration(), allow_hyphen_values = true)]
     pub timeout: Duration,
     /// Wait even when a wildcard listener covers the address.
     #[arg(long)]
@@ -288,7 +288,7 @@ pub(super) struct AcquireArgs {
     #[arg(long, value_name = "PID")]
     pub owner: Option<u32>,
     /// Wait this long for an address instead of failing at once.
-    #[arg(long, value_name = "DURATION", value_parser = input::duration())]
+    #[arg(long, value_name = "DURATION", value_parser = input::duration(), allow_hyphen_values = true)]
     pub wait: Option<Duration>,
     /// Keep waiting when every candidate is foreign (a wildcard
     /// listener covers it) instead of failing at once.
@@ -313,7 +313,7 @@ pub(super) struct AcquirePortArgs {
     #[arg(long, value_name = "PID")]
     pub owner: Option<u32>,
     /// Wait this long for free ports instead of failing at once.
-    #[arg(long, value_name = "DURATION", value_parser = input::duration())]
+    #[arg(long, value_name = "DURATION", value_parser = input::duration(), allow_hyphen_values = true)]
     pub wait: Option<Duration>,
 }
 
@@ -353,7 +353,7 @@ pub(super) struct WatchArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
     /// Stop after this long (500ms, 30s, 1m30s; a bare number is seconds).
-    #[arg(long, value_name = "DURATION", value_parser = input::duration())]
+    #[arg(long, value_name = "DURATION", value_parser = input::duration(), allow_hyphen_values = true)]
     pub timeout: Option<Duration>,
     /// Only sockets of this network namespace: NAME (under /run/netns,
     /// as `ip netns` names them), a PATH to one, or pid:PID (that

@@ -213,26 +213,31 @@ pub const DEFAULT_POOL: &str = "127.0.0.2-127.0.0.33";
 /// is seconds (`30`, `1.5`), as it always was. At most a year; never
 /// negative. `source` names where it came from (`--timeout`).
 pub fn parse_duration(text: &str, source: &str) -> Result<Duration, Error> {
-    let bad = || {
+    let bad = |why: &str| {
         Error::Usage(format!(
-            "{source}: {} is not a duration (examples: 500ms, 30s, 2m, 1m30s, 1h)",
+            "{source}: {} {why} (examples: 500ms, 30s, 2m, 1m30s, 1h)",
             echo(text)
         ))
     };
+    let not_one = || bad("is not a duration");
+    let too_long = || bad("is more than a year, the longest wait or linger taken");
     let trimmed = text.trim();
     let bare = !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit() || b == b'.');
     let duration = if bare {
-        let seconds: f64 = trimmed.parse().map_err(|_| bad())?;
+        let seconds: f64 = trimmed.parse().map_err(|_| not_one())?;
         if !seconds.is_finite() || seconds > MAX_DURATION.as_secs_f64() {
-            return Err(bad());
+            return Err(too_long());
         }
         Duration::from_secs_f64(seconds)
     } else {
-        let signed: jiff::SignedDuration = trimmed.parse().map_err(|_| bad())?;
-        Duration::try_from(signed).map_err(|_| bad())?
+        let signed: jiff::SignedDuration = trimmed.parse().map_err(|_| not_one())?;
+        if signed.is_negative() {
+            return Err(bad("is negative"));
+        }
+        Duration::try_from(signed).map_err(|_| too_long())?
     };
     if duration > MAX_DURATION {
-        return Err(bad());
+        return Err(too_long());
     }
     Ok(duration)
 }

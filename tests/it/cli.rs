@@ -39,6 +39,9 @@ fn bad_input_is_one_line_and_exit_2() {
     usage_error(&["check"], "no address");
     // clap's multi-line message stays one line.
     usage_error(&["release"], "not provided: <ADDRESS>");
+    usage_error(&["wait", "127.91.1.1", "--timeout=-1s"], "'-1s' is negative");
+    usage_error(&["wait", "127.91.1.1", "--timeout", "-1s"], "'-1s' is negative");
+    usage_error(&["wait", "127.91.1.1", "--timeout", "9000h"], "more than a year");
     usage_error(&["127.91.1.1", "list"], "'list' is a command, and a command comes first");
 }
 
