@@ -165,6 +165,7 @@ pub fn watch(options: &WatchOptions) -> Result<ExitStatus, Error> {
         ));
     }
     let pumped = pump(&mut watcher, &signals, options, own);
+    let skipped = watcher.skipped().unwrap_or(0);
     // Detach and unload before anything else happens.
     drop(watcher);
     drop(signals);
@@ -175,6 +176,14 @@ pub fn watch(options: &WatchOptions) -> Result<ExitStatus, Error> {
              more of a burst\n",
             if lost == 1 { "" } else { "s" },
             options.ring_size
+        ));
+    }
+    if skipped > 0 {
+        // Not counted as lost: they may all be of sockets nobody watches.
+        options.output.note(&format!(
+            "sockcheck: the kernel skipped the watch program {skipped} time{} (a run of it was \
+             already under way on that CPU); events of the watched ports may be among them\n",
+            if skipped == 1 { "" } else { "s" },
         ));
     }
     Ok(status(end, lost, options.count.is_some()))

@@ -2,7 +2,12 @@
 //! entering or leaving LISTEN, with the thread that did it, through a ring
 //! buffer, and a per-CPU count of the events it had no room for.
 
-use std::{fmt, io, net::IpAddr, os::fd::AsRawFd, time::Duration};
+use std::{
+    fmt, io,
+    net::IpAddr,
+    os::fd::{AsFd, AsRawFd},
+    time::Duration,
+};
 
 use aya::{
     Ebpf,
@@ -142,7 +147,7 @@ pub struct Watcher {
     /// Per CPU: events `bpf_ringbuf_reserve` found no room for.
     lost: PerCpuArray<MapData, u64>,
     hook: WatchHook,
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
 }
 
 impl fmt::Debug for Watcher {
@@ -210,13 +215,27 @@ impl Watcher {
             events,
             lost,
             hook,
-            _ebpf: ebpf,
+            ebpf,
         })
     }
 
     /// The hook in use.
     pub fn hook(&self) -> WatchHook {
         self.hook
+    }
+
+    /// How often the kernel skipped the watch program since it was
+    /// attached, because a run of it was already under way on that CPU
+    /// (`recursion_misses` of its `bpf_prog_info`, 5.12+). Those events may
+    /// be of any socket, watched or not: the program never saw them. `None`
+    /// when the kernel does not say.
+    pub fn skipped(&self) -> Option<u64> {
+        let name = match self.hook {
+            WatchHook::TracePoint => "sockcheck_watch_tp",
+            WatchHook::BtfTracePoint => "sockcheck_watch_btf",
+        };
+        let fd = self.ebpf.program(name)?.fd().ok()?;
+        recursion_misses(fd.as_fd())
     }
 
     /// How many events the ring buffer had no room for since the watch
@@ -360,4 +379,33 @@ impl From<&ListenEventRec> for ListenEvent {
             new_state: rec.newstate,
         }
     }
+}
+
+/// `recursion_misses` of a program, from BPF_OBJ_GET_INFO_BY_FD; `None` on
+/// an error or a kernel whose `bpf_prog_info` ends before it.
+fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+    use aya_obj::generated::bpf_prog_info;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    // SAFETY: bpf_prog_info is plain integers; all zeroes is a valid value.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    // `bpf_attr.info`: the object's fd, the buffer's length (the kernel
+    // writes back how much it filled), the buffer; the rest of the union
+    // stays zero.
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(fd.as_raw_fd() as u32) | (size_of::<bpf_prog_info>() as u64) << 32;
+    attr[1] = &raw mut info as u64;
+    // SAFETY: attr is a zeroed bpf_attr-sized buffer whose `info` points at
+    // `info`, which lives until the call returns; the kernel writes at most
+    // `info_len` bytes there and the new length into attr.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            attr.as_mut_ptr(),
+            size_of_val(&attr),
+        )
+    };
+    let filled = (attr[0] >> 32) as usize;
+    let needed = std::mem::offset_of!(bpf_prog_info, recursion_misses) + size_of::<u64>();
+    (rc == 0 && filled >= needed).then_some(info.recursion_misses)
 }

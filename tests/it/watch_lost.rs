@@ -159,15 +159,28 @@ fn storm_events_are_all_shown_or_counted_lost() {
     );
     assert_eq!(status, Some(143), "SIGTERM's status: {err}");
     assert!(seen.lost > 0, "a one-page ring lost nothing: {err}");
-    assert_eq!(
-        seen.listens + seen.closes + seen.lost,
-        2 * CYCLES,
-        "shown + lost is not every event made: {seen:?}\n{err}"
+    // Every event is shown or counted lost, unless the kernel skipped the
+    // program for some (a run already under way on that CPU, perhaps for
+    // another test's socket), which the watch says, with how many.
+    let skipped = skipped(&err);
+    let accounted = seen.listens + seen.closes + seen.lost;
+    assert!(
+        accounted == 2 * CYCLES || (accounted < 2 * CYCLES && accounted + skipped >= 2 * CYCLES),
+        "shown + lost is not every event made, and the kernel skipped only {skipped}: \
+         {seen:?}\n{err}"
     );
     assert!(
         err.contains(&format!("sockcheck: lost {} events in all", seen.lost)),
         "{err}"
     );
+}
+
+/// How often the watch said the kernel skipped its program (0 if never).
+fn skipped(err: &str) -> u64 {
+    err.lines()
+        .find_map(|l| l.strip_prefix("sockcheck: the kernel skipped the watch program "))
+        .and_then(|rest| rest.split(' ').next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 fn stopped_reader_reports_lost_events_and_exits_1() {
