@@ -293,31 +293,14 @@ fn reuseport_needs(index: &ViewIndex, addresses: &[AddressPlan<'_>]) -> Vec<Reus
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diag::Family;
 
     const TIME_WAIT: TcpState = TcpState::TimeWait;
     const ESTABLISHED: TcpState = TcpState::Established;
     const LISTEN: TcpState = TcpState::Listen;
 
+    /// A socket of uid 1000 with no remote end.
     fn socket(state: TcpState, local: &str, inode: u64) -> DiagSocket {
-        let local: std::net::SocketAddr = local.parse().unwrap();
-        DiagSocket {
-            family: if local.is_ipv4() {
-                Family::Inet
-            } else {
-                Family::Inet6
-            },
-            state,
-            local,
-            remote: "0.0.0.0:0".parse().unwrap(),
-            uid: 1000,
-            inode,
-            cookie: inode,
-            recv_queue: 0,
-            send_queue: 128,
-            v6only: (!local.is_ipv4()).then_some(false),
-            cgroup_id: None,
-        }
+        crate::inspect::fixture::socket(state, local, "0.0.0.0:0", inode, 1000)
     }
 
     fn view(sockets: Vec<DiagSocket>) -> KernelView {
