@@ -165,11 +165,19 @@ pub fn watch(options: &WatchOptions) -> Result<ExitStatus, Error> {
         ));
     }
     let pumped = pump(&mut watcher, &signals, options, own);
-    let skipped = watcher.skipped().unwrap_or(0);
+    let skipped = watcher.skipped();
     // Detach and unload before anything else happens.
     drop(watcher);
     drop(signals);
     let (end, lost) = pumped?;
+    end_notes(options, lost, skipped);
+    Ok(status(end, lost, options.count.is_some()))
+}
+
+/// What the watch could not show: the events the ring buffer had no room
+/// for, and the runs of the program the kernel skipped (or that it would
+/// not say).
+fn end_notes(options: &WatchOptions, lost: u64, skipped: Option<u64>) {
     if lost > 0 {
         options.output.note(&format!(
             "sockcheck: lost {lost} event{} in all; a bigger --ring-size (this one: {}) holds \
@@ -178,6 +186,13 @@ pub fn watch(options: &WatchOptions) -> Result<ExitStatus, Error> {
             options.ring_size
         ));
     }
+    if skipped.is_none() && options.output.verbose {
+        options.output.note(
+            "sockcheck: the kernel did not say whether it skipped the watch program \
+             (recursion_misses, 5.12+): events beyond those counted lost may be missing\n",
+        );
+    }
+    let skipped = skipped.unwrap_or(0);
     if skipped > 0 {
         // Not counted as lost: they may all be of sockets nobody watches.
         options.output.note(&format!(
@@ -186,7 +201,6 @@ pub fn watch(options: &WatchOptions) -> Result<ExitStatus, Error> {
             if skipped == 1 { "" } else { "s" },
         ));
     }
-    Ok(status(end, lost, options.count.is_some()))
 }
 
 /// The exit status: a signal's own, success when stdout was closed (the
